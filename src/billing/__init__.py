@@ -1,0 +1,1 @@
+"""billing: multi-tenant WhatsApp dunning service (event-sourced)."""

@@ -1,0 +1,1 @@
+"""The pure domain: aggregates, domain events and policies. No I/O, no clock reads."""
