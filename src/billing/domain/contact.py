@@ -1,0 +1,296 @@
+"""The Contact aggregate: one message to one person.
+
+pending → dispatched → sent | failed | skipped; rejected at ingestion; cancelled before sending
+(DESIGN.md, "The model"). Dispatching is a claim: a worker records ``Dispatched`` (with a lease) *before*
+calling the gateway, so two workers holding the same job cannot both send (the second save conflicts on
+the aggregate's version), and an attempt whose outcome is unknown (the process died mid-call) stays on
+record (evolution-api.md: "a send whose outcome is unknown must not be blindly repeated without a record
+of the attempt").
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from billing.domain.errors import Conflict
+from billing.domain.types import ContactStatus
+
+
+class Contact(Aggregate):
+    """One reminder to one phone number, created at ingestion as added (pending) or rejected."""
+
+    TOPIC = "billing.Contact"
+
+    if TYPE_CHECKING:  # the library builds __init__ from class annotations; keep these for mypy only
+        tenant_id: UUID
+        campaign_id: UUID
+        queue_id: UUID
+        index: int
+        template_type: str
+        external_id: str | None
+        fields: dict[str, str]
+        telefone: str
+        phone: str | None
+        gateway_number: str | None
+        amount: Decimal | None
+        amount_total: Decimal | None
+        due_date: date | None
+        status: ContactStatus
+        attempts: int
+        lease_until: datetime | None
+        not_before: datetime | None
+        error_code: str | None
+
+    class Created(Aggregate.Created):
+        """Base of the two ways a contact comes to exist (added, rejected); never recorded itself."""
+
+        TOPIC = "billing.Contact.Created"
+
+    class Added(Created):
+        """Accepted at ingestion. ``fields`` are the contact's values as sent (sanitised strings);
+        ``phone`` is E.164, ``gateway_number`` its digits; amounts are exact decimals (reais)."""
+
+        TOPIC = "billing.Contact.Added"
+        tenant_id: UUID
+        campaign_id: UUID
+        queue_id: UUID
+        index: int
+        template_type: str
+        external_id: str | None
+        fields: dict[str, str]
+        telefone: str
+        phone: str
+        gateway_number: str
+        amount: Decimal | None
+        amount_total: Decimal | None
+        due_date: date | None
+
+        def apply(self, aggregate: Contact) -> None:
+            aggregate._init_common(self.tenant_id, self.campaign_id, self.queue_id, self.index)
+            aggregate.template_type = self.template_type
+            aggregate.external_id = self.external_id
+            aggregate.fields = dict(self.fields)
+            aggregate.telefone = self.telefone
+            aggregate.phone = self.phone
+            aggregate.gateway_number = self.gateway_number
+            aggregate.amount = self.amount
+            aggregate.amount_total = self.amount_total
+            aggregate.due_date = self.due_date
+            aggregate.status = ContactStatus.PENDING
+
+    class Rejected(Created):
+        """Refused at ingestion, alone, with a machine-readable ``code`` and the ``field`` at fault."""
+
+        TOPIC = "billing.Contact.Rejected"
+        tenant_id: UUID
+        campaign_id: UUID
+        queue_id: UUID
+        index: int
+        template_type: str
+        external_id: str | None
+        fields: dict[str, str]
+        telefone: str
+        code: str
+        message: str
+        field: str | None
+
+        def apply(self, aggregate: Contact) -> None:
+            aggregate._init_common(self.tenant_id, self.campaign_id, self.queue_id, self.index)
+            aggregate.template_type = self.template_type
+            aggregate.external_id = self.external_id
+            aggregate.fields = dict(self.fields)
+            aggregate.telefone = self.telefone
+            aggregate.phone = None
+            aggregate.gateway_number = None
+            aggregate.amount = aggregate.amount_total = None
+            aggregate.due_date = None
+            aggregate.status = ContactStatus.REJECTED
+            aggregate.error_code = self.code
+
+    class Dispatched(Aggregate.Event):
+        """A worker claimed attempt number ``attempt`` and holds it until ``lease_until`` (UTC)."""
+
+        TOPIC = "billing.Contact.Dispatched"
+        attempt: int
+        lease_until: datetime
+
+        def apply(self, aggregate: Contact) -> None:
+            aggregate.status = ContactStatus.DISPATCHED
+            aggregate.attempts = self.attempt
+            aggregate.lease_until = self.lease_until
+
+    class Sent(Aggregate.Event):
+        """The gateway accepted the message (HTTP 201): its WhatsApp id, the resolved recipient JID and
+        the exact text sent, with the template version and variation that produced it."""
+
+        TOPIC = "billing.Contact.Sent"
+        gateway_message_id: str
+        remote_jid: str | None
+        text: str
+        template_id: UUID | None
+        template_version: int | None
+        variation: int | None
+
+        def apply(self, aggregate: Contact) -> None:
+            aggregate.status = ContactStatus.SENT
+            aggregate.lease_until = None
+            aggregate.error_code = None
+
+    class Failed(Aggregate.Event):
+        """An attempt failed. With ``retry_at`` set the contact waits (pending) for that instant;
+        without it the failure is final."""
+
+        TOPIC = "billing.Contact.Failed"
+        code: str
+        message: str
+        retryable: bool
+        retry_at: datetime | None
+
+        def apply(self, aggregate: Contact) -> None:
+            aggregate.lease_until = None
+            aggregate.error_code = self.code
+            if self.retry_at is None:
+                aggregate.status = ContactStatus.FAILED
+            else:
+                aggregate.status = ContactStatus.PENDING
+                aggregate.not_before = self.retry_at
+
+    class Skipped(Aggregate.Event):
+        """Not sent and never will be, for a reason that is no fault (e.g. the number has no WhatsApp)."""
+
+        TOPIC = "billing.Contact.Skipped"
+        code: str
+        message: str
+
+        def apply(self, aggregate: Contact) -> None:
+            aggregate.status = ContactStatus.SKIPPED
+            aggregate.lease_until = None
+            aggregate.error_code = self.code
+
+    class Deferred(Aggregate.Event):
+        """Not sent now (``reason``: outside business hours, throttled...); due again at ``not_before``
+        (UTC). The claim, if any, is released without counting as an attempt."""
+
+        TOPIC = "billing.Contact.Deferred"
+        reason: str
+        not_before: datetime
+
+        def apply(self, aggregate: Contact) -> None:
+            if aggregate.status is ContactStatus.DISPATCHED:
+                aggregate.attempts -= 1
+            aggregate.status = ContactStatus.PENDING
+            aggregate.lease_until = None
+            aggregate.not_before = self.not_before
+
+    class Cancelled(Aggregate.Event):
+        """Cancelled before it was sent (queue cancelled, invoice paid)."""
+
+        TOPIC = "billing.Contact.Cancelled"
+        reason: str
+
+        def apply(self, aggregate: Contact) -> None:
+            aggregate.status = ContactStatus.CANCELLED
+            aggregate.lease_until = None
+
+    def _init_common(self, tenant_id: UUID, campaign_id: UUID, queue_id: UUID, index: int) -> None:
+        self.tenant_id = tenant_id
+        self.campaign_id = campaign_id
+        self.queue_id = queue_id
+        self.index = index
+        self.attempts = 0
+        self.lease_until = None
+        self.not_before = None
+        self.error_code = None
+
+    # --- commands -------------------------------------------------------------------------------------
+
+    def dispatch(self, *, at: datetime, lease: timedelta) -> int:
+        """Claim the next attempt for ``lease`` (so a crashed worker's claim expires). Returns its number.
+
+        Raises:
+            Conflict: ``already_final`` when the contact is terminal (sent, failed, skipped, rejected,
+                cancelled); ``in_flight`` when another claim's lease has not expired.
+        """
+        if self.status.is_terminal:
+            raise Conflict(f"contact is {self.status.value}", code="already_final")
+        if self.status is ContactStatus.DISPATCHED and self.lease_until is not None and at < self.lease_until:
+            raise Conflict("another attempt is in flight", code="in_flight")
+        attempt = self.attempts + 1
+        self.trigger_event(self.Dispatched, attempt=attempt, lease_until=at + lease, timestamp=at)
+        return attempt
+
+    def record_sent(
+        self,
+        *,
+        gateway_message_id: str,
+        remote_jid: str | None,
+        text: str,
+        at: datetime,
+        template_id: UUID | None = None,
+        template_version: int | None = None,
+        variation: int | None = None,
+    ) -> None:
+        """Record the gateway's acceptance of the current attempt.
+
+        Raises:
+            Conflict: ``not_dispatched`` when no attempt is in flight.
+        """
+        self._require_dispatched()
+        self.trigger_event(
+            self.Sent,
+            gateway_message_id=gateway_message_id,
+            remote_jid=remote_jid,
+            text=text,
+            template_id=template_id,
+            template_version=template_version,
+            variation=variation,
+            timestamp=at,
+        )
+
+    def record_failure(
+        self, *, code: str, message: str, retryable: bool, retry_at: datetime | None, at: datetime
+    ) -> None:
+        """Record a failed attempt; ``retry_at`` (UTC) schedules another, None makes it final.
+
+        Raises:
+            Conflict: ``not_dispatched`` when no attempt is in flight.
+        """
+        self._require_dispatched()
+        self.trigger_event(
+            self.Failed, code=code, message=message, retryable=retryable, retry_at=retry_at, timestamp=at
+        )
+
+    def record_skipped(self, *, code: str, message: str, at: datetime) -> None:
+        """Record that the contact will not be sent (e.g. ``not_on_whatsapp``)."""
+        self._require_dispatched()
+        self.trigger_event(self.Skipped, code=code, message=message, timestamp=at)
+
+    def defer(self, *, reason: str, not_before: datetime, at: datetime) -> None:
+        """Put the contact back to wait until ``not_before`` without spending an attempt.
+
+        Raises:
+            Conflict: ``already_final`` when the contact is terminal.
+        """
+        if self.status.is_terminal:
+            raise Conflict(f"contact is {self.status.value}", code="already_final")
+        self.trigger_event(self.Deferred, reason=reason, not_before=not_before, timestamp=at)
+
+    def cancel(self, *, reason: str, at: datetime) -> bool:
+        """Cancel the contact if it is not final yet. Returns True when a cancellation was recorded.
+
+        A contact whose attempt is in flight is cancelled too: the worker re-reads the contact before
+        calling the gateway, and the save of its outcome then conflicts.
+        """
+        if self.status.is_terminal:
+            return False
+        self.trigger_event(self.Cancelled, reason=reason, timestamp=at)
+        return True
+
+    def _require_dispatched(self) -> None:
+        if self.status is not ContactStatus.DISPATCHED:
+            raise Conflict(f"contact is {self.status.value}, not dispatched", code="not_dispatched")

@@ -1,0 +1,186 @@
+"""Phone numbers: normalise what ERPs send to E.164, and mask numbers for logs.
+
+Cases: ``/shared/cases/phones.json`` (P01–P05).
+
+Sources: ITU-T Recommendation E.164 (international numbering: ``+`` country code + national significant
+number, at most 15 digits; ``00`` is the ITU-recommended international prefix) and the Anatel Brazilian
+numbering plan (Regulamento de Numeração, PGNU/STFC and SMP): country code 55, two-digit area code (DDD,
+11–99), 9-digit mobile numbers starting with 9, 8-digit landlines starting with 2–5, national trunk
+prefix ``0`` optionally followed by a two-digit carrier selection code (CSP, written ``xx`` when left
+open: ``0xx11 …``), international access ``00`` + CSP + country code. The plan data itself comes from
+Google's libphonenumber metadata (Python port ``phonenumbers``), which tracks Anatel's plan.
+
+Rules of :func:`normalize_phone`:
+
+1. The value must be a string (or a non-boolean int) of digits and the punctuation people use when
+   writing numbers: spaces, ``( ) - . /``, a single leading ``+``, and the literal ``xx`` of an open
+   carrier code right after a leading ``0`` (``0xx11``). Any other letter is refused — this refuses
+   extensions (``ramal 22``, ``x12``: WhatsApp cannot dial them) and vanity numbers (``0800-FLORES``),
+   which the library would otherwise silently turn into digits.
+2. With a leading ``+`` the number is international as written.
+3. Digits starting with ``00`` are international: first read as ``00`` + country code (ITU prefix,
+   ``0055 11 98765-4321`` → ``+5511987654321``, P03), then, if that is not a valid number, as the
+   Brazilian ``00`` + carrier code + country code (``0021 1 650 253 0000`` → ``+16502530000``).
+4. Anything else is read in ``default_region`` (Brazil): national numbers with or without the trunk
+   prefix / carrier code (``11987654321``, ``011 …``, ``0xx11 …``) and numbers that start with the
+   country code but no ``+`` (``55 11 98765 4321``, ``(55) (11) …``). A national reading wins, so
+   ``81999998888`` is DDD 81 (Pernambuco), never Japan (+81) (P01).
+5. The result must be valid per the plan (length and ranges for its area code; P04 has too few digits
+   for a DDD 11 mobile) and of type MOBILE, FIXED_LINE or FIXED_LINE_OR_MOBILE. Toll-free (0800),
+   shared-cost (0300, 4004), premium-rate, VoIP, pagers etc. are refused.
+6. Nothing is inserted or repaired: a landline stays a landline (P02, no ninth digit added); an old
+   8-digit mobile without its leading 9 is invalid and refused.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneNumberType, ValidationResult
+
+from billing.domain.errors import InvalidValue
+
+__all__ = ["Phone", "mask_phone", "normalize_phone"]
+
+_MAX_INPUT_LENGTH = 64
+_ACCEPTED_TYPES = frozenset(
+    {PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE, PhoneNumberType.FIXED_LINE_OR_MOBILE}
+)
+# Leading trunk prefix "0" with an open carrier code written "xx": "0xx11", "0 XX 11", "(0xx11)".
+_OPEN_CARRIER = re.compile(r"^(\(?\s*0)\s*[xX]{2}")
+_ALLOWED = re.compile(r"\+?[0-9()\-./ \t\u00a0\u2007\u202f]*", re.ASCII)
+_NON_DIGITS = re.compile(r"[^0-9]", re.ASCII)
+_POSSIBILITY_REASONS = {
+    ValidationResult.INVALID_COUNTRY_CODE: "unknown country code",
+    ValidationResult.TOO_SHORT: "too few digits",
+    ValidationResult.TOO_LONG: "too many digits",
+    ValidationResult.INVALID_LENGTH: "wrong number of digits",
+}
+
+
+@dataclass(frozen=True)
+class Phone:
+    """A normalised, dialable phone number.
+
+    Attributes:
+        e164: E.164 form with ``+``, e.g. ``"+5511987654321"``.
+        gateway_number: the same digits without ``+``, as the WhatsApp gateway expects them,
+            e.g. ``"5511987654321"``.
+    """
+
+    e164: str
+    gateway_number: str
+
+
+def _invalid(field: str, reason: str) -> InvalidValue:
+    # The number itself is personal data and stays out of the message (errors end up in logs).
+    return InvalidValue(
+        f"{field}: not a valid phone number ({reason})",
+        code="invalid_phone",
+        field=field,
+        details={"reason": reason},
+    )
+
+
+def _invalid_reason(number: phonenumbers.PhoneNumber) -> str:
+    """Say why a parsed number is not valid, as precisely as the plan allows."""
+    possibility = phonenumbers.is_possible_number_with_reason(number)
+    if possibility in _POSSIBILITY_REASONS:
+        return _POSSIBILITY_REASONS[possibility]
+    national = phonenumbers.national_significant_number(number)
+    # Anatel: Brazilian mobile numbers are DDD + 9 digits starting with 9 (11 digits in all).
+    if number.country_code == 55 and len(national) >= 3 and national[2] == "9" and len(national) != 11:
+        return "too few digits for a mobile: DDD + 9 digits" if len(national) < 11 else "too many digits"
+    return "not a number of the numbering plan for its area code"
+
+
+def _candidates(text: str) -> list[str]:
+    """Return the readings of ``text`` to try, best first (rules 2–4 of the module docstring)."""
+    digits = _NON_DIGITS.sub("", text)
+    if text.startswith("+"):
+        return ["+" + digits]
+    if digits.startswith("00"):
+        return ["+" + digits[2:], digits]
+    return [digits]
+
+
+def normalize_phone(raw: object, *, default_region: str = "BR", field: str = "telefone") -> Phone:
+    """Normalise a phone number as written by an ERP into E.164.
+
+    Args:
+        raw: the number as sent, e.g. ``"(11) 9 8765-4321"``, ``"0055 11 98765-4321"``,
+            ``"0xx11 98765-4321"``, ``"81999998888"`` or an int ``11987654321``.
+        default_region: ISO 3166-1 alpha-2 region for numbers written without country code.
+        field: input field name, used in error messages and ``InvalidValue.field``.
+
+    Returns:
+        The :class:`Phone` (E.164 and gateway digits).
+
+    Raises:
+        InvalidValue: code ``invalid_phone`` (with ``details["reason"]``) when the value is not a
+            string/int, holds letters or other characters, is not a valid number of the plan, or is not a
+            mobile or landline number. The message names the field and the reason, never the number
+            (personal data). Rules and sources: module docstring.
+    """
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        raise _invalid(field, f"expected a string, got {type(raw).__name__}")
+    text = str(raw).strip()
+    if len(text) > _MAX_INPUT_LENGTH:
+        raise _invalid(field, "too long")
+    text = _OPEN_CARRIER.sub(r"\1", text)
+    if not _ALLOWED.fullmatch(text) or not _NON_DIGITS.sub("", text):
+        raise _invalid(field, "only digits, spaces, + ( ) - . / are allowed")
+
+    reason = "not a number of the numbering plan"
+    for candidate in _candidates(text):
+        try:
+            number = phonenumbers.parse(candidate, default_region)
+        except NumberParseException:
+            continue
+        if not phonenumbers.is_valid_number(number):
+            reason = _invalid_reason(number)
+            continue
+        if phonenumbers.number_type(number) not in _ACCEPTED_TYPES:
+            reason = "not a mobile or landline number (toll-free, shared-cost, premium...)"
+            continue
+        e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        return Phone(e164=e164, gateway_number=e164.removeprefix("+"))
+    raise _invalid(field, reason)
+
+
+def _country_code_length(digits: str) -> int:
+    """Length of the country code at the start of ``digits`` (ITU country codes are prefix-free)."""
+    for length in (1, 2, 3):
+        if int(digits[:length] or "0") in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            return length
+    return 0
+
+
+def mask_phone(e164: str) -> str:
+    """Mask a phone number for logs, keeping just enough to tell numbers apart.
+
+    * Brazil: country code, DDD, first digit of the subscriber number and its last 4 digits:
+      ``"+5511987654321"`` → ``"+55 11 9****-4321"``, ``"+553130001234"`` → ``"+55 31 3***-1234"``.
+    * Other countries: ``+`` country code and the last 4 digits: ``"+16502530000"`` →
+      ``"+1 ******0000"``.
+    * Anything else (unknown country code, too short, not a string): every digit but the last 4 starred;
+      4 digits or fewer are fully starred.
+
+    Never raises: logging must not fail because of a bad value.
+    """
+    try:
+        digits = _NON_DIGITS.sub("", e164) if isinstance(e164, str) else ""
+        cc_length = _country_code_length(digits) if isinstance(e164, str) and e164.startswith("+") else 0
+        country, national = digits[:cc_length], digits[cc_length:]
+        if country == "55" and len(national) >= 2 + 6:  # DDD + at least one starred digit
+            ddd, subscriber = national[:2], national[2:]
+            return f"+55 {ddd} {subscriber[0]}{'*' * (len(subscriber) - 5)}-{subscriber[-4:]}"
+        if country and len(national) > 4:
+            return f"+{country} {'*' * (len(national) - 4)}{national[-4:]}"
+        if len(digits) > 4:
+            return "*" * (len(digits) - 4) + digits[-4:]
+        return "*" * max(len(digits), 4)
+    except Exception:
+        return "****"

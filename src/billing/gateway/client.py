@@ -1,0 +1,301 @@
+"""HTTP client of one tenant's Evolution API instance.
+
+Contract: ``/work/shared/evolution-api.md`` (read from the gateway's sources 2.3.6 for ``v2`` and 1.8.2 for
+``v1``). The client never raises for HTTP or transport failures of a send: it classifies every answer into
+a :class:`~billing.domain.delivery.SendOutcome` and the worker decides. The API key travels in the
+``apikey`` header only and is never logged; phone numbers and texts are not logged either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from billing.domain.delivery import (
+    TRANSPORT_CONNECT_ERROR,
+    TRANSPORT_CONNECT_TIMEOUT,
+    TRANSPORT_DEADLINE,
+    TRANSPORT_POOL_TIMEOUT,
+    TRANSPORT_PROTOCOL_ERROR,
+    TRANSPORT_READ_ERROR,
+    TRANSPORT_READ_TIMEOUT,
+    TRANSPORT_WRITE_ERROR,
+    TRANSPORT_WRITE_TIMEOUT,
+    OutcomeKind,
+    SendOutcome,
+    classify_send_response,
+    classify_transport_error,
+)
+
+__all__ = ["WHATSAPP_NUMBERS_BATCH", "ApiVersion", "EvolutionClient", "GatewayError"]
+
+log = logging.getLogger(__name__)
+
+ApiVersion = Literal["v1", "v2"]
+
+WHATSAPP_NUMBERS_BATCH = 50
+"""Most numbers per ``whatsappNumbers`` call: bulk checks are known to get WhatsApp accounts flagged."""
+
+_NON_DIGITS = re.compile(r"\D")
+
+# Most specific first: the timeouts are TransportError subclasses too.
+_TRANSPORT_KINDS: tuple[tuple[type[Exception], str], ...] = (
+    (httpx.ConnectTimeout, TRANSPORT_CONNECT_TIMEOUT),
+    (httpx.ReadTimeout, TRANSPORT_READ_TIMEOUT),
+    (httpx.WriteTimeout, TRANSPORT_WRITE_TIMEOUT),
+    (httpx.PoolTimeout, TRANSPORT_POOL_TIMEOUT),
+    (httpx.ConnectError, TRANSPORT_CONNECT_ERROR),
+    (httpx.ReadError, TRANSPORT_READ_ERROR),
+    (httpx.WriteError, TRANSPORT_WRITE_ERROR),
+    (httpx.ProtocolError, TRANSPORT_PROTOCOL_ERROR),
+    (TimeoutError, TRANSPORT_DEADLINE),
+)
+
+
+def _transport_kind(exc: Exception) -> str:
+    for cls, kind in _TRANSPORT_KINDS:
+        if isinstance(exc, cls):
+            return kind
+    return "transport_error"
+
+
+def _decode(content: bytes) -> object:
+    """The JSON body, or None when empty or not JSON (a proxy's HTML page, a plain-text 503)."""
+    if not content:
+        return None
+    try:
+        return msgspec.json.decode(content)
+    except msgspec.DecodeError:
+        return None
+
+
+class GatewayError(Exception):
+    """A non-send call (``whatsappNumbers``) failed. ``outcome`` classifies it like a send would be;
+    ``partial`` holds the answers of the batches that succeeded before the failure."""
+
+    def __init__(self, outcome: SendOutcome, partial: Mapping[str, bool] | None = None) -> None:
+        super().__init__(f"{outcome.code}: {outcome.message}")
+        self.outcome = outcome
+        self.partial: dict[str, bool] = dict(partial or {})
+
+
+class EvolutionClient:
+    """Talks to one Evolution API instance.
+
+    Args:
+        http: the shared ``httpx.AsyncClient`` (owned by the caller; tests pass one built on
+            ``httpx.ASGITransport(app=simulator.asgi_app)``).
+        base_url: the gateway's root URL, e.g. ``"https://evo.example.com"`` (a trailing ``/`` is ignored).
+        api_key: the global key or the instance token, sent as header ``apikey``. Never logged.
+        instance: the instance name (URL-quoted in paths).
+        api_version: ``"v2"`` (2.x) or ``"v1"`` (1.8.x): decides the sendText body shape.
+        timeout_s: seconds allowed for one call **on top of** any typing ``delay`` of a send (the gateway
+            holds the HTTP call for the whole delay).
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        base_url: str,
+        api_key: str,
+        instance: str,
+        api_version: ApiVersion,
+        timeout_s: float = 30.0,
+    ) -> None:
+        if api_version not in ("v1", "v2"):
+            raise ValueError(f"api_version must be 'v1' or 'v2', not {api_version!r}")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        self._http = http
+        self._base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self.instance = instance
+        self.api_version: ApiVersion = api_version
+        self.timeout_s = timeout_s
+
+    def __repr__(self) -> str:
+        return (
+            f"EvolutionClient(base_url={self._base_url!r}, instance={self.instance!r}, "
+            f"api_version={self.api_version!r}, api_key='***')"
+        )
+
+    def _url(self, controller: str, action: str) -> str:
+        return f"{self._base_url}/{controller}/{action}/{quote(self.instance, safe='')}"
+
+    async def _request(
+        self, method: str, url: str, *, json_body: object | None, timeout_s: float
+    ) -> tuple[int, object]:
+        """One HTTP call bounded by ``timeout_s`` overall (also with transports that ignore httpx timeouts,
+        such as ``ASGITransport``). Raises httpx.HTTPError or TimeoutError."""
+        headers = {"apikey": self._api_key, "accept": "application/json"}
+        content = None
+        if json_body is not None:
+            content = msgspec.json.encode(json_body)
+            headers["content-type"] = "application/json"
+        timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, self.timeout_s))
+        async with asyncio.timeout(timeout_s):
+            response = await self._http.request(
+                method, url, content=content, headers=headers, timeout=timeout
+            )
+        return response.status_code, _decode(response.content)
+
+    def send_body(
+        self, number: str, text: str, *, delay_ms: int | None, link_preview: bool
+    ) -> dict[str, Any]:
+        """The sendText body for this client's API version.
+
+        v2: ``{"number", "text", "delay"?, "linkPreview"}``;
+        v1: ``{"number", "textMessage": {"text"},
+        "options": {"delay"?, "presence": "composing", "linkPreview"}}``.
+        """
+        if self.api_version == "v2":
+            body: dict[str, Any] = {"number": number, "text": text}
+            if delay_ms is not None:
+                body["delay"] = delay_ms
+            body["linkPreview"] = link_preview
+            return body
+        options: dict[str, Any] = {}
+        if delay_ms is not None:
+            options["delay"] = delay_ms
+        options["presence"] = "composing"
+        options["linkPreview"] = link_preview
+        return {"number": number, "textMessage": {"text": text}, "options": options}
+
+    async def send_text(
+        self, number: str, text: str, *, delay_ms: int | None = None, link_preview: bool = False
+    ) -> SendOutcome:
+        """``POST /message/sendText/{instance}``: send one text message.
+
+        Args:
+            number: digits with country code (``"5511987654321"``; ``+``, spaces, brackets and dashes are
+                stripped by the gateway) or a jid ``"…@s.whatsapp.net"``.
+            text: the message, sent as is.
+            delay_ms: milliseconds of "typing…" the gateway shows before sending; the call blocks that long,
+                so the call's deadline is ``delay_ms / 1000 + timeout_s`` seconds.
+            link_preview: ask the gateway for a link preview.
+
+        Returns:
+            The classified outcome; ``SENT`` carries ``message_id`` (``key.id``) and ``remote_jid``
+            (``key.remoteJid``, possibly rewritten by the gateway). Never raises for HTTP or transport
+            failures. An outcome with ``outcome_unknown`` may have been delivered: record it before retrying.
+        """
+        if delay_ms is not None and delay_ms < 0:
+            raise ValueError("delay_ms must be >= 0")
+        deadline_s = self.timeout_s + (delay_ms or 0) / 1000
+        body = self.send_body(number, text, delay_ms=delay_ms, link_preview=link_preview)
+        started = time.monotonic()
+        try:
+            status, answer = await self._request(
+                "POST", self._url("message", "sendText"), json_body=body, timeout_s=deadline_s
+            )
+        except (httpx.HTTPError, TimeoutError) as exc:
+            outcome = classify_transport_error(_transport_kind(exc), str(exc) or type(exc).__name__)
+        else:
+            outcome = classify_send_response(status, answer)
+        log.info(
+            "evolution sendText %s",
+            outcome.code,
+            extra={
+                "instance": self.instance,
+                "outcome": outcome.kind.value,
+                "code": outcome.code,
+                "http_status": outcome.http_status,
+                "elapsed_ms": round((time.monotonic() - started) * 1000),
+            },
+        )
+        return outcome
+
+    async def connection_state(self) -> str | None:
+        """``GET /instance/connectionState/{instance}`` → ``"open"``, ``"connecting"`` or ``"close"``.
+
+        The answer is ``{"instance": {"instanceName": "x", "state": "open"}}``; None when ``state`` is
+        missing (instance not loaded) or on any failure (HTTP error, transport error, odd body). Advisory
+        only: the gateway has reported ``open`` while sends failed with "Connection Closed".
+        """
+        try:
+            status, body = await self._request(
+                "GET", self._url("instance", "connectionState"), json_body=None, timeout_s=self.timeout_s
+            )
+        except (httpx.HTTPError, TimeoutError) as exc:
+            log.warning(
+                "evolution connectionState failed",
+                extra={"instance": self.instance, "error": _transport_kind(exc)},
+            )
+            return None
+        if status != 200 or not isinstance(body, dict):
+            log.warning("evolution connectionState answered %s", status, extra={"instance": self.instance})
+            return None
+        instance = body.get("instance")
+        state = instance.get("state") if isinstance(instance, dict) else None
+        return state if isinstance(state, str) and state else None
+
+    async def whatsapp_numbers(self, numbers: Sequence[str]) -> dict[str, bool]:
+        """``POST /chat/whatsappNumbers/{instance}``: which numbers have a WhatsApp account.
+
+        Sends ``{"numbers": [...]}`` in batches of at most :data:`WHATSAPP_NUMBERS_BATCH` (50) unique
+        numbers. The gateway answers ``[{"jid", "exists", "number": <input as sent>, "name"?}]`` **not in
+        input order**, so answers are matched on ``number`` (falling back to its digits).
+
+        Returns:
+            ``{input number: exists}`` for every input the gateway answered for; a number missing from the
+            answers is missing from the result (unknown).
+
+        Raises:
+            GatewayError: a batch failed (its ``outcome`` is classified as for a send; ``partial`` keeps
+                the answers of the earlier batches).
+        """
+        unique = list(dict.fromkeys(numbers))
+        result: dict[str, bool] = {}
+        url = self._url("chat", "whatsappNumbers")
+        for start in range(0, len(unique), WHATSAPP_NUMBERS_BATCH):
+            batch = unique[start : start + WHATSAPP_NUMBERS_BATCH]
+            try:
+                status, body = await self._request(
+                    "POST", url, json_body={"numbers": batch}, timeout_s=self.timeout_s
+                )
+            except (httpx.HTTPError, TimeoutError) as exc:
+                raise GatewayError(
+                    classify_transport_error(_transport_kind(exc), str(exc) or type(exc).__name__), result
+                ) from exc
+            if not 200 <= status < 300:
+                raise GatewayError(classify_send_response(status, body), result)
+            if not isinstance(body, list):
+                raise GatewayError(
+                    SendOutcome(
+                        kind=OutcomeKind.PERMANENT,
+                        code="unexpected_response",
+                        message=f"whatsappNumbers answered {status} without a list",
+                        retryable=False,
+                        http_status=status,
+                    ),
+                    result,
+                )
+            result.update(_match_numbers(batch, body))
+        return result
+
+
+def _match_numbers(batch: Sequence[str], answers: list[object]) -> dict[str, bool]:
+    by_input = {number: number for number in batch}
+    by_digits: dict[str, str] = {}
+    for number in batch:
+        by_digits.setdefault(_NON_DIGITS.sub("", number.split("@")[0]), number)
+    matched: dict[str, bool] = {}
+    for answer in answers:
+        if not isinstance(answer, dict):
+            continue
+        exists, answered = answer.get("exists"), answer.get("number")
+        if not isinstance(exists, bool) or not isinstance(answered, str):
+            continue
+        original = by_input.get(answered) or by_digits.get(_NON_DIGITS.sub("", answered.split("@")[0]))
+        if original is not None:
+            matched[original] = exists
+    return matched

@@ -1,0 +1,125 @@
+"""Typed settings, parsed once from ``BILLING_*`` environment variables at start-up.
+
+A missing or malformed value stops the process with a :class:`SettingsError` naming the variable
+(DESIGN.md, "Processes and configuration"). Nothing here is read at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from psycopg.conninfo import conninfo_to_dict
+
+PREFIX = "BILLING_"
+
+
+class SettingsError(Exception):
+    """A ``BILLING_*`` variable is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a process needs, validated.
+
+    Attributes:
+        database_url: libpq URL of PostgreSQL (must be TCP: host and port, not a Unix socket — a large
+            save through a Unix-socket pipeline stalls, see docs/architecture.md).
+        amqp_url: RabbitMQ URL.
+        jwt_secret: HS256 secret of admin tokens (at least 32 characters).
+        log_format: ``json`` (production) or ``console``.
+        api_host / api_port: where ``billing api`` listens.
+        pool_size: PostgreSQL connections per pool.
+        worker_prefetch: deliveries a worker holds at once.
+        dispatch_lease_s: seconds a worker's claim on a contact lasts before another may retry it.
+        poll_interval_s: seconds between polls of the notification log when no NOTIFY arrives.
+        gateway_timeout_s: seconds an Evolution API call may take (on top of its typing delay).
+        broker_prefix: prefix of every exchange and queue name (tests isolate themselves with it).
+    """
+
+    database_url: str
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    jwt_secret: str = field(default="", repr=False)
+    log_format: Literal["json", "console"] = "json"
+    log_level: str = "INFO"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    pool_size: int = 5
+    worker_prefetch: int = 10
+    dispatch_lease_s: float = 120.0
+    poll_interval_s: float = 1.0
+    gateway_timeout_s: float = 30.0
+    broker_prefix: str = "billing"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from ``env`` (default ``os.environ``); ``overrides`` win over the environment.
+
+        Raises:
+            SettingsError: naming the variable that is missing or malformed.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for name, kind in _FIELDS.items():
+            key = PREFIX + name.upper()
+            if name in overrides:
+                values[name] = overrides[name]
+                continue
+            raw = env.get(key)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[name] = kind(raw)
+            except ValueError:
+                raise SettingsError(f"{key} must be a {kind.__name__}, got {raw!r}") from None
+        if "database_url" not in values:
+            raise SettingsError(
+                f"{PREFIX}DATABASE_URL is required (e.g. postgresql://root@127.0.0.1:5432/billing)"
+            )
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Check cross-field rules. Raises :class:`SettingsError`."""
+        try:
+            info = conninfo_to_dict(self.database_url)
+        except Exception as exc:
+            raise SettingsError(f"{PREFIX}DATABASE_URL is not a valid PostgreSQL URL: {exc}") from None
+        host = str(info.get("host") or "")
+        if not host or host.startswith("/"):
+            raise SettingsError(f"{PREFIX}DATABASE_URL must name a TCP host (e.g. 127.0.0.1), not a socket")
+        if not info.get("dbname"):
+            raise SettingsError(f"{PREFIX}DATABASE_URL must name a database")
+        if self.log_format not in ("json", "console"):
+            raise SettingsError(f"{PREFIX}LOG_FORMAT must be 'json' or 'console'")
+        if self.jwt_secret and len(self.jwt_secret) < 32:
+            raise SettingsError(f"{PREFIX}JWT_SECRET must be at least 32 characters")
+        for name in ("pool_size", "worker_prefetch", "api_port"):
+            if int(getattr(self, name)) <= 0:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
+
+    def require_jwt_secret(self) -> str:
+        """The admin JWT secret. Raises :class:`SettingsError` when it is not set."""
+        if not self.jwt_secret:
+            raise SettingsError(f"{PREFIX}JWT_SECRET is required (at least 32 characters)")
+        return self.jwt_secret
+
+
+_FIELDS: dict[str, type] = {
+    "database_url": str,
+    "amqp_url": str,
+    "jwt_secret": str,
+    "log_format": str,
+    "log_level": str,
+    "api_host": str,
+    "api_port": int,
+    "pool_size": int,
+    "worker_prefetch": int,
+    "dispatch_lease_s": float,
+    "poll_interval_s": float,
+    "gateway_timeout_s": float,
+    "broker_prefix": str,
+}

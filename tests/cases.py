@@ -1,0 +1,21 @@
+"""Load the shared real-world cases (``../shared/cases/<name>`` next to the repository root)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES_DIR = ROOT.parent / "shared" / "cases"
+
+
+def load_cases(name: str) -> list[dict[str, Any]]:
+    """Return the list of cases in ``shared/cases/<name>`` (e.g. ``"money.json"``); fail loudly if missing."""
+    path = CASES_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(f"case file not found: {path}")
+    cases = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(cases, list):
+        raise TypeError(f"{path}: expected a JSON list of cases")
+    return cases
