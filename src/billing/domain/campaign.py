@@ -8,7 +8,7 @@ counts of accepted and rejected contacts.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -27,6 +27,8 @@ class Campaign(Aggregate):
         accepted: int
         rejected: int
         idempotency_key: str | None
+        request_hash: str
+        rejections: list[dict[str, Any]]
         created_at: datetime
 
     class Created(Aggregate.Created):
@@ -40,6 +42,8 @@ class Campaign(Aggregate):
         accepted: int
         rejected: int
         idempotency_key: str | None
+        request_hash: str
+        rejections: list[dict[str, Any]]
 
         def apply(self, aggregate: Campaign) -> None:
             aggregate.tenant_id = self.tenant_id
@@ -49,6 +53,8 @@ class Campaign(Aggregate):
             aggregate.accepted = self.accepted
             aggregate.rejected = self.rejected
             aggregate.idempotency_key = self.idempotency_key
+            aggregate.request_hash = self.request_hash
+            aggregate.rejections = list(self.rejections)
             aggregate.created_at = self.timestamp
 
     @classmethod
@@ -63,9 +69,13 @@ class Campaign(Aggregate):
         accepted: int,
         rejected: int,
         idempotency_key: str | None,
+        request_hash: str,
+        rejections: list[dict[str, Any]],
         at: datetime,
     ) -> Campaign:
-        """Record a new campaign. ``at`` is the aware ingestion instant (UTC)."""
+        """Record a new campaign. ``at`` is the aware ingestion instant (UTC); ``request_hash`` the
+        SHA-256 of the canonical request body (to tell a retry from a reused idempotency key);
+        ``rejections`` the rejected contacts' ``{index, code, message, field, details}``."""
         return cls._create(
             cls.Created,
             id=campaign_id,
@@ -76,5 +86,7 @@ class Campaign(Aggregate):
             accepted=accepted,
             rejected=rejected,
             idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            rejections=rejections,
             timestamp=at,
         )

@@ -1,0 +1,119 @@
+"""The Tenant aggregate: a company using the service, with its gateway settings and sending policy."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from billing.domain.errors import InvalidValue
+from billing.domain.policy import SendingPolicy, parse_policy
+
+GATEWAY_KEYS = ("base_url", "instance", "api_key", "api_version")
+
+
+def validate_gateway(gateway: dict[str, Any]) -> dict[str, str]:
+    """Check an Evolution API configuration ``{base_url, instance, api_key, api_version: v1|v2}``.
+
+    Raises:
+        InvalidValue: code ``invalid_gateway`` naming the field (``gateway.base_url`` ...).
+    """
+    out: dict[str, str] = {}
+    for key in GATEWAY_KEYS:
+        value = gateway.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidValue(f"gateway.{key} is required", code="invalid_gateway", field=f"gateway.{key}")
+        out[key] = value.strip()
+    if out["api_version"] not in ("v1", "v2"):
+        raise InvalidValue(
+            "gateway.api_version must be v1 or v2", code="invalid_gateway", field="gateway.api_version"
+        )
+    if not out["base_url"].startswith(("http://", "https://")):
+        raise InvalidValue(
+            "gateway.base_url must be an http(s) URL", code="invalid_gateway", field="gateway.base_url"
+        )
+    return out
+
+
+class Tenant(Aggregate):
+    """A company. ``policy`` is the JSON-like spec (see :mod:`billing.domain.policy`), always valid."""
+
+    TOPIC = "billing.Tenant"
+
+    if TYPE_CHECKING:  # the library builds __init__ from class annotations; keep these for mypy only
+        name: str
+        gateway: dict[str, str]
+        policy: dict[str, Any]
+        gateway_generation: int
+
+    class Registered(Aggregate.Created):
+        """A tenant was registered with its gateway and policy."""
+
+        TOPIC = "billing.Tenant.Registered"
+        name: str
+        gateway: dict[str, str]
+        policy: dict[str, Any]
+
+        def apply(self, aggregate: Tenant) -> None:
+            aggregate.name = self.name
+            aggregate.gateway = dict(self.gateway)
+            aggregate.policy = dict(self.policy)
+            aggregate.gateway_generation = 1
+
+    class GatewayConfigured(Aggregate.Event):
+        """The admin changed the gateway settings (lifts a ``gateway_misconfigured`` pause)."""
+
+        TOPIC = "billing.Tenant.GatewayConfigured"
+        gateway: dict[str, str]
+
+        def apply(self, aggregate: Tenant) -> None:
+            aggregate.gateway = dict(self.gateway)
+            aggregate.gateway_generation += 1
+
+    class PolicyChanged(Aggregate.Event):
+        """The admin changed the sending policy; ``policy`` is the whole new spec."""
+
+        TOPIC = "billing.Tenant.PolicyChanged"
+        policy: dict[str, Any]
+
+        def apply(self, aggregate: Tenant) -> None:
+            aggregate.policy = dict(self.policy)
+
+    @classmethod
+    def register(
+        cls, *, tenant_id: UUID, name: str, gateway: dict[str, Any], policy: dict[str, Any], at: datetime
+    ) -> Tenant:
+        """Register a tenant.
+
+        Raises:
+            InvalidValue: empty name or bad gateway; PolicyError: bad policy (both name the field).
+        """
+        if not name.strip():
+            raise InvalidValue("name is required", code="invalid_name", field="name")
+        parse_policy(policy)
+        return cls._create(
+            cls.Registered,
+            id=tenant_id,
+            name=name.strip(),
+            gateway=validate_gateway(gateway),
+            policy=dict(policy),
+            timestamp=at,
+        )
+
+    @property
+    def sending_policy(self) -> SendingPolicy:
+        """The typed policy."""
+        return parse_policy(self.policy)
+
+    def configure_gateway(self, gateway: dict[str, Any], *, at: datetime) -> None:
+        """Replace the gateway settings. Raises InvalidValue naming the field."""
+        self.trigger_event(self.GatewayConfigured, gateway=validate_gateway(gateway), timestamp=at)
+
+    def change_policy(self, changes: dict[str, Any], *, at: datetime) -> None:
+        """Merge ``changes`` into the policy (top-level keys replace). Raises PolicyError naming the field."""
+        merged = {**self.policy, **changes}
+        parse_policy(merged)
+        if merged != self.policy:
+            self.trigger_event(self.PolicyChanged, policy=merged, timestamp=at)

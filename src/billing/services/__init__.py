@@ -1,0 +1,1 @@
+"""Application services: thin use cases (load → call one domain method → save) over the ports."""
