@@ -24,7 +24,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.sql import SQL, Identifier
 
-from billing.domain import campaign, contact, queue  # noqa: F401  (registers the event topics)
+from billing.domain import apikey, campaign, contact, queue, template, tenant  # noqa: F401  (registers topics)
 
 EVENTS_TABLE = "billing_events"
 NOTIFY_CHANNEL = EVENTS_TABLE

@@ -33,7 +33,12 @@ class ApiKey(Aggregate):
         revoked: bool
         created_at: datetime
 
-    class Issued(Aggregate.Created):
+    class Created(Aggregate.Created):
+        """Base of the creation event; never recorded itself."""
+
+        TOPIC = "billing.ApiKey.Created"
+
+    class Issued(Created):
         """The key was issued (its clear text was shown once and never stored)."""
 
         TOPIC = "billing.ApiKey.Issued"

@@ -48,7 +48,12 @@ class Tenant(Aggregate):
         policy: dict[str, Any]
         gateway_generation: int
 
-    class Registered(Aggregate.Created):
+    class Created(Aggregate.Created):
+        """Base of the creation event; never recorded itself."""
+
+        TOPIC = "billing.Tenant.Created"
+
+    class Registered(Created):
         """A tenant was registered with its gateway and policy."""
 
         TOPIC = "billing.Tenant.Registered"

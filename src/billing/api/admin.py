@@ -1,0 +1,212 @@
+"""The admin API (JWT bearer; the tenant is the token's ``sub``): API keys, templates, campaigns, stats,
+sending configuration and the audit history of a contact."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+import msgspec
+from eventsourcing.application import AggregateNotFoundError
+from litestar import Controller, Request, delete, get, patch, post
+from litestar.di import Provide
+
+from billing.api.auth import Admin
+from billing.api.deps import Services, provide_services, run_sync
+from billing.api.public import BASE
+from billing.domain.contact import Contact
+from billing.domain.errors import InvalidValue, NotFound
+from billing.domain.tenant import Tenant
+
+Req = Request[Admin, Any, Any]
+
+
+class ApiKeyCreate(msgspec.Struct):
+    """Body of ``POST /api-keys/``."""
+
+    name: str = "default"
+
+
+class TemplateCreate(msgspec.Struct):
+    """Body of ``POST /templates/``."""
+
+    name: str
+    template_type: str
+    variations: list[str]
+    description: str = ""
+    active: bool = True
+
+
+class TemplatePatch(msgspec.Struct):
+    """Body of ``PATCH /templates/{id}/``: absent fields stay as they are."""
+
+    name: str | None = None
+    description: str | None = None
+    variations: list[str] | None = None
+    active: bool | None = None
+
+
+class PreviewRequest(msgspec.Struct):
+    """Body of ``POST /templates/{id}/preview``: sample contact fields as an ERP would send them."""
+
+    variables: dict[str, Any] = {}
+
+
+class ConfigPatch(msgspec.Struct):
+    """Body of ``PATCH /config/``: ``policy`` keys merge into the policy; ``gateway`` replaces it."""
+
+    policy: dict[str, Any] | None = None
+    gateway: dict[str, Any] | None = None
+
+
+def _template_doc(template: Any) -> dict[str, Any]:
+    return {
+        "template_id": str(template.id),
+        "name": template.name,
+        "template_type": template.template_type,
+        "description": template.description,
+        "variations": list(template.variations),
+        "active": template.active,
+        "version": template.version,
+    }
+
+
+def _config_doc(tenant: Tenant) -> dict[str, Any]:
+    gateway = dict(tenant.gateway)
+    gateway["api_key"] = "***"
+    return {"tenant_id": str(tenant.id), "name": tenant.name, "policy": tenant.policy, "gateway": gateway}
+
+
+def _event_doc(event: Any) -> dict[str, Any]:
+    data = {
+        f.name: getattr(event, f.name)
+        for f in dataclasses.fields(event)
+        if f.name not in ("originator_id", "originator_version", "timestamp", "originator_topic")
+    }
+    return {
+        "type": type(event).TOPIC,
+        "version": event.originator_version,
+        "at": event.timestamp.isoformat(),
+        "data": msgspec.to_builtins(data),
+    }
+
+
+class AdminController(Controller):
+    """Tenant administration."""
+
+    path = BASE
+    tags = ["admin"]
+    dependencies = {"services": Provide(provide_services)}
+
+    @get("/api-keys/")
+    async def list_api_keys(self, request: Req, services: Services) -> list[dict[str, Any]]:
+        """The tenant's API keys (never their text)."""
+        return await run_sync(services.queries.list_api_keys, request.user.tenant_id)
+
+    @post("/api-keys/")
+    async def create_api_key(self, request: Req, data: ApiKeyCreate, services: Services) -> dict[str, Any]:
+        """Issue a key; its text is in this answer only."""
+        key = await run_sync(services.tenants.issue_api_key, request.user.tenant_id, data.name)
+        return {"name": data.name, "prefix": key[:8], "api_key": key}
+
+    @delete("/api-keys/{key_id:uuid}/", status_code=204)
+    async def revoke_api_key(self, request: Req, key_id: UUID, services: Services) -> None:
+        """Revoke a key (404 for another tenant's)."""
+        await run_sync(services.tenants.revoke_api_key, request.user.tenant_id, key_id)
+
+    @get("/templates/")
+    async def list_templates(self, request: Req, services: Services) -> list[dict[str, Any]]:
+        """The tenant's templates."""
+        return await run_sync(services.queries.list_templates, request.user.tenant_id)
+
+    @post("/templates/")
+    async def create_template(self, request: Req, data: TemplateCreate, services: Services) -> dict[str, Any]:
+        """Create a template (422 with line and column for a malformed variation)."""
+        template = await run_sync(
+            services.templates.create,
+            request.user.tenant_id,
+            name=data.name,
+            template_type=data.template_type,
+            description=data.description,
+            variations=data.variations,
+            active=data.active,
+        )
+        return _template_doc(template)
+
+    @patch("/templates/{template_id:uuid}/")
+    async def change_template(
+        self, request: Req, template_id: UUID, data: TemplatePatch, services: Services
+    ) -> dict[str, Any]:
+        """Change a template; every change is an event."""
+        changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
+        template = await run_sync(services.templates.change, request.user.tenant_id, template_id, **changes)
+        return _template_doc(template)
+
+    @delete("/templates/{template_id:uuid}/", status_code=200)
+    async def deactivate_template(
+        self, request: Req, template_id: UUID, services: Services
+    ) -> dict[str, Any]:
+        """Deactivate a template; its history stays."""
+        template = await run_sync(services.templates.deactivate, request.user.tenant_id, template_id)
+        return _template_doc(template)
+
+    @post("/templates/{template_id:uuid}/preview", status_code=200)
+    async def preview_template(
+        self, request: Req, template_id: UUID, data: PreviewRequest, services: Services
+    ) -> dict[str, Any]:
+        """Render every variation of the template for sample variables, as if sent now."""
+        tenant_id = request.user.tenant_id
+        template = await run_sync(services.templates.get, tenant_id, template_id)
+        tenant = await run_sync(services.tenants.get_tenant, tenant_id)
+        tz = ZoneInfo(tenant.policy.get("timezone", "America/Sao_Paulo"))
+        texts = services.templates.preview(
+            template.variations, data.variables, now=services.container.clock.now(), tz=tz
+        )
+        return {"template_id": str(template_id), "version": template.version, "previews": texts}
+
+    @get("/campaigns/")
+    async def list_campaigns(self, request: Req, services: Services, limit: int = 50) -> list[dict[str, Any]]:
+        """The tenant's latest campaigns with their queue status."""
+        return await run_sync(services.queries.list_campaigns, request.user.tenant_id, limit=limit)
+
+    @get("/stats/")
+    async def stats(self, request: Req, services: Services) -> dict[str, Any]:
+        """Per-status contact counts."""
+        return await run_sync(services.queries.stats, request.user.tenant_id)
+
+    @get("/config/")
+    async def get_config(self, request: Req, services: Services) -> dict[str, Any]:
+        """The sending policy and gateway settings (the gateway key masked)."""
+        tenant = await run_sync(services.tenants.get_tenant, request.user.tenant_id)
+        return _config_doc(tenant)
+
+    @patch("/config/")
+    async def change_config(self, request: Req, data: ConfigPatch, services: Services) -> dict[str, Any]:
+        """Change the policy (422 naming the field when invalid) and/or the gateway."""
+        tenant_id = request.user.tenant_id
+        if data.policy is None and data.gateway is None:
+            raise InvalidValue("nothing to change: give policy and/or gateway", code="invalid_request")
+        if data.policy is not None:
+            await run_sync(services.tenants.change_policy, tenant_id, data.policy)
+        if data.gateway is not None:
+            await run_sync(services.tenants.configure_gateway, tenant_id, data.gateway)
+        tenant = await run_sync(services.tenants.get_tenant, tenant_id)
+        return _config_doc(tenant)
+
+    @get("/history/contact/{contact_id:uuid}")
+    async def contact_history(self, request: Req, contact_id: UUID, services: Services) -> dict[str, Any]:
+        """Every event of one contact, oldest first: what was sent, when, with which template version."""
+
+        def load() -> list[Any]:
+            try:
+                contact = services.container.store.repository.get(contact_id)
+            except AggregateNotFoundError:
+                raise NotFound("contact not found", code="contact_not_found") from None
+            if not isinstance(contact, Contact) or contact.tenant_id != request.user.tenant_id:
+                raise NotFound("contact not found", code="contact_not_found")
+            return list(services.container.store.events.get(contact_id))
+
+        events = await run_sync(load)
+        return {"contact_id": str(contact_id), "events": [_event_doc(e) for e in events]}

@@ -1,0 +1,71 @@
+"""The litestar application: public API, admin API, health, OpenAPI (served at ``/schema``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Litestar, Response, get
+from litestar.openapi import OpenAPIConfig
+
+from billing.api.admin import AdminController
+from billing.api.auth import jwt_auth
+from billing.api.deps import Services, run_sync
+from billing.api.errors import EXCEPTION_HANDLERS
+from billing.api.public import PublicController
+from billing.bootstrap import Container
+
+
+@get("/health/live", tags=["health"], sync_to_thread=False)
+def live() -> dict[str, str]:
+    """The process runs."""
+    return {"status": "ok"}
+
+
+def _readiness(services: Services) -> dict[str, Any]:
+    container = services.container
+    with container.pool.connection() as conn:
+        row = conn.execute(
+            "SELECT (SELECT coalesce(max(position), 0) FROM tracking WHERE name = 'projections') "
+            "AS projected, "
+            "(SELECT count(*) FROM projection_errors) AS projection_errors"
+        ).fetchone()
+    head = container.store.recorder.max_notification_id() or 0
+    assert row is not None
+    return {
+        "status": "ok",
+        "database": "ok",
+        "events": head,
+        "projection_lag": max(0, head - row["projected"]),
+        "projection_errors": row["projection_errors"],
+    }
+
+
+@get("/health/ready", tags=["health"])
+async def ready(request: Any) -> Response[dict[str, Any]]:
+    """The process can reach PostgreSQL; reports projection lag and unapplied events."""
+    services: Services = request.app.state.services
+    try:
+        body = await run_sync(_readiness, services)
+    except Exception as exc:
+        return Response({"status": "unavailable", "error": type(exc).__name__}, status_code=503)
+    return Response(body, status_code=200)
+
+
+def create_app(container: Container) -> Litestar:
+    """Build the API over ``container`` (needs ``settings.jwt_secret`` for the admin API)."""
+    services = Services.build(container)
+    auth = jwt_auth(container.settings.require_jwt_secret())
+    return Litestar(
+        route_handlers=[PublicController, AdminController, live, ready],
+        exception_handlers=EXCEPTION_HANDLERS,
+        on_app_init=[auth.on_app_init],
+        openapi_config=OpenAPIConfig(title="billing", version="1.0.0", path="/schema"),
+        state=_state(services),
+        debug=False,
+    )
+
+
+def _state(services: Services) -> Any:
+    from litestar.datastructures import State
+
+    return State({"services": services})

@@ -1,0 +1,70 @@
+"""The services the HTTP handlers use, built once per app from the container."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from uuid import UUID
+
+from litestar import Request
+
+from billing.api.auth import API_KEY_HEADER
+from billing.api.errors import Unauthorized
+from billing.bootstrap import Container
+from billing.services.cancel import CancelService
+from billing.services.ingest import IngestService
+from billing.services.queries import Queries
+from billing.services.templates import TemplateService
+from billing.services.tenants import TenantService
+
+T = TypeVar("T")
+
+
+@dataclass
+class Services:
+    """Application services of the API process."""
+
+    container: Container
+    tenants: TenantService
+    ingest: IngestService
+    templates: TemplateService
+    queries: Queries
+    cancel: CancelService
+
+    @classmethod
+    def build(cls, container: Container) -> Services:
+        """Wire the services over the container's ports."""
+        queries = Queries(container.pool)
+        return cls(
+            container=container,
+            tenants=TenantService(container.store, container.clock),
+            ingest=IngestService(container.store, queries, container.clock),
+            templates=TemplateService(container.store, container.clock),
+            queries=queries,
+            cancel=CancelService(container.store, container.pool, container.clock),
+        )
+
+
+async def run_sync(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a synchronous service call (the event store and pool are sync) in a worker thread."""
+    return await asyncio.to_thread(func, *args, **kwargs)
+
+
+async def provide_services(request: Request[Any, Any, Any]) -> Services:
+    """Litestar dependency: the app's services."""
+    services: Services = request.app.state.services
+    return services
+
+
+async def provide_tenant_id(request: Request[Any, Any, Any]) -> UUID:
+    """Litestar dependency of the public API: the tenant of the ``X-Billing-API-Key`` header (401 if none)."""
+    key = request.headers.get(API_KEY_HEADER)
+    if not key:
+        raise Unauthorized(f"missing {API_KEY_HEADER} header", field=API_KEY_HEADER)
+    services: Services = request.app.state.services
+    tenant_id = await run_sync(services.tenants.authenticate, key)
+    if tenant_id is None:
+        raise Unauthorized("unknown or revoked API key", field=API_KEY_HEADER)
+    return tenant_id

@@ -1,0 +1,230 @@
+"""The read side: queries on the projections' views (sql/001_views.sql). Every query is tenant-scoped, so
+another tenant's id reads as absent (promise 7). Synchronous (psycopg pool with dict rows)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg_pool import ConnectionPool
+
+from billing.domain.types import ContactStatus, QueueStatus
+
+MAX_PAGE = 500
+
+
+def queue_status_of(row: dict[str, Any]) -> QueueStatus:
+    """Derive the public status of a queue row: cancelled > completed > paused > running > queued."""
+    if row["cancelled_at"] is not None:
+        return QueueStatus.CANCELLED
+    if row["completed_at"] is not None:
+        return QueueStatus.COMPLETED
+    if row["paused_reason"] is not None:
+        return QueueStatus.PAUSED
+    if row["started_at"] is not None:
+        return QueueStatus.RUNNING
+    return QueueStatus.QUEUED
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def encode_cursor(value: int) -> str:
+    """Opaque page cursor of a position."""
+    return base64.urlsafe_b64encode(str(value).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """Position of an opaque cursor. Raises ValueError when it is not one of ours."""
+    padded = cursor + "=" * (-len(cursor) % 4)
+    return int(base64.urlsafe_b64decode(padded.encode()).decode())
+
+
+class Queries:
+    """Tenant-scoped reads of the views."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    def active_templates(self, tenant_id: UUID, template_type: str) -> list[dict[str, Any]]:
+        """Active templates of a type, oldest first: ``[{template_id, version, variations}]``."""
+        with self.pool.connection() as conn:
+            return conn.execute(
+                "SELECT template_id, version, variations FROM templates "
+                "WHERE tenant_id = %s AND template_type = %s AND active ORDER BY created_at, template_id",
+                (tenant_id, template_type),
+            ).fetchall()
+
+    def queue_status(self, tenant_id: UUID, queue_id: UUID) -> dict[str, Any] | None:
+        """The public status document of a queue (DESIGN.md "Queue status"), or None."""
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT * FROM queue_status WHERE queue_id = %s AND tenant_id = %s", (queue_id, tenant_id)
+            ).fetchone()
+        if row is None:
+            return None
+        return self.status_document(row)
+
+    @staticmethod
+    def status_document(row: dict[str, Any]) -> dict[str, Any]:
+        """Shape a queue_status row as the public document."""
+        total = row["total"]
+        done = row["sent"] + row["failed"] + row["skipped"] + row["rejected"] + row["cancelled"]
+        return {
+            "queue_id": str(row["queue_id"]),
+            "campaign_id": str(row["campaign_id"]),
+            "template_type": row["template_type"],
+            "status": queue_status_of(row).value,
+            "contacts": {
+                "total": total,
+                "pending": row["pending"],
+                "sent": row["sent"],
+                "failed": row["failed"],
+                "skipped": row["skipped"],
+                "rejected": row["rejected"],
+                "cancelled": row["cancelled"],
+            },
+            "progress": round(100.0 * done / total, 2) if total else 100.0,
+            "paused_reason": row["paused_reason"],
+            "resume_at": _iso(row["resume_at"]),
+            "created_at": _iso(row["created_at"]),
+            "started_at": _iso(row["started_at"]),
+            "completed_at": _iso(row["completed_at"]),
+            "cancelled_at": _iso(row["cancelled_at"]),
+            "updated_at": _iso(row["updated_at"]),
+        }
+
+    def campaign_exists(self, tenant_id: UUID, campaign_id: UUID) -> bool:
+        """True when the campaign is the tenant's and projected."""
+        with self.pool.connection() as conn:
+            return (
+                conn.execute(
+                    "SELECT 1 FROM campaigns WHERE campaign_id = %s AND tenant_id = %s",
+                    (campaign_id, tenant_id),
+                ).fetchone()
+                is not None
+            )
+
+    def campaign_contacts(
+        self,
+        tenant_id: UUID,
+        campaign_id: UUID,
+        *,
+        status: ContactStatus | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> dict[str, Any] | None:
+        """A page of a campaign's contacts in request order: ``{items, next_cursor}``, or None when the
+        campaign is unknown to this tenant. Raises ValueError for a bad cursor."""
+        if not self.campaign_exists(tenant_id, campaign_id):
+            return None
+        after = decode_cursor(cursor) if cursor else -1
+        limit = max(1, min(limit, MAX_PAGE))
+        params: list[Any] = [campaign_id, tenant_id, after]
+        sql = "SELECT * FROM campaign_contacts WHERE campaign_id = %s AND tenant_id = %s AND idx > %s"
+        if status is not None:
+            sql += " AND status = %s"
+            params.append(status.value)
+        sql += " ORDER BY idx LIMIT %s"
+        params.append(limit + 1)
+        with self.pool.connection() as conn:
+            rows = conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {
+            "items": [self.contact_document(r) for r in rows],
+            "next_cursor": encode_cursor(rows[-1]["idx"]) if more and rows else None,
+        }
+
+    @staticmethod
+    def contact_document(row: dict[str, Any]) -> dict[str, Any]:
+        """Shape a campaign_contacts row as the public item."""
+        error = None
+        if row["error_code"] is not None and row["status"] != ContactStatus.SENT.value:
+            error = {"code": row["error_code"], "message": row["error_message"]}
+        return {
+            "contact_id": str(row["contact_id"]),
+            "index": row["idx"],
+            "nome": row["nome"],
+            "telefone": row["telefone"],
+            "phone": row["phone"],
+            "status": row["status"],
+            "attempts": row["attempts"],
+            "message_text": row["message_text"],
+            "gateway_message_id": row["gateway_message_id"],
+            "sent_at": _iso(row["sent_at"]),
+            "error": error,
+        }
+
+    def list_campaigns(self, tenant_id: UUID, *, limit: int = 50) -> list[dict[str, Any]]:
+        """The tenant's latest campaigns with their queue status."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT c.campaign_id, c.external_id, c.accepted, c.rejected, q.* FROM campaigns c "
+                "JOIN queue_status q ON q.queue_id = c.queue_id WHERE c.tenant_id = %s "
+                "ORDER BY c.created_at DESC LIMIT %s",
+                (tenant_id, max(1, min(limit, MAX_PAGE))),
+            ).fetchall()
+        return [
+            {"campaign_id": str(r["campaign_id"]), "external_id": r["external_id"], **self.status_document(r)}
+            for r in rows
+        ]
+
+    def list_api_keys(self, tenant_id: UUID) -> list[dict[str, Any]]:
+        """The tenant's keys (never their text): ``[{key_id, name, prefix, created_at, revoked_at}]``."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT key_id, name, prefix, created_at, revoked_at FROM api_keys WHERE tenant_id = %s "
+                "ORDER BY created_at",
+                (tenant_id,),
+            ).fetchall()
+        return [
+            {
+                "key_id": str(r["key_id"]),
+                "name": r["name"],
+                "prefix": r["prefix"],
+                "created_at": _iso(r["created_at"]),
+                "revoked_at": _iso(r["revoked_at"]),
+            }
+            for r in rows
+        ]
+
+    def list_templates(self, tenant_id: UUID) -> list[dict[str, Any]]:
+        """The tenant's templates, active and inactive."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT * FROM templates WHERE tenant_id = %s ORDER BY template_type, created_at",
+                (tenant_id,),
+            ).fetchall()
+        return [self.template_document(r) for r in rows]
+
+    @staticmethod
+    def template_document(row: dict[str, Any]) -> dict[str, Any]:
+        """Shape a templates row."""
+        return {
+            "template_id": str(row["template_id"]),
+            "name": row["name"],
+            "template_type": row["template_type"],
+            "description": row["description"],
+            "variations": list(row["variations"]),
+            "active": row["active"],
+            "version": row["version"],
+            "updated_at": _iso(row["updated_at"]),
+        }
+
+    def stats(self, tenant_id: UUID) -> dict[str, Any]:
+        """Per-status contact counts of the tenant, all queues together."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT status, count(*) AS n FROM campaign_contacts WHERE tenant_id = %s GROUP BY status",
+                (tenant_id,),
+            ).fetchall()
+            queues = conn.execute(
+                "SELECT count(*) AS n FROM queue_status WHERE tenant_id = %s", (tenant_id,)
+            ).fetchone()
+        counts = {s.value: 0 for s in ContactStatus}
+        counts.update({r["status"]: r["n"] for r in rows})
+        return {"queues": queues["n"] if queues else 0, "contacts": counts}

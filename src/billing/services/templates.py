@@ -1,0 +1,97 @@
+"""Template use cases for the admin API: create, change, deactivate, preview."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+from zoneinfo import ZoneInfo
+
+from eventsourcing.application import AggregateNotFoundError
+
+from billing.domain.errors import NotFound
+from billing.domain.template import MessageTemplate, parse_variations
+from billing.domain.variables import message_variables
+from billing.eventstore import EventStore
+from billing.services.clock import Clock
+
+
+class TemplateService:
+    """Use cases on the Template aggregate, scoped to the caller's tenant."""
+
+    def __init__(self, store: EventStore, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+
+    def get(self, tenant_id: UUID, template_id: UUID) -> MessageTemplate:
+        """The tenant's template. Raises NotFound (unknown or another tenant's)."""
+        try:
+            template = self.store.repository.get(template_id)
+        except AggregateNotFoundError:
+            raise NotFound("template not found", code="template_not_found") from None
+        if not isinstance(template, MessageTemplate) or template.tenant_id != tenant_id:
+            raise NotFound("template not found", code="template_not_found")
+        return template
+
+    def create(
+        self,
+        tenant_id: UUID,
+        *,
+        name: str,
+        template_type: str,
+        description: str,
+        variations: Sequence[str],
+        active: bool = True,
+    ) -> MessageTemplate:
+        """Create a template. Raises InvalidValue / TemplateSyntaxError naming the field (422)."""
+        template = MessageTemplate.create(
+            template_id=uuid4(),
+            tenant_id=tenant_id,
+            name=name,
+            template_type=template_type,
+            description=description,
+            variations=variations,
+            active=active,
+            at=self.clock.now(),
+        )
+        self.store.save(template)
+        return template
+
+    def change(self, tenant_id: UUID, template_id: UUID, **changes: Any) -> MessageTemplate:
+        """Change name, description, variations or active.
+
+        Raises:
+            NotFound, InvalidValue, TemplateSyntaxError (naming the field).
+        """
+        template = self.get(tenant_id, template_id)
+        template.change(at=self.clock.now(), **changes)
+        self.store.save(template)
+        return template
+
+    def deactivate(self, tenant_id: UUID, template_id: UUID) -> MessageTemplate:
+        """Deactivate (DELETE): the history stays. Raises NotFound."""
+        return self.change(tenant_id, template_id, active=False)
+
+    @staticmethod
+    def preview(
+        variations: Sequence[str], sample: Mapping[str, Any], *, now: datetime, tz: ZoneInfo
+    ) -> list[str]:
+        """Render every variation for sample contact fields, as a message sent at ``now`` would read.
+
+        ``sample`` holds contact fields as an ERP sends them (``valor`` as a number or pt-BR string,
+        ``data_vencimento`` ISO or dd/mm/aaaa). Raises InvalidValue for unusable sample values.
+        """
+        from billing.domain.dates import parse_due_date
+        from billing.domain.money import parse_amount
+        from billing.domain.sanitize import sanitize_text
+
+        parsed = parse_variations(variations)
+        fields = {str(k): sanitize_text(v) for k, v in sample.items() if v is not None}
+        amount = parse_amount(sample["valor"]) if sample.get("valor") not in (None, "") else None
+        total = (
+            parse_amount(sample["valor_total"], field="valor_total") if sample.get("valor_total") else None
+        )
+        due = parse_due_date(sample["data_vencimento"]) if sample.get("data_vencimento") else None
+        variables = message_variables(fields, amount=amount, amount_total=total, due_date=due, now=now, tz=tz)
+        return [template.render(variables) for template in parsed]

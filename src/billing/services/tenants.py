@@ -1,0 +1,175 @@
+"""Tenant use cases: register a tenant (with default templates), issue / revoke / check API keys,
+change the gateway and the sending policy."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from typing import Any
+from uuid import UUID, uuid4
+
+from eventsourcing.application import AggregateNotFoundError
+
+from billing.domain.apikey import ApiKey, api_key_id
+from billing.domain.default_templates import DEFAULT_TEMPLATES
+from billing.domain.errors import NotFound
+from billing.domain.policy import default_policy_spec
+from billing.domain.template import MessageTemplate
+from billing.domain.tenant import Tenant
+from billing.eventstore import EventStore
+from billing.services.clock import Clock
+
+KEY_PREFIX = "bk_"
+AUTH_CACHE_TTL_S = 10.0
+
+
+def hash_api_key(key: str) -> str:
+    """SHA-256 hex digest of an API key (keys are 256-bit random, so a fast hash is right; no salt needed)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def generate_api_key() -> str:
+    """A new API key: ``bk_`` + 43 URL-safe characters (256 random bits, ``secrets``)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+class TenantService:
+    """Use cases on Tenant and ApiKey aggregates. Synchronous (the event store is)."""
+
+    def __init__(self, store: EventStore, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self._auth_cache: dict[str, tuple[float, UUID | None]] = {}
+        self._lock = threading.Lock()
+
+    def create_tenant(
+        self,
+        *,
+        name: str,
+        gateway: dict[str, Any],
+        policy: dict[str, Any] | None = None,
+        tenant_id: UUID | None = None,
+    ) -> UUID:
+        """Register a tenant with the default pt-BR templates of the three types, in one save.
+
+        Raises:
+            InvalidValue / PolicyError naming the field.
+        """
+        now = self.clock.now()
+        tenant = Tenant.register(
+            tenant_id=tenant_id or uuid4(),
+            name=name,
+            gateway=gateway,
+            policy=policy if policy is not None else default_policy_spec(),
+            at=now,
+        )
+        templates = [
+            MessageTemplate.create(
+                template_id=uuid4(),
+                tenant_id=tenant.id,
+                name=tname,
+                template_type=ttype.value,
+                description=description,
+                variations=variations,
+                active=True,
+                at=now,
+            )
+            for ttype, (tname, description, variations) in DEFAULT_TEMPLATES.items()
+        ]
+        self.store.save(tenant, *templates)
+        return tenant.id
+
+    def get_tenant(self, tenant_id: UUID) -> Tenant:
+        """The tenant. Raises NotFound."""
+        try:
+            tenant = self.store.repository.get(tenant_id)
+        except AggregateNotFoundError:
+            raise NotFound("tenant not found", code="tenant_not_found") from None
+        if not isinstance(tenant, Tenant):
+            raise NotFound("tenant not found", code="tenant_not_found")
+        return tenant
+
+    def issue_api_key(self, tenant_id: UUID, name: str = "default", key: str | None = None) -> str:
+        """Issue an API key for the tenant and return its clear text (shown once, never stored).
+
+        With ``key`` given (``billing dev --api-key``) that text is registered; registering the same key
+        again for the same tenant is a no-op.
+
+        Raises:
+            NotFound: unknown tenant.
+            ValueError: ``key`` shorter than 16 characters or owned by another tenant.
+        """
+        self.get_tenant(tenant_id)
+        clear = key or generate_api_key()
+        if len(clear) < 16:
+            raise ValueError("an API key must have at least 16 characters")
+        digest = hash_api_key(clear)
+        try:
+            existing = self.store.repository.get(api_key_id(digest))
+        except AggregateNotFoundError:
+            existing = None
+        if existing is not None:
+            if existing.tenant_id != tenant_id:
+                raise ValueError("that key belongs to another tenant")
+            return clear
+        api_key = ApiKey.issue(
+            tenant_id=tenant_id, name=name, prefix=clear[:8], key_hash=digest, at=self.clock.now()
+        )
+        self.store.save(api_key)
+        return clear
+
+    def revoke_api_key(self, tenant_id: UUID, key_id: UUID) -> None:
+        """Revoke one of the tenant's keys. Raises NotFound (unknown or another tenant's key)."""
+        try:
+            api_key = self.store.repository.get(key_id)
+        except AggregateNotFoundError:
+            raise NotFound("api key not found", code="api_key_not_found") from None
+        if not isinstance(api_key, ApiKey) or api_key.tenant_id != tenant_id:
+            raise NotFound("api key not found", code="api_key_not_found")
+        api_key.revoke(at=self.clock.now())
+        self.store.save(api_key)
+        with self._lock:
+            self._auth_cache.clear()
+
+    def authenticate(self, key: str) -> UUID | None:
+        """The tenant of a clear-text API key, or None (unknown, revoked). Answers are cached 10 s."""
+        if not key or len(key) > 256:
+            return None
+        digest = hash_api_key(key)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._auth_cache.get(digest)
+            if hit is not None and now - hit[0] < AUTH_CACHE_TTL_S:
+                return hit[1]
+        try:
+            api_key = self.store.repository.get(api_key_id(digest))
+            tenant: UUID | None = None
+            if (
+                isinstance(api_key, ApiKey)
+                and not api_key.revoked
+                and secrets.compare_digest(api_key.key_hash, digest)
+            ):
+                tenant = api_key.tenant_id
+        except AggregateNotFoundError:
+            tenant = None
+        with self._lock:
+            if len(self._auth_cache) > 10_000:
+                self._auth_cache.clear()
+            self._auth_cache[digest] = (now, tenant)
+        return tenant
+
+    def configure_gateway(self, tenant_id: UUID, gateway: dict[str, Any]) -> Tenant:
+        """Replace the tenant's gateway settings. Raises NotFound, InvalidValue."""
+        tenant = self.get_tenant(tenant_id)
+        tenant.configure_gateway(gateway, at=self.clock.now())
+        self.store.save(tenant)
+        return tenant
+
+    def change_policy(self, tenant_id: UUID, changes: dict[str, Any]) -> Tenant:
+        """Merge policy changes. Raises NotFound, PolicyError naming the field."""
+        tenant = self.get_tenant(tenant_id)
+        tenant.change_policy(changes, at=self.clock.now())
+        self.store.save(tenant)
+        return tenant
