@@ -1,0 +1,128 @@
+"""Screening of one contact at ingestion: cases T07, M03, M04, D05, P04, P05 at the contact level."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from billing.domain.ingestion import AcceptedContact, RejectedContact, screen_contact
+from billing.domain.templating import parse_template
+from billing.domain.types import TemplateType
+from tests.cases import load_cases
+
+
+def case(file: str, case_id: str) -> dict:
+    return next(c for c in load_cases(file) if c["id"] == case_id)
+
+
+def test_T07_contact_lacking_a_required_variable_is_rejected_naming_it() -> None:
+    c = case("templates.json", "T07")
+    required = parse_template(c["template"]).required_variables
+    outcome = screen_contact(
+        {**c["vars"], "telefone": "11987654321"},
+        index=4,
+        template_type=TemplateType.OVERDUE,
+        required_variables=required,
+    )
+    assert isinstance(outcome, RejectedContact)
+    assert outcome.code == c["expect"]["code"] == "missing_variable"
+    assert outcome.details == {"names": c["expect"]["names"]}
+    assert outcome.field == "contacts[4].valor"
+
+
+def test_M03_ambiguous_amount_rejects_the_contact() -> None:
+    c = case("money.json", "M03")
+    outcome = screen_contact(
+        {"nome": "Ana", "telefone": "11987654321", "valor": c["given"]},
+        index=0,
+        template_type=TemplateType.OVERDUE,
+    )
+    assert isinstance(outcome, RejectedContact)
+    assert outcome.code == c["expect"]["code"] == "ambiguous_amount"
+
+
+def test_M04_non_positive_amount_for_overdue_is_rejected() -> None:
+    c = case("money.json", "M04")
+    outcome = screen_contact(
+        {"nome": "Ana", "telefone": "11987654321", "valor": c["given"]},
+        index=0,
+        template_type=TemplateType(c["template_type"]),
+    )
+    assert isinstance(outcome, RejectedContact)
+    assert outcome.code == c["expect"]["code"] == "non_positive_amount"
+
+
+def test_negative_amount_is_allowed_in_a_notification() -> None:
+    outcome = screen_contact(
+        {"nome": "Ana", "telefone": "11987654321", "valor": -100},
+        index=0,
+        template_type=TemplateType.NOTIFICATION,
+    )
+    assert isinstance(outcome, AcceptedContact)
+    assert outcome.amount == Decimal("-100")
+
+
+def test_D05_month_13_rejects_the_contact_with_invalid_date() -> None:
+    c = case("dates.json", "D05")
+    outcome = screen_contact(
+        {"nome": "Ana", "telefone": "11987654321", "data_vencimento": c["data_vencimento"]},
+        index=2,
+        template_type=TemplateType.UPCOMING,
+    )
+    assert isinstance(outcome, RejectedContact)
+    assert (outcome.code, outcome.field) == ("invalid_date", "contacts[2].data_vencimento")
+
+
+@pytest.mark.parametrize("case_id", ["P04", "P05"])
+def test_invalid_phone_rejects_the_contact_alone(case_id: str) -> None:
+    c = case("phones.json", case_id)
+    outcome = screen_contact({"nome": "Ana", **c["given"]}, index=0, template_type=TemplateType.NOTIFICATION)
+    assert isinstance(outcome, RejectedContact)
+    assert outcome.code == c["expect"]["code"] == "invalid_phone"
+    assert outcome.field == "contacts[0].telefone"
+
+
+def test_accepted_contact_is_normalised() -> None:
+    outcome = screen_contact(
+        {
+            "nome": " Maria\u0000 Souza ",
+            "telefone": "0055 11 98765-4321",
+            "valor": "R$ 1.234,56",
+            "valor_total": 1234.56,
+            "data_vencimento": "15/01/2025",
+            "codigo": 42,
+        },
+        index=0,
+        template_type=TemplateType.OVERDUE,
+        required_variables={"nome_cliente", "valor", "dias_atraso"},
+    )
+    assert outcome == AcceptedContact(
+        index=0,
+        fields={
+            "nome": "Maria Souza",
+            "telefone": "0055 11 98765-4321",
+            "valor": "R$ 1.234,56",
+            "valor_total": "1234.56",
+            "data_vencimento": "15/01/2025",
+            "codigo": "42",
+        },
+        telefone="0055 11 98765-4321",
+        phone="+5511987654321",
+        gateway_number="5511987654321",
+        amount=Decimal("1234.56"),
+        amount_total=Decimal("1234.56"),
+        due_date=date(2025, 1, 15),
+    )
+
+
+def test_derived_variable_needs_its_source_field() -> None:
+    outcome = screen_contact(
+        {"telefone": "11987654321"},
+        index=0,
+        template_type=TemplateType.NOTIFICATION,
+        required_variables={"nome_cliente", "dias_atraso"},
+    )
+    assert isinstance(outcome, RejectedContact)
+    assert outcome.details == {"names": ["dias_atraso", "nome_cliente"]}
