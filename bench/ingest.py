@@ -1,0 +1,139 @@
+"""Benchmark: one POST of 10,000 contacts against the real PostgreSQL, over real HTTP.
+
+Prints the time to 202 and contacts/s, and — in the same run — the rate of a raw psycopg ``COPY`` of
+10,000 rows of the same size into a scratch table (the physical limit). Target: the 202 within 2 s.
+
+Run: ``.venv/bin/python bench/ingest.py [--contacts 10000] [--runs 3]`` (PostgreSQL at 127.0.0.1:5432).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import threading
+import time
+import uuid
+
+import httpx
+import psycopg
+import uvicorn
+from billing.projections.views import project_pending
+
+from billing.api.app import create_app
+from billing.bootstrap import build_container
+from billing.db import migrate
+from billing.services.tenants import TenantService
+from billing.settings import Settings
+
+ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
+GATEWAY = {"base_url": "http://127.0.0.1:9", "instance": "bench", "api_key": "k", "api_version": "v2"}
+
+
+def contacts(n: int, seed: int) -> list[dict[str, object]]:
+    return [
+        {
+            "nome": f"Cliente {seed}-{i} da Silva",
+            "telefone": f"+55119{(87000000 + i) % 100000000:08d}",
+            "valor": "R$ 1.234,56",
+            "valor_total": "R$ 1.234,56",
+            "data_vencimento": "2025-01-15",
+            "numero_fatura": f"NF-{seed}-{i:06d}",
+        }
+        for i in range(n)
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def copy_baseline(url: str, n: int, row_size: int) -> float:
+    payload = b"x" * row_size
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "CREATE TEMP TABLE scratch (id bigserial PRIMARY KEY, originator_id uuid, "
+            "originator_version int, topic text, state bytea)"
+        )
+        started = time.perf_counter()
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY scratch (originator_id, originator_version, topic, state) FROM STDIN") as copy,
+        ):
+            for _ in range(n):
+                copy.write_row((uuid.uuid4(), 1, "billing.Contact.Added", payload))
+        conn.commit()
+        return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--contacts", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+
+    dbname = f"billing_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+    url = ADMIN_URL.rsplit("/", 1)[0] + "/" + dbname
+    try:
+        migrate(url)
+        settings = Settings.from_env({}, database_url=url, jwt_secret="b" * 32, pool_size=4)
+        container = build_container(settings)
+        tenants = TenantService(container.store, container.clock)
+        tenant_id = tenants.create_tenant(name="Bench", gateway=GATEWAY)
+        key = tenants.issue_api_key(tenant_id, "bench")
+        project_pending(container)
+        port = free_port()
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(container), host="127.0.0.1", port=port, log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.05)
+        timings = []
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            for run in range(args.runs):
+                body = {"external_id": f"bench-{run}", "contacts": contacts(args.contacts, run)}
+                started = time.perf_counter()
+                response = client.post(
+                    "/api/billing/v1/billing/send/overdue", json=body, headers={"X-Billing-API-Key": key}
+                )
+                elapsed = time.perf_counter() - started
+                assert response.status_code == 202, response.text
+                assert response.json()["contacts"]["accepted"] == args.contacts
+                timings.append(elapsed)
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT avg(length(state))::int FROM billing_events WHERE topic = 'billing.Contact.Added'"
+            ).fetchone()
+        row_size = int(row[0]) if row else 400
+        baseline = copy_baseline(url, args.contacts, row_size)
+        server.should_exit = True
+        thread.join(timeout=10)
+        container.store.close()
+        container.pool.close()
+        best, median = min(timings), statistics.median(timings)
+        print(
+            f"POST {args.contacts} contacts → 202: best {best:.3f} s, "
+            f"median {median:.3f} s over {args.runs} runs"
+        )
+        print(
+            f"  = {args.contacts / median:,.0f} contacts/s (median); target: 202 within 2 s -> "
+            f"{'met' if median <= 2.0 else 'NOT met'}"
+        )
+        print(
+            f"baseline: raw psycopg COPY of {args.contacts} rows of {row_size} B: {baseline:.3f} s "
+            f"= {args.contacts / baseline:,.0f} rows/s (the physical limit)"
+        )
+        print(f"ratio: POST takes {median / baseline:.1f}x the raw COPY")
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()

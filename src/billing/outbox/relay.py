@@ -1,0 +1,203 @@
+"""The outbox relay (``billing relay``): each ``Contact.Added`` event becomes a ``SendJob`` on the broker.
+
+It follows the notification log filtered to the topic ``billing.Contact.Added`` (the database skips the
+other events), builds one job per event, routed to the job queue of the contact's template type
+(``broker.topology.queue(kind)``), with message id ``<contact_id>:<notification_id>``
+(:func:`~billing.outbox.jobs.job_message_id`), and publishes each batch with publisher confirms.
+
+Promise 2 and case Q03: the position (``tracking.name = 'relay'``) is recorded only after
+:meth:`Publisher.publish` returned, i.e. after the broker confirmed every message of the batch. On a
+:class:`~billing.outbox.broker.PublishError` or a lost connection nothing is recorded; the follower
+backs off (exponentially, capped) and publishes the batch again from the recorded position — the relay
+never stops for good. Batches are published one after the other, so jobs reach the broker in
+notification-log order.
+
+Case Q04: if the relay dies between the confirm and the recording of its position, it publishes those
+jobs again after a restart (same message ids). Delivery is at-least-once; the worker makes a duplicate
+job a no-op.
+
+An ``Added`` event that cannot be decoded is recorded in ``projection_errors`` (projection ``'relay'``),
+logged at error level, and skipped, in the same transaction as the position: it cannot become a job,
+and it must not block every job behind it.
+
+Run exactly one relay per database: two would publish every job twice (harmless, but wasteful).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from eventsourcing.persistence import Mapper, Notification
+from psycopg_pool import ConnectionPool
+
+from billing.domain.contact import Contact
+from billing.domain.types import TemplateType
+from billing.outbox.broker import Broker, OutgoingMessage, Publisher
+from billing.outbox.jobs import SendJob, encode_job, job_message_id
+from billing.projections.follower import DEFAULT_BATCH_SIZE, NotificationFollower, read_after
+from billing.projections.tracking import load_position, record_error, save_position
+
+if TYPE_CHECKING:
+    from billing.bootstrap import Container
+
+log = logging.getLogger(__name__)
+
+RELAY = "relay"
+"""The relay's row in ``tracking`` (and ``projection_errors.projection`` of the events it skipped)."""
+TOPICS = (Contact.Added.TOPIC,)
+"""The only events the relay forwards."""
+
+
+def to_message(mapper: Mapper[Any], notification: Notification, broker: Broker) -> OutgoingMessage:
+    """The broker message of one ``Contact.Added`` notification.
+
+    Raises:
+        Exception: the event cannot be decoded, or its template type has no job queue.
+    """
+    event: Any = mapper.to_domain_event(notification)
+    job = SendJob(
+        contact_id=event.originator_id,
+        tenant_id=event.tenant_id,
+        queue_id=event.queue_id,
+        template_type=TemplateType(event.template_type),
+        reason="added",
+    )
+    return OutgoingMessage(
+        routing_key=broker.topology.queue(job.template_type.value),
+        body=encode_job(job),
+        message_id=job_message_id(job, str(notification.id)),
+        headers={"tenant_id": str(job.tenant_id)},
+    )
+
+
+class OutboxRelay:
+    """Publishes the ``Contact.Added`` notifications of one event store to one broker.
+
+    Args:
+        container: supplies the event store, the views pool (``tracking``), the broker and settings.
+        publisher: the publisher to use (default: ``container.broker.publisher()``, made on first use).
+        batch_size: notifications per published batch, at most.
+
+    Raises:
+        ValueError: the container has no broker.
+    """
+
+    def __init__(
+        self,
+        container: Container,
+        *,
+        publisher: Publisher | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        if container.broker is None:
+            raise ValueError("the relay needs a broker")
+        self.container = container
+        self.broker: Broker = container.broker
+        self.pool: ConnectionPool = container.pool
+        self.batch_size = batch_size
+        self._publisher = publisher
+
+    @property
+    def publisher(self) -> Publisher:
+        """The publisher (made on first use)."""
+        if self._publisher is None:
+            self._publisher = self.broker.publisher()
+        return self._publisher
+
+    async def handle_batch(self, batch: Sequence[Notification], after: int, upto: int) -> int:
+        """Publish ``batch`` (the Added notifications in ``(after, upto]``), wait for the confirms, then
+        record ``upto`` as the position. Returns the recorded position.
+
+        Raises:
+            PublishError: the broker did not confirm the batch (the position is unchanged).
+            psycopg.Error: the position could not be recorded (the batch will be published again).
+        """
+        messages: list[OutgoingMessage] = []
+        failures: list[tuple[Notification, BaseException]] = []
+        for notification in batch:
+            try:
+                messages.append(to_message(self.container.store.mapper, notification, self.broker))
+            except Exception as exc:
+                failures.append((notification, exc))
+        await self.publisher.publish(messages)  # returns only after every confirm
+        return await asyncio.to_thread(self._record, upto, failures)
+
+    def _record(self, upto: int, failures: Sequence[tuple[Notification, BaseException]]) -> int:
+        with self.pool.connection() as conn, conn.transaction():
+            for notification, exc in failures:
+                record_error(conn, RELAY, notification, exc)
+            return save_position(conn, RELAY, upto)
+
+    async def load_position(self) -> int:
+        """The recorded position (0 before the first batch)."""
+        return await asyncio.to_thread(load_position, self.pool, RELAY)
+
+    async def publish_pending(self) -> int:
+        """Publish everything the log holds now; returns how many jobs were published (duplicates of a
+        previous run that died before recording its position included).
+
+        Raises:
+            PublishError / psycopg.Error: as :meth:`handle_batch` (nothing after the failed batch is
+                published, and its position is not recorded).
+        """
+        position = await self.load_position()
+        published = 0
+        while True:
+            batch, upto = await asyncio.to_thread(
+                read_after, self.container.store.recorder, position, self.batch_size, TOPICS
+            )
+            if upto <= position:
+                return published
+            position = await self.handle_batch(batch, position, upto)
+            published += len(batch)
+
+    def follower(self) -> NotificationFollower:
+        """The notification-log follower that drives :meth:`handle_batch` (LISTEN + poll, backoff)."""
+        settings = self.container.settings
+        return NotificationFollower(
+            name=RELAY,
+            recorder=self.container.store.recorder,
+            database_url=settings.database_url,
+            load_position=self.load_position,
+            handle_batch=self.handle_batch,
+            topics=TOPICS,
+            batch_size=self.batch_size,
+            poll_interval_s=settings.poll_interval_s,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Declare the broker topology (best effort) and relay until ``stop`` is set. Never returns on
+        an error: publish failures and lost connections are retried with backoff."""
+        try:
+            await self.broker.declare_topology()
+        except Exception:
+            log.exception("relay could not declare the broker topology; publishing will retry")
+        await self.follower().run(stop)
+
+
+async def run_relay(container: Container, stop: asyncio.Event) -> None:
+    """Run the outbox relay until ``stop`` is set (``billing relay``); see :class:`OutboxRelay`.
+
+    Raises:
+        ValueError: the container has no broker.
+    """
+    await OutboxRelay(container).run(stop)
+
+
+async def relay_pending(container: Container) -> int:
+    """Publish every ``Contact.Added`` event not yet relayed, now; returns how many jobs were published.
+
+    Raises:
+        ValueError: the container has no broker.
+        PublishError: the broker did not confirm a batch (the position stays before it).
+    """
+    publisher = container.extras.get("relay_publisher")
+    if publisher is None:  # one publisher (RabbitMQ: one confirm channel) per container, not per call
+        relay = OutboxRelay(container)
+        container.extras["relay_publisher"] = relay.publisher
+    else:
+        relay = OutboxRelay(container, publisher=publisher)
+    return await relay.publish_pending()

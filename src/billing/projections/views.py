@@ -1,0 +1,245 @@
+"""The read-model projection: follows the notification log and writes every table of ``sql/001_views.sql``.
+
+Exactly once (promise 6; issue 2 item 4). Each batch is applied in ONE PostgreSQL transaction together
+with the tracking record ``tracking.name = 'projections'``: the transaction locks that row
+(``SELECT … FOR UPDATE``), re-reads the position, applies only the notifications with a greater id,
+moves the position and commits. Two projection processes may run side by side: the second waits for the
+lock, then finds the batch already applied and skips it. If the position went *back* meanwhile (a
+rebuild), the batch is not applied and the follower re-reads from the new position.
+
+Speed: contacts are folded in memory and written with ``executemany``; queue counters are recomputed
+with one set-based statement per batch (:mod:`billing.projections.writers`).
+
+What happens to an event the projection cannot apply (decision; issue 2, "Known traps": a projection
+that raises stops its runner for good, and it must not silently stall the status endpoints):
+
+1. Transient database errors (``psycopg.OperationalError``/``InterfaceError``: connection lost,
+   serialization failure, deadlock, lock or pool timeout) retry the whole batch, :data:`ATTEMPTS` times
+   with backoff; after that the error goes to the follower, which backs off and retries forever — a
+   database outage pauses the views, it never skips events.
+2. An error confined to one event — it cannot be decoded (unknown topic, corrupt state), it refers to a
+   row that was never projected, or its write fails with a non-transient database error — is recorded in
+   ``projection_errors`` (notification id, topic, error text), logged at error level, and the projection
+   moves past it in the same transaction as the other events of the batch. When the batch fails as a
+   whole with a non-transient error, it is applied again one notification per savepoint to find the
+   culprit(s). Nothing is dropped silently and nothing stalls; fixing the cause and running
+   ``billing projections rebuild`` replays every event, the skipped ones included.
+3. Events of known types that no view needs are ignored; an unresolvable topic is an error (case 2).
+
+A rebuild truncates the views, this projection's errors and position in one transaction, then replays
+the log from the start; every value is taken from the events, never from the clock, so it gives the same
+rows (promise 6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from eventsourcing.persistence import Mapper, Notification
+from eventsourcing.utils import resolve_topic
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from billing.projections.follower import DEFAULT_BATCH_SIZE, Backoff, NotificationFollower, read_after
+from billing.projections.tracking import load_position, lock_position, record_error, save_position
+from billing.projections.writers import CONTACT_UPDATE_TOPICS, ViewWriter
+
+if TYPE_CHECKING:
+    from billing.bootstrap import Container
+
+log = logging.getLogger(__name__)
+
+PROJECTION = "projections"
+"""The name of this projection's row in ``tracking`` and in ``projection_errors.projection``."""
+ATTEMPTS = 3
+"""Tries of a batch on transient database errors before the follower's own backoff takes over."""
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+VIEW_TABLES = ("tenants", "api_keys", "templates", "campaigns", "queue_status", "campaign_contacts")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What :func:`apply_batch` did.
+
+    Attributes:
+        applied: notifications handled by this call (written, ignored or recorded as errors).
+        errors: of those, how many were recorded in ``projection_errors``.
+        position: the tracking position after the call.
+    """
+
+    applied: int
+    errors: int
+    position: int
+
+
+def apply_batch(
+    pool: ConnectionPool,
+    mapper: Mapper[Any],
+    batch: Sequence[Notification],
+    after: int,
+    upto: int,
+    *,
+    name: str = PROJECTION,
+) -> BatchResult:
+    """Apply ``batch`` (the notifications with id in ``(after, upto]``) exactly once; see module docstring.
+
+    Synchronous (one transaction on a ``pool`` connection); run it in a thread from async code.
+
+    Raises:
+        psycopg.OperationalError / psycopg.InterfaceError: still failing after :data:`ATTEMPTS` tries.
+    """
+    backoff = Backoff(0.1, 2.0)
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return _apply_in_transaction(pool, mapper, batch, after, upto, name=name, isolate=False)
+        except TRANSIENT_ERRORS as exc:
+            if attempt == ATTEMPTS:
+                raise
+            delay = backoff.next()
+            log.warning("%s batch (%d, %d] failed (%r); retry in %.1f s", name, after, upto, exc, delay)
+            time.sleep(delay)
+        except Exception as exc:
+            log.warning("%s batch (%d, %d] failed (%r); isolating the culprit", name, after, upto, exc)
+            break
+    return _apply_in_transaction(pool, mapper, batch, after, upto, name=name, isolate=True)
+
+
+def _apply_in_transaction(
+    pool: ConnectionPool,
+    mapper: Mapper[Any],
+    batch: Sequence[Notification],
+    after: int,
+    upto: int,
+    *,
+    name: str,
+    isolate: bool,
+) -> BatchResult:
+    with pool.connection() as conn, conn.transaction():
+        position = lock_position(conn, name)
+        if position < after:  # rebuilt meanwhile: this batch does not start at the position
+            return BatchResult(applied=0, errors=0, position=position)
+        todo = [n for n in batch if n.id > position]
+        failures: list[tuple[Notification, BaseException]] = []
+        if not isolate:
+            failures = _apply(conn, mapper, todo)
+        else:
+            for notification in todo:
+                try:
+                    with conn.transaction():  # a savepoint
+                        failures.extend(_apply(conn, mapper, [notification]))
+                except TRANSIENT_ERRORS:
+                    raise
+                except Exception as exc:
+                    failures.append((notification, exc))
+        for failed, error in failures:
+            record_error(conn, name, failed, error)
+        new_position = save_position(conn, name, max(upto, position))
+    return BatchResult(applied=len(todo), errors=len(failures), position=new_position)
+
+
+def _apply(
+    conn: psycopg.Connection[Any], mapper: Mapper[Any], notifications: Sequence[Notification]
+) -> list[tuple[Notification, BaseException]]:
+    """Apply ``notifications`` on ``conn``; returns the ones that failed alone (nothing of them written).
+
+    Raises:
+        psycopg.Error: a write failed (the transaction is aborted; the caller isolates the culprit).
+    """
+    writer = ViewWriter(conn)
+    failures: list[tuple[Notification, BaseException]] = []
+    decoded: list[tuple[Notification, Any]] = []
+    for n in notifications:
+        try:
+            if writer.handles(n.topic):
+                decoded.append((n, mapper.to_domain_event(n)))
+            else:
+                resolve_topic(n.topic)  # a known event that no view needs is skipped, an unknown one is not
+        except Exception as exc:
+            failures.append((n, exc))
+    writer.preload(event.originator_id for n, event in decoded if n.topic in CONTACT_UPDATE_TOPICS)
+    for n, event in decoded:
+        try:
+            writer.apply(event)
+        except psycopg.Error:
+            raise
+        except Exception as exc:
+            failures.append((n, exc))
+    writer.flush()
+    return failures
+
+
+def project_pending(container: Container, *, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+    """Apply everything the notification log holds now, synchronously, in batches of ``batch_size``.
+
+    Returns how many notifications this call handled (0 when another process had applied them all).
+
+    Raises:
+        psycopg.Error: the database is unreachable (transient errors were retried first).
+    """
+    store, pool = container.store, container.pool
+    position = load_position(pool, PROJECTION)
+    handled = 0
+    while True:
+        batch, upto = read_after(store.recorder, position, batch_size)
+        if upto <= position:
+            return handled
+        result = apply_batch(pool, store.mapper, batch, position, upto)
+        handled += result.applied
+        position = result.position
+
+
+def rebuild_projections(container: Container, *, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+    """Empty every view, this projection's errors and its position in one transaction, then replay the log.
+
+    Returns the number of notifications replayed. Safe while ``billing projections`` runs: the truncate
+    waits for its current batch, and its next batch follows the position back to 0 (the two processes
+    then share the replay, each event applied once). The relay's position is untouched.
+
+    Raises:
+        psycopg.Error: the database is unreachable.
+    """
+    with container.pool.connection() as conn, conn.transaction():
+        lock_position(conn, PROJECTION)
+        conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, VIEW_TABLES))))
+        conn.execute("DELETE FROM projection_errors WHERE projection = %s", (PROJECTION,))
+        conn.execute("UPDATE tracking SET position = 0, updated_at = now() WHERE name = %s", (PROJECTION,))
+    log.info("projections truncated; replaying the notification log")
+    return project_pending(container, batch_size=batch_size)
+
+
+def projection_follower(
+    container: Container, *, batch_size: int = DEFAULT_BATCH_SIZE
+) -> NotificationFollower:
+    """The :class:`NotificationFollower` of the projection (its ``position``/``listening`` serve health)."""
+    store, pool = container.store, container.pool
+
+    async def load() -> int:
+        return await asyncio.to_thread(load_position, pool, PROJECTION)
+
+    async def handle(batch: Sequence[Notification], after: int, upto: int) -> int:
+        result = await asyncio.to_thread(apply_batch, pool, store.mapper, batch, after, upto)
+        if result.applied:
+            log.debug("projected %d notifications up to %d", result.applied, result.position)
+        return result.position
+
+    return NotificationFollower(
+        name=PROJECTION,
+        recorder=store.recorder,
+        database_url=container.settings.database_url,
+        load_position=load,
+        handle_batch=handle,
+        batch_size=batch_size,
+        poll_interval_s=container.settings.poll_interval_s,
+    )
+
+
+async def run_projections(container: Container, stop: asyncio.Event) -> None:
+    """Run the projection until ``stop`` is set (``billing projections``). Never returns on an error:
+    failures are logged and retried with backoff (see the module docstring)."""
+    await projection_follower(container).run(stop)

@@ -1,0 +1,401 @@
+"""Writes the read models of ``sql/001_views.sql`` from decoded domain events, one batch at a time.
+
+:class:`ViewWriter` works on one connection inside the caller's transaction (the caller also locks and
+moves the tracking record, see :mod:`billing.projections.views`):
+
+- tenants, api_keys, templates, campaigns and queue_status rows of Queue events are written event by
+  event, in log order (few events);
+- contacts (the bulk: 10,000 per POST) are folded in memory — current rows are loaded once per batch
+  (``contact_id = ANY(...)``), every event of the batch is applied to its row in log order, and the
+  result is written with two ``executemany`` statements (insert new rows, update changed ones);
+- then each queue touched by the batch has its counters recomputed from ``campaign_contacts`` in one
+  set-based UPDATE.
+
+Rules (issue 2, DESIGN.md "Queue status"): ``pending`` counts pending + dispatched contacts;
+``started_at`` is the timestamp of the queue's first Dispatched; ``completed_at`` is the timestamp of
+the contact event that left no contact pending or dispatched — only once every contact of ``total``
+exists and the queue was not cancelled — and is cleared if a contact becomes pending again;
+``updated_at`` is the latest timestamp of any event about the queue or its contacts. Every value comes
+from the events (never ``now()``), so a rebuild gives the same rows (promise 6).
+
+An event that cannot be applied raises from :meth:`ViewWriter.apply` before changing anything, so the
+caller can record it and go on with the rest of the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from billing.domain.apikey import ApiKey
+from billing.domain.campaign import Campaign
+from billing.domain.contact import Contact
+from billing.domain.queue import Queue
+from billing.domain.template import MessageTemplate
+from billing.domain.tenant import Tenant
+
+CONTACT_COLUMNS = (
+    "contact_id", "tenant_id", "campaign_id", "queue_id", "idx", "template_type", "external_id", "nome",
+    "telefone", "phone", "status", "attempts", "message_text", "gateway_message_id", "remote_jid",
+    "template_id", "template_version", "variation", "sent_at", "error_code", "error_message",
+    "not_before", "lease_until", "created_at", "updated_at",
+)  # fmt: skip
+#: Columns contact events after creation may change.
+CONTACT_MUTABLE = (
+    "status", "attempts", "message_text", "gateway_message_id", "remote_jid", "template_id",
+    "template_version", "variation", "sent_at", "error_code", "error_message", "not_before",
+    "lease_until", "updated_at",
+)  # fmt: skip
+
+_INSERT_CONTACT = sql.SQL("INSERT INTO campaign_contacts ({}) VALUES ({})").format(
+    sql.SQL(", ").join(map(sql.Identifier, CONTACT_COLUMNS)),
+    sql.SQL(", ").join(sql.Placeholder() * len(CONTACT_COLUMNS)),
+)
+_UPDATE_CONTACT = sql.SQL("UPDATE campaign_contacts SET {} WHERE contact_id = %s").format(
+    sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in CONTACT_MUTABLE)
+)
+_SELECT_CONTACTS = sql.SQL("SELECT {} FROM campaign_contacts WHERE contact_id = ANY(%s)").format(
+    sql.SQL(", ").join(map(sql.Identifier, CONTACT_COLUMNS))
+)
+
+_RECOMPUTE_QUEUES = """
+WITH touched AS (
+    SELECT * FROM unnest(%s::uuid[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[])
+        AS t(queue_id, last_at, last_contact_at, first_dispatch_at)
+), counts AS (
+    SELECT t.queue_id, t.last_at, t.last_contact_at, t.first_dispatch_at,
+           count(c.contact_id) AS counted,
+           count(*) FILTER (WHERE c.status IN ('pending', 'dispatched')) AS pending,
+           count(*) FILTER (WHERE c.status = 'sent') AS sent,
+           count(*) FILTER (WHERE c.status = 'failed') AS failed,
+           count(*) FILTER (WHERE c.status = 'skipped') AS skipped,
+           count(*) FILTER (WHERE c.status = 'rejected') AS rejected,
+           count(*) FILTER (WHERE c.status = 'cancelled') AS cancelled
+    FROM touched t LEFT JOIN campaign_contacts c ON c.queue_id = t.queue_id
+    GROUP BY t.queue_id, t.last_at, t.last_contact_at, t.first_dispatch_at
+)
+UPDATE queue_status q
+SET pending = n.pending, sent = n.sent, failed = n.failed, skipped = n.skipped,
+    rejected = n.rejected, cancelled = n.cancelled,
+    started_at = COALESCE(q.started_at, n.first_dispatch_at),
+    completed_at = CASE
+        WHEN n.pending = 0 AND n.counted >= q.total AND q.cancelled_at IS NULL
+        THEN COALESCE(q.completed_at, n.last_contact_at, n.last_at)
+    END,
+    updated_at = GREATEST(q.updated_at, n.last_at)
+FROM counts n
+WHERE q.queue_id = n.queue_id
+"""
+
+
+class NotApplicable(LookupError):
+    """The event refers to a row the views do not have (its creation was never projected)."""
+
+
+@dataclass
+class _QueueTouch:
+    last_at: datetime
+    last_contact_at: datetime | None = None
+    first_dispatch_at: datetime | None = None
+
+
+class ViewWriter:
+    """Applies one batch of decoded events to the views on ``conn`` (inside the caller's transaction).
+
+    Use: :meth:`preload` the contacts the batch's events refer to, :meth:`apply` each event in log
+    order (an exception means that event changed nothing), then :meth:`flush` once.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.contacts: dict[UUID, dict[str, Any]] = {}
+        self._new: set[UUID] = set()
+        self._changed: set[UUID] = set()
+        self._queues: dict[UUID, _QueueTouch] = {}
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            Tenant.Registered: self._tenant_registered,
+            Tenant.GatewayConfigured: self._tenant_touched,
+            Tenant.PolicyChanged: self._tenant_touched,
+            ApiKey.Issued: self._key_issued,
+            ApiKey.Revoked: self._key_revoked,
+            MessageTemplate.Created: self._template_created,
+            MessageTemplate.Changed: self._template_changed,
+            Campaign.Created: self._campaign_created,
+            Queue.Created: self._queue_created,
+            Queue.Paused: self._queue_paused,
+            Queue.Resumed: self._queue_resumed,
+            Queue.Cancelled: self._queue_cancelled,
+            Contact.Added: self._contact_added,
+            Contact.Rejected: self._contact_rejected,
+            Contact.Dispatched: self._contact_dispatched,
+            Contact.Sent: self._contact_sent,
+            Contact.Failed: self._contact_failed,
+            Contact.Skipped: self._contact_skipped,
+            Contact.Deferred: self._contact_deferred,
+            Contact.Cancelled: self._contact_cancelled,
+        }
+
+    @staticmethod
+    def handles(topic: str) -> bool:
+        """True when events of ``topic`` (e.g. ``"billing.Contact.Sent"``) change a view."""
+        return topic in HANDLED_TOPICS
+
+    def preload(self, contact_ids: Iterable[UUID]) -> None:
+        """Load the current rows of ``contact_ids`` (those already projected) in one query."""
+        wanted = [cid for cid in set(contact_ids) if cid not in self.contacts]
+        if not wanted:
+            return
+        cur = self.conn.execute(_SELECT_CONTACTS, (wanted,))
+        for row in cur.fetchall():
+            record = dict(row) if isinstance(row, dict) else dict(zip(CONTACT_COLUMNS, row, strict=True))
+            self.contacts[record["contact_id"]] = record
+
+    def apply(self, event: Any) -> None:
+        """Apply one event. Events of types that change no view are ignored.
+
+        Raises:
+            NotApplicable: it refers to a row that does not exist.
+            psycopg.Error: a write failed (the transaction is then aborted).
+        """
+        handler = self._handlers.get(type(event))
+        if handler is not None:
+            handler(event)
+
+    def flush(self) -> None:
+        """Write the folded contacts and recompute the touched queues' counters."""
+        inserts = [tuple(self.contacts[c][k] for k in CONTACT_COLUMNS) for c in self._new]
+        updates = [(*(self.contacts[c][k] for k in CONTACT_MUTABLE), c) for c in self._changed - self._new]
+        with self.conn.cursor() as cur:
+            if inserts:
+                cur.executemany(_INSERT_CONTACT, inserts)
+            if updates:
+                cur.executemany(_UPDATE_CONTACT, updates)
+            if self._queues:
+                ids = list(self._queues)
+                touches = [self._queues[q] for q in ids]
+                cur.execute(
+                    _RECOMPUTE_QUEUES,
+                    (
+                        ids,
+                        [t.last_at for t in touches],
+                        [t.last_contact_at for t in touches],
+                        [t.first_dispatch_at for t in touches],
+                    ),
+                )
+        self._new.clear()
+        self._changed.clear()
+        self._queues.clear()
+
+    # --- helpers ---------------------------------------------------------------------------------------
+
+    def _touch_queue(
+        self, queue_id: UUID, at: datetime, *, contact: bool = False, dispatched: bool = False
+    ) -> None:
+        touch = self._queues.get(queue_id)
+        if touch is None:
+            touch = self._queues[queue_id] = _QueueTouch(last_at=at)
+        touch.last_at = max(touch.last_at, at)
+        if contact:
+            touch.last_contact_at = at
+        if dispatched and touch.first_dispatch_at is None:
+            touch.first_dispatch_at = at
+
+    def _write(self, statement: str, params: tuple[Any, ...], *, must_match: bool = True) -> None:
+        cur = self.conn.execute(statement, params)
+        if must_match and cur.rowcount == 0:
+            raise NotApplicable(f"no row to update ({statement.split()[1]} of {params[-1]})")
+
+    # --- tenants, keys, templates, campaigns ------------------------------------------------------------
+
+    def _tenant_registered(self, e: Tenant.Registered) -> None:
+        self._write(
+            "INSERT INTO tenants (tenant_id, name, created_at, updated_at) VALUES (%s, %s, %s, %s)",
+            (e.originator_id, e.name, e.timestamp, e.timestamp),
+        )
+
+    def _tenant_touched(self, e: Tenant.Event) -> None:
+        self._write(
+            "UPDATE tenants SET updated_at = GREATEST(updated_at, %s) WHERE tenant_id = %s",
+            (e.timestamp, e.originator_id),
+        )
+
+    def _key_issued(self, e: ApiKey.Issued) -> None:
+        self._write(
+            "INSERT INTO api_keys (key_id, tenant_id, name, prefix, created_at) VALUES (%s, %s, %s, %s, %s)",
+            (e.originator_id, e.tenant_id, e.name, e.prefix, e.timestamp),
+        )
+
+    def _key_revoked(self, e: ApiKey.Revoked) -> None:
+        self._write("UPDATE api_keys SET revoked_at = %s WHERE key_id = %s", (e.timestamp, e.originator_id))
+
+    def _template_created(self, e: MessageTemplate.Created) -> None:
+        self._write(
+            """INSERT INTO templates (template_id, tenant_id, name, template_type, description, variations,
+                                      active, version, created_at, updated_at)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            (
+                e.originator_id, e.tenant_id, e.name, str(e.template_type), e.description,
+                Jsonb(list(e.variations)), e.active, e.originator_version, e.timestamp, e.timestamp,
+            ),
+        )  # fmt: skip
+
+    def _template_changed(self, e: MessageTemplate.Changed) -> None:
+        self._write(
+            """UPDATE templates SET name = %s, description = %s, variations = %s, active = %s, version = %s,
+                                    updated_at = %s
+               WHERE template_id = %s""",
+            (
+                e.name, e.description, Jsonb(list(e.variations)), e.active, e.originator_version,
+                e.timestamp, e.originator_id,
+            ),
+        )  # fmt: skip
+
+    def _campaign_created(self, e: Campaign.Created) -> None:
+        self._write(
+            """INSERT INTO campaigns (campaign_id, tenant_id, queue_id, template_type, external_id, accepted,
+                                      rejected, created_at)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
+            (
+                e.originator_id, e.tenant_id, e.queue_id, str(e.template_type), e.external_id, e.accepted,
+                e.rejected, e.timestamp,
+            ),
+        )  # fmt: skip
+
+    # --- queues ---------------------------------------------------------------------------------------
+
+    def _queue_created(self, e: Queue.Created) -> None:
+        self._write(
+            """INSERT INTO queue_status (queue_id, tenant_id, campaign_id, template_type, total, created_at,
+                                         updated_at)
+               VALUES (%s, %s, %s, %s, %s, %s, %s)""",
+            (
+                e.originator_id,
+                e.tenant_id,
+                e.campaign_id,
+                str(e.template_type),
+                e.total,
+                e.timestamp,
+                e.timestamp,
+            ),
+        )
+        self._touch_queue(e.originator_id, e.timestamp)
+
+    def _queue_paused(self, e: Queue.Paused) -> None:
+        self._write(
+            "UPDATE queue_status SET paused_reason = %s, resume_at = %s WHERE queue_id = %s",
+            (e.reason, e.resume_at, e.originator_id),
+        )
+        self._touch_queue(e.originator_id, e.timestamp)
+
+    def _queue_resumed(self, e: Queue.Resumed) -> None:
+        self._write(
+            "UPDATE queue_status SET paused_reason = NULL, resume_at = NULL WHERE queue_id = %s",
+            (e.originator_id,),
+        )
+        self._touch_queue(e.originator_id, e.timestamp)
+
+    def _queue_cancelled(self, e: Queue.Cancelled) -> None:
+        self._write(
+            "UPDATE queue_status SET cancelled_at = COALESCE(cancelled_at, %s) WHERE queue_id = %s",
+            (e.timestamp, e.originator_id),
+        )
+        self._touch_queue(e.originator_id, e.timestamp)
+
+    # --- contacts (folded in memory, written by flush) ------------------------------------------------
+
+    def _create_contact(self, e: Contact.Added | Contact.Rejected, **values: Any) -> None:
+        cid = e.originator_id
+        if cid in self.contacts:
+            raise NotApplicable(f"contact {cid} already exists")
+        row = dict.fromkeys(CONTACT_COLUMNS)
+        row.update(
+            contact_id=cid, tenant_id=e.tenant_id, campaign_id=e.campaign_id, queue_id=e.queue_id,
+            idx=e.index, template_type=str(e.template_type), external_id=e.external_id,
+            nome=e.fields.get("nome"), telefone=e.telefone, attempts=0, created_at=e.timestamp,
+            updated_at=e.timestamp, **values,
+        )  # fmt: skip
+        self.contacts[cid] = row
+        self._new.add(cid)
+        self._touch_queue(e.queue_id, e.timestamp, contact=True)
+
+    def _update_contact(self, e: Any, *, dispatched: bool = False, **values: Any) -> None:
+        current = self.contacts.get(e.originator_id)
+        if current is None:
+            raise NotApplicable(f"contact {e.originator_id} was never projected")
+        row = {**current, **values, "updated_at": e.timestamp}
+        self.contacts[e.originator_id] = row
+        self._changed.add(e.originator_id)
+        self._touch_queue(row["queue_id"], e.timestamp, contact=True, dispatched=dispatched)
+
+    def _contact_added(self, e: Contact.Added) -> None:
+        self._create_contact(e, phone=e.phone, status="pending")
+
+    def _contact_rejected(self, e: Contact.Rejected) -> None:
+        self._create_contact(e, status="rejected", error_code=e.code, error_message=e.message)
+
+    def _contact_dispatched(self, e: Contact.Dispatched) -> None:
+        self._update_contact(
+            e, dispatched=True, status="dispatched", attempts=e.attempt, lease_until=e.lease_until
+        )
+
+    def _contact_sent(self, e: Contact.Sent) -> None:
+        self._update_contact(
+            e, status="sent", message_text=e.text, gateway_message_id=e.gateway_message_id,
+            remote_jid=e.remote_jid, template_id=e.template_id, template_version=e.template_version,
+            variation=e.variation, sent_at=e.timestamp, error_code=None, error_message=None,
+            lease_until=None,
+        )  # fmt: skip
+
+    def _contact_failed(self, e: Contact.Failed) -> None:
+        values: dict[str, Any] = {"status": "failed", "error_code": e.code, "error_message": e.message}
+        if e.retry_at is not None:  # waits (pending) for its retry
+            values.update(status="pending", not_before=e.retry_at)
+        self._update_contact(e, lease_until=None, **values)
+
+    def _contact_skipped(self, e: Contact.Skipped) -> None:
+        self._update_contact(
+            e, status="skipped", error_code=e.code, error_message=e.message, lease_until=None
+        )
+
+    def _contact_deferred(self, e: Contact.Deferred) -> None:
+        current = self.contacts.get(e.originator_id)
+        attempts = current["attempts"] if current else 0
+        if current and current["status"] == "dispatched":  # the claim is released, not spent
+            attempts -= 1
+        self._update_contact(
+            e, status="pending", attempts=attempts, lease_until=None, not_before=e.not_before
+        )
+
+    def _contact_cancelled(self, e: Contact.Cancelled) -> None:
+        self._update_contact(e, status="cancelled", lease_until=None)
+
+
+#: Topics of the events :class:`ViewWriter` applies.
+HANDLED_TOPICS = frozenset(
+    cls.TOPIC
+    for cls in (
+        Tenant.Registered, Tenant.GatewayConfigured, Tenant.PolicyChanged, ApiKey.Issued, ApiKey.Revoked,
+        MessageTemplate.Created, MessageTemplate.Changed, Campaign.Created, Queue.Created, Queue.Paused,
+        Queue.Resumed, Queue.Cancelled, Contact.Added, Contact.Rejected, Contact.Dispatched, Contact.Sent,
+        Contact.Failed, Contact.Skipped, Contact.Deferred, Contact.Cancelled,
+    )
+)  # fmt: skip
+#: Contact topics whose events update an existing row (their rows are preloaded).
+CONTACT_UPDATE_TOPICS = frozenset(
+    cls.TOPIC
+    for cls in (
+        Contact.Dispatched,
+        Contact.Sent,
+        Contact.Failed,
+        Contact.Skipped,
+        Contact.Deferred,
+        Contact.Cancelled,
+    )
+)
