@@ -43,7 +43,10 @@ class Container:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def gateway(self, config: Mapping[str, str]) -> EvolutionClient:
-        """An Evolution API client for a tenant's gateway config ``{base_url, instance, api_key, api_version}``."""
+        """An Evolution API client for a tenant's gateway config.
+
+        ``config`` is ``{base_url, instance, api_key, api_version}`` (see :mod:`billing.domain.tenant`).
+        """
         if self.http is None:
             self.http = httpx.AsyncClient()
         return EvolutionClient(

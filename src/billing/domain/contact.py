@@ -31,6 +31,7 @@ class Contact(Aggregate):
         campaign_id: UUID
         queue_id: UUID
         index: int
+        ordinal: int
         template_type: str
         external_id: str | None
         fields: dict[str, str]
@@ -53,7 +54,8 @@ class Contact(Aggregate):
 
     class Added(Created):
         """Accepted at ingestion. ``fields`` are the contact's values as sent (sanitised strings);
-        ``phone`` is E.164, ``gateway_number`` its digits; amounts are exact decimals (reais)."""
+        ``phone`` is E.164, ``gateway_number`` its digits; amounts are exact decimals (reais); ``ordinal``
+        is the position among the batch's *accepted* contacts (variation rotation uses it)."""
 
         TOPIC = "billing.Contact.Added"
         tenant_id: UUID
@@ -69,9 +71,11 @@ class Contact(Aggregate):
         amount: Decimal | None
         amount_total: Decimal | None
         due_date: date | None
+        ordinal: int = 0
 
         def apply(self, aggregate: Contact) -> None:
             aggregate._init_common(self.tenant_id, self.campaign_id, self.queue_id, self.index)
+            aggregate.ordinal = self.ordinal
             aggregate.template_type = self.template_type
             aggregate.external_id = self.external_id
             aggregate.fields = dict(self.fields)
@@ -109,6 +113,7 @@ class Contact(Aggregate):
             aggregate.gateway_number = None
             aggregate.amount = aggregate.amount_total = None
             aggregate.due_date = None
+            aggregate.ordinal = -1
             aggregate.status = ContactStatus.REJECTED
             aggregate.error_code = self.code
 

@@ -213,6 +213,7 @@ class IngestService:
                         amount=outcome.amount,
                         amount_total=outcome.amount_total,
                         due_date=outcome.due_date,
+                        ordinal=len(contacts) - len(rejections),
                         **common,
                     )
                 )

@@ -1,0 +1,118 @@
+"""Render a contact's message at send time from the tenant's active templates (the ``templates`` view).
+
+The variations of every active template of the contact's type, in the view's order (templates oldest
+first, then each template's own order), form one rotation; the contact at position ``ordinal`` among its
+batch's accepted contacts gets variation :func:`~billing.domain.variables.choose_variation` ``(ordinal, n)``,
+so consecutive messages differ and a redelivery renders the same text (anti-ban rotation,
+``shared/evolution-api.md``, "Sending politely"). Variables come from :func:`~billing.domain.variables.message_variables` at ``now`` in the
+tenant's zone (DESIGN.md: days are counted at the moment of sending).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from billing.domain.contact import Contact
+from billing.domain.templating import Template, TemplateSyntaxError, parse_template
+from billing.domain.variables import choose_variation, message_variables
+
+__all__ = ["RenderError", "Rendered", "Renderer"]
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A message ready to send: its exact ``text`` and what produced it (template id, version, and the
+    variation's index within that template)."""
+
+    text: str
+    template_id: UUID
+    template_version: int
+    variation: int
+
+
+class RenderError(Exception):
+    """No message can be rendered. ``code``: ``no_active_template`` (retryable: the admin may add one, or
+    the view may lag a fresh tenant), ``template_error``, ``missing_variable`` or ``empty_text``
+    (permanent). The message names variables, never their values."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+
+
+class Renderer:
+    """Reads the ``templates`` view and renders; parsed templates are cached by ``(template_id, version)``.
+
+    Args:
+        pool: sync psycopg pool with dict rows.
+    """
+
+    def __init__(self, pool: ConnectionPool[Any]) -> None:
+        self._pool = pool
+        self._parsed: dict[tuple[UUID, int], list[Template]] = {}
+
+    def active_variations(self, tenant_id: UUID, template_type: str) -> list[tuple[UUID, int, int, Template]]:
+        """``[(template_id, version, index within the template, parsed)]`` of every active template of the
+        type, oldest template first.
+
+        Raises:
+            RenderError: ``template_error`` when a stored variation does not parse (it was valid when saved,
+                so this means a bug).
+        """
+        with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            rows: list[dict[str, Any]] = cur.execute(
+                "SELECT template_id, version, variations FROM templates "
+                "WHERE tenant_id = %s AND template_type = %s AND active ORDER BY created_at, template_id",
+                (tenant_id, template_type),
+            ).fetchall()
+        result: list[tuple[UUID, int, int, Template]] = []
+        for row in rows:
+            key = (row["template_id"], int(row["version"]))
+            parsed = self._parsed.get(key)
+            if parsed is None:
+                try:
+                    parsed = [parse_template(text) for text in row["variations"]]
+                except TemplateSyntaxError as exc:
+                    raise RenderError("template_error", f"template {key[0]} does not parse: {exc}") from None
+                self._parsed[key] = parsed
+            result.extend((key[0], key[1], i, template) for i, template in enumerate(parsed))
+        return result
+
+    def render(self, contact: Contact, *, now: datetime, tz: ZoneInfo) -> Rendered:
+        """The message for ``contact`` at ``now`` (aware) in the tenant zone ``tz``.
+
+        Raises:
+            RenderError: see its ``code``s.
+        """
+        variations = self.active_variations(contact.tenant_id, contact.template_type)
+        if not variations:
+            raise RenderError(
+                "no_active_template", f"no active {contact.template_type} template", retryable=True
+            )
+        template_id, version, variation, template = variations[
+            choose_variation(contact.ordinal, len(variations))
+        ]
+        variables = message_variables(
+            contact.fields,
+            amount=contact.amount,
+            amount_total=contact.amount_total,
+            due_date=contact.due_date,
+            now=now,
+            tz=tz,
+        )
+        missing = template.missing_variables(variables)
+        if missing:
+            raise RenderError("missing_variable", f"the template needs {', '.join(missing)}")
+        text = template.render(variables)
+        if not text.strip():
+            raise RenderError("empty_text", "the rendered message is empty")
+        return Rendered(text=text, template_id=template_id, template_version=version, variation=variation)

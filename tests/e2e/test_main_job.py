@@ -1,0 +1,150 @@
+"""The main job end to end against the real PostgreSQL and RabbitMQ: an ERP's POST becomes WhatsApp
+messages at the gateway simulator, and the status endpoints show the outcome.
+
+Every process body (api, projections, relay, worker) runs as a task of this test's event loop, wired
+exactly as in production except that the gateway is the in-process Evolution API simulator and the clock
+is fixed inside business hours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+from litestar.testing import AsyncTestClient
+
+from billing.api.app import create_app
+from billing.bootstrap import Container, build_container
+from billing.domain.policy import default_policy_spec
+from billing.gateway.simulator import EvolutionSimulator
+from billing.outbox.rabbitmq import RabbitBroker
+from billing.outbox.relay import run_relay
+from billing.projections.views import project_pending, run_projections
+from billing.services.clock import FakeClock
+from billing.services.tenants import TenantService
+from billing.settings import Settings
+from billing.worker.runner import run_worker
+from tests.integration.test_broker_contract import delete_topology
+
+BASE = "/api/billing/v1/billing"
+TUESDAY_10_SP = datetime(2025, 1, 21, 10, 0, tzinfo=ZoneInfo("America/Sao_Paulo"))
+
+
+@pytest.fixture
+async def system(database_url: str, amqp_url: str) -> AsyncIterator[dict[str, Any]]:
+    prefix = f"e2e-{uuid.uuid4().hex[:8]}"
+    settings = Settings.from_env(
+        {}, database_url=database_url, jwt_secret="e" * 32, broker_prefix=prefix, poll_interval_s=0.5
+    )
+    broker = await RabbitBroker.connect(amqp_url, prefix=prefix)
+    container: Container = build_container(settings, broker=broker, clock=FakeClock(TUESDAY_10_SP))
+    simulator = EvolutionSimulator(time_scale=0.0)
+    simulator.add_instance("loja", api_key="gw-key", api_version="v2")
+    container.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=simulator.asgi_app))
+    tenants = TenantService(container.store, container.clock)
+    policy = {**default_policy_spec(), "pause_min_s": 0, "pause_max_s": 0}
+    tenant_id = tenants.create_tenant(
+        name="Loja",
+        gateway={"base_url": "http://sim", "instance": "loja", "api_key": "gw-key", "api_version": "v2"},
+        policy=policy,
+    )
+    key = tenants.issue_api_key(tenant_id, "erp")
+    project_pending(container)
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(run_projections(container, stop)),
+        asyncio.create_task(run_relay(container, stop)),
+        asyncio.create_task(run_worker(container, stop)),
+    ]
+    async with AsyncTestClient(app=create_app(container)) as client:
+        yield {"client": client, "headers": {"X-Billing-API-Key": key}, "simulator": simulator}
+    stop.set()
+    await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=30)
+    await container.aclose()
+    await delete_topology(amqp_url, broker.topology)
+
+
+async def poll_status(client: Any, headers: dict[str, str], queue_id: str, want: str) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + 30
+    body: dict[str, Any] = {}
+    while asyncio.get_running_loop().time() < deadline:
+        response = await client.get(f"{BASE}/queue/{queue_id}/status", headers=headers)
+        if response.status_code == 200:
+            body = response.json()
+            if body["status"] == want:
+                return body
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"queue never reached {want!r}; last status: {body}")
+
+
+async def test_post_three_contacts_sends_two_and_rejects_the_bad_phone(system: dict[str, Any]) -> None:
+    client, headers, simulator = system["client"], system["headers"], system["simulator"]
+    payload = {
+        "external_id": "fatura-2025-01",
+        "contacts": [
+            {
+                "nome": "Maria Souza",
+                "telefone": "+5511987654321",
+                "valor": "R$ 150,00",
+                "data_vencimento": "2025-01-15",
+            },
+            {"nome": "João Lima", "telefone": "abc", "valor": "R$ 80,00", "data_vencimento": "2025-01-15"},
+            {
+                "nome": "Ana Reis",
+                "telefone": "(21) 99876-5432",
+                "valor": 99.9,
+                "data_vencimento": "15/01/2025",
+            },
+        ],
+    }
+    response = await client.post(f"{BASE}/send/overdue", json=payload, headers=headers)
+    assert response.status_code == 202
+    accepted = response.json()
+    assert accepted["contacts"] == {"total": 3, "accepted": 2, "rejected": 1}
+
+    status = await poll_status(client, headers, accepted["queue_id"], "completed")
+
+    expected = {
+        "5511987654321": "Olá, Maria Souza! Identificamos que a fatura de R$\u00a0150,00, com vencimento em "
+        "15/01/2025, está em aberto há 6 dia(s). Se já pagou, por favor desconsidere esta mensagem.",
+        "5521998765432": "Ana Reis, tudo bem? Consta em aberto a fatura de R$\u00a099,90 que venceu em "
+        "15/01/2025. Precisa de ajuda para regularizar? É só responder esta mensagem.",
+    }
+    assert {m.number: m.text for m in simulator.sent} == expected
+    assert len(simulator.sent) == 2
+    assert status["contacts"] == {
+        "total": 3,
+        "pending": 0,
+        "sent": 2,
+        "failed": 0,
+        "skipped": 0,
+        "rejected": 1,
+        "cancelled": 0,
+    }
+    assert status["progress"] == 100.0
+    assert status["paused_reason"] is None
+    assert status["completed_at"] is not None
+
+    contacts = (
+        await client.get(f"{BASE}/campaign/{accepted['campaign_id']}/contacts", headers=headers)
+    ).json()
+    assert contacts["next_cursor"] is None
+    items = contacts["items"]
+    assert [(i["index"], i["status"], i["phone"]) for i in items] == [
+        (0, "sent", "+5511987654321"),
+        (1, "rejected", None),
+        (2, "sent", "+5521998765432"),
+    ]
+    assert items[0]["message_text"] == expected["5511987654321"]
+    assert items[2]["message_text"] == expected["5521998765432"]
+    assert items[1]["error"]["code"] == "invalid_phone"
+    assert items[1]["telefone"] == "abc"
+    sent_ids = {m.message_id for m in simulator.sent}
+    assert {items[0]["gateway_message_id"], items[2]["gateway_message_id"]} == sent_ids
+    assert all(i["attempts"] == 1 for i in (items[0], items[2]))
