@@ -62,6 +62,7 @@ def create_app(container: Container) -> Litestar:
         openapi_config=OpenAPIConfig(title="billing", version="1.0.0", path="/schema"),
         state=_state(services),
         debug=False,
+        logging_config=None,
     )
 
 
