@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 from uuid import UUID
-from zoneinfo import ZoneInfo
 
 import msgspec
 from eventsourcing.application import AggregateNotFoundError
@@ -16,20 +15,23 @@ from litestar.di import Provide
 from billing.api.auth import Admin
 from billing.api.deps import Services, provide_services, run_sync
 from billing.api.public import BASE
+from billing.domain.apikey import api_key_id
 from billing.domain.contact import Contact
-from billing.domain.errors import InvalidValue, NotFound
+from billing.domain.errors import DomainError, InvalidValue, NotFound
 from billing.domain.tenant import Tenant
+from billing.services.tenants import hash_api_key
 
 Req = Request[Admin, Any, Any]
+MAX_KEY_NAME = 100
 
 
-class ApiKeyCreate(msgspec.Struct):
+class ApiKeyCreate(msgspec.Struct, forbid_unknown_fields=True):
     """Body of ``POST /api-keys/``."""
 
     name: str = "default"
 
 
-class TemplateCreate(msgspec.Struct):
+class TemplateCreate(msgspec.Struct, forbid_unknown_fields=True):
     """Body of ``POST /templates/``."""
 
     name: str
@@ -39,7 +41,7 @@ class TemplateCreate(msgspec.Struct):
     active: bool = True
 
 
-class TemplatePatch(msgspec.Struct):
+class TemplatePatch(msgspec.Struct, forbid_unknown_fields=True):
     """Body of ``PATCH /templates/{id}/``: absent fields stay as they are."""
 
     name: str | None = None
@@ -48,13 +50,13 @@ class TemplatePatch(msgspec.Struct):
     active: bool | None = None
 
 
-class PreviewRequest(msgspec.Struct):
+class PreviewRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Body of ``POST /templates/{id}/preview``: sample contact fields as an ERP would send them."""
 
     variables: dict[str, Any] = {}
 
 
-class ConfigPatch(msgspec.Struct):
+class ConfigPatch(msgspec.Struct, forbid_unknown_fields=True):
     """Body of ``PATCH /config/``: ``policy`` keys merge into the policy; ``gateway`` replaces it."""
 
     policy: dict[str, Any] | None = None
@@ -108,8 +110,14 @@ class AdminController(Controller):
     @post("/api-keys/")
     async def create_api_key(self, request: Req, data: ApiKeyCreate, services: Services) -> dict[str, Any]:
         """Issue a key; its text is in this answer only."""
-        key = await run_sync(services.tenants.issue_api_key, request.user.tenant_id, data.name)
-        return {"name": data.name, "prefix": key[:8], "api_key": key}
+        name = data.name.strip()
+        if not name or len(name) > MAX_KEY_NAME:
+            raise InvalidValue(
+                f"name must have 1 to {MAX_KEY_NAME} characters", code="invalid_name", field="name"
+            )
+        key = await run_sync(services.tenants.issue_api_key, request.user.tenant_id, name)
+        key_id = api_key_id(hash_api_key(key))
+        return {"key_id": str(key_id), "name": name, "prefix": key[:8], "api_key": key}
 
     @delete("/api-keys/{key_id:uuid}/", status_code=204)
     async def revoke_api_key(self, request: Req, key_id: UUID, services: Services) -> None:
@@ -160,10 +168,15 @@ class AdminController(Controller):
         tenant_id = request.user.tenant_id
         template = await run_sync(services.templates.get, tenant_id, template_id)
         tenant = await run_sync(services.tenants.get_tenant, tenant_id)
-        tz = ZoneInfo(tenant.policy.get("timezone", "America/Sao_Paulo"))
-        texts = services.templates.preview(
-            template.variations, data.variables, now=services.container.clock.now(), tz=tz
-        )
+        tz = tenant.sending_policy.calendar.tz  # the zone as the worker reads it (validated, stripped)
+        try:
+            texts = services.templates.preview(
+                template.variations, data.variables, now=services.container.clock.now(), tz=tz
+            )
+        except DomainError as exc:
+            if exc.field:  # the sample's fields are under "variables" in the body
+                exc.field = f"variables.{exc.field}"
+            raise
         return {"template_id": str(template_id), "version": template.version, "previews": texts}
 
     @get("/campaigns/")
@@ -188,12 +201,19 @@ class AdminController(Controller):
         tenant_id = request.user.tenant_id
         if data.policy is None and data.gateway is None:
             raise InvalidValue("nothing to change: give policy and/or gateway", code="invalid_request")
-        if data.policy is not None:
-            await run_sync(services.tenants.change_policy, tenant_id, data.policy)
-        if data.gateway is not None:
-            await run_sync(services.tenants.configure_gateway, tenant_id, data.gateway)
-        tenant = await run_sync(services.tenants.get_tenant, tenant_id)
-        return _config_doc(tenant)
+
+        def apply() -> Tenant:
+            # Both changes in one save: a PATCH whose gateway is invalid must not leave its policy applied.
+            tenant = services.tenants.get_tenant(tenant_id)
+            now = services.container.clock.now()
+            if data.policy is not None:
+                tenant.change_policy(data.policy, at=now)
+            if data.gateway is not None:
+                tenant.configure_gateway(data.gateway, at=now)
+            services.container.store.save(tenant)
+            return tenant
+
+        return _config_doc(await run_sync(apply))
 
     @get("/history/contact/{contact_id:uuid}")
     async def contact_history(self, request: Req, contact_id: UUID, services: Services) -> dict[str, Any]:
@@ -201,7 +221,7 @@ class AdminController(Controller):
 
         def load() -> list[Any]:
             try:
-                contact = services.container.store.repository.get(contact_id)
+                contact: Any = services.container.store.repository.get(contact_id)
             except AggregateNotFoundError:
                 raise NotFound("contact not found", code="contact_not_found") from None
             if not isinstance(contact, Contact) or contact.tenant_id != request.user.tenant_id:

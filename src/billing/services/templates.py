@@ -4,17 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid4
 from zoneinfo import ZoneInfo
 
 from eventsourcing.application import AggregateNotFoundError
 
-from billing.domain.errors import NotFound
+from billing.domain.dates import parse_due_date
+from billing.domain.errors import InvalidValue, NotFound
+from billing.domain.money import parse_amount
+from billing.domain.sanitize import sanitize_text
 from billing.domain.template import MessageTemplate, parse_variations
+from billing.domain.tenant import Tenant
 from billing.domain.variables import message_variables
 from billing.eventstore import EventStore
 from billing.services.clock import Clock
+
+SCALARS = (str, int, float, Decimal, bool, type(None))
 
 
 class TemplateService:
@@ -27,7 +34,7 @@ class TemplateService:
     def get(self, tenant_id: UUID, template_id: UUID) -> MessageTemplate:
         """The tenant's template. Raises NotFound (unknown or another tenant's)."""
         try:
-            template = self.store.repository.get(template_id)
+            template: Any = self.store.repository.get(template_id)
         except AggregateNotFoundError:
             raise NotFound("template not found", code="template_not_found") from None
         if not isinstance(template, MessageTemplate) or template.tenant_id != tenant_id:
@@ -44,7 +51,18 @@ class TemplateService:
         variations: Sequence[str],
         active: bool = True,
     ) -> MessageTemplate:
-        """Create a template. Raises InvalidValue / TemplateSyntaxError naming the field (422)."""
+        """Create a template.
+
+        Raises:
+            InvalidValue / TemplateSyntaxError naming the field (422); NotFound: unknown tenant (a token
+            signed for a tenant that was never registered must not leave orphan templates).
+        """
+        try:
+            tenant: Any = self.store.repository.get(tenant_id)
+        except AggregateNotFoundError:
+            tenant = None
+        if not isinstance(tenant, Tenant):
+            raise NotFound("tenant not found", code="tenant_not_found")
         template = MessageTemplate.create(
             template_id=uuid4(),
             tenant_id=tenant_id,
@@ -80,18 +98,29 @@ class TemplateService:
         """Render every variation for sample contact fields, as a message sent at ``now`` would read.
 
         ``sample`` holds contact fields as an ERP sends them (``valor`` as a number or pt-BR string,
-        ``data_vencimento`` ISO or dd/mm/aaaa). Raises InvalidValue for unusable sample values.
-        """
-        from billing.domain.dates import parse_due_date
-        from billing.domain.money import parse_amount
-        from billing.domain.sanitize import sanitize_text
+        ``data_vencimento`` ISO or dd/mm/aaaa); they are read exactly as ingestion reads a contact (blank
+        values count as absent), so the preview shows what the worker will send.
 
+        Raises:
+            InvalidValue: a value that is not a scalar (``invalid_request``), or an unusable amount or date
+                (``invalid_amount``, ``ambiguous_amount``, ``invalid_date``), naming the field.
+        """
         parsed = parse_variations(variations)
+        for name, value in sample.items():
+            if not isinstance(value, SCALARS):
+                raise InvalidValue(
+                    f"{name} must be a text, a number, a boolean or null", code="invalid_request", field=name
+                )
         fields = {str(k): sanitize_text(v) for k, v in sample.items() if v is not None}
-        amount = parse_amount(sample["valor"]) if sample.get("valor") not in (None, "") else None
-        total = (
-            parse_amount(sample["valor_total"], field="valor_total") if sample.get("valor_total") else None
+
+        def amount(name: str) -> Decimal | None:
+            raw = sample.get(name)
+            if raw is None or (isinstance(raw, str) and not fields.get(name)):
+                return None
+            return parse_amount(raw, field=name)
+
+        due = parse_due_date(sample["data_vencimento"]) if fields.get("data_vencimento") else None
+        variables = message_variables(
+            fields, amount=amount("valor"), amount_total=amount("valor_total"), due_date=due, now=now, tz=tz
         )
-        due = parse_due_date(sample["data_vencimento"]) if sample.get("data_vencimento") else None
-        variables = message_variables(fields, amount=amount, amount_total=total, due_date=due, now=now, tz=tz)
         return [template.render(variables) for template in parsed]

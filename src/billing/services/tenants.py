@@ -42,6 +42,7 @@ class TenantService:
         self.store = store
         self.clock = clock
         self._auth_cache: dict[str, tuple[float, UUID | None]] = {}
+        self._auth_generation = 0  # bumped by revocations, so a lookup racing one never re-caches
         self._lock = threading.Lock()
 
     def create_tenant(
@@ -131,6 +132,7 @@ class TenantService:
         api_key.revoke(at=self.clock.now())
         self.store.save(api_key)
         with self._lock:
+            self._auth_generation += 1
             self._auth_cache.clear()
 
     def authenticate(self, key: str) -> UUID | None:
@@ -143,6 +145,7 @@ class TenantService:
             hit = self._auth_cache.get(digest)
             if hit is not None and now - hit[0] < AUTH_CACHE_TTL_S:
                 return hit[1]
+            generation = self._auth_generation
         try:
             api_key = self.store.repository.get(api_key_id(digest))
             tenant: UUID | None = None
@@ -155,6 +158,8 @@ class TenantService:
         except AggregateNotFoundError:
             tenant = None
         with self._lock:
+            if generation != self._auth_generation:
+                return tenant
             if len(self._auth_cache) > 10_000:
                 self._auth_cache.clear()
             self._auth_cache[digest] = (now, tenant)

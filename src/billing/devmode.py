@@ -1,0 +1,277 @@
+"""``billing dev``: embedded PostgreSQL, in-process broker and gateway simulator, a demo tenant with an API
+key and default templates, and api + projections + relay + worker in one process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import socket
+from typing import Any
+from uuid import UUID
+
+from billing.cli_errors import CliError
+from billing.runtime import (
+    _build_app,
+    _call,
+    _entry,
+    _install_stop_signals,
+    _open_container_sync,
+    _uvicorn_server,
+    load_settings,
+    serve_until,
+    supervise,
+)
+from billing.settings import Settings
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """``billing dev``: embedded PostgreSQL, in-process broker and gateway simulator, a demo tenant with an
+    API key and default templates, and api + projections + relay + worker in one process."""
+    _check_port_free(args.host, args.port)
+    from billing.embedded import EmbeddedPostgresError, start_embedded_postgres
+
+    try:
+        postgres = start_embedded_postgres(args.data_dir)
+    except EmbeddedPostgresError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        return _dev(args, postgres)
+    finally:
+        postgres.stop()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise CliError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port"
+            ) from None
+
+
+def _dev(args: argparse.Namespace, postgres: Any) -> int:
+    """Settings for the embedded server, migrate, then run :func:`_dev_main`."""
+    import os
+    import secrets
+
+    import psycopg
+
+    from billing.db import migrate
+
+    overrides: dict[str, object] = {
+        "database_url": postgres.url,
+        "api_host": args.host,
+        "api_port": args.port,
+    }
+    if not os.environ.get("BILLING_LOG_FORMAT"):
+        overrides["log_format"] = "console"
+    if not os.environ.get("BILLING_POOL_SIZE"):
+        overrides["pool_size"] = 10  # api, projections, relay and worker share one pool
+    if not os.environ.get("BILLING_JWT_SECRET"):
+        overrides["jwt_secret"] = secrets.token_urlsafe(48)  # admin tokens live as long as this run
+    settings = load_settings(**overrides)
+    try:
+        migrate(settings.database_url)
+    except psycopg.Error as exc:
+        raise CliError(f"migration of the embedded database failed: {exc}") from None
+    return asyncio.run(_dev_main(settings, args))
+
+
+class _DevState:
+    """What ``billing dev`` remembers between runs in ``<data dir>/dev.json`` (ids, no API key)."""
+
+    def __init__(self, data_dir: str) -> None:
+        from pathlib import Path
+
+        self.path = Path(data_dir) / "dev.json"
+        self.values: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            import json
+
+            loaded = json.loads(self.path.read_text())
+            if isinstance(loaded, dict):
+                self.values = loaded
+
+    def save(self, **values: Any) -> None:
+        import json
+
+        self.values.update(values)
+        self.path.write_text(json.dumps(self.values, indent=2) + "\n")
+
+
+async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
+    """The one-process system: in-memory broker, simulator, demo tenant, then the four components."""
+    import secrets
+
+    from billing.gateway.simulator import EvolutionSimulator
+    from billing.outbox.memory import InMemoryBroker
+
+    run_projections = _entry("billing.projections.views", "run_projections")
+    run_relay = _entry("billing.outbox.relay", "run_relay")
+    run_worker = _entry("billing.worker.runner", "run_worker")
+    create_app = _entry("billing.api.app", "create_app")
+
+    stop = asyncio.Event()
+    _install_stop_signals(stop)
+    broker = InMemoryBroker(prefix=settings.broker_prefix)
+    await broker.declare_topology()
+    container = await asyncio.to_thread(_open_container_sync, settings, broker)
+    try:
+        state = _DevState(args.data_dir)
+        simulator = EvolutionSimulator()
+        gateway_key = str(state.values.get("gateway_key") or secrets.token_urlsafe(16))
+        simulator.add_instance("demo", api_key=gateway_key, api_version="v2")
+        gateway_port = _free_port(state.values.get("gateway_port"))
+        gateway = {
+            "base_url": f"http://127.0.0.1:{gateway_port}",
+            "instance": "demo",
+            "api_key": gateway_key,
+            "api_version": "v2",
+        }
+        tenant_id, api_key = await asyncio.to_thread(_seed_demo, container, state, gateway, args.api_key)
+        state.save(tenant_id=str(tenant_id), gateway_key=gateway_key, gateway_port=gateway_port)
+
+        gateway_server = _uvicorn_server(simulator.asgi_app, "127.0.0.1", gateway_port, interface="asgi3")
+        api_server = _uvicorn_server(_build_app(create_app, container), args.host, args.port)
+        components = {
+            "gateway-simulator": serve_until(gateway_server, stop, "the gateway simulator"),
+            "api": serve_until(api_server, stop, f"the API on {args.host}:{args.port}"),
+            "projections": _call(run_projections, container, stop),
+            "relay": _call(run_relay, container, stop),
+            "worker": _call(run_worker, container, stop),
+            "simulator-log": _log_simulator(simulator, stop),
+        }
+        banner = asyncio.ensure_future(
+            _announce(
+                api_server,
+                stop,
+                args,
+                api_key=api_key,
+                tenant_id=tenant_id,
+                extra={
+                    "PostgreSQL": settings.database_url,
+                    "Gateway": f"Evolution API simulator at {gateway['base_url']} (instance demo, v2)",
+                },
+            )
+        )
+        try:
+            return await supervise(components, stop)
+        finally:
+            banner.cancel()
+    finally:
+        await container.aclose()
+
+
+def _free_port(preferred: object = None) -> int:
+    """``preferred`` if it is a free local port, else any free port on 127.0.0.1."""
+    candidates = [preferred] if isinstance(preferred, int) and 0 < preferred < 65536 else []
+    for port in [*candidates, 0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            chosen: int = sock.getsockname()[1]
+            return chosen
+    raise CliError("no free local port for the gateway simulator")
+
+
+def _seed_demo(
+    container: Any, state: _DevState, gateway: dict[str, str], api_key: str | None
+) -> tuple[UUID, str]:
+    """The demo tenant (created once, its gateway kept pointing at this run's simulator) and its key."""
+    from billing.domain.errors import NotFound
+    from billing.services.tenants import TenantService
+
+    service = TenantService(container.store, container.clock)
+    tenant_id: UUID | None = None
+    remembered = state.values.get("tenant_id")
+    if remembered:
+        try:
+            tenant = service.get_tenant(UUID(str(remembered)))
+        except (NotFound, ValueError):
+            tenant = None  # the data directory was reset: create a new demo tenant
+        if tenant is not None:
+            tenant_id = tenant.id
+            if dict(tenant.gateway) != gateway:
+                service.configure_gateway(tenant.id, gateway)
+    if tenant_id is None:
+        tenant_id = service.create_tenant(name="Empresa Demo", gateway=gateway)
+    try:
+        key = service.issue_api_key(tenant_id, "dev", key=api_key)
+    except ValueError as exc:
+        raise CliError(f"--api-key: {exc}", code=2) from None
+    return tenant_id, key
+
+
+async def _log_simulator(simulator: Any, stop: asyncio.Event) -> None:
+    """Log each message the simulator accepts (the demo's "message went out"), until ``stop``."""
+    from billing.logging import get_logger
+
+    log = get_logger("billing.dev.gateway")
+    seen = 0
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+        sent = simulator.sent
+        for message in sent[seen:]:
+            log.info(
+                "gateway simulator accepted a message",
+                instance=message.instance,
+                number=message.number,
+                message_id=message.message_id,
+                text=message.text,
+            )
+        seen = len(sent)
+
+
+DEMO_BODY = (
+    '{"external_id": "demo-1", "contacts": ['
+    '{"nome": "Maria Souza", "telefone": "+5511987654321", '
+    '"mensagem": "Sua fatura de janeiro está disponível."}, '
+    '{"nome": "João Lima", "telefone": "(21) 99876-5432", "mensagem": "Seu boleto foi registrado."}, '
+    '{"nome": "Ana Costa", "telefone": "31998296801"}]}'
+)
+
+
+async def _announce(
+    server: Any,
+    stop: asyncio.Event,
+    args: argparse.Namespace,
+    *,
+    api_key: str,
+    tenant_id: UUID,
+    extra: dict[str, str],
+) -> None:
+    """Once the API listens, print where everything is and a ready-to-copy curl command."""
+    while not server.started:
+        if stop.is_set():
+            return
+        await asyncio.sleep(0.05)
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host  # noqa: S104
+    base = f"http://{f'[{host}]' if ':' in host else host}:{args.port}"
+    api = f"{base}/api/billing/v1/billing"
+    lines = [
+        "",
+        "billing dev is running (Ctrl-C to stop).",
+        f"  API:        {base}   (OpenAPI: {base}/schema)",
+        f"  API key:    {api_key}",
+        f"  Tenant:     {tenant_id}",
+        *(f"  {name + ':':<11} {value}" for name, value in extra.items()),
+        "",
+        "Send three notifications (sent 24/7):",
+        f"  curl -sS -X POST {api}/send/notification \\",
+        "    -H 'Content-Type: application/json' \\",
+        f"    -H 'X-Billing-API-Key: {api_key}' \\",
+        f"    -d '{DEMO_BODY}'",
+        "",
+        "Then poll the queue's status and list the campaign's contacts (ids from the answer above):",
+        f"  curl -sS -H 'X-Billing-API-Key: {api_key}' {api}/queue/<queue_id>/status",
+        f"  curl -sS -H 'X-Billing-API-Key: {api_key}' {api}/campaign/<campaign_id>/contacts",
+        "",
+    ]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,117 @@
+"""`billing dev` as a newcomer runs it: one subprocess on embedded defaults (embedded PostgreSQL,
+in-process broker, gateway simulator), driven over HTTP: POST three contacts (one with an invalid phone),
+poll the status until completed, read the contact list."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+BASE = "/api/billing/v1/billing"
+API_KEY = "bk_e2e_dev_mode_key_0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def dev_server(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    billing = Path(sys.executable).with_name("billing")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    log = (tmp_path / "dev.log").open("w")
+    process = subprocess.Popen(
+        [
+            str(billing),
+            "dev",
+            "--port",
+            str(port),
+            "--api-key",
+            API_KEY,
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "dev.log").read_text()
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError("billing dev never became ready:\n" + (tmp_path / "dev.log").read_text())
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+    assert process.returncode == 0, (tmp_path / "dev.log").read_text()
+
+
+def test_billing_dev_sends_the_demo_batch_and_reaches_completed(dev_server: str) -> None:
+    headers = {"X-Billing-API-Key": API_KEY}
+    payload = {
+        "external_id": "demo-1",
+        "contacts": [
+            {"nome": "Maria Souza", "telefone": "+5511987654321", "mensagem": "Sua fatura foi emitida."},
+            {"nome": "João Lima", "telefone": "123"},
+            {"nome": "Ana Reis", "telefone": "(21) 99876-5432", "mensagem": "Seu boleto está disponível."},
+        ],
+    }
+    with httpx.Client(base_url=dev_server, timeout=10) as client:
+        response = client.post(f"{BASE}/send/notification", json=payload, headers=headers)
+        assert response.status_code == 202, response.text
+        accepted = response.json()
+        assert accepted["contacts"] == {"total": 3, "accepted": 2, "rejected": 1}
+        deadline = time.monotonic() + 60
+        status: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            reply = client.get(f"{BASE}/queue/{accepted['queue_id']}/status", headers=headers)
+            if reply.status_code == 200:
+                status = reply.json()
+                if status["status"] == "completed":
+                    break
+            time.sleep(0.5)
+        assert status.get("status") == "completed", status
+        assert status["contacts"] == {
+            "total": 3,
+            "pending": 0,
+            "sent": 2,
+            "failed": 0,
+            "skipped": 0,
+            "rejected": 1,
+            "cancelled": 0,
+        }
+        items = client.get(f"{BASE}/campaign/{accepted['campaign_id']}/contacts", headers=headers).json()[
+            "items"
+        ]
+    assert [(i["index"], i["status"]) for i in items] == [(0, "sent"), (1, "rejected"), (2, "sent")]
+    assert items[0]["message_text"] == "Olá, Maria Souza! Sua fatura foi emitida."
+    assert items[2]["message_text"] == "Ana Reis, Seu boleto está disponível."
+    assert items[1]["error"]["code"] == "invalid_phone"
+    assert all(i["gateway_message_id"] for i in (items[0], items[2]))
