@@ -52,8 +52,11 @@ def _open_container_sync(settings: Settings, broker: Any = None) -> Any:
 
     from billing.bootstrap import build_container
 
+    clock = settings.scaled_clock()
+    # BILLING_CLOCK (tests and demos only): every process shares one fast clock; the worker's throttle
+    # margin follows its rate (billing.worker.ledger.margin_for)
     try:
-        return build_container(settings, broker=broker)
+        return build_container(settings, broker=broker, clock=clock)
     except (psycopg.Error, PersistenceError, PoolTimeout, OSError) as exc:
         raise CliError(f"cannot open the database ({_safe_url(settings.database_url)}): {exc}") from None
 

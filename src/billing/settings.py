@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from psycopg.conninfo import conninfo_to_dict
+
+if TYPE_CHECKING:
+    from billing.services.clock import ScaledClock
 
 PREFIX = "BILLING_"
 
@@ -37,6 +40,11 @@ class Settings:
         poll_interval_s: seconds between polls of the notification log when no NOTIFY arrives.
         gateway_timeout_s: seconds an Evolution API call may take (on top of its typing delay).
         broker_prefix: prefix of every exchange and queue name (tests isolate themselves with it).
+        clock: ``BILLING_CLOCK`` — **tests and demos only; never in production.** Empty (the default): the
+            machine's clock. Otherwise ``<ISO start with offset>@<anchor unix seconds>x<scale>``, e.g.
+            ``2025-01-20T07:58:00-03:00@1764400000.5x30``: every process reads ``start`` at Unix time
+            ``anchor`` and time runs ``scale`` times faster from there
+            (:class:`~billing.services.clock.ScaledClock`), so several processes share one fast clock.
     """
 
     database_url: str
@@ -52,6 +60,7 @@ class Settings:
     poll_interval_s: float = 1.0
     gateway_timeout_s: float = 30.0
     broker_prefix: str = "billing"
+    clock: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -100,6 +109,22 @@ class Settings:
         for name in ("pool_size", "worker_prefetch", "api_port"):
             if int(getattr(self, name)) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
+        self.scaled_clock()
+
+    def scaled_clock(self) -> ScaledClock | None:
+        """The shared fast clock of ``BILLING_CLOCK`` (tests and demos only), or None: the system clock.
+
+        Raises:
+            SettingsError: ``BILLING_CLOCK`` is malformed (the message names it and says why).
+        """
+        if not self.clock:
+            return None
+        from billing.services.clock import parse_scaled_clock
+
+        try:
+            return parse_scaled_clock(self.clock)
+        except ValueError as exc:
+            raise SettingsError(f"{PREFIX}CLOCK is malformed: {exc}") from None
 
     def require_jwt_secret(self) -> str:
         """The admin JWT secret. Raises :class:`SettingsError` when it is not set."""
@@ -122,4 +147,5 @@ _FIELDS: dict[str, type] = {
     "poll_interval_s": float,
     "gateway_timeout_s": float,
     "broker_prefix": str,
+    "clock": str,
 }

@@ -178,3 +178,27 @@ def test_api_key_id_is_derived_from_its_hash() -> None:
     key.revoke(at=T0)
     key.revoke(at=T0)
     assert (key.revoked, key.version) == (True, 2)
+
+
+def test_cancellation_during_an_attempt_still_records_the_send_that_went_out() -> None:
+    contact = new_contact()
+    contact.dispatch(at=T0, lease=LEASE)
+    assert contact.cancel(reason="paid", at=T0) is True
+    contact.record_sent(gateway_message_id="3EB0", remote_jid=None, text="Olá", at=T0)
+    assert contact.status is ContactStatus.SENT
+
+
+def test_cancellation_during_an_attempt_stands_when_the_attempt_failed() -> None:
+    contact = new_contact()
+    contact.dispatch(at=T0, lease=LEASE)
+    contact.cancel(reason="paid", at=T0)
+    contact.record_failure(code="connection_closed", message="x", retryable=True, retry_at=T0 + LEASE, at=T0)
+    assert contact.status is ContactStatus.CANCELLED
+    assert [type(e).TOPIC for e in contact.collect_events()][-1] == "billing.Contact.Cancelled"
+
+
+def test_cancelled_pending_contact_refuses_a_late_send_record() -> None:
+    contact = new_contact()
+    contact.cancel(reason="paid", at=T0)
+    with pytest.raises(Conflict):
+        contact.record_sent(gateway_message_id="3EB0", remote_jid=None, text="Olá", at=T0)

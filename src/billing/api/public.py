@@ -11,17 +11,41 @@ from litestar.di import Provide
 from litestar.params import Parameter
 
 from billing.api.deps import Services, provide_services, provide_tenant_id, run_sync
+from billing.api.errors import error_body
 from billing.domain.errors import InvalidValue, NotFound
 from billing.domain.types import ContactStatus, TemplateType
+from billing.services.cancel import ProjectionsBehind
 from billing.services.ingest import decode_send_request
 
 BASE = "/api/billing/v1/billing"
+RETRY_AFTER_S = 1
+"""``Retry-After`` (seconds) of a cancellation refused while the views catch up."""
 
 
 class CancelContactsRequest(msgspec.Struct):
     """Body of ``POST /contacts/cancel``."""
 
     external_id: str
+
+
+_cancel_decoder = msgspec.json.Decoder(CancelContactsRequest)
+
+
+def decode_cancel_request(body: bytes) -> CancelContactsRequest:
+    """Decode the body of ``POST /contacts/cancel``, refusing it as the sends do: not JSON → 400
+    ``invalid_json``; not an object, ``external_id`` missing or not a string → 422 ``invalid_request``
+    naming ``external_id`` (an empty one is refused by the service, also naming it).
+
+    Raises:
+        InvalidValue: as above.
+    """
+    try:
+        return _cancel_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        field = "external_id" if "external_id" in str(exc) else None
+        raise InvalidValue(f"invalid request: {exc}", code="invalid_request", field=field) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidValue(f"body is not valid JSON: {exc}", code="invalid_json") from None
 
 
 class PublicController(Controller):
@@ -114,8 +138,19 @@ class PublicController(Controller):
 
     @post("/contacts/cancel", status_code=200, summary="Cancel every unsent reminder of an invoice")
     async def cancel_contacts(
-        self, data: CancelContactsRequest, services: Services, tenant_id: UUID
-    ) -> dict[str, Any]:
-        """Cancel every unsent contact, across queues, whose batch carried ``external_id`` (paid)."""
-        count = await run_sync(services.cancel.cancel_by_external_id, tenant_id, data.external_id)
-        return {"external_id": data.external_id, "cancelled": count}
+        self, request: Request[Any, Any, Any], services: Services, tenant_id: UUID
+    ) -> Response[dict[str, Any]]:
+        """Cancel every unsent contact, across queues, whose batch carried ``external_id`` (paid).
+
+        503 with ``Retry-After`` while the views still miss contacts stored before the call (the count
+        would be short and those contacts left to be sent)."""
+        data = decode_cancel_request(await request.body())
+        try:
+            count = await run_sync(services.cancel.cancel_by_external_id, tenant_id, data.external_id)
+        except ProjectionsBehind as exc:
+            return Response(
+                error_body(exc.code, exc.message, details=exc.details),
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        return Response({"external_id": data.external_id, "cancelled": count}, status_code=200)

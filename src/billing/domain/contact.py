@@ -46,6 +46,7 @@ class Contact(Aggregate):
         lease_until: datetime | None
         not_before: datetime | None
         error_code: str | None
+        cancelled_in_flight: bool
 
     class Created(Aggregate.Created):
         """Base of the two ways a contact comes to exist (added, rejected); never recorded itself."""
@@ -199,6 +200,7 @@ class Contact(Aggregate):
         reason: str
 
         def apply(self, aggregate: Contact) -> None:
+            aggregate.cancelled_in_flight = aggregate.status is ContactStatus.DISPATCHED
             aggregate.status = ContactStatus.CANCELLED
             aggregate.lease_until = None
 
@@ -211,6 +213,7 @@ class Contact(Aggregate):
         self.lease_until = None
         self.not_before = None
         self.error_code = None
+        self.cancelled_in_flight = False
 
     # --- commands -------------------------------------------------------------------------------------
 
@@ -242,10 +245,14 @@ class Contact(Aggregate):
     ) -> None:
         """Record the gateway's acceptance of the current attempt.
 
+        Also after a cancellation that arrived while this attempt was in flight: the message did go
+        out, and the record must say so (the cancellation came too late).
+
         Raises:
             Conflict: ``not_dispatched`` when no attempt is in flight.
         """
-        self._require_dispatched()
+        if not (self.status is ContactStatus.CANCELLED and self.cancelled_in_flight):
+            self._require_dispatched()
         self.trigger_event(
             self.Sent,
             gateway_message_id=gateway_message_id,
@@ -262,16 +269,24 @@ class Contact(Aggregate):
     ) -> None:
         """Record a failed attempt; ``retry_at`` (UTC) schedules another, None makes it final.
 
+        After a cancellation that arrived while the attempt was in flight nothing is recorded: the
+        contact stays cancelled and is not retried.
+
         Raises:
             Conflict: ``not_dispatched`` when no attempt is in flight.
         """
+        if self.status is ContactStatus.CANCELLED and self.cancelled_in_flight:
+            return
         self._require_dispatched()
         self.trigger_event(
             self.Failed, code=code, message=message, retryable=retryable, retry_at=retry_at, timestamp=at
         )
 
     def record_skipped(self, *, code: str, message: str, at: datetime) -> None:
-        """Record that the contact will not be sent (e.g. ``not_on_whatsapp``)."""
+        """Record that the contact will not be sent (e.g. ``not_on_whatsapp``); nothing after a
+        cancellation that arrived while the attempt was in flight."""
+        if self.status is ContactStatus.CANCELLED and self.cancelled_in_flight:
+            return
         self._require_dispatched()
         self.trigger_event(self.Skipped, code=code, message=message, timestamp=at)
 
@@ -288,8 +303,8 @@ class Contact(Aggregate):
     def cancel(self, *, reason: str, at: datetime) -> bool:
         """Cancel the contact if it is not final yet. Returns True when a cancellation was recorded.
 
-        A contact whose attempt is in flight is cancelled too: the worker re-reads the contact before
-        calling the gateway, and the save of its outcome then conflicts.
+        A contact whose attempt is in flight is cancelled too; if that attempt then reaches WhatsApp, the
+        worker still records ``Sent`` (see :meth:`record_sent`), so the history tells the truth.
         """
         if self.status.is_terminal:
             return False

@@ -73,11 +73,13 @@ class Queries:
         """Shape a queue_status row as the public document."""
         total = row["total"]
         done = row["sent"] + row["failed"] + row["skipped"] + row["rejected"] + row["cancelled"]
+        status = queue_status_of(row)
+        ended = status in (QueueStatus.CANCELLED, QueueStatus.COMPLETED)  # a pause then never resumes
         return {
             "queue_id": str(row["queue_id"]),
             "campaign_id": str(row["campaign_id"]),
             "template_type": row["template_type"],
-            "status": queue_status_of(row).value,
+            "status": status.value,
             "contacts": {
                 "total": total,
                 "pending": row["pending"],
@@ -88,8 +90,8 @@ class Queries:
                 "cancelled": row["cancelled"],
             },
             "progress": round(100.0 * done / total, 2) if total else 100.0,
-            "paused_reason": row["paused_reason"],
-            "resume_at": _iso(row["resume_at"]),
+            "paused_reason": None if ended else row["paused_reason"],
+            "resume_at": None if ended else _iso(row["resume_at"]),
             "created_at": _iso(row["created_at"]),
             "started_at": _iso(row["started_at"]),
             "completed_at": _iso(row["completed_at"]),

@@ -51,7 +51,7 @@ from billing.domain.types import ContactStatus, TemplateType
 from billing.outbox.broker import Delivery
 from billing.outbox.jobs import SendJob, decode_job
 from billing.worker.health import GatewayHealth, Verdict
-from billing.worker.ledger import SendLedger
+from billing.worker.ledger import SendLedger, margin_for
 from billing.worker.outcomes import Handled, OutcomeRecorder, Result
 from billing.worker.persistence import IntegrityError, load, pause_queue, resume_queue, save
 from billing.worker.rendering import Renderer
@@ -106,7 +106,7 @@ class JobHandler:
         self.clock = container.clock
         self.health = health or GatewayHealth()
         self.rng = rng or random.Random()  # jitter, not security
-        self.ledger = ledger or SendLedger(container.pool)
+        self.ledger = ledger or SendLedger(container.pool, margin=margin_for(container.clock))
         self.renderer = renderer or Renderer(container.pool)
         self.lease = timedelta(seconds=container.settings.dispatch_lease_s)
         self.recorder = OutcomeRecorder(self)

@@ -11,6 +11,26 @@ attempt granted (counted whatever the gateway answers: the call reached WhatsApp
 never reached the gateway (the claim was lost, nothing to render) is :meth:`SendLedger.release`\\ d.
 Rows older than the local day are no longer read; :meth:`SendLedger.prune` deletes them.
 
+**Safety margin.** A row's ``sent_at`` is the instant of the *decision*; the message reaches the gateway a
+little later (claim saved, text rendered, HTTP call), and that delay varies between processes and sends.
+If the throttle allowed the next send at exactly "oldest + 60 s", a send decided at that boundary could
+reach the gateway less than 60 s after the oldest one arrived there (the oldest one was slow, the new one
+fast), and the gateway would see ``messages_per_minute + 1`` in 60 s of its own clock. So the adapter
+counts the sends of the last ``60 s + margin`` and allows the next one only at
+``oldest + 60 s + margin`` (:data:`THROTTLE_MARGIN`, 1 s): any spread of latencies below the margin
+stays within the limit as the gateway measures it. The daily cap is unaffected. The cost is at most
+``margin`` seconds of throughput per minute at full speed.
+
+The latency is real time, so the margin is one *real* second: a process whose clock runs faster
+(``BILLING_CLOCK``, tests and demos only) uses ``scale`` clock seconds (:func:`margin_for`, called by the
+worker's handler with the container's clock).
+
+**Stale instants.** The caller reads ``now`` before it gets the lock; meanwhile another process may have
+recorded a grant with a later instant. A window ending at the stale ``now`` would not see that grant and
+both would go out. So the decision is taken at ``max(now, latest grant of the tenant)`` and that instant
+is recorded: the ledger stays ordered and every grant counts. (Grants more than 60 s after ``now`` are
+ignored: only a clock moved back, as in tests, produces them.)
+
 **Gateway blocks.** A 401/403/404 from a tenant's gateway blocks sending for that tenant until its gateway
 settings change: the row holds ``Tenant.gateway_generation`` at the time of the failure.
 """
@@ -26,12 +46,33 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from billing.domain.calendar import BusinessCalendar
-from billing.domain.throttle import WINDOW, ThrottleDecision, ThrottleLimits, decide
+from billing.domain.throttle import (
+    DAILY_LIMIT_REACHED,
+    RATE_LIMITED,
+    WINDOW,
+    ThrottleDecision,
+    ThrottleLimits,
+    decide,
+)
 
-__all__ = ["LOCK_CLASS", "Grant", "SendLedger"]
+__all__ = ["LOCK_CLASS", "THROTTLE_MARGIN", "Grant", "SendLedger", "margin_for"]
 
 LOCK_CLASS = 0x62696C6C & 0x7FFFFFFF
 """First key of the two-key advisory lock (``'bill'``), so our locks never collide with other users'."""
+
+
+THROTTLE_MARGIN = timedelta(seconds=1)
+"""Real time added to the 60 s window of the per-minute rule (module docstring, "Safety margin")."""
+
+
+def margin_for(clock: object) -> timedelta:
+    """:data:`THROTTLE_MARGIN` in clock time: one real second at the clock's rate (a
+    :class:`~billing.services.clock.ScaledClock` of ``BILLING_CLOCK`` runs ``scale`` clock seconds per real
+    second; every other clock runs at 1)."""
+    rate = float(getattr(clock, "scale", 1.0))
+    if not rate > 0:
+        raise ValueError(f"clock rate must be > 0, got {rate!r}")
+    return THROTTLE_MARGIN * rate
 
 
 @dataclass(frozen=True)
@@ -57,10 +98,17 @@ class SendLedger:
 
     Args:
         pool: a sync psycopg pool with dict rows (the container's ``pool``).
+        margin: clock time added to the per-minute window (default :data:`THROTTLE_MARGIN`, 1 s with the
+            system clock; ``timedelta(0)`` gives the exact sliding window of
+            :func:`~billing.domain.throttle.decide`).
     """
 
-    def __init__(self, pool: ConnectionPool[Any]) -> None:
+    def __init__(self, pool: ConnectionPool[Any], *, margin: timedelta | None = None) -> None:
+        margin = THROTTLE_MARGIN if margin is None else margin
+        if margin < timedelta(0):
+            raise ValueError("margin must not be negative")
         self._pool = pool
+        self.margin = margin
 
     def acquire(
         self,
@@ -72,37 +120,50 @@ class SendLedger:
         now: datetime,
     ) -> Grant:
         """Decide, under the tenant's advisory lock, whether one more message may go out at ``now``, and
-        record it if so.
+        record it if so. The per-minute rule counts the last ``60 s +`` :attr:`margin`; a refusal's
+        ``retry_at`` is the instant the widened window has room again.
 
         Args:
-            now: aware instant from the worker's clock (recorded as ``sent_at``).
+            now: aware instant from the worker's clock, read before the call (recorded as ``sent_at``;
+                if another process already recorded a later grant for the tenant, that later instant is
+                used for the decision and recorded instead).
 
         Raises:
             psycopg.Error: the database failed (nothing recorded).
         """
-        day_start = calendar.local_datetime(calendar.local_date(now), time(0, 0))
+        window = WINDOW + self.margin
         with (
             self._pool.connection() as conn,
             conn.transaction(),
             conn.cursor(row_factory=dict_row) as cur,
         ):
             cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, str(tenant_id)))
+            recent = cur.execute(
+                "SELECT sent_at FROM send_ledger WHERE tenant_id = %s AND sent_at > %s AND sent_at < %s",
+                (tenant_id, now - window, now + WINDOW),
+            ).fetchall()
+            recent_sends = sorted(row["sent_at"] for row in recent)
+            if recent_sends and recent_sends[-1] > now:
+                now = recent_sends[-1]  # ``now`` went stale while we waited for the lock (docstring)
+            day_start = calendar.local_datetime(calendar.local_date(now), time(0, 0))
             counted = cur.execute(
                 "SELECT count(*) AS n FROM send_ledger "
                 "WHERE tenant_id = %s AND sent_at >= %s AND sent_at <= %s",
                 (tenant_id, day_start, now),
             ).fetchone()
-            recent = cur.execute(
-                "SELECT sent_at FROM send_ledger WHERE tenant_id = %s AND sent_at > %s AND sent_at <= %s",
-                (tenant_id, now - WINDOW, now),
-            ).fetchall()
             decision = decide(
                 limits,
                 now=now,
-                recent_sends=[row["sent_at"] for row in recent],
+                recent_sends=recent_sends,
                 sent_today=int(counted["n"]) if counted else 0,
                 calendar=calendar,
             )
+            excess = len(recent_sends) - limits.messages_per_minute
+            if decision.reason != DAILY_LIMIT_REACHED and excess >= 0:
+                # the widened window is full (decide() saw only its last 60 s): room again once the
+                # (excess+1)-th oldest of these leaves it
+                retry_at = (recent_sends[excess] + window).astimezone(calendar.tz)
+                decision = ThrottleDecision(allowed=False, retry_at=retry_at, reason=RATE_LIMITED)
             if not decision.allowed:
                 return Grant(decision)
             row = cur.execute(

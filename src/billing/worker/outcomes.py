@@ -21,17 +21,20 @@ errors; a version conflict means the contact changed meanwhile (a cancellation):
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from billing.domain.contact import Contact
 from billing.domain.delivery import OutcomeKind, SendOutcome
+from billing.domain.errors import Conflict
 from billing.domain.phone import mask_phone
 from billing.domain.policy import SendingPolicy
 from billing.domain.tenant import Tenant
 from billing.gateway.client import EvolutionClient
-from billing.worker.persistence import IntegrityError, pause_queue
+from billing.worker.persistence import IntegrityError, load, pause_queue
 from billing.worker.rendering import RenderError
 
 if TYPE_CHECKING:
@@ -112,11 +115,19 @@ class OutcomeRecorder:
         except RenderError as exc:
             await asyncio.to_thread(h.ledger.release, ledger_id)  # nothing reached the gateway
             retry_at = self._retry_at(policy, attempt, now) if exc.retryable else None
-            contact.record_failure(
-                code=exc.code, message=exc.message, retryable=exc.retryable, retry_at=retry_at, at=now
-            )
             outcome = Handled.RETRY_SCHEDULED if retry_at else Handled.FAILED
-            return await self._store(contact, Result(outcome, code=exc.code, retry_at=_iso(retry_at), **base))
+            return await self._store(
+                contact,
+                partial(
+                    Contact.record_failure,
+                    code=exc.code,
+                    message=exc.message,
+                    retryable=exc.retryable,
+                    retry_at=retry_at,
+                    at=now,
+                ),
+                Result(outcome, code=exc.code, retry_at=_iso(retry_at), **base),
+            )
         assert contact.gateway_number is not None
         sent = await client.send_text(contact.gateway_number, rendered.text, delay_ms=self._typing_ms(policy))
         done = h.clock.now()
@@ -124,7 +135,8 @@ class OutcomeRecorder:
         if sent.kind is OutcomeKind.SENT:
             h.health.record_success(tenant.id, tenant.gateway_generation)
             assert sent.message_id is not None
-            contact.record_sent(
+            record: Callable[[Contact], None] = partial(
+                Contact.record_sent,
                 gateway_message_id=sent.message_id,
                 remote_jid=sent.remote_jid,
                 text=rendered.text,
@@ -135,10 +147,10 @@ class OutcomeRecorder:
             )
             result = Result(Handled.SENT, gateway_message_id=sent.message_id, **base)
         elif sent.kind is OutcomeKind.NOT_ON_WHATSAPP:
-            contact.record_skipped(code=sent.code, message=sent.message, at=done)
+            record = partial(Contact.record_skipped, code=sent.code, message=sent.message, at=done)
             result = Result(Handled.SKIPPED, **base)
         elif sent.kind is OutcomeKind.RETRYABLE:
-            result = await self._retryable(contact, tenant, policy, sent, attempt, done, base)
+            record, result = await self._retryable(contact, tenant, policy, sent, attempt, done, base)
         elif sent.kind is OutcomeKind.MISCONFIGURED:
             await asyncio.to_thread(
                 h.ledger.block_gateway,
@@ -150,16 +162,26 @@ class OutcomeRecorder:
             await pause_queue(
                 h.store, contact.queue_id, reason="gateway_misconfigured", resume_at=None, at=done
             )
-            contact.record_failure(
-                code=sent.code, message=sent.message, retryable=True, retry_at=done, at=done
+            record = partial(
+                Contact.record_failure,
+                code=sent.code,
+                message=sent.message,
+                retryable=True,
+                retry_at=done,
+                at=done,
             )
             result = Result(Handled.GATEWAY_MISCONFIGURED, **base)
         else:
-            contact.record_failure(
-                code=sent.code, message=sent.message, retryable=False, retry_at=None, at=done
+            record = partial(
+                Contact.record_failure,
+                code=sent.code,
+                message=sent.message,
+                retryable=False,
+                retry_at=None,
+                at=done,
             )
             result = Result(Handled.FAILED, outcome_unknown=sent.outcome_unknown, **base)
-        return await self._store(contact, result)
+        return await self._store(contact, record, result)
 
     async def _retryable(
         self,
@@ -170,7 +192,7 @@ class OutcomeRecorder:
         attempt: int,
         done: datetime,
         base: dict[str, Any],
-    ) -> Result:
+    ) -> tuple[Callable[[Contact], None], Result]:
         h = self.h
         resume_at = None
         if sent.connection_problem and h.health.record_problem(tenant.id, tenant.gateway_generation):
@@ -181,11 +203,16 @@ class OutcomeRecorder:
         retry_at = self._retry_at(policy, attempt, done)
         if retry_at is not None and resume_at is not None:
             retry_at = max(retry_at, resume_at.astimezone(UTC))
-        contact.record_failure(
-            code=sent.code, message=sent.message, retryable=True, retry_at=retry_at, at=done
+        record = partial(
+            Contact.record_failure,
+            code=sent.code,
+            message=sent.message,
+            retryable=True,
+            retry_at=retry_at,
+            at=done,
         )
         outcome = Handled.RETRY_SCHEDULED if retry_at else Handled.FAILED
-        return Result(outcome, retry_at=_iso(retry_at), outcome_unknown=sent.outcome_unknown, **base)
+        return record, Result(outcome, retry_at=_iso(retry_at), outcome_unknown=sent.outcome_unknown, **base)
 
     def _retry_at(self, policy: SendingPolicy, attempt: int, now: datetime) -> datetime | None:
         """When to try again after failed attempt ``attempt`` (tenant's RetryPolicy), or None: final."""
@@ -200,20 +227,35 @@ class OutcomeRecorder:
             return None
         return round(self.h.rng.uniform(policy.pause_min_s, policy.pause_max_s) * 1000)
 
-    async def _store(self, contact: Contact, result: Result) -> Result:
-        """Save the outcome's events (retried on transient errors; a conflict is reported, not raised)."""
-        events = contact.collect_events()
+    async def _store(self, contact: Contact, record: Callable[[Contact], None], result: Result) -> Result:
+        """Apply the outcome command ``record`` to the contact and save it. Transient errors are retried;
+        a version conflict (someone else wrote the contact meanwhile, e.g. a cancellation during the
+        call) reloads the contact and applies the outcome again, so what reached WhatsApp is recorded;
+        only when the domain then refuses it is the result reported as not recorded."""
         for attempt in range(SAVE_ATTEMPTS):
             try:
+                record(contact)
+                events = contact.collect_events()
                 await asyncio.to_thread(self.h.store.save, *events)
-            except IntegrityError:
+            except Conflict:
                 result.fields["wanted"] = result.outcome.value
                 result.outcome = Handled.UNRECORDED
                 return result
+            except IntegrityError:
+                fresh = await load(self.h.store, contact.id, Contact)
+                if fresh is None or attempt == SAVE_ATTEMPTS - 1:
+                    result.fields["wanted"] = result.outcome.value
+                    result.outcome = Handled.UNRECORDED
+                    return result
+                contact = fresh
             except Exception:
                 if attempt == SAVE_ATTEMPTS - 1:
                     raise
                 await asyncio.sleep(0.2 * 2**attempt)
+                fresh = await load(self.h.store, contact.id, Contact)
+                if fresh is None:
+                    raise
+                contact = fresh
             else:
                 return result
         raise AssertionError("unreachable")
