@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from psycopg_pool import ConnectionPool
 
-from billing.db import open_pool
+from billing.db import ViewsPool, open_pool
 from billing.eventstore import EventStore, open_event_store
 from billing.gateway.client import EvolutionClient
 from billing.outbox.broker import Broker
@@ -36,7 +35,7 @@ class Container:
 
     settings: Settings
     store: EventStore
-    pool: ConnectionPool
+    pool: ViewsPool
     broker: Broker | None
     clock: Clock = field(default_factory=SystemClock)
     http: httpx.AsyncClient | None = None

@@ -9,10 +9,13 @@ import os
 from pathlib import Path
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from billing.eventstore import open_event_store
+
+ViewsPool = ConnectionPool[psycopg.Connection[DictRow]]
+"""A sync pool whose connections return rows as dicts (the views, the operational tables)."""
 
 
 def sql_dir() -> Path:
@@ -35,15 +38,16 @@ def migrate(database_url: str) -> list[str]:
     with psycopg.connect(database_url, autocommit=False) as conn:
         for path in sorted(sql_dir().glob("*.sql")):
             with conn.transaction():
-                conn.execute(path.read_text())  # type: ignore[arg-type]
+                conn.execute(path.read_text())
             applied.append(path.name)
     return applied
 
 
-def open_pool(database_url: str, *, size: int = 5, name: str = "views") -> ConnectionPool:
+def open_pool(database_url: str, *, size: int = 5, name: str = "views") -> ViewsPool:
     """A sync pool of dict-row connections (autocommit off), opened and waited for."""
-    pool = ConnectionPool(
+    pool = ViewsPool(
         database_url,
+        connection_class=psycopg.Connection[DictRow],
         min_size=1,
         max_size=size,
         kwargs={"row_factory": dict_row},

@@ -59,7 +59,8 @@ class CopyingApplicationRecorder(PostgresApplicationRecorder):
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         if len(stored_events) < self.copy_threshold:
-            return super().insert_events(stored_events, **kwargs)
+            ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+            return ids
         table = SQL("{0}.{1}").format(Identifier(self.datastore.schema), Identifier(self.events_table_name))
         copy_sql = SQL("COPY {0} (originator_id, originator_version, topic, state) FROM STDIN").format(table)
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:

@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from eventsourcing.persistence import Mapper, Notification
-from psycopg_pool import ConnectionPool
 
+from billing.db import ViewsPool
 from billing.domain.contact import Contact
 from billing.domain.types import TemplateType
 from billing.outbox.broker import Broker, OutgoingMessage, Publisher
@@ -96,7 +96,7 @@ class OutboxRelay:
             raise ValueError("the relay needs a broker")
         self.container = container
         self.broker: Broker = container.broker
-        self.pool: ConnectionPool = container.pool
+        self.pool: ViewsPool = container.pool
         self.batch_size = batch_size
         self._publisher = publisher
 

@@ -13,14 +13,15 @@ from typing import Any
 
 import psycopg
 from eventsourcing.persistence import Notification
-from psycopg_pool import ConnectionPool
+
+from billing.db import ViewsPool
 
 log = logging.getLogger(__name__)
 
 MAX_ERROR_TEXT = 2000  # characters of an error kept in projection_errors
 
 
-def load_position(pool: ConnectionPool, name: str) -> int:
+def load_position(pool: ViewsPool, name: str) -> int:
     """The recorded position of follower ``name`` (0 when it has none). Raises ``psycopg.Error``."""
     with pool.connection() as conn:
         row: Any = conn.execute("SELECT position FROM tracking WHERE name = %s", (name,)).fetchone()

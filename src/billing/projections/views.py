@@ -44,8 +44,8 @@ import psycopg
 from eventsourcing.persistence import Mapper, Notification
 from eventsourcing.utils import resolve_topic
 from psycopg import sql
-from psycopg_pool import ConnectionPool
 
+from billing.db import ViewsPool
 from billing.projections.follower import DEFAULT_BATCH_SIZE, Backoff, NotificationFollower, read_after
 from billing.projections.tracking import load_position, lock_position, record_error, save_position
 from billing.projections.writers import CONTACT_UPDATE_TOPICS, ViewWriter
@@ -79,7 +79,7 @@ class BatchResult:
 
 
 def apply_batch(
-    pool: ConnectionPool,
+    pool: ViewsPool,
     mapper: Mapper[Any],
     batch: Sequence[Notification],
     after: int,
@@ -111,7 +111,7 @@ def apply_batch(
 
 
 def _apply_in_transaction(
-    pool: ConnectionPool,
+    pool: ViewsPool,
     mapper: Mapper[Any],
     batch: Sequence[Notification],
     after: int,

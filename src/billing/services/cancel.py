@@ -26,8 +26,8 @@ from uuid import UUID, uuid5
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
 
+from billing.db import ViewsPool
 from billing.domain.contact import Contact
 from billing.domain.errors import DomainError, InvalidValue, NotFound
 from billing.domain.queue import Queue
@@ -58,7 +58,7 @@ class CancelService:
     def __init__(
         self,
         store: EventStore,
-        pool: ConnectionPool,
+        pool: ViewsPool,
         clock: Clock,
         *,
         catch_up_timeout_s: float = CATCH_UP_TIMEOUT_S,

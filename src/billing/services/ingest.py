@@ -192,7 +192,7 @@ class IngestService:
         rejections: list[dict[str, Any]] = []
         for index, raw in enumerate(request.contacts):
             outcome = screen_contact(raw, index=index, template_type=path_type, required_variables=required)
-            common = {
+            common: dict[str, Any] = {
                 "id": uuid5(campaign_id, str(index)),
                 "tenant_id": tenant_id,
                 "campaign_id": campaign_id,
@@ -278,7 +278,7 @@ class IngestService:
 
     def _replay(self, tenant_id: UUID, campaign_id: UUID, digest: str) -> SubmitResult | None:
         try:
-            campaign = self.store.repository.get(campaign_id)
+            campaign: object = self.store.repository.get(campaign_id)
         except AggregateNotFoundError:
             return None
         if not isinstance(campaign, Campaign) or campaign.tenant_id != tenant_id:

@@ -8,8 +8,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from psycopg_pool import ConnectionPool
-
+from billing.db import ViewsPool
 from billing.domain.types import ContactStatus, QueueStatus
 
 MAX_PAGE = 500
@@ -46,7 +45,7 @@ def decode_cursor(cursor: str) -> int:
 class Queries:
     """Tenant-scoped reads of the views."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ViewsPool) -> None:
         self.pool = pool
 
     def active_templates(self, tenant_id: UUID, template_type: str) -> list[dict[str, Any]]:
@@ -133,7 +132,7 @@ class Queries:
         sql += " ORDER BY idx LIMIT %s"
         params.append(limit + 1)
         with self.pool.connection() as conn:
-            rows = conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+            rows = conn.execute(sql, params).fetchall()
         more = len(rows) > limit
         rows = rows[:limit]
         return {

@@ -85,7 +85,7 @@ class TenantService:
     def get_tenant(self, tenant_id: UUID) -> Tenant:
         """The tenant. Raises NotFound."""
         try:
-            tenant = self.store.repository.get(tenant_id)
+            tenant: object = self.store.repository.get(tenant_id)
         except AggregateNotFoundError:
             raise NotFound("tenant not found", code="tenant_not_found") from None
         if not isinstance(tenant, Tenant):
@@ -108,7 +108,7 @@ class TenantService:
             raise ValueError("an API key must have at least 16 characters")
         digest = hash_api_key(clear)
         try:
-            existing = self.store.repository.get(api_key_id(digest))
+            existing: ApiKey | None = self.store.repository.get(api_key_id(digest))
         except AggregateNotFoundError:
             existing = None
         if existing is not None:
@@ -124,7 +124,7 @@ class TenantService:
     def revoke_api_key(self, tenant_id: UUID, key_id: UUID) -> None:
         """Revoke one of the tenant's keys. Raises NotFound (unknown or another tenant's key)."""
         try:
-            api_key = self.store.repository.get(key_id)
+            api_key: object = self.store.repository.get(key_id)
         except AggregateNotFoundError:
             raise NotFound("api key not found", code="api_key_not_found") from None
         if not isinstance(api_key, ApiKey) or api_key.tenant_id != tenant_id:
@@ -147,7 +147,7 @@ class TenantService:
                 return hit[1]
             generation = self._auth_generation
         try:
-            api_key = self.store.repository.get(api_key_id(digest))
+            api_key: object = self.store.repository.get(api_key_id(digest))
             tenant: UUID | None = None
             if (
                 isinstance(api_key, ApiKey)
