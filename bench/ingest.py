@@ -18,11 +18,11 @@ import uuid
 import httpx
 import psycopg
 import uvicorn
-from billing.projections.views import project_pending
 
 from billing.api.app import create_app
 from billing.bootstrap import build_container
 from billing.db import migrate
+from billing.projections.views import project_pending
 from billing.services.tenants import TenantService
 from billing.settings import Settings
 
