@@ -788,3 +788,27 @@ async def test_an_unknown_status_filter_is_refused(api: Api) -> None:
     )
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "invalid_request"
+
+
+async def test_template_history_tells_what_the_template_said_and_since_when(api: Api) -> None:
+    created = await _create(api, ["Olá {{nome}}"])
+    template_id = created["template_id"]
+    await api.client.patch(
+        f"{BASE}/templates/{template_id}/",
+        json={"variations": ["Oi {{nome}}", "Olá {{nome}}"]},
+        headers=api.admin,
+    )
+    response = await api.client.get(f"{BASE}/history/template/{template_id}", headers=api.admin)
+    assert response.status_code == 200, response.text
+    events = response.json()["events"]
+    assert [(e["type"], e["version"]) for e in events] == [
+        ("billing.Template.Created", 1),
+        ("billing.Template.Changed", 2),
+    ]
+    assert events[0]["data"]["variations"] == ["Olá {{nome}}"]
+    assert events[1]["data"]["variations"] == ["Oi {{nome}}", "Olá {{nome}}"]
+    assert events[0]["at"] <= events[1]["at"]
+    _, other_admin, _ = api.other_tenant()
+    foreign = await api.client.get(f"{BASE}/history/template/{template_id}", headers=other_admin)
+    assert foreign.status_code == 404
+    assert foreign.json()["code"] == "template_not_found"

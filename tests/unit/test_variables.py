@@ -58,3 +58,18 @@ def test_consecutive_messages_never_share_a_variation() -> None:
     assert chosen == [0, 1, 2, 0, 1, 2, 0]
     assert all(a != b for a, b in itertools.pairwise(chosen))
     assert [choose_variation(i, 1) for i in range(3)] == [0, 0, 0]
+
+
+def test_T01_nome_cliente_comes_from_nome_and_nothing_is_escaped() -> None:
+    from billing.domain.templating import parse_template
+
+    case = next(c for c in load_cases("templates.json") if c["id"] == "T01")
+    variables = message_variables(
+        case["vars"],
+        amount=None,
+        amount_total=None,
+        due_date=None,
+        now=datetime.fromisoformat("2025-01-20T12:00:00+00:00"),
+        tz=ZoneInfo("America/Sao_Paulo"),
+    )
+    assert parse_template(case["template"]).render(variables) == case["expect"]

@@ -18,6 +18,7 @@ from billing.api.public import BASE
 from billing.domain.apikey import api_key_id
 from billing.domain.contact import Contact
 from billing.domain.errors import DomainError, InvalidValue, NotFound
+from billing.domain.template import MessageTemplate
 from billing.domain.tenant import Tenant
 from billing.services.tenants import hash_api_key
 
@@ -218,15 +219,26 @@ class AdminController(Controller):
     @get("/history/contact/{contact_id:uuid}")
     async def contact_history(self, request: Req, contact_id: UUID, services: Services) -> dict[str, Any]:
         """Every event of one contact, oldest first: what was sent, when, with which template version."""
-
-        def load() -> list[Any]:
-            try:
-                contact: Any = services.container.store.repository.get(contact_id)
-            except AggregateNotFoundError:
-                raise NotFound("contact not found", code="contact_not_found") from None
-            if not isinstance(contact, Contact) or contact.tenant_id != request.user.tenant_id:
-                raise NotFound("contact not found", code="contact_not_found")
-            return list(services.container.store.events.get(contact_id))
-
-        events = await run_sync(load)
+        events = await run_sync(_history, services, request.user.tenant_id, contact_id, Contact, "contact")
         return {"contact_id": str(contact_id), "events": [_event_doc(e) for e in events]}
+
+    @get("/history/template/{template_id:uuid}")
+    async def template_history(self, request: Req, template_id: UUID, services: Services) -> dict[str, Any]:
+        """Every version of one template, oldest first: what it said from which instant (``at``) on."""
+        events = await run_sync(
+            _history, services, request.user.tenant_id, template_id, MessageTemplate, "template"
+        )
+        return {"template_id": str(template_id), "events": [_event_doc(e) for e in events]}
+
+
+def _history(services: Services, tenant_id: UUID, aggregate_id: UUID, kind: type, name: str) -> list[Any]:
+    """The events of one of the tenant's aggregates of type ``kind``. Raises NotFound (also for another
+    tenant's)."""
+    store = services.container.store
+    try:
+        aggregate: Any = store.repository.get(aggregate_id)
+    except AggregateNotFoundError:
+        raise NotFound(f"{name} not found", code=f"{name}_not_found") from None
+    if not isinstance(aggregate, kind) or aggregate.tenant_id != tenant_id:
+        raise NotFound(f"{name} not found", code=f"{name}_not_found")
+    return list(store.events.get(aggregate_id))
