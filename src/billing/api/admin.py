@@ -239,6 +239,6 @@ def _history(services: Services, tenant_id: UUID, aggregate_id: UUID, kind: type
         aggregate: Any = store.repository.get(aggregate_id)
     except AggregateNotFoundError:
         raise NotFound(f"{name} not found", code=f"{name}_not_found") from None
-    if not isinstance(aggregate, kind) or aggregate.tenant_id != tenant_id:
+    if not isinstance(aggregate, kind) or getattr(aggregate, "tenant_id", None) != tenant_id:
         raise NotFound(f"{name} not found", code=f"{name}_not_found")
     return list(store.events.get(aggregate_id))
