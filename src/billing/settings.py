@@ -106,6 +106,11 @@ class Settings:
             raise SettingsError(f"{PREFIX}LOG_FORMAT must be 'json' or 'console'")
         if self.jwt_secret and len(self.jwt_secret) < 32:
             raise SettingsError(f"{PREFIX}JWT_SECRET must be at least 32 characters")
+        if self.dispatch_lease_s < self.gateway_timeout_s + 30:
+            raise SettingsError(
+                f"{PREFIX}DISPATCH_LEASE_S must exceed {PREFIX}GATEWAY_TIMEOUT_S by at least 30 s "
+                "(a claim must outlive the gateway call it covers)"
+            )
         for name in ("pool_size", "worker_prefetch", "api_port"):
             if int(getattr(self, name)) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")

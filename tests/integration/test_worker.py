@@ -132,16 +132,17 @@ class World:
         self.retired: list[Worker] = []
         self.expected = 0
 
-    def container(self) -> Container:
+    def container(self, **settings_overrides: Any) -> Container:
         """A new container on the test database, sharing the broker, the clock and the simulator."""
-        settings = Settings(database_url=self.database_url, worker_prefetch=4, gateway_timeout_s=5.0)
+        values: dict[str, Any] = {"worker_prefetch": 4, "gateway_timeout_s": 5.0, **settings_overrides}
+        settings = Settings(database_url=self.database_url, **values)
         container = build_container(settings, broker=self.broker, clock=self.clock)
         container.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.sim.asgi_app))
         return container
 
-    async def add_worker(self) -> Worker:
+    async def add_worker(self, **settings_overrides: Any) -> Worker:
         """Start one more worker process."""
-        worker = Worker(self.container())
+        worker = Worker(self.container(**settings_overrides))
         self.workers.append(worker)
         await worker.start()
         return worker
@@ -626,6 +627,33 @@ async def test_number_not_on_whatsapp_is_skipped(world: World) -> None:
     assert (contact.status, contact.error_code) == (ContactStatus.SKIPPED, "not_on_whatsapp")
     assert world.view_row(batch.ids[0])["status"] == "skipped"
     assert await world.at(world.clock.now() + timedelta(hours=1)) == TickReport()
+
+
+async def test_claim_too_short_for_the_gateway_call_is_given_back_without_sending(database_url: str) -> None:
+    broker = InMemoryBroker(prefix=f"t{uuid.uuid4().hex[:8]}", delivery_limit=2, drain_timeout=1.0)
+    world = World(database_url, broker, FakeClock(WEDNESDAY_10))
+    # lease 35 s; the call may take 31 s of typing delay + 5 s of timeout = 36 s: it could outlive the claim
+    await world.add_worker(dispatch_lease_s=35.0)
+    try:
+        tenant_id = create_tenant(world, pause_min_s=31, pause_max_s=31)
+        batch = create_batch(world, tenant_id, 1)
+
+        await world.publish(batch.jobs())
+        await world.idle()
+
+        assert world.outcomes() == [Handled.LEASE_TOO_SHORT]
+        assert world.sends() == []
+        contact = world.contact(batch.ids[0])
+        assert (contact.status, contact.attempts, contact.not_before) == (
+            ContactStatus.PENDING,
+            0,
+            WEDNESDAY_10.astimezone(UTC),
+        )
+        assert world.ledger_times(tenant_id) == []
+    finally:
+        for worker in world.workers:
+            await worker.shutdown()
+        await broker.close()
 
 
 async def test_401_on_send_pauses_gateway_misconfigured_until_the_gateway_settings_change(

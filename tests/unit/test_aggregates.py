@@ -202,3 +202,10 @@ def test_cancelled_pending_contact_refuses_a_late_send_record() -> None:
     contact.cancel(reason="paid", at=T0)
     with pytest.raises(Conflict):
         contact.record_sent(gateway_message_id="3EB0", remote_jid=None, text="Olá", at=T0)
+
+
+def test_pause_between_messages_is_bounded_so_a_claim_outlives_the_gateway_call() -> None:
+    tenant = Tenant.register(tenant_id=uuid4(), name="Loja", gateway=GATEWAY, policy={}, at=T0)
+    with pytest.raises(PolicyError) as error:
+        tenant.change_policy({"pause_min_s": 1, "pause_max_s": 61}, at=T0)
+    assert error.value.field == "pause_max_s"

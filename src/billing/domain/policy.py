@@ -16,6 +16,9 @@ from billing.domain.throttle import ThrottleLimits
 
 DEFAULT_MESSAGES_PER_MINUTE = 20
 DEFAULT_MAX_MESSAGES_PER_DAY = 1000
+MAX_PAUSE_S = 60.0
+"""Upper bound of the pause between messages: it is spent inside the gateway call as "typing…", and a
+worker's claim (``BILLING_DISPATCH_LEASE_S``, default 120 s) must outlive the whole call."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ def parse_policy(spec: Mapping[str, Any]) -> SendingPolicy:
     pause_max = _number(spec, "pause_max_s", defaults["pause_max_s"])
     if pause_min > pause_max:
         raise PolicyError("pause_min_s must not exceed pause_max_s", field="pause_min_s")
+    if pause_max > MAX_PAUSE_S:
+        raise PolicyError(f"pause_max_s must not exceed {MAX_PAUSE_S:g} s", field="pause_max_s")
     retry_spec = spec.get("retry", defaults["retry"])
     if not isinstance(retry_spec, Mapping):
         raise PolicyError("retry must be an object", field="retry")

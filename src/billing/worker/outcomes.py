@@ -64,6 +64,8 @@ class Handled(StrEnum):
     THROTTLED = "throttled"
     DAILY_LIMIT_REACHED = "daily_limit_reached"
     CLAIMED_ELSEWHERE = "claimed_elsewhere"
+    LEASE_TOO_SHORT = "lease_too_short"
+    """The claim would expire before the gateway call could end: released without calling."""
     SENT = "sent"
     SKIPPED = "skipped"
     RETRY_SCHEDULED = "retry_scheduled"
@@ -129,7 +131,11 @@ class OutcomeRecorder:
                 Result(outcome, code=exc.code, retry_at=_iso(retry_at), **base),
             )
         assert contact.gateway_number is not None
-        sent = await client.send_text(contact.gateway_number, rendered.text, delay_ms=self._typing_ms(policy))
+        typing_ms = self._typing_ms(policy)
+        if not self._call_fits_lease(contact, typing_ms):
+            await asyncio.to_thread(h.ledger.release, ledger_id)  # nothing reached the gateway
+            return await self._give_back(contact, base)
+        sent = await client.send_text(contact.gateway_number, rendered.text, delay_ms=typing_ms)
         done = h.clock.now()
         base.update(code=sent.code, http_status=sent.http_status)
         if sent.kind is OutcomeKind.SENT:
@@ -213,6 +219,26 @@ class OutcomeRecorder:
         )
         outcome = Handled.RETRY_SCHEDULED if retry_at else Handled.FAILED
         return record, Result(outcome, retry_at=_iso(retry_at), outcome_unknown=sent.outcome_unknown, **base)
+
+    def _call_fits_lease(self, contact: Contact, typing_ms: int | None) -> bool:
+        """True when the whole gateway call (typing delay + timeout, which the client enforces) ends
+        before this worker's claim expires. Past ``lease_until`` the scheduler lets another worker claim
+        the contact; a call still running then could make WhatsApp receive the message twice."""
+        if contact.lease_until is None:
+            return True
+        budget = timedelta(seconds=self.h.container.settings.gateway_timeout_s + (typing_ms or 0) / 1000)
+        return self.h.clock.now() + budget < contact.lease_until
+
+    async def _give_back(self, contact: Contact, base: dict[str, Any]) -> Result:
+        """Release a claim that is too late to use (``Deferred`` until now, not an attempt). If another
+        worker claimed the contact meanwhile, that worker owns it and nothing is written."""
+        now = self.h.clock.now()
+        try:
+            contact.defer(reason=Handled.LEASE_TOO_SHORT.value, not_before=now, at=now)
+            await asyncio.to_thread(self.h.store.save, *contact.collect_events())
+        except (Conflict, IntegrityError):
+            return Result(Handled.CLAIMED_ELSEWHERE, **base)
+        return Result(Handled.LEASE_TOO_SHORT, **base)
 
     def _retry_at(self, policy: SendingPolicy, attempt: int, now: datetime) -> datetime | None:
         """When to try again after failed attempt ``attempt`` (tenant's RetryPolicy), or None: final."""

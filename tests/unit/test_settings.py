@@ -1,0 +1,31 @@
+"""Settings are parsed once from BILLING_* and refused with a message naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from billing.settings import Settings, SettingsError
+
+URL = "postgresql://root@127.0.0.1:5432/billing"
+
+
+def test_settings_come_from_billing_variables() -> None:
+    settings = Settings.from_env(
+        {"BILLING_DATABASE_URL": URL, "BILLING_API_PORT": "9000", "BILLING_DISPATCH_LEASE_S": "90"}
+    )
+    assert (settings.database_url, settings.api_port, settings.dispatch_lease_s) == (URL, 9000, 90.0)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({}, "BILLING_DATABASE_URL"),
+        ({"BILLING_DATABASE_URL": "postgresql:///billing?host=/var/run/postgresql"}, "BILLING_DATABASE_URL"),
+        ({"BILLING_DATABASE_URL": URL, "BILLING_API_PORT": "eighty"}, "BILLING_API_PORT"),
+        ({"BILLING_DATABASE_URL": URL, "BILLING_JWT_SECRET": "short"}, "BILLING_JWT_SECRET"),
+        ({"BILLING_DATABASE_URL": URL, "BILLING_DISPATCH_LEASE_S": "40"}, "BILLING_DISPATCH_LEASE_S"),
+    ],
+)
+def test_a_missing_or_malformed_variable_is_refused_by_name(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)
