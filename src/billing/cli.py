@@ -283,9 +283,17 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
     """``billing admin token``: print an admin JWT for the tenant, valid ``--ttl`` seconds."""
     if args.ttl <= 0:
         raise CliError("--ttl must be positive", code=2)
-    settings = load_settings()
+    import os
+
+    secret = os.environ.get("BILLING_JWT_SECRET", "")
+    if len(secret) < 32:
+        raise CliError(
+            "BILLING_JWT_SECRET must be set to the API's secret (at least 32 characters); "
+            "`billing dev` prints a ready admin token instead",
+            code=2,
+        )
     mint_token = _entry("billing.api.auth", "mint_token")
-    print(mint_token(settings.require_jwt_secret(), str(args.tenant), args.ttl))
+    print(mint_token(secret, str(args.tenant), args.ttl))
     return 0
 
 

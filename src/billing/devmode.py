@@ -152,6 +152,7 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
                 api_key=api_key,
                 tenant_id=tenant_id,
                 extra={
+                    "Admin JWT": _admin_token(settings, tenant_id),
                     "PostgreSQL": settings.database_url,
                     "Gateway": f"Evolution API simulator at {gateway['base_url']} (instance demo, v2)",
                 },
@@ -238,6 +239,14 @@ DEMO_BODY = (
 )
 
 
+def _admin_token(settings: Settings, tenant_id: UUID) -> str:
+    """An admin token of the demo tenant for this run (valid 24 h), to try the admin API with
+    ``-H 'Authorization: Bearer …'``; the run's secret is ``BILLING_JWT_SECRET`` or a random one."""
+    from billing.api.auth import mint_token
+
+    return mint_token(settings.require_jwt_secret(), tenant_id, 24 * 3600)
+
+
 async def _announce(
     server: Any,
     stop: asyncio.Event,
@@ -272,6 +281,9 @@ async def _announce(
         "Then poll the queue's status and list the campaign's contacts (ids from the answer above):",
         f"  curl -sS -H 'X-Billing-API-Key: {api_key}' {api}/queue/<queue_id>/status",
         f"  curl -sS -H 'X-Billing-API-Key: {api_key}' {api}/campaign/<campaign_id>/contacts",
+        "",
+        "Admin API (templates, keys, config), with the Admin JWT above:",
+        f"  curl -sS -H 'Authorization: Bearer <Admin JWT>' {api}/templates/",
         "",
     ]
     print("\n".join(lines), flush=True)

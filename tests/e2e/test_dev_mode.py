@@ -112,6 +112,6 @@ def test_billing_dev_sends_the_demo_batch_and_reaches_completed(dev_server: str)
         ]
     assert [(i["index"], i["status"]) for i in items] == [(0, "sent"), (1, "rejected"), (2, "sent")]
     assert items[0]["message_text"] == "Olá, Maria Souza! Sua fatura foi emitida."
-    assert items[2]["message_text"] == "Ana Reis, Seu boleto está disponível."
+    assert items[2]["message_text"] == "Ana Reis, temos um aviso para você. Seu boleto está disponível."
     assert items[1]["error"]["code"] == "invalid_phone"
     assert all(i["gateway_message_id"] for i in (items[0], items[2]))

@@ -431,6 +431,7 @@ async def test_preview_renders_every_variation_for_sample_variables(api: Api) ->
             "Olá, D'Ávila & Filhos! A fatura de R$\u00a01.234,50 venceu em 15/01/2025, há 6 dia(s).",
             "D'Ávila & Filhos, constam R$\u00a02.000,00 em aberto. Pedido A-77: <b>&amp;</b> {{nome}}",
         ],
+        "missing_variables": [[], []],
     }
     due_today = {**sample, "data_vencimento": "2025-01-21"}
     today = await api.client.post(
@@ -440,6 +441,16 @@ async def test_preview_renders_every_variation_for_sample_variables(api: Api) ->
         "Olá, D'Ávila & Filhos! A fatura de R$\u00a01.234,50 venceu em 21/01/2025 (vence hoje).",
         "D'Ávila & Filhos, sua fatura vence hoje. Pedido A-77: <b>&amp;</b> {{nome}}",
     ]
+
+
+async def test_preview_names_the_variables_a_sample_lacks(api: Api) -> None:
+    created = await _create(api, ["Oi {{nome_cliente}}, {{valor}}", "{{#if valor}}{{valor}}{{/if}} ok"])
+    response = await api.client.post(
+        f"{BASE}/templates/{created['template_id']}/preview", json={"variables": {}}, headers=api.admin
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["previews"] == ["Oi , ", " ok"]
+    assert response.json()["missing_variables"] == [["nome_cliente", "valor"], []]
 
 
 async def test_preview_refuses_unusable_sample_values_naming_the_field(api: Api) -> None:

@@ -87,7 +87,6 @@ def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) 
         ["migrate"],
         ["tenant", "list"],
         ["api-key", "create", "--tenant", "6f1c1f0e-0000-4000-8000-000000000001"],
-        ["admin", "token", "--tenant", "6f1c1f0e-0000-4000-8000-000000000001"],
         ["api"],
         ["relay"],
         ["projections"],
@@ -103,6 +102,20 @@ def test_missing_database_url_exits_2_naming_it(
 
     err = capsys.readouterr().err
     assert err.startswith("billing: configuration error: BILLING_DATABASE_URL is required")
+
+
+def test_admin_token_needs_only_the_jwt_secret(
+    no_billing_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tenant = "6f1c1f0e-0000-4000-8000-000000000001"
+    assert run(["admin", "token", "--tenant", tenant]) == 2
+    assert "BILLING_JWT_SECRET must be set" in capsys.readouterr().err
+    no_billing_env.setenv("BILLING_JWT_SECRET", "j" * 32)
+    assert run(["admin", "token", "--tenant", tenant]) == 0
+    token = capsys.readouterr().out.strip()
+    from litestar.security.jwt import Token
+
+    assert Token.decode(token, "j" * 32, "HS256").sub == tenant
 
 
 def test_malformed_variable_exits_2_naming_it(

@@ -126,3 +126,47 @@ def test_derived_variable_needs_its_source_field() -> None:
     )
     assert isinstance(outcome, RejectedContact)
     assert outcome.details == {"names": ["dias_atraso", "nome_cliente"]}
+
+
+@pytest.mark.parametrize(
+    ("kind", "due", "code"),
+    [
+        (TemplateType.OVERDUE, "2025-01-21", "not_yet_due"),
+        (TemplateType.UPCOMING, "2025-01-19", "already_due"),
+    ],
+)
+def test_reminder_of_the_wrong_kind_for_its_due_date_is_rejected(
+    kind: TemplateType, due: str, code: str
+) -> None:
+    outcome = screen_contact(
+        {"nome": "Ana", "telefone": "11987654321", "valor": "10", "data_vencimento": due},
+        index=3,
+        template_type=kind,
+        today=date(2025, 1, 20),
+    )
+    assert isinstance(outcome, RejectedContact)
+    assert (outcome.code, outcome.field) == (code, "contacts[3].data_vencimento")
+
+
+@pytest.mark.parametrize(
+    ("kind", "due"), [(TemplateType.OVERDUE, "2025-01-20"), (TemplateType.UPCOMING, "2025-01-20")]
+)
+def test_an_invoice_due_today_is_both_overdue_and_upcoming_material(kind: TemplateType, due: str) -> None:
+    outcome = screen_contact(
+        {"nome": "Ana", "telefone": "11987654321", "valor": "10", "data_vencimento": due},
+        index=0,
+        template_type=kind,
+        today=date(2025, 1, 20),
+    )
+    assert isinstance(outcome, AcceptedContact)
+
+
+def test_missing_derived_variable_names_the_field_to_send() -> None:
+    outcome = screen_contact(
+        {"telefone": "11987654321"},
+        index=1,
+        template_type=TemplateType.NOTIFICATION,
+        required_variables={"nome_cliente"},
+    )
+    assert isinstance(outcome, RejectedContact)
+    assert (outcome.field, outcome.details) == ("contacts[1].nome", {"names": ["nome_cliente"]})

@@ -18,7 +18,10 @@ from billing.api.public import BASE
 from billing.domain.apikey import api_key_id
 from billing.domain.contact import Contact
 from billing.domain.errors import DomainError, InvalidValue, NotFound
+from billing.domain.ingestion import missing_variables
+from billing.domain.sanitize import sanitize_text
 from billing.domain.template import MessageTemplate
+from billing.domain.templating import parse_template
 from billing.domain.tenant import Tenant
 from billing.services.tenants import hash_api_key
 
@@ -165,7 +168,9 @@ class AdminController(Controller):
     async def preview_template(
         self, request: Req, template_id: UUID, data: PreviewRequest, services: Services
     ) -> dict[str, Any]:
-        """Render every variation of the template for sample variables, as if sent now."""
+        """Render every variation of the template for sample variables, as if sent now; for each
+        variation, ``missing_variables`` names what the sample lacks (ingestion would reject such a
+        contact with ``missing_variable``)."""
         tenant_id = request.user.tenant_id
         template = await run_sync(services.templates.get, tenant_id, template_id)
         tenant = await run_sync(services.tenants.get_tenant, tenant_id)
@@ -178,7 +183,16 @@ class AdminController(Controller):
             if exc.field:  # the sample's fields are under "variables" in the body
                 exc.field = f"variables.{exc.field}"
             raise
-        return {"template_id": str(template_id), "version": template.version, "previews": texts}
+        fields = {str(k): sanitize_text(v) for k, v in data.variables.items() if v is not None}
+        missing = [
+            missing_variables(fields, parse_template(text).required_variables) for text in template.variations
+        ]
+        return {
+            "template_id": str(template_id),
+            "version": template.version,
+            "previews": texts,
+            "missing_variables": missing,
+        }
 
     @get("/campaigns/")
     async def list_campaigns(self, request: Req, services: Services, limit: int = 50) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Litestar, Response, get
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
 
 from billing.api.admin import AdminController
 from billing.api.auth import jwt_auth
@@ -59,7 +60,20 @@ def create_app(container: Container) -> Litestar:
         route_handlers=[PublicController, AdminController, live, ready],
         exception_handlers=EXCEPTION_HANDLERS,
         on_app_init=[auth.on_app_init],
-        openapi_config=OpenAPIConfig(title="billing", version="1.0.0", path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title="billing",
+            version="1.0.0",
+            path="/schema",
+            description="WhatsApp billing reminders. Public endpoints: header X-Billing-API-Key; "
+            "admin endpoints: Authorization: Bearer <JWT>.",
+            components=Components(
+                security_schemes={
+                    "ApiKey": SecurityScheme(
+                        type="apiKey", name="X-Billing-API-Key", security_scheme_in="header"
+                    )
+                }
+            ),
+        ),
         state=_state(services),
         debug=False,
         logging_config=None,

@@ -53,6 +53,7 @@ class PublicController(Controller):
 
     path = BASE
     tags = ["public"]
+    security = [{"ApiKey": []}]
     dependencies = {"services": Provide(provide_services), "tenant_id": Provide(provide_tenant_id)}
 
     async def _send(
@@ -75,21 +76,27 @@ class PublicController(Controller):
         headers = {"Idempotent-Replayed": "true"} if result.replayed else None
         return Response(result.document(), status_code=202, headers=headers)
 
-    @post("/send/overdue", summary="Queue reminders for overdue invoices (business hours only)")
+    @post(
+        "/send/overdue", status_code=202, summary="Queue reminders for overdue invoices (business hours only)"
+    )
     async def send_overdue(
         self, request: Request[Any, Any, Any], services: Services, tenant_id: UUID
     ) -> Response[dict[str, Any]]:
         """Queue reminders for overdue invoices; answers 202 with campaign_id, queue_id and rejections."""
         return await self._send(TemplateType.OVERDUE, request, services, tenant_id)
 
-    @post("/send/upcoming", summary="Queue reminders for invoices about to fall due (business hours only)")
+    @post(
+        "/send/upcoming",
+        status_code=202,
+        summary="Queue reminders for invoices about to fall due (business hours only)",
+    )
     async def send_upcoming(
         self, request: Request[Any, Any, Any], services: Services, tenant_id: UUID
     ) -> Response[dict[str, Any]]:
         """Queue reminders for invoices about to fall due."""
         return await self._send(TemplateType.UPCOMING, request, services, tenant_id)
 
-    @post("/send/notification", summary="Queue general notices (sent 24/7)")
+    @post("/send/notification", status_code=202, summary="Queue general notices (sent 24/7)")
     async def send_notification(
         self, request: Request[Any, Any, Any], services: Services, tenant_id: UUID
     ) -> Response[dict[str, Any]]:

@@ -16,8 +16,9 @@ DEFAULT_TEMPLATES: dict[TemplateType, tuple[str, str, list[str]]] = {
             "Olá, {{nome_cliente}}! Identificamos que a fatura de {{valor}}, com vencimento em "
             "{{data_vencimento}}, está em aberto{{#if dias_atraso}} há {{dias_atraso}} dia(s){{/if}}. "
             "Se já pagou, por favor desconsidere esta mensagem.",
-            "{{nome_cliente}}, tudo bem? Consta em aberto a fatura de {{valor}} que venceu em "
-            "{{data_vencimento}}. Precisa de ajuda para regularizar? É só responder esta mensagem.",
+            "{{nome_cliente}}, tudo bem? Consta em aberto a fatura de {{valor}} que "
+            "{{#if vence_hoje}}vence hoje ({{data_vencimento}}){{else}}venceu em {{data_vencimento}}{{/if}}. "
+            "Precisa de ajuda para regularizar? É só responder esta mensagem.",
         ],
     ),
     TemplateType.UPCOMING: (
@@ -39,8 +40,8 @@ DEFAULT_TEMPLATES: dict[TemplateType, tuple[str, str, list[str]]] = {
         [
             "Olá, {{nome_cliente}}! {{#if mensagem}}{{mensagem}}{{else}}Temos um aviso importante sobre "
             "sua conta. Em caso de dúvida, responda esta mensagem.{{/if}}",
-            "{{nome_cliente}}, {{#if mensagem}}{{mensagem}}{{else}}há um aviso importante sobre sua conta; "
-            "responda esta mensagem se precisar de ajuda.{{/if}}",
+            "{{nome_cliente}}, temos um aviso para você. {{#if mensagem}}{{mensagem}}{{else}}Há uma "
+            "novidade importante sobre sua conta; responda esta mensagem se precisar de ajuda.{{/if}}",
         ],
     ),
 }

@@ -56,6 +56,13 @@ def _present(fields: Mapping[str, str], name: str) -> bool:
     return value is not None and value.strip() != ""
 
 
+def missing_variables(fields: Mapping[str, str], required: Iterable[str]) -> list[str]:
+    """The ``required`` template variables (sorted) that contact ``fields`` cannot provide: a derived
+    variable (``nome_cliente``, ``dias_atraso``…) needs its source field (:data:`DERIVED_FROM`); a blank
+    value counts as absent."""
+    return [name for name in sorted(set(required)) if not _present(fields, DERIVED_FROM.get(name, name))]
+
+
 def screen_contact(
     raw: Mapping[str, object],
     *,
@@ -63,6 +70,7 @@ def screen_contact(
     template_type: TemplateType,
     required_variables: Iterable[str] = (),
     default_region: str = "BR",
+    today: date | None = None,
 ) -> AcceptedContact | RejectedContact:
     """Normalise one contact or say why it is rejected.
 
@@ -71,10 +79,15 @@ def screen_contact(
         index: its position in the request (0-based).
         template_type: the batch's type; overdue and upcoming need a positive amount when one is given.
         required_variables: names the type's active variations use outside any conditional.
+        today: the tenant's local date at ingestion; when given, an ``overdue`` reminder whose due date
+            is still ahead is refused (``not_yet_due``) and an ``upcoming`` one whose due date has passed
+            (``already_due``) — a "your invoice is late" message about a future date is wrong either way.
 
     Rules, in order: phone (E.164 via phonenumbers, code ``invalid_phone``); ``valor`` / ``valor_total``
     (``invalid_amount`` / ``ambiguous_amount``; ``non_positive_amount`` for dunning types);
-    ``data_vencimento`` (``invalid_date``); then required variables (``missing_variable`` with names).
+    ``data_vencimento`` (``invalid_date``, then ``not_yet_due`` / ``already_due``); then required variables
+    (``missing_variable``: ``details.names`` are the template's variables, ``field`` the contact field to
+    send, e.g. ``nome`` for ``nome_cliente``).
     """
     fields = {str(k): sanitize_text(v) for k, v in raw.items() if v is not None}
     telefone = fields.get("telefone", "")
@@ -106,16 +119,25 @@ def screen_contact(
         due: date | None = None
         if fields.get("data_vencimento"):
             due = parse_due_date(raw["data_vencimento"])
-        missing = []
-        for name in sorted(set(required_variables)):
-            source = DERIVED_FROM.get(name, name)
-            if not _present(fields, source):
-                missing.append(name)
+            if today is not None and template_type is TemplateType.OVERDUE and due > today:
+                raise InvalidValue(
+                    f"data_vencimento {due.isoformat()} is still ahead: not an overdue invoice",
+                    code="not_yet_due",
+                    field="data_vencimento",
+                )
+            if today is not None and template_type is TemplateType.UPCOMING and due < today:
+                raise InvalidValue(
+                    f"data_vencimento {due.isoformat()} has passed: not an upcoming invoice",
+                    code="already_due",
+                    field="data_vencimento",
+                )
+        missing = missing_variables(fields, required_variables)
         if missing:
+            sources = sorted({DERIVED_FROM.get(name, name) for name in missing})
             raise InvalidValue(
-                f"missing variable(s) the template needs: {', '.join(missing)}",
+                f"missing variable(s) the template needs: {', '.join(missing)} (send: {', '.join(sources)})",
                 code="missing_variable",
-                field=missing[0],
+                field=DERIVED_FROM.get(missing[0], missing[0]),
                 details={"names": missing},
             )
     except InvalidValue as error:

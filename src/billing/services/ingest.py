@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
+from zoneinfo import ZoneInfo
 
 import msgspec
 from eventsourcing.application import AggregateNotFoundError
@@ -21,10 +22,11 @@ from eventsourcing.persistence import IntegrityError
 
 from billing.domain.campaign import Campaign
 from billing.domain.contact import Contact
-from billing.domain.errors import Conflict, InvalidValue
+from billing.domain.errors import Conflict, InvalidValue, NotFound
 from billing.domain.ingestion import AcceptedContact, screen_contact
 from billing.domain.queue import Queue
 from billing.domain.templating import parse_template
+from billing.domain.tenant import Tenant
 from billing.domain.types import TemplateType
 from billing.eventstore import EventStore
 from billing.services.clock import Clock
@@ -188,10 +190,13 @@ class IngestService:
             campaign_id, queue_id = uuid4(), uuid4()
         required = self.required_variables(tenant_id, path_type)
         now = self.clock.now()
+        today = now.astimezone(self._tenant_zone(tenant_id)).date()
         contacts: list[Contact] = []
         rejections: list[dict[str, Any]] = []
         for index, raw in enumerate(request.contacts):
-            outcome = screen_contact(raw, index=index, template_type=path_type, required_variables=required)
+            outcome = screen_contact(
+                raw, index=index, template_type=path_type, required_variables=required, today=today
+            )
             common: dict[str, Any] = {
                 "id": uuid5(campaign_id, str(index)),
                 "tenant_id": tenant_id,
@@ -275,6 +280,16 @@ class IngestService:
             accepted=accepted,
             rejections=rejections,
         )
+
+    def _tenant_zone(self, tenant_id: UUID) -> ZoneInfo:
+        """The tenant's IANA zone (its policy's ``timezone``). Raises NotFound for an unknown tenant."""
+        try:
+            tenant: object = self.store.repository.get(tenant_id)
+        except AggregateNotFoundError:
+            raise NotFound("tenant not found", code="tenant_not_found") from None
+        if not isinstance(tenant, Tenant):
+            raise NotFound("tenant not found", code="tenant_not_found")
+        return tenant.sending_policy.calendar.tz
 
     def _replay(self, tenant_id: UUID, campaign_id: UUID, digest: str) -> SubmitResult | None:
         try:
