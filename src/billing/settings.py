@@ -35,7 +35,9 @@ class Settings:
         log_format: ``json`` (production) or ``console``.
         api_host / api_port: where ``billing api`` listens.
         pool_size: PostgreSQL connections per pool.
-        worker_prefetch: deliveries a worker holds at once.
+        worker_prefetch: unsettled deliveries a worker holds per job queue (``basic.qos`` per consumer);
+            it consumes every shard of every kind, so a process holds up to ``shards × 3 ×
+            worker_prefetch`` at once (8 × 3 × 2 = 48 by default; see docs/architecture.md, "Broker").
         dispatch_lease_s: seconds a worker's claim on a contact lasts before another may retry it.
         poll_interval_s: seconds between polls of the notification log when no NOTIFY arrives.
         gateway_timeout_s: seconds an Evolution API call may take (on top of its typing delay).
@@ -55,7 +57,7 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     pool_size: int = 5
-    worker_prefetch: int = 10
+    worker_prefetch: int = 2
     dispatch_lease_s: float = 120.0
     poll_interval_s: float = 1.0
     gateway_timeout_s: float = 30.0

@@ -188,7 +188,7 @@ class System:
     async def depth(self, kind: str) -> int:
         broker = self.container.broker
         assert broker is not None
-        return await queue_depth(broker, broker.topology.queue(kind))
+        return sum([await queue_depth(broker, q) for q in broker.topology.shard_queues(kind)])
 
     def sent_numbers(self) -> list[str]:
         return sorted(m.number for m in self.simulator.sent)

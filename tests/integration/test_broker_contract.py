@@ -19,6 +19,7 @@ import aio_pika
 import pytest
 
 from billing.outbox.broker import (
+    JOB_KINDS,
     JOB_QUEUES,
     Broker,
     Delivery,
@@ -170,9 +171,19 @@ async def test_default_topology_names() -> None:
     t = Topology()
     assert t.exchange == "billing"
     assert t.dead_letter_exchange == "billing.dlx"
-    assert t.job_queues == JOB_QUEUES == ("billing.overdue", "billing.upcoming", "billing.notification")
-    assert t.dead_letter_queues == tuple(dead_letter_queue(q) for q in JOB_QUEUES)
-    assert t.job_queue_arguments("billing.overdue")["x-delivery-limit"] == 5
+    assert t.job_queues == JOB_QUEUES
+    assert tuple(f"billing.{kind}.{n}" for kind in JOB_KINDS for n in range(8)) == JOB_QUEUES
+    assert t.queue("overdue") == "billing.overdue.0"
+    assert t.queue_for("overdue", uuid.UUID(int=8 * 1000 + 3)) == "billing.overdue.3"
+    assert t.dead_letter_queues == (
+        "billing.overdue.dead",
+        "billing.upcoming.dead",
+        "billing.notification.dead",
+    )
+    assert {dead_letter_queue(q) for q in JOB_QUEUES} == set(t.dead_letter_queues)
+    assert dead_letter_queue("billing.overdue.7") == "billing.overdue.dead"
+    assert t.job_queue_arguments("billing.overdue.3")["x-delivery-limit"] == 5
+    assert t.job_queue_arguments("billing.overdue.3")["x-dead-letter-routing-key"] == "billing.overdue.dead"
 
 
 async def test_ping(broker: Broker) -> None:
@@ -231,7 +242,7 @@ async def test_publish_consume_ack(broker: Broker) -> None:
 
 
 async def test_batch_of_200_is_routed_when_publish_returns(broker: Broker) -> None:
-    queues = broker.topology.job_queues
+    queues = tuple(broker.topology.queue(kind) for kind in JOB_KINDS)
     batch = [msg(queues[i % 3], f"b{i:03d}") for i in range(200)]
     started = time.monotonic()
     await broker.publisher().publish(batch)

@@ -125,7 +125,8 @@ async def test_one_job_per_added_contact_in_log_order(
 
     recorder = await consume(broker, 7)
     assert len(recorder.deliveries) == 7
-    overdue, notification = broker.topology.queue("overdue"), broker.topology.queue("notification")
+    overdue = broker.topology.queue_for("overdue", tenant_id)
+    notification = broker.topology.queue_for("notification", tenant_id)
     assert [d.message_id for d in recorder.deliveries if d.queue == overdue] == [
         i for i in expected if i.split(":")[0] in {str(c.id) for c in first.contacts + last.contacts}
     ]
@@ -151,8 +152,9 @@ async def test_one_job_per_added_contact_in_log_order(
 async def test_position_moves_only_after_the_confirm(
     container: Container, broker: Broker, database_url: str
 ) -> None:
-    queue = broker.topology.queue("overdue")
-    await save(container, *post(uuid.uuid4(), accepted=2).aggregates())
+    tenant_id = uuid.uuid4()
+    queue = broker.topology.queue_for("overdue", tenant_id)
+    await save(container, *post(tenant_id, accepted=2).aggregates())
     relay = OutboxRelay(container, publisher=FlakyPublisher(broker.publisher(), failures=1))
 
     with pytest.raises(PublishError):

@@ -121,7 +121,7 @@ async def test_q03_relay_publishes_1000_jobs_through_a_broker_restart(
 
     started = time.monotonic()
     stop = asyncio.Event()
-    queue = broker.topology.queue("notification")
+    queue = broker.topology.queue_for("notification", tenant_id)
     consumer = asyncio.create_task(broker.consumer().run([queue], handler, prefetch=100))
     relay = asyncio.create_task(run_relay(container, stop))
     try:

@@ -5,16 +5,24 @@ against both: :class:`billing.outbox.rabbitmq.RabbitBroker` (aio-pika, productio
 :class:`billing.outbox.memory.InMemoryBroker` (in-process, for ``billing dev`` and tests). Nothing here
 imports aio-pika.
 
-Topology (names shown for the default prefix ``"billing"``)::
+Topology (names shown for the default prefix ``"billing"`` and 8 shards)::
 
     exchange billing (direct, durable)
-      ├─ billing.overdue       ─┐  durable quorum queues, routing key = queue name,
-      ├─ billing.upcoming       ├─ x-delivery-limit = 5,
-      └─ billing.notification  ─┘  x-dead-letter-exchange = billing.dlx
+      ├─ billing.overdue.0 … billing.overdue.7            ─┐  durable quorum queues, routing key =
+      ├─ billing.upcoming.0 … billing.upcoming.7           ├─ queue name, x-delivery-limit = 5,
+      └─ billing.notification.0 … billing.notification.7  ─┘  x-dead-letter-exchange = billing.dlx
     exchange billing.dlx (direct, durable)
-      ├─ billing.overdue.dead       (routing key = queue name; durable quorum queues, no limit)
-      ├─ billing.upcoming.dead
+      ├─ billing.overdue.dead       (one per kind, shared by its shards: x-dead-letter-routing-key;
+      ├─ billing.upcoming.dead       durable quorum queues, no limit)
       └─ billing.notification.dead
+
+Why shards (tenant fairness, issue 4 §3): a queue is FIFO, so with one queue per kind a tenant's backlog
+(10,000 jobs, each costing worker time even when it is only deferred by the tenant's throttle) delayed
+every job another tenant published after it. Each kind therefore has ``shards`` job queues and a job goes
+to shard ``tenant_id.int % shards`` (:meth:`Topology.queue_for`). A worker consumes every shard with a
+consumer (and a prefetch) per queue, and RabbitMQ delivers from each queue independently: a backlog in
+one tenant's shard does not hold back the deliveries of another shard. Tenants sharing a shard still share
+its FIFO order; with ``shards`` queues a backlog delays about ``1/shards`` of the other tenants.
 
 Why quorum queues with a delivery limit and a dead-letter exchange (case Q02): a message that can never
 be handled (undecodable, unknown contact) must not block the queue. The consumer *rejects* such a
@@ -22,7 +30,8 @@ message, which dead-letters it at once (never requeued to the head). A *transien
 *requeued*; a quorum queue counts every return in the ``x-delivery-count`` header, and once that count
 exceeds ``x-delivery-limit`` the broker dead-letters the message instead of delivering it again
 (RabbitMQ docs, "Quorum Queues: Poison Message Handling"). So a message is delivered at most
-``delivery_limit + 1`` times and then ends in ``<queue>.dead``; everything behind it keeps flowing.
+``delivery_limit + 1`` times and then ends in its kind's dead-letter queue; everything behind it keeps
+flowing.
 Dead-lettering uses the ``at-least-once`` strategy (RabbitMQ >= 3.10), so a dead-lettered message is
 not lost if the broker stops while moving it.
 
@@ -43,28 +52,41 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
+from uuid import UUID
 
 log = logging.getLogger(__name__)
 
-#: Job kinds; each has a job queue ``<prefix>.<kind>`` and a dead-letter queue ``<prefix>.<kind>.dead``.
+#: Job kinds; each has job queues ``<prefix>.<kind>.<shard>`` and one dead-letter queue
+#: ``<prefix>.<kind>.dead``.
 JOB_KINDS: Final[tuple[str, ...]] = ("overdue", "upcoming", "notification")
 
 DEFAULT_PREFIX: Final = "billing"
 #: Returns (requeues, consumer losses) a quorum queue allows before it dead-letters a message.
 DEFAULT_DELIVERY_LIMIT: Final = 5
+#: Job queues per kind; a tenant's jobs all go to one of them (see "Why shards" above).
+DEFAULT_SHARDS: Final = 8
 
 EXCHANGE: Final = DEFAULT_PREFIX
 DEAD_LETTER_EXCHANGE: Final = f"{DEFAULT_PREFIX}.dlx"
-OVERDUE_QUEUE: Final = f"{DEFAULT_PREFIX}.overdue"
-UPCOMING_QUEUE: Final = f"{DEFAULT_PREFIX}.upcoming"
-NOTIFICATION_QUEUE: Final = f"{DEFAULT_PREFIX}.notification"
-#: The job queues of the default topology; the routing key of a job is the name of its queue.
-JOB_QUEUES: Final[tuple[str, ...]] = (OVERDUE_QUEUE, UPCOMING_QUEUE, NOTIFICATION_QUEUE)
+#: Shard 0 of each kind in the default topology (what :meth:`Topology.queue` returns).
+OVERDUE_QUEUE: Final = f"{DEFAULT_PREFIX}.overdue.0"
+UPCOMING_QUEUE: Final = f"{DEFAULT_PREFIX}.upcoming.0"
+NOTIFICATION_QUEUE: Final = f"{DEFAULT_PREFIX}.notification.0"
+#: Every job queue (every shard of every kind) of the default topology; a job's routing key is its
+#: queue's name.
+JOB_QUEUES: Final[tuple[str, ...]] = tuple(
+    f"{DEFAULT_PREFIX}.{kind}.{n}" for kind in JOB_KINDS for n in range(DEFAULT_SHARDS)
+)
 DEAD_LETTER_SUFFIX: Final = ".dead"
 
 
 def dead_letter_queue(queue: str) -> str:
-    """The dead-letter queue of job queue ``queue`` (``"billing.overdue"`` -> ``"billing.overdue.dead"``)."""
+    """The dead-letter queue of job queue ``queue``: one per kind, shared by the kind's shards
+    (``"billing.overdue.3"`` -> ``"billing.overdue.dead"``; an unsharded name gets the suffix:
+    ``"billing.overdue"`` -> ``"billing.overdue.dead"``)."""
+    base, _, last = queue.rpartition(".")
+    if last.isdigit() and base.rpartition(".")[2] in JOB_KINDS:
+        queue = base
     return f"{queue}{DEAD_LETTER_SUFFIX}"
 
 
@@ -80,16 +102,22 @@ class Topology:
         delivery_limit: ``x-delivery-limit`` of the job queues: how many times a message may be returned
             to its queue (requeued, or unacknowledged when its consumer went away) before the broker
             dead-letters it. A message is delivered at most ``delivery_limit + 1`` times.
+        shards: job queues per kind; a job goes to its tenant's shard (:meth:`queue_for`). Changing it
+            moves tenants between shards: jobs already queued stay where they are and are still consumed
+            only if their queue still exists, so drain the queues before changing it.
     """
 
     prefix: str = DEFAULT_PREFIX
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+    shards: int = DEFAULT_SHARDS
 
     def __post_init__(self) -> None:
         if not self.prefix or any(c.isspace() for c in self.prefix):
             raise ValueError(f"invalid topology prefix {self.prefix!r}")
         if self.delivery_limit < 0:
             raise ValueError(f"delivery_limit must be >= 0, got {self.delivery_limit}")
+        if self.shards < 1:
+            raise ValueError(f"shards must be >= 1, got {self.shards}")
 
     @property
     def exchange(self) -> str:
@@ -101,27 +129,44 @@ class Topology:
         """The direct, durable exchange the job queues dead-letter to."""
         return f"{self.prefix}.dlx"
 
+    def queue_for(self, kind: str, tenant_id: UUID) -> str:
+        """The job queue (and routing key) of a job of ``kind`` (one of :data:`JOB_KINDS`) for tenant
+        ``tenant_id``: shard ``tenant_id.int % shards``, stable across processes and restarts."""
+        return self._shard(kind, tenant_id.int % self.shards)
+
     def queue(self, kind: str) -> str:
-        """The job queue (and routing key) of ``kind``, one of :data:`JOB_KINDS`."""
+        """Shard 0 of ``kind``'s job queues — a valid queue and routing key for callers that do not
+        route by tenant (tools, tests). Jobs of a tenant go to :meth:`queue_for`."""
+        return self._shard(kind, 0)
+
+    def shard_queues(self, kind: str) -> tuple[str, ...]:
+        """Every job queue of ``kind``, shard 0 first."""
+        return tuple(self._shard(kind, n) for n in range(self.shards))
+
+    def _shard(self, kind: str, n: int) -> str:
         if kind not in JOB_KINDS:
             raise ValueError(f"unknown job kind {kind!r}; expected one of {JOB_KINDS}")
-        return f"{self.prefix}.{kind}"
+        return f"{self.prefix}.{kind}.{n}"
 
     @property
     def job_queues(self) -> tuple[str, ...]:
-        """All job queues, in :data:`JOB_KINDS` order."""
-        return tuple(self.queue(kind) for kind in JOB_KINDS)
+        """Every job queue: each kind's shards, in :data:`JOB_KINDS` order."""
+        return tuple(q for kind in JOB_KINDS for q in self.shard_queues(kind))
+
+    def dead_letter_queue(self, kind: str) -> str:
+        """The dead-letter queue of ``kind`` (shared by its shards)."""
+        return dead_letter_queue(self.queue(kind))
 
     @property
     def dead_letter_queues(self) -> tuple[str, ...]:
-        """All dead-letter queues, in :data:`JOB_KINDS` order."""
-        return tuple(dead_letter_queue(q) for q in self.job_queues)
+        """All dead-letter queues, one per kind, in :data:`JOB_KINDS` order."""
+        return tuple(self.dead_letter_queue(kind) for kind in JOB_KINDS)
 
     def job_queue_arguments(self, queue: str) -> dict[str, Any]:
         """``queue.declare`` arguments of job queue ``queue``.
 
-        ``x-dead-letter-routing-key`` names the dead-letter queue, so dead letters are routed by the
-        queue they left, not by whatever key they were published with. ``x-dead-letter-strategy:
+        ``x-dead-letter-routing-key`` names the kind's dead-letter queue, so dead letters are routed by
+        the queue they left, not by whatever key they were published with. ``x-dead-letter-strategy:
         at-least-once`` needs ``x-overflow: reject-publish`` (RabbitMQ docs, "Quorum Queues:
         Dead Lettering"); with no length limit set, the overflow mode has no other effect.
         """
@@ -208,7 +253,8 @@ class Delivery(Protocol):
         """Done with it: the broker forgets the message."""
 
     async def reject(self) -> None:
-        """A permanent failure: the broker dead-letters it to ``<queue>.dead`` (never requeued)."""
+        """A permanent failure: the broker dead-letters it to its kind's dead-letter queue (never
+        requeued)."""
 
     async def requeue(self) -> None:
         """A transient failure: deliver it again later.
@@ -282,8 +328,9 @@ class Consumer(Protocol):
         """Consume ``queues`` until cancelled.
 
         ``handler`` is awaited once per delivery, concurrently up to ``prefetch`` unsettled deliveries
-        per queue (AMQP ``basic.qos``, applied per consumer by RabbitMQ). The handler must settle the
-        delivery (``ack``, ``reject`` or ``requeue``) and should do so within seconds: see
+        per queue (AMQP ``basic.qos``, applied per consumer by RabbitMQ). Each queue is served on its
+        own: a queue with a backlog does not hold back the deliveries of another queue. The handler must
+        settle the delivery (``ack``, ``reject`` or ``requeue``) and should do so within seconds: see
         ``consumer_timeout`` above. If the handler raises, or returns without settling, the adapter
         rejects the delivery (dead-letters it) and logs the error, without the body (it may hold
         personal data).

@@ -14,7 +14,8 @@ from billing.domain.types import TemplateType
 
 
 class SendJob(msgspec.Struct, frozen=True, kw_only=True):
-    """ "Try to send this contact now." Routing key: the job queue of ``template_type``.
+    """ "Try to send this contact now." Routing key: the tenant's shard of the job queues of
+    ``template_type`` (``Topology.queue_for``).
 
     Attributes:
         v: schema version (1).

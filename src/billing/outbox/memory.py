@@ -5,7 +5,8 @@ It models what the application relies on in RabbitMQ's quorum queues, and nothin
 - a direct exchange: a message is routed to the job queue named by its routing key; a key with no queue
   (also before :meth:`InMemoryBroker.declare_topology`) is refused with
   :class:`~billing.outbox.broker.PublishError`, like a mandatory publish that is returned unroutable;
-- FIFO job queues, each with a delivery limit and a dead-letter queue ``<queue>.dead``;
+- FIFO job queues (every shard of every kind), each with a delivery limit, dead-lettering to its kind's
+  dead-letter queue ``<prefix>.<kind>.dead``;
 - ``delivery_count`` (also as header ``x-delivery-count``): 0 on first delivery, +1 each time the
   delivery is requeued or its consumer stops without settling it; a return that takes the count past the
   limit dead-letters the message instead (reason ``delivery_limit``), as RabbitMQ 3.10 does;
@@ -13,7 +14,10 @@ It models what the application relies on in RabbitMQ's quorum queues, and nothin
   ``x-first-death-reason`` and ``x-first-death-queue``, as in RabbitMQ;
 - a requeued message goes back to the head of a queue with a delivery limit (to the back of one
   without), as RabbitMQ 3.10.8 quorum queues do;
-- prefetch: at most ``prefetch`` unsettled deliveries per consumed queue.
+- prefetch: at most ``prefetch`` unsettled deliveries per consumed queue;
+- fairness between queues, as RabbitMQ's per-queue consumers: a consumer runs one pump per queue, each
+  bounded by its own prefetch, so queues with work are served in turn (round-robin on the event loop),
+  never queue after queue — a backlog in one tenant's shard does not delay another shard's deliveries.
 
 There is no consumer timeout and no redelivery across a process restart.
 """
@@ -31,6 +35,8 @@ from billing.outbox.broker import (
     DEAD_LETTER_SUFFIX,
     DEFAULT_DELIVERY_LIMIT,
     DEFAULT_PREFIX,
+    DEFAULT_SHARDS,
+    JOB_KINDS,
     Consumer,
     DeliveryAlreadySettled,
     Handler,
@@ -175,6 +181,7 @@ class InMemoryBroker:
     Args:
         prefix: topology prefix (see :class:`~billing.outbox.broker.Topology`).
         delivery_limit: the job queues' delivery limit.
+        shards: job queues per kind (see :class:`~billing.outbox.broker.Topology`).
         drain_timeout: seconds a cancelled :meth:`Consumer.run` waits for in-flight handlers.
     """
 
@@ -183,9 +190,10 @@ class InMemoryBroker:
         *,
         prefix: str = DEFAULT_PREFIX,
         delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
+        shards: int = DEFAULT_SHARDS,
         drain_timeout: float = 10.0,
     ) -> None:
-        self._topology = Topology(prefix=prefix, delivery_limit=delivery_limit)
+        self._topology = Topology(prefix=prefix, delivery_limit=delivery_limit, shards=shards)
         self._drain_timeout = drain_timeout
         self._queues: dict[str, _Queue] = {}
         self._bindings: dict[str, _Queue] = {}
@@ -199,14 +207,17 @@ class InMemoryBroker:
     async def declare_topology(self) -> None:
         """Create the job and dead-letter queues and bind the job queues (idempotent)."""
         self._check_open()
-        for name in self._topology.job_queues:
-            if name in self._queues:
-                continue
-            dead = _Queue(dead_letter_queue(name), delivery_limit=None, dead_letter=None)
-            self._queues[dead.name] = dead
-            queue = _Queue(name, delivery_limit=self._topology.delivery_limit, dead_letter=dead)
-            self._queues[name] = queue
-            self._bindings[name] = queue
+        t = self._topology
+        for kind in JOB_KINDS:
+            dead_name = t.dead_letter_queue(kind)
+            dead = self._queues.setdefault(
+                dead_name, _Queue(dead_name, delivery_limit=None, dead_letter=None)
+            )
+            for name in t.shard_queues(kind):
+                if name not in self._queues:
+                    queue = _Queue(name, delivery_limit=t.delivery_limit, dead_letter=dead)
+                    self._queues[name] = queue
+                    self._bindings[name] = queue
 
     def publisher(self) -> Publisher:
         """A new publisher."""
@@ -227,7 +238,8 @@ class InMemoryBroker:
         self._closed.set()
 
     def dead_letters(self, queue: str) -> list[DeadLetter]:
-        """The messages waiting in the dead-letter queue of job queue ``queue`` (or named directly).
+        """The messages waiting in the dead-letter queue of job queue ``queue`` (any shard of a kind: the
+        kind's shards share it), or named directly.
 
         Raises:
             LookupError: no such queue.

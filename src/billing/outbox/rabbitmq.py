@@ -38,6 +38,8 @@ from aio_pika.abc import (
 from billing.outbox.broker import (
     DEFAULT_DELIVERY_LIMIT,
     DEFAULT_PREFIX,
+    DEFAULT_SHARDS,
+    JOB_KINDS,
     Consumer,
     DeliveryAlreadySettled,
     Handler,
@@ -87,6 +89,7 @@ class RabbitBroker:
         *,
         prefix: str = DEFAULT_PREFIX,
         delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
+        shards: int = DEFAULT_SHARDS,
         reconnect_interval: float = 2.0,
         publish_timeout: float = 30.0,
         drain_timeout: float = 10.0,
@@ -97,6 +100,7 @@ class RabbitBroker:
         Args:
             prefix: topology prefix (see :class:`~billing.outbox.broker.Topology`).
             delivery_limit: ``x-delivery-limit`` of the job queues.
+            shards: job queues per kind (see :class:`~billing.outbox.broker.Topology`).
             reconnect_interval: seconds between reconnection attempts after the connection dropped.
             publish_timeout: seconds one :meth:`Publisher.publish` call may take, confirms included,
                 before it raises :class:`PublishError`.
@@ -114,7 +118,7 @@ class RabbitBroker:
         )
         return cls(
             connection,
-            Topology(prefix=prefix, delivery_limit=delivery_limit),
+            Topology(prefix=prefix, delivery_limit=delivery_limit, shards=shards),
             publish_timeout=publish_timeout,
             drain_timeout=drain_timeout,
         )
@@ -135,16 +139,17 @@ class RabbitBroker:
             dlx = await channel.declare_exchange(
                 t.dead_letter_exchange, ExchangeType.DIRECT, durable=True, robust=False
             )
-            for name in t.job_queues:
-                dead_name = f"{name}.dead"
+            for kind in JOB_KINDS:
+                dead_name = t.dead_letter_queue(kind)
                 dead = await channel.declare_queue(
                     dead_name, durable=True, arguments=t.dead_letter_queue_arguments(), robust=False
                 )
                 await dead.bind(dlx, routing_key=dead_name, robust=False)
-                queue = await channel.declare_queue(
-                    name, durable=True, arguments=t.job_queue_arguments(name), robust=False
-                )
-                await queue.bind(exchange, routing_key=name, robust=False)
+                for name in t.shard_queues(kind):
+                    queue = await channel.declare_queue(
+                        name, durable=True, arguments=t.job_queue_arguments(name), robust=False
+                    )
+                    await queue.bind(exchange, routing_key=name, robust=False)
         finally:
             await channel.close()
 

@@ -1,8 +1,9 @@
 """The outbox relay (``billing relay``): each ``Contact.Added`` event becomes a ``SendJob`` on the broker.
 
 It follows the notification log filtered to the topic ``billing.Contact.Added`` (the database skips the
-other events), builds one job per event, routed to the job queue of the contact's template type
-(``broker.topology.queue(kind)``), with message id ``<contact_id>:<notification_id>``
+other events), builds one job per event, routed to the tenant's shard of the job queues of the contact's
+template type (``broker.topology.queue_for(kind, tenant_id)``: tenant fairness, see
+:mod:`billing.outbox.broker`), with message id ``<contact_id>:<notification_id>``
 (:func:`~billing.outbox.jobs.job_message_id`), and publishes each batch with publisher confirms.
 
 Promise 2 and case Q03: the position (``tracking.name = 'relay'``) is recorded only after
@@ -66,7 +67,7 @@ def to_message(mapper: Mapper[Any], notification: Notification, broker: Broker) 
         reason="added",
     )
     return OutgoingMessage(
-        routing_key=broker.topology.queue(job.template_type.value),
+        routing_key=broker.topology.queue_for(job.template_type.value, job.tenant_id),
         body=encode_job(job),
         message_id=job_message_id(job, str(notification.id)),
         headers={"tenant_id": str(job.tenant_id)},

@@ -26,9 +26,10 @@ async def run_worker(
     scheduler: Scheduler | None = None,
     scheduler_interval_s: float = 2.0,
 ) -> None:
-    """Consume ``queues`` (default: the three job queues of the broker's topology) with a
-    :class:`~billing.worker.handler.JobHandler`, up to ``settings.worker_prefetch`` unsettled deliveries
-    per queue, and tick a :class:`~billing.worker.scheduler.Scheduler` every ``scheduler_interval_s``
+    """Consume ``queues`` (default: every job queue of the broker's topology, i.e. every shard of the
+    three kinds) with a :class:`~billing.worker.handler.JobHandler`, up to ``settings.worker_prefetch``
+    unsettled deliveries per queue — so up to ``shards × 3 × worker_prefetch`` per process (8 × 3 × 2 = 48
+    by default) — and tick a :class:`~billing.worker.scheduler.Scheduler` every ``scheduler_interval_s``
     wall-clock seconds, until ``stop`` is set. Declares the broker topology first (idempotent).
 
     On ``stop`` the consumer is cancelled (in-flight handlers get the broker's drain grace, unsettled
@@ -47,7 +48,7 @@ async def run_worker(
     handler = handler or JobHandler(container)
     scheduler = scheduler or Scheduler(container)
     prefetch = container.settings.worker_prefetch
-    log.info("worker_started", queues=names, prefetch=prefetch)
+    log.info("worker_started", queues=names, prefetch=prefetch, max_in_flight=prefetch * len(names))
     ticking = asyncio.Event()
     consuming = asyncio.create_task(broker.consumer().run(names, handler, prefetch=prefetch), name="consumer")
     scheduling = asyncio.create_task(

@@ -18,7 +18,8 @@ writes them). Duplicate jobs are harmless — the handler is idempotent and re-c
 keep the broker quiet each ``(contact, not_before)`` or ``(contact, lease_until)`` is published once per
 :attr:`Scheduler.remember_s`; a contact deferred again has a new ``not_before`` and is published again
 when that comes. Fairness: at most :attr:`Scheduler.per_tenant` contacts per tenant per tick, so one
-tenant's backlog cannot crowd out another's. Several worker processes each run a scheduler; they publish
+tenant's backlog cannot crowd out another's; each job goes to its tenant's shard of the job queues
+(``Topology.queue_for``), as the relay's do. Several worker processes each run a scheduler; they publish
 some duplicates, nothing worse.
 """
 
@@ -227,7 +228,7 @@ class Scheduler:
             reason=reason,
         )
         return OutgoingMessage(
-            routing_key=self.topology.queue(row["template_type"]),
+            routing_key=self.topology.queue_for(row["template_type"], row["tenant_id"]),
             body=encode_job(job),
             message_id=job_message_id(job, f"{reason}-{row['at'].timestamp():.6f}"),
             headers={"tenant_id": str(row["tenant_id"]), "reason": reason},
