@@ -173,6 +173,19 @@ class SendLedger:
         assert row is not None
         return Grant(decision, ledger_id=int(row["id"]))
 
+    def minute_room(self, tenant_id: UUID, limits: ThrottleLimits, now: datetime) -> int:
+        """How many more sends the per-minute rule allows the tenant at ``now`` (its window widened by
+        :attr:`margin`, as :meth:`acquire` counts it); never negative. Advisory (no lock): the scheduler
+        uses it to republish no more due contacts than can go out, :meth:`acquire` still decides."""
+        with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(
+                "SELECT count(*) AS n FROM send_ledger "
+                "WHERE tenant_id = %s AND sent_at > %s AND sent_at <= %s",
+                (tenant_id, now - (WINDOW + self.margin), now),
+            ).fetchone()
+        used = int(row["n"]) if row else 0
+        return max(0, limits.messages_per_minute - used)
+
     def release(self, ledger_id: int) -> None:
         """Forget a grant whose message never reached the gateway."""
         with self._pool.connection() as conn:

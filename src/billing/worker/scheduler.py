@@ -30,6 +30,7 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import zip_longest
 from typing import Any
 from uuid import UUID
 
@@ -41,7 +42,7 @@ from billing.domain.tenant import Tenant
 from billing.outbox.broker import OutgoingMessage, Publisher, Topology
 from billing.outbox.jobs import SendJob, encode_job, job_message_id
 from billing.worker.handler import GATEWAY_MISCONFIGURED
-from billing.worker.ledger import SendLedger
+from billing.worker.ledger import SendLedger, margin_for
 from billing.worker.persistence import load, resume_queue
 
 __all__ = ["Scheduler", "TickReport"]
@@ -135,7 +136,7 @@ class Scheduler:
         self.remember = timedelta(seconds=remember_s)
         self.stale = timedelta(seconds=stale_s)
         self.topology = container.broker.topology if container.broker is not None else Topology()
-        self.ledger = SendLedger(container.pool)
+        self.ledger = SendLedger(container.pool, margin=margin_for(container.clock))
         self._published: dict[tuple[UUID, datetime], datetime] = {}
         self._last_prune: datetime | None = None
 
@@ -158,7 +159,7 @@ class Scheduler:
         """
         now = self.container.clock.now()
         resumed = await self._resume(now)
-        due = await self._publish(_DUE_SQL, "due", now, resumed=resumed)
+        due = await self._publish(_DUE_SQL, "due", now, resumed=resumed, budgeted=True)
         stale = await self._publish(_STALE_SQL, "due", now, resumed=resumed)
         leases = await self._publish(_LEASE_SQL, "lease", now)
         self._forget(now)
@@ -201,7 +202,9 @@ class Scheduler:
         await asyncio.to_thread(self.ledger.unblock, tenant_id, below_generation=tenant.gateway_generation)
         return True
 
-    async def _publish(self, sql: str, reason: str, now: datetime, resumed: Sequence[UUID] = ()) -> int:
+    async def _publish(
+        self, sql: str, reason: str, now: datetime, resumed: Sequence[UUID] = (), *, budgeted: bool = False
+    ) -> int:
         rows = await self._query(
             sql,
             now=now,
@@ -211,6 +214,8 @@ class Scheduler:
             stale_before=now - self.stale,
         )
         fresh = [row for row in rows if (row["contact_id"], row["at"]) not in self._published]
+        if budgeted:
+            fresh = await self._within_budget(fresh, now)
         if not fresh:
             return 0
         messages = [self._message(row, reason) for row in fresh]
@@ -218,6 +223,26 @@ class Scheduler:
         for row in fresh:
             self._published[(row["contact_id"], row["at"])] = now
         return len(messages)
+
+    async def _within_budget(self, rows: Sequence[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+        """Keep, per tenant, no more due contacts than its per-minute room at ``now``, taken round-robin
+        over its queues (so a tenant's queues share its budget fairly). Without this, a throttled tenant's
+        whole backlog would be republished every time its window opens and almost all of it deferred
+        again — one ``Deferred`` event per contact per minute. The rest stays due for a later tick."""
+        by_tenant: dict[UUID, dict[UUID, list[dict[str, Any]]]] = {}
+        for row in rows:
+            by_tenant.setdefault(row["tenant_id"], {}).setdefault(row["queue_id"], []).append(row)
+        kept: list[dict[str, Any]] = []
+        for tenant_id, queues in by_tenant.items():
+            tenant = await load(self.container.store, tenant_id, Tenant)
+            if tenant is None:
+                continue
+            room = await asyncio.to_thread(
+                self.ledger.minute_room, tenant_id, tenant.sending_policy.limits, now
+            )
+            interleaved = [row for group in zip_longest(*queues.values()) for row in group if row is not None]
+            kept.extend(interleaved[:room])
+        return kept
 
     def _message(self, row: dict[str, Any], reason: str) -> OutgoingMessage:
         job = SendJob(
