@@ -1,49 +1,26 @@
 """Cancellation end to end against the real PostgreSQL and RabbitMQ (issue 4 §6): a whole queue
 (``POST /queue/{id}/cancel``) or every unsent reminder of one invoice (``POST /contacts/cancel``).
 
-Every process body (api, projections, relay, worker with its scheduler) runs as a task of this test's event
-loop, wired as in production, with the in-process Evolution API simulator and a :class:`FakeClock` the
-tests move by hand. The worker can be stopped and started, so a job can sit in the broker while its contact
-is cancelled; its handler records what it did with every job.
+The whole system runs in this event loop (see :mod:`tests.e2e.harness`) with a :class:`FakeClock` the tests
+move by hand. The worker can be stopped and started, so a job can sit in the broker while its contact is
+cancelled; its handler records what it did with every job.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 from uuid import UUID
-from zoneinfo import ZoneInfo
 
-import httpx
 import pytest
-from litestar import Litestar
 
-from billing.api.app import create_app
-from billing.api.deps import Services
-from billing.bootstrap import Container, build_container
 from billing.domain.policy import default_policy_spec
-from billing.gateway.simulator import EvolutionSimulator
-from billing.outbox.jobs import SendJob
-from billing.outbox.rabbitmq import RabbitBroker
-from billing.outbox.relay import run_relay
-from billing.projections.views import project_pending, run_projections
-from billing.services.clock import FakeClock
-from billing.services.tenants import TenantService
-from billing.settings import Settings
-from billing.worker.handler import JobHandler
-from billing.worker.outcomes import Handled, Result
-from billing.worker.runner import run_worker
-from tests.integration.test_broker_contract import delete_topology, queue_depth
+from billing.worker.outcomes import Handled
+from tests.e2e.harness import BASE, SP, WAIT, contact, contact_ids, counters, number, running_system
 
 pytestmark = pytest.mark.e2e
 
-BASE = "/api/billing/v1/billing"
-SP = ZoneInfo("America/Sao_Paulo")
-GATEWAY = {"base_url": "http://sim", "instance": "loja", "api_key": "gw-key", "api_version": "v2"}
 #: Monday to Friday 08:00-18:00 only (no Saturday window), no pause between messages.
 WEEKDAYS_POLICY: dict[str, Any] = {
     **default_policy_spec(),
@@ -54,210 +31,6 @@ WEEKDAYS_POLICY: dict[str, Any] = {
 FRIDAY_18_05 = datetime(2025, 1, 24, 18, 5, tzinfo=SP)
 MONDAY_08_00 = datetime(2025, 1, 27, 8, 0, tzinfo=SP)
 TUESDAY_10_00 = datetime(2025, 1, 21, 10, 0, tzinfo=SP)
-WAIT = 30.0  # seconds any expected state may take to appear
-
-
-class RecordingHandler(JobHandler):
-    """The production handler, recording ``(contact_id, job reason, outcome)`` of every job it handled."""
-
-    def __init__(self, container: Container) -> None:
-        super().__init__(container)
-        self.handled: list[tuple[UUID, str, Handled]] = []
-
-    async def handle(self, job: SendJob) -> Result:
-        result = await super().handle(job)
-        self.handled.append((job.contact_id, job.reason, result.outcome))
-        return result
-
-    def outcomes(self, contact_ids: set[UUID]) -> list[Handled]:
-        return [outcome for cid, _, outcome in self.handled if cid in contact_ids]
-
-
-class System:
-    """The running system: API client, clock, simulator, and the worker to stop and start."""
-
-    def __init__(self, container: Container, clock: FakeClock, simulator: EvolutionSimulator) -> None:
-        self.container = container
-        self.clock = clock
-        self.simulator = simulator
-        self.tenants = TenantService(container.store, container.clock)
-        self.client: httpx.AsyncClient  # set by running_system()
-        self.app: Litestar  # set by running_system()
-        self.headers: dict[str, str] = {}
-        self.handler = RecordingHandler(container)
-        self._worker: tuple[asyncio.Event, asyncio.Task[None]] | None = None
-        self._projections: tuple[asyncio.Event, asyncio.Task[None]] | None = None
-
-    def app_services(self) -> Services:
-        """The API's services (to tune them in a test)."""
-        services: Services = self.app.state.services
-        return services
-
-    def add_tenant(self, name: str, policy: dict[str, Any]) -> dict[str, str]:
-        """A tenant on the simulator's instance; returns the headers of its API key."""
-        tenant_id = self.tenants.create_tenant(name=name, gateway=GATEWAY, policy=policy)
-        return {"X-Billing-API-Key": self.tenants.issue_api_key(tenant_id, "erp")}
-
-    def start_worker(self) -> None:
-        assert self._worker is None
-        stop = asyncio.Event()
-        task = asyncio.create_task(
-            run_worker(self.container, stop, handler=self.handler, scheduler_interval_s=0.1)
-        )
-        self._worker = (stop, task)
-
-    async def stop_worker(self) -> None:
-        assert self._worker is not None
-        stop, task = self._worker
-        self._worker = None
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-    def start_projections(self) -> None:
-        assert self._projections is None
-        stop = asyncio.Event()
-        self._projections = (stop, asyncio.create_task(run_projections(self.container, stop)))
-
-    async def stop_projections(self) -> None:
-        assert self._projections is not None
-        stop, task = self._projections
-        self._projections = None
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-    async def stop_all(self) -> None:
-        if self._worker is not None:
-            await self.stop_worker()
-        if self._projections is not None:
-            await self.stop_projections()
-
-    async def post(
-        self,
-        kind: str,
-        external_id: str,
-        contacts: list[dict[str, Any]],
-        headers: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        response = await self.client.post(
-            f"{BASE}/send/{kind}",
-            json={"external_id": external_id, "contacts": contacts},
-            headers=headers or self.headers,
-        )
-        assert response.status_code == 202, response.text
-        body: dict[str, Any] = response.json()
-        return body
-
-    async def status(self, queue_id: str, headers: dict[str, str] | None = None) -> httpx.Response:
-        response: httpx.Response = await self.client.get(
-            f"{BASE}/queue/{queue_id}/status", headers=headers or self.headers
-        )
-        return response
-
-    async def wait_status(
-        self, queue_id: str, check: Callable[[dict[str, Any]], bool], what: str
-    ) -> dict[str, Any]:
-        """Poll the status endpoint until ``check(document)`` holds."""
-        body: dict[str, Any] = {}
-        async with asyncio.timeout(WAIT):
-            while True:
-                response = await self.status(queue_id)
-                if response.status_code == 200:
-                    body = response.json()
-                    if check(body):
-                        return body
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"queue never reached {what}; last status: {body}")  # pragma: no cover
-
-    async def wait_for(self, condition: Callable[[], bool], what: str) -> None:
-        """Wait until ``condition()`` holds (checked every 50 ms)."""
-        try:
-            async with asyncio.timeout(WAIT):
-                while True:
-                    if condition():
-                        return
-                    await asyncio.sleep(0.05)
-        except TimeoutError:
-            raise AssertionError(f"timed out waiting for {what}") from None
-
-    async def contacts(self, campaign_id: str) -> list[dict[str, Any]]:
-        response = await self.client.get(f"{BASE}/campaign/{campaign_id}/contacts", headers=self.headers)
-        assert response.status_code == 200, response.text
-        items: list[dict[str, Any]] = response.json()["items"]
-        return items
-
-    async def depth(self, kind: str) -> int:
-        broker = self.container.broker
-        assert broker is not None
-        return sum([await queue_depth(broker, q) for q in broker.topology.shard_queues(kind)])
-
-    def sent_numbers(self) -> list[str]:
-        return sorted(m.number for m in self.simulator.sent)
-
-
-@asynccontextmanager
-async def running_system(
-    database_url: str, amqp_url: str, *, start: datetime, policy: dict[str, Any], worker: bool = True
-) -> AsyncIterator[System]:
-    """Projections, relay (and the worker unless ``worker=False``) running, one tenant with ``policy``."""
-    prefix = f"e2e-{uuid.uuid4().hex[:8]}"
-    settings = Settings.from_env(
-        {}, database_url=database_url, jwt_secret="e" * 32, broker_prefix=prefix, poll_interval_s=0.5
-    )
-    broker = await RabbitBroker.connect(amqp_url, prefix=prefix)
-    clock = FakeClock(start)
-    container: Container = build_container(settings, broker=broker, clock=clock)
-    simulator = EvolutionSimulator(time_scale=0.0)
-    simulator.add_instance("loja", api_key="gw-key", api_version="v2")
-    container.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=simulator.asgi_app))
-    system = System(container, clock, simulator)
-    system.headers = system.add_tenant("Loja", policy)
-    project_pending(container)
-    await broker.declare_topology()
-    stop = asyncio.Event()
-    relay = asyncio.create_task(run_relay(container, stop))
-    system.start_projections()
-    if worker:
-        system.start_worker()
-    try:
-        # The app runs in this event loop (litestar's AsyncTestClient would block it during each request,
-        # freezing the projections, relay and worker tasks while the API waits for them).
-        system.app = create_app(container)
-        transport = httpx.ASGITransport(app=system.app)  # type: ignore[arg-type]
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            system.client = client
-            yield system
-    finally:
-        stop.set()
-        await system.stop_all()
-        await asyncio.wait_for(relay, 30)
-        await container.aclose()
-        await delete_topology(amqp_url, broker.topology)
-
-
-def contact(n: int, due: str = "2025-01-15") -> dict[str, Any]:
-    """A valid contact whose phone is ``+55119876543<n:02d>``."""
-    return {
-        "nome": f"Cliente {n}",
-        "telefone": f"+55119876543{n:02d}",
-        "valor": "R$ 150,00",
-        "data_vencimento": due,
-    }
-
-
-def number(n: int) -> str:
-    """The gateway number of :func:`contact` ``n``."""
-    return f"55119876543{n:02d}"
-
-
-def counters(**given: int) -> dict[str, int]:
-    """The status document's ``contacts``: the given counters, 0 for the rest."""
-    names = ("total", "pending", "sent", "failed", "skipped", "rejected", "cancelled")
-    return {name: given.get(name, 0) for name in names}
-
-
-def contact_ids(campaign_id: str, count: int) -> set[UUID]:
-    """The ids of a campaign's first ``count`` contacts (ingestion derives them from campaign and index)."""
-    return {uuid.uuid5(UUID(campaign_id), str(i)) for i in range(count)}
 
 
 # --- (a) cancelling a queue paused outside business hours -------------------------------------------------

@@ -8,79 +8,27 @@ is fixed inside business hours.
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 
-from billing.api.app import create_app
-from billing.bootstrap import Container, build_container
-from billing.domain.policy import default_policy_spec
-from billing.gateway.simulator import EvolutionSimulator
-from billing.outbox.rabbitmq import RabbitBroker
-from billing.outbox.relay import run_relay
-from billing.projections.views import project_pending, run_projections
-from billing.services.clock import FakeClock
-from billing.services.tenants import TenantService
-from billing.settings import Settings
-from billing.worker.runner import run_worker
-from tests.integration.test_broker_contract import delete_topology
+from tests.e2e.harness import BASE, NO_PAUSE_POLICY, running_system
+from tests.e2e.harness import poll_status as poll_until
 
-BASE = "/api/billing/v1/billing"
 TUESDAY_10_SP = datetime(2025, 1, 21, 10, 0, tzinfo=ZoneInfo("America/Sao_Paulo"))
 
 
 @pytest.fixture
 async def system(database_url: str, amqp_url: str) -> AsyncIterator[dict[str, Any]]:
-    prefix = f"e2e-{uuid.uuid4().hex[:8]}"
-    settings = Settings.from_env(
-        {}, database_url=database_url, jwt_secret="e" * 32, broker_prefix=prefix, poll_interval_s=0.5
-    )
-    broker = await RabbitBroker.connect(amqp_url, prefix=prefix)
-    container: Container = build_container(settings, broker=broker, clock=FakeClock(TUESDAY_10_SP))
-    simulator = EvolutionSimulator(time_scale=0.0)
-    simulator.add_instance("loja", api_key="gw-key", api_version="v2")
-    container.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=simulator.asgi_app))
-    tenants = TenantService(container.store, container.clock)
-    policy = {**default_policy_spec(), "pause_min_s": 0, "pause_max_s": 0}
-    tenant_id = tenants.create_tenant(
-        name="Loja",
-        gateway={"base_url": "http://sim", "instance": "loja", "api_key": "gw-key", "api_version": "v2"},
-        policy=policy,
-    )
-    key = tenants.issue_api_key(tenant_id, "erp")
-    project_pending(container)
-    stop = asyncio.Event()
-    tasks = [
-        asyncio.create_task(run_projections(container, stop)),
-        asyncio.create_task(run_relay(container, stop)),
-        asyncio.create_task(run_worker(container, stop)),
-    ]
-    async with AsyncTestClient(app=create_app(container)) as client:
-        yield {"client": client, "headers": {"X-Billing-API-Key": key}, "simulator": simulator}
-    stop.set()
-    await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=30)
-    await container.aclose()
-    await delete_topology(amqp_url, broker.topology)
+    async with running_system(database_url, amqp_url, start=TUESDAY_10_SP, policy=NO_PAUSE_POLICY) as system:
+        yield {"client": system.client, "headers": system.headers, "simulator": system.simulator}
 
 
 async def poll_status(client: Any, headers: dict[str, str], queue_id: str, want: str) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + 30
-    body: dict[str, Any] = {}
-    while asyncio.get_running_loop().time() < deadline:
-        response = await client.get(f"{BASE}/queue/{queue_id}/status", headers=headers)
-        if response.status_code == 200:
-            body = response.json()
-            if body["status"] == want:
-                return body
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"queue never reached {want!r}; last status: {body}")
+    return await poll_until(client, headers, queue_id, lambda s: s["status"] == want, repr(want))
 
 
 async def test_post_three_contacts_sends_two_and_rejects_the_bad_phone(system: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@
 holiday) and after the daily cap, then ``running`` / ``completed`` once the fake clock reaches the opening.
 
 The whole system runs in this event loop against the real PostgreSQL and RabbitMQ (see
-:mod:`tests.e2e.test_cancellation`); only the clock is moved by hand.
+:mod:`tests.e2e.harness`); only the clock is moved by hand.
 """
 
 from __future__ import annotations
@@ -17,15 +17,7 @@ import pytest
 from billing.domain.policy import default_policy_spec
 from billing.worker.outcomes import Handled
 from tests.cases import load_cases
-from tests.e2e.test_cancellation import (
-    SP,
-    System,
-    contact,
-    contact_ids,
-    counters,
-    number,
-    running_system,
-)
+from tests.e2e.harness import SP, System, contact, contact_ids, counters, number, running_system
 
 pytestmark = pytest.mark.e2e
 

@@ -8,38 +8,21 @@ and a clock fixed inside business hours (Tuesday 21 January 2025, 10:00 in São 
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 from zoneinfo import ZoneInfo
 
-import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 
-from billing.api.app import create_app
-from billing.api.auth import mint_token
-from billing.bootstrap import Container, build_container
-from billing.domain.policy import default_policy_spec
 from billing.gateway.simulator import EvolutionSimulator
-from billing.outbox.rabbitmq import RabbitBroker
-from billing.outbox.relay import run_relay
-from billing.projections.views import project_pending, run_projections
-from billing.services.clock import FakeClock
-from billing.services.tenants import TenantService
-from billing.settings import Settings
-from billing.worker.runner import run_worker
-from tests.integration.test_broker_contract import delete_topology
+from tests.e2e.harness import BASE, NO_PAUSE_POLICY, eventually, running_system
 
 pytestmark = pytest.mark.e2e
 
-BASE = "/api/billing/v1/billing"
 SECRET = "t" * 32
 TUESDAY_10_SP = datetime(2025, 1, 21, 10, 0, tzinfo=ZoneInfo("America/Sao_Paulo"))
 NBSP = "\u00a0"
-T = TypeVar("T")
 
 VARIATION_A = (
     "Olá, {{nome_cliente}}! "
@@ -127,54 +110,20 @@ EXPECTED: list[tuple[str, int, str]] = [
 
 @pytest.fixture
 async def system(database_url: str, amqp_url: str) -> AsyncIterator[dict[str, Any]]:
-    prefix = f"e2e-tpl-{uuid.uuid4().hex[:8]}"
-    settings = Settings.from_env(
-        {}, database_url=database_url, jwt_secret=SECRET, broker_prefix=prefix, poll_interval_s=0.5
-    )
-    broker = await RabbitBroker.connect(amqp_url, prefix=prefix)
-    container: Container = build_container(settings, broker=broker, clock=FakeClock(TUESDAY_10_SP))
-    simulator = EvolutionSimulator(time_scale=0.0)
-    simulator.add_instance("loja", api_key="gw-key", api_version="v2")
-    container.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=simulator.asgi_app))
-    tenants = TenantService(container.store, container.clock)
-    policy = {**default_policy_spec(), "pause_min_s": 0, "pause_max_s": 0}
-    tenant_id = tenants.create_tenant(
-        name="Loja",
-        gateway={"base_url": "http://sim", "instance": "loja", "api_key": "gw-key", "api_version": "v2"},
-        policy=policy,
-    )
-    key = tenants.issue_api_key(tenant_id, "erp")
-    project_pending(container)
-    stop = asyncio.Event()
-    tasks = [
-        asyncio.create_task(run_projections(container, stop)),
-        asyncio.create_task(run_relay(container, stop)),
-        asyncio.create_task(run_worker(container, stop)),
-    ]
-    try:
-        async with AsyncTestClient(app=create_app(container)) as client:
-            yield {
-                "client": client,
-                "public": {"X-Billing-API-Key": key},
-                "admin": {"Authorization": f"Bearer {mint_token(SECRET, tenant_id)}"},
-                "simulator": simulator,
-            }
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=30)
-        await container.aclose()
-        await delete_topology(amqp_url, broker.topology)
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout_s: float = 30) -> T:
-    """Poll ``probe`` until it returns something other than None."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while asyncio.get_running_loop().time() < deadline:
-        result = await probe()
-        if result is not None:
-            return result
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    async with running_system(
+        database_url,
+        amqp_url,
+        start=TUESDAY_10_SP,
+        policy=NO_PAUSE_POLICY,
+        prefix="e2e-tpl",
+        jwt_secret=SECRET,
+    ) as system:
+        yield {
+            "client": system.client,
+            "public": system.headers,
+            "admin": system.admin_headers(),
+            "simulator": system.simulator,
+        }
 
 
 async def test_a_two_variation_template_from_the_admin_api_alternates_in_the_sent_texts(
