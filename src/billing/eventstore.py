@@ -19,8 +19,15 @@ from datetime import date
 from typing import Any
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import JSONTranscoder, StoredEvent, Transcoding
+from eventsourcing.persistence import (
+    InterfaceError,
+    JSONTranscoder,
+    OperationalError,
+    StoredEvent,
+    Transcoding,
+)
 from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.utils import retry
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.sql import SQL, Identifier
 
@@ -61,6 +68,11 @@ class CopyingApplicationRecorder(PostgresApplicationRecorder):
         if len(stored_events) < self.copy_threshold:
             ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
             return ids
+        copied: list[int] = self._copy_events(stored_events)
+        return copied
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)  # as the library's own path
+    def _copy_events(self, stored_events: Sequence[StoredEvent]) -> list[int]:
         table = SQL("{0}.{1}").format(Identifier(self.datastore.schema), Identifier(self.events_table_name))
         copy_sql = SQL("COPY {0} (originator_id, originator_version, topic, state) FROM STDIN").format(table)
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:

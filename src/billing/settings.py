@@ -6,6 +6,7 @@ A missing or malformed value stops the process with a :class:`SettingsError` nam
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -108,6 +109,10 @@ class Settings:
             raise SettingsError(f"{PREFIX}LOG_FORMAT must be 'json' or 'console'")
         if self.jwt_secret and len(self.jwt_secret) < 32:
             raise SettingsError(f"{PREFIX}JWT_SECRET must be at least 32 characters")
+        for name in ("dispatch_lease_s", "poll_interval_s", "gateway_timeout_s"):
+            value = float(getattr(self, name))
+            if not math.isfinite(value) or value <= 0:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be a number of seconds > 0, got {value!r}")
         if self.dispatch_lease_s < self.gateway_timeout_s + 30:
             raise SettingsError(
                 f"{PREFIX}DISPATCH_LEASE_S must exceed {PREFIX}GATEWAY_TIMEOUT_S by at least 30 s "

@@ -8,6 +8,7 @@ to read back (the ``projections`` process does it in production).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -520,6 +521,14 @@ async def test_api_key_is_shown_once_listed_without_its_text_and_revoked(api: Ap
     key_id = issued["key_id"]
     uuid.UUID(key_id)
     api.project()
+    # promise 8: stored as its SHA-256 only; the secret part appears in no event and no view
+    stored: Any = api.container.store.repository.get(uuid.UUID(key_id))
+    assert stored.key_hash == hashlib.sha256(key.encode()).hexdigest()
+    with api.container.pool.connection() as conn:
+        events = conn.execute("SELECT state FROM billing_events").fetchall()
+        views = conn.execute("SELECT * FROM api_keys").fetchall()
+    assert all(key[8:].encode() not in bytes(row["state"]) for row in events)
+    assert all(key[8:] not in str(row) for row in views)
 
     listing = await api.client.get(f"{BASE}/api-keys/", headers=api.admin)
     assert listing.status_code == 200

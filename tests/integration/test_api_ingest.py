@@ -3,6 +3,7 @@ idempotency, authentication and structurally bad requests (nothing stored)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -169,6 +170,106 @@ async def test_other_tenants_queue_and_campaign_answer_404(api: Any) -> None:
     for path in (f"/queue/{body['queue_id']}/status", f"/campaign/{body['campaign_id']}/contacts"):
         answer = await client.get(BASE + path, headers=other_headers)
         assert answer.status_code == 404
-        assert answer.json()["code"] in ("queue_not_found", "campaign_not_found")
+        assert answer.json()["code"] == (
+            "queue_not_found" if path.startswith("/queue") else "campaign_not_found"
+        )
     cancel = await client.post(f"{BASE}/queue/{body['queue_id']}/cancel", headers=other_headers)
     assert cancel.status_code == 404
+    unknown = uuid.uuid4()
+    for method, path, code in [
+        ("GET", f"/queue/{unknown}/status", "queue_not_found"),
+        ("GET", f"/campaign/{unknown}/contacts", "campaign_not_found"),
+        ("POST", f"/queue/{unknown}/cancel", "queue_not_found"),
+    ]:
+        answer = await client.request(method, BASE + path, headers=headers)
+        assert (answer.status_code, answer.json()["code"]) == (404, code)
+
+
+async def test_an_idempotency_key_reused_on_another_endpoint_is_refused(api: Any, database_url: str) -> None:
+    client, _, headers = api
+    keyed = {**headers, "Idempotency-Key": "k-endpoint"}
+    payload = {"contacts": [{**CONTACTS[0], "data_vencimento": "2999-01-15"}]}
+    first = await client.post(f"{BASE}/send/notification", json=payload, headers=keyed)
+    assert first.status_code == 202
+    other = await client.post(f"{BASE}/send/upcoming", json=payload, headers=keyed)
+    assert (other.status_code, other.json()["code"]) == (422, "idempotency_key_reused")
+    assert event_count(database_url) - BASELINE_EVENTS == 3
+
+
+@pytest.mark.parametrize(
+    ("contact", "field"),
+    [
+        ({"nome": "A", "telefone": "11987654321", **{f"c{i}": "x" for i in range(60)}}, "contacts[0]"),
+        ({"nome": "A", "telefone": "11987654321", "x" * 65: "y"}, "contacts[0]"),
+    ],
+)
+async def test_contacts_with_too_many_or_too_long_field_names_are_refused_whole(
+    api: Any, database_url: str, contact: dict[str, str], field: str
+) -> None:
+    client, _, headers = api
+    response = await client.post(f"{BASE}/send/notification", json={"contacts": [contact]}, headers=headers)
+    assert (response.status_code, response.json()["code"], response.json()["field"]) == (
+        422,
+        "invalid_request",
+        field,
+    )
+    assert event_count(database_url) == BASELINE_EVENTS
+
+
+async def test_idempotency_keys_are_per_tenant(api: Any) -> None:
+    client, container, headers = api
+    first = await client.post(
+        f"{BASE}/send/overdue", json={"contacts": CONTACTS}, headers={**headers, "Idempotency-Key": "k-1"}
+    )
+    tenants = TenantService(container.store, container.clock)
+    other = tenants.create_tenant(name="Outra", gateway=GATEWAY)
+    from billing.projections.views import project_pending
+
+    project_pending(container)
+    other_headers = {"X-Billing-API-Key": tenants.issue_api_key(other), "Idempotency-Key": "k-1"}
+    second = await client.post(f"{BASE}/send/overdue", json={"contacts": CONTACTS[:1]}, headers=other_headers)
+    assert second.status_code == 202, second.text
+    assert second.json()["campaign_id"] != first.json()["campaign_id"]
+    assert second.json()["contacts"] == {"total": 1, "accepted": 1, "rejected": 0}
+
+
+async def test_concurrent_retries_with_one_idempotency_key_store_one_campaign(
+    api: Any, database_url: str
+) -> None:
+    client, _, headers = api
+    keyed = {**headers, "Idempotency-Key": "k-race"}
+    answers = await asyncio.gather(
+        *(client.post(f"{BASE}/send/overdue", json={"contacts": CONTACTS}, headers=keyed) for _ in range(3))
+    )
+    assert [a.status_code for a in answers] == [202, 202, 202]
+    assert len({a.json()["campaign_id"] for a in answers}) == 1
+    assert event_count(database_url) - BASELINE_EVENTS == 5
+
+
+async def test_a_large_post_whose_save_fails_midway_stores_nothing(api: Any, database_url: str) -> None:
+    """Promise 1 through the COPY path (>= 100 events): a clash on the 121st contact's id aborts the save."""
+    client, _, headers = api
+    key = "k-clash"
+    tenant_id = next(iter(api_tenant_ids(database_url)))
+    campaign_id = uuid.uuid5(uuid.NAMESPACE_URL, f"billing:{tenant_id}:campaign:{key}")
+    clash = uuid.uuid5(campaign_id, "120")
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "INSERT INTO billing_events (originator_id, originator_version, topic, state) "
+            "VALUES (%s, 1, 'billing.Contact.Added', '{}')",
+            (clash,),
+        )
+    contacts = [{**CONTACTS[0], "telefone": f"+55119876{54000 + i:05d}"} for i in range(150)]
+    response = await client.post(
+        f"{BASE}/send/overdue", json={"contacts": contacts}, headers={**headers, "Idempotency-Key": key}
+    )
+    assert response.status_code == 500
+    assert event_count(database_url) == BASELINE_EVENTS + 1  # only the planted row
+
+
+def api_tenant_ids(database_url: str) -> set[uuid.UUID]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT originator_id FROM billing_events WHERE topic = 'billing.Tenant.Registered'"
+        )
+        return {row[0] for row in rows.fetchall()}

@@ -209,3 +209,21 @@ def test_pause_between_messages_is_bounded_so_a_claim_outlives_the_gateway_call(
     with pytest.raises(PolicyError) as error:
         tenant.change_policy({"pause_min_s": 1, "pause_max_s": 61}, at=T0)
     assert error.value.field == "pause_max_s"
+
+
+@pytest.mark.parametrize(
+    ("retry", "field"),
+    [
+        ({"max_attempts": 0}, "retry.max_attempts"),
+        ({"max_attempts": 2.7}, "retry.max_attempts"),
+        ({"max_attempts": "5"}, "retry.max_attempts"),
+        ({"base_delay_s": "x"}, "retry.base_delay_s"),
+    ],
+)
+def test_retry_settings_are_refused_not_coerced_naming_the_field(
+    retry: dict[str, object], field: str
+) -> None:
+    tenant = Tenant.register(tenant_id=uuid4(), name="Loja", gateway=GATEWAY, policy={}, at=T0)
+    with pytest.raises(PolicyError) as error:
+        tenant.change_policy({"retry": retry}, at=T0)
+    assert error.value.field == field

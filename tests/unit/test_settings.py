@@ -24,6 +24,9 @@ def test_settings_come_from_billing_variables() -> None:
         ({"BILLING_DATABASE_URL": URL, "BILLING_API_PORT": "eighty"}, "BILLING_API_PORT"),
         ({"BILLING_DATABASE_URL": URL, "BILLING_JWT_SECRET": "short"}, "BILLING_JWT_SECRET"),
         ({"BILLING_DATABASE_URL": URL, "BILLING_DISPATCH_LEASE_S": "40"}, "BILLING_DISPATCH_LEASE_S"),
+        ({"BILLING_DATABASE_URL": URL, "BILLING_DISPATCH_LEASE_S": "nan"}, "BILLING_DISPATCH_LEASE_S"),
+        ({"BILLING_DATABASE_URL": URL, "BILLING_POLL_INTERVAL_S": "-1"}, "BILLING_POLL_INTERVAL_S"),
+        ({"BILLING_DATABASE_URL": URL, "BILLING_GATEWAY_TIMEOUT_S": "0"}, "BILLING_GATEWAY_TIMEOUT_S"),
     ],
 )
 def test_a_missing_or_malformed_variable_is_refused_by_name(env: dict[str, str], named: str) -> None:

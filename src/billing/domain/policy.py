@@ -96,14 +96,14 @@ def parse_policy(spec: Mapping[str, Any]) -> SendingPolicy:
             f"unknown retry setting {sorted(unknown)[0]!r}", field=f"retry.{sorted(unknown)[0]}"
         )
     retry_values = {**defaults["retry"], **retry_spec}
-    try:
+    try:  # RetryPolicy checks the values' types and ranges itself; its errors name the bare attribute
         retry = RetryPolicy(
-            max_attempts=int(retry_values["max_attempts"]),
-            base_delay_s=float(retry_values["base_delay_s"]),
-            max_delay_s=float(retry_values["max_delay_s"]),
+            max_attempts=retry_values["max_attempts"],
+            base_delay_s=retry_values["base_delay_s"],
+            max_delay_s=retry_values["max_delay_s"],
         )
-    except (TypeError, ValueError) as exc:
-        raise PolicyError(f"retry: {exc}", field="retry") from None
+    except PolicyError as exc:
+        raise PolicyError(f"retry.{exc.message}", field=f"retry.{exc.field}") from None
     return SendingPolicy(
         calendar=calendar, limits=limits, pause_min_s=pause_min, pause_max_s=pause_max, retry=retry
     )

@@ -23,7 +23,7 @@ from eventsourcing.persistence import IntegrityError
 from billing.domain.campaign import Campaign
 from billing.domain.contact import Contact
 from billing.domain.errors import Conflict, InvalidValue, NotFound
-from billing.domain.ingestion import AcceptedContact, screen_contact
+from billing.domain.ingestion import MAX_FIELD_NAME_LENGTH, MAX_FIELDS, AcceptedContact, screen_contact
 from billing.domain.queue import Queue
 from billing.domain.templating import parse_template
 from billing.domain.tenant import Tenant
@@ -110,7 +110,19 @@ def decode_send_request(body: bytes) -> SendRequest:
             field="external_id",
         )
     for i, contact in enumerate(request.contacts):
+        if len(contact) > MAX_FIELDS:
+            raise InvalidValue(
+                f"contacts[{i}] has {len(contact)} fields; at most {MAX_FIELDS}",
+                code="invalid_request",
+                field=f"contacts[{i}]",
+            )
         for key, value in contact.items():
+            if not key or len(key) > MAX_FIELD_NAME_LENGTH:
+                raise InvalidValue(
+                    f"contacts[{i}] has a field name of {len(key)} characters; 1 to {MAX_FIELD_NAME_LENGTH}",
+                    code="invalid_request",
+                    field=f"contacts[{i}]",
+                )
             if not isinstance(value, SCALARS):
                 raise InvalidValue(
                     f"contacts[{i}].{key} must be a string, number, boolean or null",
@@ -183,7 +195,7 @@ class IngestService:
         if idempotency_key is not None:
             campaign_id = uuid5(NAMESPACE_URL, f"billing:{tenant_id}:campaign:{idempotency_key}")
             queue_id = uuid5(NAMESPACE_URL, f"billing:{tenant_id}:queue:{idempotency_key}")
-            replay = self._replay(tenant_id, campaign_id, digest)
+            replay = self._replay(tenant_id, campaign_id, digest, path_type)
             if replay is not None:
                 return replay
         else:
@@ -268,7 +280,7 @@ class IngestService:
             if idempotency_key is None:
                 raise
             # A concurrent retry with the same key won the race: answer as it did.
-            replay = self._replay(tenant_id, campaign_id, digest)
+            replay = self._replay(tenant_id, campaign_id, digest, path_type)
             if replay is None:
                 raise
             return replay
@@ -291,16 +303,18 @@ class IngestService:
             raise NotFound("tenant not found", code="tenant_not_found")
         return tenant.sending_policy.calendar.tz
 
-    def _replay(self, tenant_id: UUID, campaign_id: UUID, digest: str) -> SubmitResult | None:
+    def _replay(
+        self, tenant_id: UUID, campaign_id: UUID, digest: str, path_type: TemplateType
+    ) -> SubmitResult | None:
         try:
             campaign: object = self.store.repository.get(campaign_id)
         except AggregateNotFoundError:
             return None
         if not isinstance(campaign, Campaign) or campaign.tenant_id != tenant_id:
             return None
-        if campaign.request_hash != digest:
+        if campaign.request_hash != digest or campaign.template_type != path_type.value:
             raise Conflict(
-                "Idempotency-Key was already used with a different request body",
+                "Idempotency-Key was already used with a different request (body or endpoint)",
                 code="idempotency_key_reused",
                 field="Idempotency-Key",
             )

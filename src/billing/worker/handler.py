@@ -249,6 +249,9 @@ class JobHandler:
         except (Conflict, IntegrityError):
             await asyncio.to_thread(self.ledger.release, grant.ledger_id)
             return Result(Handled.CLAIMED_ELSEWHERE)
+        except Exception:  # transient: nothing reached the gateway, so the grant must not count
+            await asyncio.to_thread(self.ledger.release, grant.ledger_id)
+            raise
         return await self.recorder.send(
             contact, tenant, policy, client, attempt=attempt, ledger_id=grant.ledger_id
         )

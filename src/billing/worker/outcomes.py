@@ -21,11 +21,14 @@ errors; a version conflict means the contact changed meanwhile (a cancellation):
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import partial
 from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from billing.domain.contact import Contact
 from billing.domain.delivery import OutcomeKind, SendOutcome
@@ -42,8 +45,13 @@ if TYPE_CHECKING:
 
 __all__ = ["SAVE_ATTEMPTS", "Handled", "OutcomeRecorder", "Result"]
 
+log = structlog.get_logger(__name__)
+
 SAVE_ATTEMPTS = 3
-"""Tries to store an outcome before giving up (then the delivery is requeued; the lease protects it)."""
+"""Version conflicts tolerated while storing one outcome (each reloads the contact and re-applies it)."""
+SAVE_SAFETY_S = 5.0
+"""Transient save failures are retried until this many real seconds before the claim's lease ends: past
+the lease the scheduler republishes the contact and another worker would send the message again."""
 
 
 class Handled(StrEnum):
@@ -107,7 +115,8 @@ class OutcomeRecorder:
         """Render, send and record attempt ``attempt`` of the claimed ``contact``.
 
         Raises:
-            Exception: the outcome could not be saved after :data:`SAVE_ATTEMPTS` tries.
+            Exception: the outcome could not be saved before the claim's lease (less a safety margin) ran
+                out.
         """
         h = self.h
         now = h.clock.now()
@@ -258,33 +267,49 @@ class OutcomeRecorder:
         a version conflict (someone else wrote the contact meanwhile, e.g. a cancellation during the
         call) reloads the contact and applies the outcome again, so what reached WhatsApp is recorded;
         only when the domain then refuses it is the result reported as not recorded."""
-        for attempt in range(SAVE_ATTEMPTS):
+        deadline = time.monotonic() + self._real_seconds_left(contact)
+        conflicts = 0
+        pause = 0.2
+        while True:
             try:
                 record(contact)
                 events = contact.collect_events()
                 await asyncio.to_thread(self.h.store.save, *events)
             except Conflict:
-                result.fields["wanted"] = result.outcome.value
-                result.outcome = Handled.UNRECORDED
-                return result
+                return self._unrecorded(result)
             except IntegrityError:
+                conflicts += 1
                 fresh = await load(self.h.store, contact.id, Contact)
-                if fresh is None or attempt == SAVE_ATTEMPTS - 1:
-                    result.fields["wanted"] = result.outcome.value
-                    result.outcome = Handled.UNRECORDED
-                    return result
+                if fresh is None or conflicts >= SAVE_ATTEMPTS:
+                    return self._unrecorded(result)
                 contact = fresh
             except Exception:
-                if attempt == SAVE_ATTEMPTS - 1:
+                if time.monotonic() + pause > deadline:
                     raise
-                await asyncio.sleep(0.2 * 2**attempt)
+                log.warning("outcome_save_retry", exc_info=True, retry_in_s=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
                 fresh = await load(self.h.store, contact.id, Contact)
                 if fresh is None:
                     raise
                 contact = fresh
             else:
                 return result
-        raise AssertionError("unreachable")
+
+    def _real_seconds_left(self, contact: Contact) -> float:
+        """Real seconds until the claim's lease ends, less :data:`SAVE_SAFETY_S` (at least 1 s). A clock
+        running faster than real time (``BILLING_CLOCK``, tests only) is scaled back."""
+        if contact.lease_until is None:
+            return 1.0
+        rate = float(getattr(self.h.clock, "scale", 1.0)) or 1.0
+        left = (contact.lease_until - self.h.clock.now()).total_seconds() / rate
+        return max(1.0, left - SAVE_SAFETY_S)
+
+    @staticmethod
+    def _unrecorded(result: Result) -> Result:
+        result.fields["wanted"] = result.outcome.value
+        result.outcome = Handled.UNRECORDED
+        return result
 
 
 def _iso(value: datetime | None) -> str | None:
