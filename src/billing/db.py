@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import ConnectionPool
 
 from billing.eventstore import open_event_store
 
@@ -55,18 +55,4 @@ def open_pool(database_url: str, *, size: int = 5, name: str = "views") -> Views
         open=False,
     )
     pool.open(wait=True, timeout=30)
-    return pool
-
-
-async def open_async_pool(database_url: str, *, size: int = 5, name: str = "views") -> AsyncConnectionPool:
-    """An async pool of dict-row connections, opened and waited for."""
-    pool = AsyncConnectionPool(
-        database_url,
-        min_size=1,
-        max_size=size,
-        kwargs={"row_factory": dict_row},
-        name=name,
-        open=False,
-    )
-    await pool.open(wait=True, timeout=30)
     return pool

@@ -20,7 +20,6 @@ import pytest
 
 from billing.outbox.broker import (
     JOB_KINDS,
-    JOB_QUEUES,
     Broker,
     Delivery,
     DeliveryAlreadySettled,
@@ -171,8 +170,7 @@ async def test_default_topology_names() -> None:
     t = Topology()
     assert t.exchange == "billing"
     assert t.dead_letter_exchange == "billing.dlx"
-    assert t.job_queues == JOB_QUEUES
-    assert tuple(f"billing.{kind}.{n}" for kind in JOB_KINDS for n in range(8)) == JOB_QUEUES
+    assert t.job_queues == tuple(f"billing.{kind}.{n}" for kind in JOB_KINDS for n in range(8))
     assert t.queue("overdue") == "billing.overdue.0"
     assert t.queue_for("overdue", uuid.UUID(int=8 * 1000 + 3)) == "billing.overdue.3"
     assert t.dead_letter_queues == (
@@ -180,7 +178,7 @@ async def test_default_topology_names() -> None:
         "billing.upcoming.dead",
         "billing.notification.dead",
     )
-    assert {dead_letter_queue(q) for q in JOB_QUEUES} == set(t.dead_letter_queues)
+    assert {dead_letter_queue(q) for q in t.job_queues} == set(t.dead_letter_queues)
     assert dead_letter_queue("billing.overdue.7") == "billing.overdue.dead"
     assert t.job_queue_arguments("billing.overdue.3")["x-delivery-limit"] == 5
     assert t.job_queue_arguments("billing.overdue.3")["x-dead-letter-routing-key"] == "billing.overdue.dead"

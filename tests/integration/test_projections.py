@@ -468,3 +468,25 @@ async def wait_for_queue(database_url: str, queue_id: UUID, *, within: float) ->
             return time.monotonic() - started
         await asyncio.sleep(0.02)
     pytest.fail(f"queue {queue_id} not projected within {within} s")
+
+
+def test_every_event_topic_of_the_domain_is_projected_or_knowingly_ignored() -> None:
+    """A new domain event whose topic is missing from the projection's map would be skipped silently."""
+    from eventsourcing.domain import CanMutateAggregate
+
+    from billing.domain.apikey import ApiKey
+    from billing.domain.campaign import Campaign
+    from billing.domain.contact import Contact
+    from billing.domain.queue import Queue
+    from billing.domain.template import MessageTemplate
+    from billing.domain.tenant import Tenant
+    from billing.projections.writers import HANDLED_TOPICS
+
+    bases = {"billing.Contact.Created", "billing.ApiKey.Created", "billing.Tenant.Created"}  # never recorded
+    topics = {
+        value.TOPIC
+        for aggregate in (ApiKey, Campaign, Contact, Queue, MessageTemplate, Tenant)
+        for value in vars(aggregate).values()
+        if isinstance(value, type) and issubclass(value, CanMutateAggregate) and getattr(value, "TOPIC", None)
+    }
+    assert topics - bases == HANDLED_TOPICS

@@ -14,6 +14,8 @@ from billing.api.deps import Services, run_sync
 from billing.api.errors import EXCEPTION_HANDLERS
 from billing.api.public import PublicController
 from billing.bootstrap import Container
+from billing.projections.tracking import load_position
+from billing.projections.views import PROJECTION
 
 
 @get("/health/live", tags=["health"], sync_to_thread=False)
@@ -24,20 +26,18 @@ def live() -> dict[str, str]:
 
 def _readiness(services: Services) -> dict[str, Any]:
     container = services.container
+    projected = load_position(container.pool, PROJECTION)
     with container.pool.connection() as conn:
         row = conn.execute(
-            "SELECT (SELECT coalesce(max(position), 0) FROM tracking WHERE name = 'projections') "
-            "AS projected, "
-            "(SELECT count(*) FROM projection_errors) AS projection_errors"
+            "SELECT count(*) AS n FROM projection_errors WHERE projection = %s", (PROJECTION,)
         ).fetchone()
     head = container.store.recorder.max_notification_id() or 0
-    assert row is not None
     return {
         "status": "ok",
         "database": "ok",
         "events": head,
-        "projection_lag": max(0, head - row["projected"]),
-        "projection_errors": row["projection_errors"],
+        "projection_lag": max(0, head - projected),
+        "projection_errors": row["n"] if row else 0,
     }
 
 

@@ -174,7 +174,3 @@ class MessageTemplate(Aggregate):
         }
         if new != current:
             self.trigger_event(self.Changed, timestamp=at, **new)
-
-    def parsed_variations(self) -> list[ParsedTemplate]:
-        """The variations, parsed (they were valid when saved)."""
-        return parse_variations(self.variations)

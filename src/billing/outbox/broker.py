@@ -66,17 +66,6 @@ DEFAULT_DELIVERY_LIMIT: Final = 5
 #: Job queues per kind; a tenant's jobs all go to one of them (see "Why shards" above).
 DEFAULT_SHARDS: Final = 8
 
-EXCHANGE: Final = DEFAULT_PREFIX
-DEAD_LETTER_EXCHANGE: Final = f"{DEFAULT_PREFIX}.dlx"
-#: Shard 0 of each kind in the default topology (what :meth:`Topology.queue` returns).
-OVERDUE_QUEUE: Final = f"{DEFAULT_PREFIX}.overdue.0"
-UPCOMING_QUEUE: Final = f"{DEFAULT_PREFIX}.upcoming.0"
-NOTIFICATION_QUEUE: Final = f"{DEFAULT_PREFIX}.notification.0"
-#: Every job queue (every shard of every kind) of the default topology; a job's routing key is its
-#: queue's name.
-JOB_QUEUES: Final[tuple[str, ...]] = tuple(
-    f"{DEFAULT_PREFIX}.{kind}.{n}" for kind in JOB_KINDS for n in range(DEFAULT_SHARDS)
-)
 DEAD_LETTER_SUFFIX: Final = ".dead"
 
 

@@ -120,26 +120,7 @@ class ViewWriter:
         self._changed: set[UUID] = set()
         self._queues: dict[UUID, _QueueTouch] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
-            Tenant.Registered: self._tenant_registered,
-            Tenant.GatewayConfigured: self._tenant_touched,
-            Tenant.PolicyChanged: self._tenant_touched,
-            ApiKey.Issued: self._key_issued,
-            ApiKey.Revoked: self._key_revoked,
-            MessageTemplate.Created: self._template_created,
-            MessageTemplate.Changed: self._template_changed,
-            Campaign.Created: self._campaign_created,
-            Queue.Created: self._queue_created,
-            Queue.Paused: self._queue_paused,
-            Queue.Resumed: self._queue_resumed,
-            Queue.Cancelled: self._queue_cancelled,
-            Contact.Added: self._contact_added,
-            Contact.Rejected: self._contact_rejected,
-            Contact.Dispatched: self._contact_dispatched,
-            Contact.Sent: self._contact_sent,
-            Contact.Failed: self._contact_failed,
-            Contact.Skipped: self._contact_skipped,
-            Contact.Deferred: self._contact_deferred,
-            Contact.Cancelled: self._contact_cancelled,
+            cls: getattr(self, name) for cls, name in HANDLERS.items()
         }
 
     @staticmethod
@@ -378,24 +359,33 @@ class ViewWriter:
 
 
 #: Topics of the events :class:`ViewWriter` applies.
-HANDLED_TOPICS = frozenset(
-    cls.TOPIC
-    for cls in (
-        Tenant.Registered, Tenant.GatewayConfigured, Tenant.PolicyChanged, ApiKey.Issued, ApiKey.Revoked,
-        MessageTemplate.Created, MessageTemplate.Changed, Campaign.Created, Queue.Created, Queue.Paused,
-        Queue.Resumed, Queue.Cancelled, Contact.Added, Contact.Rejected, Contact.Dispatched, Contact.Sent,
-        Contact.Failed, Contact.Skipped, Contact.Deferred, Contact.Cancelled,
-    )
-)  # fmt: skip
+HANDLERS: dict[Any, str] = {  # keys: event classes (each has a TOPIC)
+    Tenant.Registered: "_tenant_registered",
+    Tenant.GatewayConfigured: "_tenant_touched",
+    Tenant.PolicyChanged: "_tenant_touched",
+    ApiKey.Issued: "_key_issued",
+    ApiKey.Revoked: "_key_revoked",
+    MessageTemplate.Created: "_template_created",
+    MessageTemplate.Changed: "_template_changed",
+    Campaign.Created: "_campaign_created",
+    Queue.Created: "_queue_created",
+    Queue.Paused: "_queue_paused",
+    Queue.Resumed: "_queue_resumed",
+    Queue.Cancelled: "_queue_cancelled",
+    Contact.Added: "_contact_added",
+    Contact.Rejected: "_contact_rejected",
+    Contact.Dispatched: "_contact_dispatched",
+    Contact.Sent: "_contact_sent",
+    Contact.Failed: "_contact_failed",
+    Contact.Skipped: "_contact_skipped",
+    Contact.Deferred: "_contact_deferred",
+    Contact.Cancelled: "_contact_cancelled",
+}
+"""Event class → the ViewWriter method that applies it: the one list; the topic sets derive from it."""
+HANDLED_TOPICS = frozenset(cls.TOPIC for cls in HANDLERS)
 #: Contact topics whose events update an existing row (their rows are preloaded).
 CONTACT_UPDATE_TOPICS = frozenset(
     cls.TOPIC
-    for cls in (
-        Contact.Dispatched,
-        Contact.Sent,
-        Contact.Failed,
-        Contact.Skipped,
-        Contact.Deferred,
-        Contact.Cancelled,
-    )
+    for cls in HANDLERS
+    if cls.__qualname__.startswith("Contact.") and cls not in (Contact.Added, Contact.Rejected)
 )

@@ -164,7 +164,7 @@ class Queries:
         """The tenant's latest campaigns with their queue status."""
         with self.pool.connection() as conn:
             rows = conn.execute(
-                "SELECT c.campaign_id, c.external_id, c.accepted, c.rejected, q.* FROM campaigns c "
+                "SELECT c.campaign_id, c.external_id, q.* FROM campaigns c "
                 "JOIN queue_status q ON q.queue_id = c.queue_id WHERE c.tenant_id = %s "
                 "ORDER BY c.created_at DESC LIMIT %s",
                 (tenant_id, max(1, min(limit, MAX_PAGE))),
