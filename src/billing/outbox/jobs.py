@@ -11,6 +11,7 @@ from uuid import UUID
 import msgspec
 
 from billing.domain.types import TemplateType
+from billing.outbox.broker import OutgoingMessage, Topology
 
 
 class SendJob(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,3 +51,15 @@ def decode_job(body: bytes) -> SendJob:
 def job_message_id(job: SendJob, nonce: str) -> str:
     """The AMQP message id: contact id plus a nonce (the relay uses the notification id)."""
     return f"{job.contact_id}:{nonce}"
+
+
+def job_message(job: SendJob, nonce: str, topology: Topology) -> OutgoingMessage:
+    """The broker message of ``job``: routed to its tenant's shard of its type's job queues, message id
+    ``<contact_id>:<nonce>``, headers ``tenant_id`` and ``reason`` (the relay and the scheduler both
+    publish through this)."""
+    return OutgoingMessage(
+        routing_key=topology.queue_for(job.template_type.value, job.tenant_id),
+        body=encode_job(job),
+        message_id=job_message_id(job, nonce),
+        headers={"tenant_id": str(job.tenant_id), "reason": job.reason},
+    )

@@ -37,7 +37,7 @@ from billing.db import ViewsPool
 from billing.domain.contact import Contact
 from billing.domain.types import TemplateType
 from billing.outbox.broker import Broker, OutgoingMessage, Publisher
-from billing.outbox.jobs import SendJob, encode_job, job_message_id
+from billing.outbox.jobs import SendJob, job_message
 from billing.projections.follower import DEFAULT_BATCH_SIZE, NotificationFollower, read_after
 from billing.projections.tracking import load_position, record_error, save_position
 
@@ -66,12 +66,7 @@ def to_message(mapper: Mapper[Any], notification: Notification, broker: Broker) 
         template_type=TemplateType(event.template_type),
         reason="added",
     )
-    return OutgoingMessage(
-        routing_key=broker.topology.queue_for(job.template_type.value, job.tenant_id),
-        body=encode_job(job),
-        message_id=job_message_id(job, str(notification.id)),
-        headers={"tenant_id": str(job.tenant_id)},
-    )
+    return job_message(job, str(notification.id), broker.topology)
 
 
 class OutboxRelay:

@@ -188,14 +188,18 @@ class JobHandler:
         calendar = policy.calendar
         if TemplateType(contact.template_type).respects_business_hours and not calendar.is_open(now):
             opening = calendar.next_opening(now).astimezone(UTC)
-            await pause_queue(self.store, queue.id, reason=OUTSIDE_BUSINESS_HOURS, resume_at=opening, at=now)
+            await pause_queue(
+                self.store, queue.id, loaded=queue, reason=OUTSIDE_BUSINESS_HOURS, resume_at=opening, at=now
+            )
             return await self._defer(
                 contact, Handled.OUTSIDE_BUSINESS_HOURS, OUTSIDE_BUSINESS_HOURS, opening, now
             )
         generation = tenant.gateway_generation
         blocked = await asyncio.to_thread(self.ledger.blocked_generation, tenant.id)
         if blocked is not None and blocked >= generation:
-            await pause_queue(self.store, queue.id, reason=GATEWAY_MISCONFIGURED, resume_at=None, at=now)
+            await pause_queue(
+                self.store, queue.id, loaded=queue, reason=GATEWAY_MISCONFIGURED, resume_at=None, at=now
+            )
             return await self._defer(contact, Handled.GATEWAY_MISCONFIGURED, GATEWAY_MISCONFIGURED, now, now)
         client = self.container.gateway(tenant.gateway)
         assert self.container.http is not None  # created by container.gateway()
@@ -211,13 +215,17 @@ class JobHandler:
             await asyncio.to_thread(
                 self.ledger.block_gateway, tenant_id=tenant.id, generation=generation, code=code or "", at=now
             )
-            await pause_queue(self.store, queue.id, reason=GATEWAY_MISCONFIGURED, resume_at=None, at=now)
+            await pause_queue(
+                self.store, queue.id, loaded=queue, reason=GATEWAY_MISCONFIGURED, resume_at=None, at=now
+            )
             return await self._defer(
                 contact, Handled.GATEWAY_MISCONFIGURED, GATEWAY_MISCONFIGURED, now, now, code=code
             )
         if verdict is Verdict.DOWN:
             resume_at = self.health.trip(tenant.id, generation, now=now)
-            await pause_queue(self.store, queue.id, reason=GATEWAY_DISCONNECTED, resume_at=resume_at, at=now)
+            await pause_queue(
+                self.store, queue.id, loaded=queue, reason=GATEWAY_DISCONNECTED, resume_at=resume_at, at=now
+            )
             return await self._defer(
                 contact, Handled.GATEWAY_DISCONNECTED, GATEWAY_DISCONNECTED, resume_at, now
             )
@@ -235,7 +243,7 @@ class JobHandler:
             retry_at = retry_at.astimezone(UTC)
             if grant.decision.reason == DAILY_LIMIT_REACHED:
                 await pause_queue(
-                    self.store, queue.id, reason=DAILY_LIMIT_REACHED, resume_at=retry_at, at=now
+                    self.store, queue.id, loaded=queue, reason=DAILY_LIMIT_REACHED, resume_at=retry_at, at=now
                 )
                 return await self._defer(
                     contact, Handled.DAILY_LIMIT_REACHED, DAILY_LIMIT_REACHED, retry_at, now
@@ -261,7 +269,7 @@ class JobHandler:
         if queue.resume_at is not None:
             if queue.resume_at > now:
                 return False
-            await resume_queue(self.store, queue.id, at=now)
+            await resume_queue(self.store, queue.id, loaded=queue, at=now)
             return True
         if queue.paused_reason != GATEWAY_MISCONFIGURED:
             return False  # paused until told (no resume_at): only an explicit resume lifts it
@@ -271,7 +279,11 @@ class JobHandler:
             return False
         await asyncio.to_thread(self.ledger.unblock, tenant.id, below_generation=generation)
         await resume_queue(
-            self.store, queue.id, at=now, when=lambda q: q.paused_reason == GATEWAY_MISCONFIGURED
+            self.store,
+            queue.id,
+            loaded=queue,
+            at=now,
+            when=lambda q: q.paused_reason == GATEWAY_MISCONFIGURED,
         )
         return True
 

@@ -58,8 +58,11 @@ async def save(store: EventStore, *aggregates: Any) -> None:
     await asyncio.to_thread(store.save, *aggregates)
 
 
-async def update_queue(store: EventStore, queue_id: UUID, command: Callable[[Queue], None]) -> Queue | None:
-    """Load the queue, apply ``command`` and save; on a version conflict reload and retry.
+async def update_queue(
+    store: EventStore, queue_id: UUID, command: Callable[[Queue], None], *, loaded: Queue | None = None
+) -> Queue | None:
+    """Load the queue (or use ``loaded``, the caller's fresh copy, on the first try), apply ``command``
+    and save; on a version conflict reload and retry.
 
     Returns the queue as saved, or None when it does not exist or stayed conflicted after
     :data:`QUEUE_UPDATE_ATTEMPTS` tries (logged; the caller's own work is not undone by this).
@@ -67,7 +70,7 @@ async def update_queue(store: EventStore, queue_id: UUID, command: Callable[[Que
     queue is then returned unchanged.
     """
     for _ in range(QUEUE_UPDATE_ATTEMPTS):
-        queue = await load(store, queue_id, Queue)
+        queue, loaded = loaded or await load(store, queue_id, Queue), None
         if queue is None:
             return None
         try:
@@ -86,17 +89,30 @@ async def update_queue(store: EventStore, queue_id: UUID, command: Callable[[Que
 
 
 async def pause_queue(
-    store: EventStore, queue_id: UUID, *, reason: str, resume_at: datetime | None, at: datetime
+    store: EventStore,
+    queue_id: UUID,
+    *,
+    reason: str,
+    resume_at: datetime | None,
+    at: datetime,
+    loaded: Queue | None = None,
 ) -> Queue | None:
     """Pause ``queue_id`` for ``reason`` until ``resume_at`` (None: until lifted by a condition).
 
     A repeated identical pause records nothing (:meth:`Queue.pause`); a cancelled queue is left alone.
     """
-    return await update_queue(store, queue_id, lambda q: q.pause(reason=reason, resume_at=resume_at, at=at))
+    return await update_queue(
+        store, queue_id, lambda q: q.pause(reason=reason, resume_at=resume_at, at=at), loaded=loaded
+    )
 
 
 async def resume_queue(
-    store: EventStore, queue_id: UUID, *, at: datetime, when: Callable[[Queue], bool] | None = None
+    store: EventStore,
+    queue_id: UUID,
+    *,
+    at: datetime,
+    when: Callable[[Queue], bool] | None = None,
+    loaded: Queue | None = None,
 ) -> Queue | None:
     """Lift the pause of ``queue_id`` if ``when(queue)`` holds on the freshly loaded queue (default: its
     ``resume_at`` has come). Records nothing when it is not paused or the condition fails (e.g. another
@@ -111,4 +127,4 @@ async def resume_queue(
         if queue.paused and condition(queue):
             queue.resume(at=at)
 
-    return await update_queue(store, queue_id, command)
+    return await update_queue(store, queue_id, command, loaded=loaded)

@@ -39,8 +39,9 @@ from psycopg.rows import dict_row
 
 from billing.bootstrap import Container
 from billing.domain.tenant import Tenant
+from billing.domain.types import TemplateType
 from billing.outbox.broker import OutgoingMessage, Publisher, Topology
-from billing.outbox.jobs import SendJob, encode_job, job_message_id
+from billing.outbox.jobs import SendJob, job_message
 from billing.worker.handler import GATEWAY_MISCONFIGURED
 from billing.worker.ledger import SendLedger, margin_for
 from billing.worker.persistence import load, resume_queue
@@ -249,15 +250,10 @@ class Scheduler:
             contact_id=row["contact_id"],
             tenant_id=row["tenant_id"],
             queue_id=row["queue_id"],
-            template_type=row["template_type"],
+            template_type=TemplateType(row["template_type"]),
             reason=reason,
         )
-        return OutgoingMessage(
-            routing_key=self.topology.queue_for(row["template_type"], row["tenant_id"]),
-            body=encode_job(job),
-            message_id=job_message_id(job, f"{reason}-{row['at'].timestamp():.6f}"),
-            headers={"tenant_id": str(row["tenant_id"]), "reason": reason},
-        )
+        return job_message(job, f"{reason}-{row['at'].timestamp():.6f}", self.topology)
 
     def _forget(self, now: datetime) -> None:
         """Drop memories older than :attr:`remember` (so a lost job is published again after that)."""
