@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
+from uuid import UUID
 
-from eventsourcing.application import Application
+from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import (
     InterfaceError,
     JSONTranscoder,
@@ -136,3 +137,26 @@ def event_store_env(database_url: str, *, pool_size: int = 5, create_table: bool
 def open_event_store(database_url: str, *, pool_size: int = 5, create_table: bool = True) -> EventStore:
     """Build the process's :class:`EventStore` (opens a connection pool; creates the table if asked)."""
     return EventStore(env=event_store_env(database_url, pool_size=pool_size, create_table=create_table))
+
+
+A = TypeVar("A")
+
+
+def get_owned(
+    store: EventStore, aggregate_id: UUID, kind: type[A], tenant_id: UUID | None = None
+) -> A | None:
+    """The aggregate ``aggregate_id`` when it exists, is a ``kind`` and (if ``tenant_id`` is given) belongs
+    to that tenant; else None — unknown and foreign ids are indistinguishable (promise 7).
+
+    Raises:
+        Exception: the database is unreachable.
+    """
+    try:
+        aggregate: object = store.repository.get(aggregate_id)
+    except AggregateNotFoundError:
+        return None
+    if not isinstance(aggregate, kind):
+        return None
+    if tenant_id is not None and getattr(aggregate, "tenant_id", None) != tenant_id:
+        return None
+    return aggregate

@@ -8,7 +8,6 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
-from eventsourcing.application import AggregateNotFoundError
 from litestar import Controller, Request, delete, get, patch, post
 from litestar.di import Provide
 
@@ -23,6 +22,7 @@ from billing.domain.sanitize import sanitize_text
 from billing.domain.template import MessageTemplate
 from billing.domain.templating import parse_template
 from billing.domain.tenant import Tenant
+from billing.eventstore import get_owned
 from billing.services.tenants import hash_api_key
 
 Req = Request[Admin, Any, Any]
@@ -249,10 +249,6 @@ def _history(services: Services, tenant_id: UUID, aggregate_id: UUID, kind: type
     """The events of one of the tenant's aggregates of type ``kind``. Raises NotFound (also for another
     tenant's)."""
     store = services.container.store
-    try:
-        aggregate: Any = store.repository.get(aggregate_id)
-    except AggregateNotFoundError:
-        raise NotFound(f"{name} not found", code=f"{name}_not_found") from None
-    if not isinstance(aggregate, kind) or getattr(aggregate, "tenant_id", None) != tenant_id:
+    if get_owned(store, aggregate_id, kind, tenant_id) is None:
         raise NotFound(f"{name} not found", code=f"{name}_not_found")
     return list(store.events.get(aggregate_id))

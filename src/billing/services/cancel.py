@@ -23,7 +23,6 @@ from collections.abc import Iterable
 from typing import Any
 from uuid import UUID, uuid5
 
-from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 from psycopg.rows import dict_row
 
@@ -31,7 +30,7 @@ from billing.db import ViewsPool
 from billing.domain.contact import Contact
 from billing.domain.errors import DomainError, InvalidValue, NotFound
 from billing.domain.queue import Queue
-from billing.eventstore import EventStore
+from billing.eventstore import EventStore, get_owned
 from billing.projections.tracking import load_position
 from billing.projections.views import PROJECTION
 from billing.services.clock import Clock
@@ -73,13 +72,7 @@ class CancelService:
             return cur.execute(sql, params).fetchall()
 
     def _load_contact(self, contact_id: UUID, tenant_id: UUID) -> Contact | None:
-        try:
-            contact: object = self.store.repository.get(contact_id)
-        except AggregateNotFoundError:
-            return None
-        if not isinstance(contact, Contact) or contact.tenant_id != tenant_id:
-            return None
-        return contact
+        return get_owned(self.store, contact_id, Contact, tenant_id)
 
     def _cancel_contacts(self, tenant_id: UUID, contact_ids: Iterable[UUID], reason: str) -> int:
         """Cancel the contacts not final yet, saving them in chunks; returns how many were cancelled."""
@@ -123,11 +116,8 @@ class CancelService:
         raise AssertionError("unreachable")
 
     def _get_queue(self, tenant_id: UUID, queue_id: UUID) -> Queue:
-        try:
-            queue: object = self.store.repository.get(queue_id)
-        except AggregateNotFoundError:
-            raise NotFound("queue not found", code="queue_not_found", field="queue_id") from None
-        if not isinstance(queue, Queue) or queue.tenant_id != tenant_id:
+        queue = get_owned(self.store, queue_id, Queue, tenant_id)
+        if queue is None:
             raise NotFound("queue not found", code="queue_not_found", field="queue_id")
         return queue
 

@@ -17,7 +17,6 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 from zoneinfo import ZoneInfo
 
 import msgspec
-from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
 from billing.domain.campaign import Campaign
@@ -28,7 +27,7 @@ from billing.domain.queue import Queue
 from billing.domain.templating import parse_template
 from billing.domain.tenant import Tenant
 from billing.domain.types import TemplateType
-from billing.eventstore import EventStore
+from billing.eventstore import EventStore, get_owned
 from billing.services.clock import Clock
 from billing.services.queries import Queries
 
@@ -295,22 +294,16 @@ class IngestService:
 
     def _tenant_zone(self, tenant_id: UUID) -> ZoneInfo:
         """The tenant's IANA zone (its policy's ``timezone``). Raises NotFound for an unknown tenant."""
-        try:
-            tenant: object = self.store.repository.get(tenant_id)
-        except AggregateNotFoundError:
-            raise NotFound("tenant not found", code="tenant_not_found") from None
-        if not isinstance(tenant, Tenant):
+        tenant = get_owned(self.store, tenant_id, Tenant)
+        if tenant is None:
             raise NotFound("tenant not found", code="tenant_not_found")
         return tenant.sending_policy.calendar.tz
 
     def _replay(
         self, tenant_id: UUID, campaign_id: UUID, digest: str, path_type: TemplateType
     ) -> SubmitResult | None:
-        try:
-            campaign: object = self.store.repository.get(campaign_id)
-        except AggregateNotFoundError:
-            return None
-        if not isinstance(campaign, Campaign) or campaign.tenant_id != tenant_id:
+        campaign = get_owned(self.store, campaign_id, Campaign, tenant_id)
+        if campaign is None:
             return None
         if campaign.request_hash != digest or campaign.template_type != path_type.value:
             raise Conflict(

@@ -9,8 +9,6 @@ from typing import Any
 from uuid import UUID, uuid4
 from zoneinfo import ZoneInfo
 
-from eventsourcing.application import AggregateNotFoundError
-
 from billing.domain.dates import parse_due_date
 from billing.domain.errors import InvalidValue, NotFound
 from billing.domain.money import parse_amount
@@ -18,7 +16,7 @@ from billing.domain.sanitize import sanitize_text
 from billing.domain.template import MessageTemplate, parse_variations
 from billing.domain.tenant import Tenant
 from billing.domain.variables import message_variables
-from billing.eventstore import EventStore
+from billing.eventstore import EventStore, get_owned
 from billing.services.clock import Clock
 
 SCALARS = (str, int, float, Decimal, bool, type(None))
@@ -33,11 +31,8 @@ class TemplateService:
 
     def get(self, tenant_id: UUID, template_id: UUID) -> MessageTemplate:
         """The tenant's template. Raises NotFound (unknown or another tenant's)."""
-        try:
-            template: Any = self.store.repository.get(template_id)
-        except AggregateNotFoundError:
-            raise NotFound("template not found", code="template_not_found") from None
-        if not isinstance(template, MessageTemplate) or template.tenant_id != tenant_id:
+        template = get_owned(self.store, template_id, MessageTemplate, tenant_id)
+        if template is None:
             raise NotFound("template not found", code="template_not_found")
         return template
 
@@ -57,11 +52,7 @@ class TemplateService:
             InvalidValue / TemplateSyntaxError naming the field (422); NotFound: unknown tenant (a token
             signed for a tenant that was never registered must not leave orphan templates).
         """
-        try:
-            tenant: Any = self.store.repository.get(tenant_id)
-        except AggregateNotFoundError:
-            tenant = None
-        if not isinstance(tenant, Tenant):
+        if get_owned(self.store, tenant_id, Tenant) is None:
             raise NotFound("tenant not found", code="tenant_not_found")
         template = MessageTemplate.create(
             template_id=uuid4(),

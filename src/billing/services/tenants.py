@@ -10,15 +10,13 @@ import time
 from typing import Any
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError
-
 from billing.domain.apikey import ApiKey, api_key_id
 from billing.domain.default_templates import DEFAULT_TEMPLATES
 from billing.domain.errors import NotFound
 from billing.domain.policy import default_policy_spec
 from billing.domain.template import MessageTemplate
 from billing.domain.tenant import Tenant
-from billing.eventstore import EventStore
+from billing.eventstore import EventStore, get_owned
 from billing.services.clock import Clock
 
 KEY_PREFIX = "bk_"
@@ -84,11 +82,8 @@ class TenantService:
 
     def get_tenant(self, tenant_id: UUID) -> Tenant:
         """The tenant. Raises NotFound."""
-        try:
-            tenant: object = self.store.repository.get(tenant_id)
-        except AggregateNotFoundError:
-            raise NotFound("tenant not found", code="tenant_not_found") from None
-        if not isinstance(tenant, Tenant):
+        tenant = get_owned(self.store, tenant_id, Tenant)
+        if tenant is None:
             raise NotFound("tenant not found", code="tenant_not_found")
         return tenant
 
@@ -107,10 +102,7 @@ class TenantService:
         if len(clear) < 16:
             raise ValueError("an API key must have at least 16 characters")
         digest = hash_api_key(clear)
-        try:
-            existing: ApiKey | None = self.store.repository.get(api_key_id(digest))
-        except AggregateNotFoundError:
-            existing = None
+        existing = get_owned(self.store, api_key_id(digest), ApiKey)
         if existing is not None:
             if existing.tenant_id != tenant_id:
                 raise ValueError("that key belongs to another tenant")
@@ -123,11 +115,8 @@ class TenantService:
 
     def revoke_api_key(self, tenant_id: UUID, key_id: UUID) -> None:
         """Revoke one of the tenant's keys. Raises NotFound (unknown or another tenant's key)."""
-        try:
-            api_key: object = self.store.repository.get(key_id)
-        except AggregateNotFoundError:
-            raise NotFound("api key not found", code="api_key_not_found") from None
-        if not isinstance(api_key, ApiKey) or api_key.tenant_id != tenant_id:
+        api_key = get_owned(self.store, key_id, ApiKey, tenant_id)
+        if api_key is None:
             raise NotFound("api key not found", code="api_key_not_found")
         api_key.revoke(at=self.clock.now())
         self.store.save(api_key)
@@ -146,17 +135,10 @@ class TenantService:
             if hit is not None and now - hit[0] < AUTH_CACHE_TTL_S:
                 return hit[1]
             generation = self._auth_generation
-        try:
-            api_key: object = self.store.repository.get(api_key_id(digest))
-            tenant: UUID | None = None
-            if (
-                isinstance(api_key, ApiKey)
-                and not api_key.revoked
-                and secrets.compare_digest(api_key.key_hash, digest)
-            ):
-                tenant = api_key.tenant_id
-        except AggregateNotFoundError:
-            tenant = None
+        api_key = get_owned(self.store, api_key_id(digest), ApiKey)
+        tenant: UUID | None = None
+        if api_key is not None and not api_key.revoked and secrets.compare_digest(api_key.key_hash, digest):
+            tenant = api_key.tenant_id
         with self._lock:
             if generation != self._auth_generation:
                 return tenant

@@ -15,12 +15,11 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import structlog
-from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
 from billing.domain.errors import Conflict
 from billing.domain.queue import Queue
-from billing.eventstore import EventStore
+from billing.eventstore import EventStore, get_owned
 
 __all__ = ["IntegrityError", "load", "pause_queue", "resume_queue", "save", "update_queue"]
 
@@ -32,21 +31,13 @@ QUEUE_UPDATE_ATTEMPTS = 5
 """How many times a queue command is retried on a version conflict (other workers pause the same queue)."""
 
 
-def _get(store: EventStore, aggregate_id: UUID) -> object:
-    return store.repository.get(aggregate_id)
-
-
 async def load(store: EventStore, aggregate_id: UUID, kind: type[A]) -> A | None:
     """The aggregate ``aggregate_id`` if it exists and is a ``kind``, else None.
 
     Raises:
         Exception: the database is unreachable (a transient failure for the caller).
     """
-    try:
-        aggregate: object = await asyncio.to_thread(_get, store, aggregate_id)
-    except AggregateNotFoundError:
-        return None
-    return aggregate if isinstance(aggregate, kind) else None
+    return await asyncio.to_thread(get_owned, store, aggregate_id, kind)
 
 
 async def save(store: EventStore, *aggregates: Any) -> None:
