@@ -199,7 +199,7 @@ def _seed_demo(
         if tenant is not None:
             tenant_id = tenant.id
             if dict(tenant.gateway) != gateway:
-                service.configure_gateway(tenant.id, gateway)
+                service.configure(tenant.id, gateway=gateway)
     if tenant_id is None:
         tenant_id = service.create_tenant(name="Empresa Demo", gateway=gateway)
     try:

@@ -216,19 +216,10 @@ class AdminController(Controller):
         tenant_id = request.user.tenant_id
         if data.policy is None and data.gateway is None:
             raise InvalidValue("nothing to change: give policy and/or gateway", code="invalid_request")
-
-        def apply() -> Tenant:
-            # Both changes in one save: a PATCH whose gateway is invalid must not leave its policy applied.
-            tenant = services.tenants.get_tenant(tenant_id)
-            now = services.container.clock.now()
-            if data.policy is not None:
-                tenant.change_policy(data.policy, at=now)
-            if data.gateway is not None:
-                tenant.configure_gateway(data.gateway, at=now)
-            services.container.store.save(tenant)
-            return tenant
-
-        return _config_doc(await run_sync(apply))
+        tenant = await run_sync(
+            services.tenants.configure, tenant_id, policy=data.policy, gateway=data.gateway
+        )
+        return _config_doc(tenant)
 
     @get("/history/contact/{contact_id:uuid}")
     async def contact_history(self, request: Req, contact_id: UUID, services: Services) -> dict[str, Any]:

@@ -147,16 +147,24 @@ class TenantService:
             self._auth_cache[digest] = (now, tenant)
         return tenant
 
-    def configure_gateway(self, tenant_id: UUID, gateway: dict[str, Any]) -> Tenant:
-        """Replace the tenant's gateway settings. Raises NotFound, InvalidValue."""
-        tenant = self.get_tenant(tenant_id)
-        tenant.configure_gateway(gateway, at=self.clock.now())
-        self.store.save(tenant)
-        return tenant
+    def configure(
+        self,
+        tenant_id: UUID,
+        *,
+        policy: dict[str, Any] | None = None,
+        gateway: dict[str, Any] | None = None,
+    ) -> Tenant:
+        """Merge ``policy`` changes and/or replace the ``gateway`` settings, in ONE save: a request whose
+        gateway is invalid leaves its policy unapplied too.
 
-    def change_policy(self, tenant_id: UUID, changes: dict[str, Any]) -> Tenant:
-        """Merge policy changes. Raises NotFound, PolicyError naming the field."""
+        Raises:
+            NotFound; PolicyError / InvalidValue naming the field.
+        """
         tenant = self.get_tenant(tenant_id)
-        tenant.change_policy(changes, at=self.clock.now())
+        now = self.clock.now()
+        if policy is not None:
+            tenant.change_policy(policy, at=now)
+        if gateway is not None:
+            tenant.configure_gateway(gateway, at=now)
         self.store.save(tenant)
         return tenant
