@@ -22,6 +22,7 @@ from datetime import UTC, datetime, time, timedelta
 
 from billing.domain.calendar import BusinessCalendar, PolicyError
 from billing.domain.errors import InvalidValue
+from billing.domain.types import PauseReason
 
 __all__ = [
     "DAILY_LIMIT_REACHED",
@@ -38,7 +39,7 @@ WINDOW = timedelta(seconds=60)
 RATE_LIMITED = "rate_limited"
 """Reason: ``messages_per_minute`` sends already happened in the last 60 seconds."""
 
-DAILY_LIMIT_REACHED = "daily_limit_reached"
+DAILY_LIMIT_REACHED = PauseReason.DAILY_LIMIT_REACHED.value
 """Reason: ``max_messages_per_day`` sends already made on the tenant's local day (also a pause reason)."""
 
 

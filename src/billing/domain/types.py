@@ -62,3 +62,12 @@ class QueueStatus(StrEnum):
     PAUSED = "paused"
     COMPLETED = "completed"
     CANCELLED = "cancelled"
+
+
+class PauseReason(StrEnum):
+    """Why a queue is paused (the status endpoint's ``paused_reason``; DESIGN.md and issue 4)."""
+
+    OUTSIDE_BUSINESS_HOURS = "outside_business_hours"
+    DAILY_LIMIT_REACHED = "daily_limit_reached"
+    GATEWAY_DISCONNECTED = "gateway_disconnected"
+    GATEWAY_MISCONFIGURED = "gateway_misconfigured"

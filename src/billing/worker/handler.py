@@ -47,7 +47,7 @@ from billing.domain.queue import Queue
 from billing.domain.template import MessageTemplate  # noqa: F401  (registers the template topics)
 from billing.domain.tenant import Tenant
 from billing.domain.throttle import DAILY_LIMIT_REACHED
-from billing.domain.types import ContactStatus, TemplateType
+from billing.domain.types import ContactStatus, PauseReason, TemplateType
 from billing.outbox.broker import Delivery
 from billing.outbox.jobs import SendJob, decode_job
 from billing.worker.health import GatewayHealth, Verdict
@@ -67,9 +67,9 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-OUTSIDE_BUSINESS_HOURS = "outside_business_hours"
-GATEWAY_DISCONNECTED = "gateway_disconnected"
-GATEWAY_MISCONFIGURED = "gateway_misconfigured"
+OUTSIDE_BUSINESS_HOURS = PauseReason.OUTSIDE_BUSINESS_HOURS.value
+GATEWAY_DISCONNECTED = PauseReason.GATEWAY_DISCONNECTED.value
+GATEWAY_MISCONFIGURED = PauseReason.GATEWAY_MISCONFIGURED.value
 
 
 @dataclass

@@ -36,6 +36,7 @@ from billing.domain.errors import Conflict
 from billing.domain.phone import mask_phone
 from billing.domain.policy import SendingPolicy
 from billing.domain.tenant import Tenant
+from billing.domain.types import PauseReason
 from billing.gateway.client import EvolutionClient
 from billing.worker.persistence import IntegrityError, load, pause_queue
 from billing.worker.rendering import RenderError
@@ -175,7 +176,11 @@ class OutcomeRecorder:
                 at=done,
             )
             await pause_queue(
-                h.store, contact.queue_id, reason="gateway_misconfigured", resume_at=None, at=done
+                h.store,
+                contact.queue_id,
+                reason=PauseReason.GATEWAY_MISCONFIGURED.value,
+                resume_at=None,
+                at=done,
             )
             record = partial(
                 Contact.record_failure,
@@ -213,7 +218,11 @@ class OutcomeRecorder:
         if sent.connection_problem and h.health.record_problem(tenant.id, tenant.gateway_generation):
             resume_at = h.health.trip(tenant.id, tenant.gateway_generation, now=done)
             await pause_queue(
-                h.store, contact.queue_id, reason="gateway_disconnected", resume_at=resume_at, at=done
+                h.store,
+                contact.queue_id,
+                reason=PauseReason.GATEWAY_DISCONNECTED.value,
+                resume_at=resume_at,
+                at=done,
             )
         retry_at = self._retry_at(policy, attempt, done)
         if retry_at is not None and resume_at is not None:
