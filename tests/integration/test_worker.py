@@ -579,23 +579,30 @@ async def test_unexpected_error_requeues_the_delivery_and_the_retry_sends_once(
     assert world.broker.dead_letters(batch.routing_key) == []
 
 
-async def test_transient_failure_saving_the_claim_gives_the_throttle_grant_back(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given the event store fails once when the claim is saved
-    tenant_id = create_tenant(world)
-    batch = create_batch(world, tenant_id, 1)
+def fail_saves(world: World, monkeypatch: pytest.MonkeyPatch, failing: set[int]) -> list[int]:
+    """Make the main worker's event-store saves number ``failing`` (1-based) raise a transient error;
+    returns the list that counts every save call."""
     store = world.main.container.store
     real_save = store.save
     calls: list[int] = []
 
     def flaky_save(*aggregates: Any, **kwargs: Any) -> Any:
         calls.append(1)
-        if len(calls) == 1:
+        if len(calls) in failing:
             raise RuntimeError("connection lost")
         return real_save(*aggregates, **kwargs)
 
     monkeypatch.setattr(store, "save", flaky_save)
+    return calls
+
+
+async def test_transient_failure_saving_the_claim_gives_the_throttle_grant_back(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the event store fails once when the claim is saved
+    tenant_id = create_tenant(world)
+    batch = create_batch(world, tenant_id, 1)
+    fail_saves(world, monkeypatch, {1})
 
     # When the job is handled: the first delivery fails and is requeued, the redelivery sends
     await world.publish(batch.jobs())
@@ -614,17 +621,7 @@ async def test_transient_failures_saving_the_outcome_are_retried_without_a_secon
     # Given the event store fails four times in a row right after the gateway accepted the message
     tenant_id = create_tenant(world)
     batch = create_batch(world, tenant_id, 1)
-    store = world.main.container.store
-    real_save = store.save
-    calls: list[int] = []
-
-    def flaky_save(*aggregates: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        if 2 <= len(calls) <= 5:  # call 1 is the claim; 2..5 the outcome
-            raise RuntimeError("failover")
-        return real_save(*aggregates, **kwargs)
-
-    monkeypatch.setattr(store, "save", flaky_save)
+    calls = fail_saves(world, monkeypatch, {2, 3, 4, 5})  # call 1 is the claim; 2..5 the outcome
 
     await world.publish(batch.jobs())
     await world.idle()
