@@ -10,7 +10,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from psycopg.conninfo import conninfo_to_dict
 
@@ -48,6 +48,10 @@ class Settings:
             ``2025-01-20T07:58:00-03:00@1764400000.5x30``: every process reads ``start`` at Unix time
             ``anchor`` and time runs ``scale`` times faster from there
             (:class:`~billing.services.clock.ScaledClock`), so several processes share one fast clock.
+        webhooks_allow_private: ERP webhook endpoints may be loopback or private addresses
+            (``BILLING_WEBHOOKS_ALLOW_PRIVATE=1``; link-local and metadata addresses never are).
+        public_url: the API's public base URL (``https://billing.example``), which the gateway's webhook
+            is configured to call; empty: ``POST /gateway/webhook/setup`` must be given one.
     """
 
     database_url: str
@@ -64,6 +68,8 @@ class Settings:
     gateway_timeout_s: float = 30.0
     broker_prefix: str = "billing"
     clock: str = ""
+    webhooks_allow_private: bool = False
+    public_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -85,7 +91,9 @@ class Settings:
             try:
                 values[name] = kind(raw)
             except ValueError:
-                raise SettingsError(f"{key} must be a {kind.__name__}, got {raw!r}") from None
+                raise SettingsError(
+                    f"{key} must be a {getattr(kind, '__name__', 'value')}, got {raw!r}"
+                ) from None
         if "database_url" not in values:
             raise SettingsError(
                 f"{PREFIX}DATABASE_URL is required (e.g. postgresql://root@127.0.0.1:5432/billing)"
@@ -145,7 +153,17 @@ class Settings:
         return self.jwt_secret
 
 
-_FIELDS: dict[str, type] = {
+def flag(raw: str) -> bool:
+    """``1/true/yes/on`` → True, ``0/false/no/off`` → False. Raises ValueError."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+_FIELDS: dict[str, Any] = {
     "database_url": str,
     "amqp_url": str,
     "jwt_secret": str,
@@ -160,4 +178,6 @@ _FIELDS: dict[str, type] = {
     "gateway_timeout_s": float,
     "broker_prefix": str,
     "clock": str,
+    "webhooks_allow_private": flag,
+    "public_url": str,
 }

@@ -288,7 +288,18 @@ def number(n: int) -> str:
 
 def counters(**given: int) -> dict[str, int]:
     """The status document's ``contacts``: the given counters, 0 for the rest."""
-    names = ("total", "pending", "sent", "failed", "skipped", "rejected", "cancelled")
+    names = (
+        "total",
+        "pending",
+        "sent",
+        "failed",
+        "skipped",
+        "rejected",
+        "cancelled",
+        "delivered",
+        "read",
+        "replied",
+    )
     return {name: given.get(name, 0) for name in names}
 
 

@@ -8,14 +8,14 @@ from uuid import uuid4
 
 import pytest
 
-from billing.domain.calendar import parse_calendar, default_calendar_spec
+from billing.domain.calendar import default_calendar_spec, parse_calendar
 from billing.domain.contact import Contact
 from billing.domain.conversation import Conversation, conversation_id
 from billing.domain.debtor_cap import decide_cap
 from billing.domain.engagement import ERP_RETRY_DELAYS_S, Engagement, erp_next_attempt
 from billing.domain.errors import Conflict, InvalidValue
 from billing.domain.gateway_events import parse_webhook, receipt_steps
-from billing.domain.optout import fold, matching_stop_word, validate_stop_words, DEFAULT_STOP_WORDS
+from billing.domain.optout import DEFAULT_STOP_WORDS, fold, matching_stop_word, validate_stop_words
 from billing.domain.signing import signature_header, verify
 from billing.domain.whatsapp import Account, choose_account, is_fresh, lookup_batches, lookup_candidates
 
@@ -53,7 +53,13 @@ def test_v1_messages_update_upper_case_event_list_data_and_ms_datetime() -> None
             "event": "MESSAGES_UPDATE",
             "instance": "loja",
             "data": [
-                {"id": "3EB0BBB", "remoteJid": "x@s.whatsapp.net", "fromMe": True, "status": "READ", "datetime": 1735689600000},
+                {
+                    "id": "3EB0BBB",
+                    "remoteJid": "x@s.whatsapp.net",
+                    "fromMe": True,
+                    "status": "READ",
+                    "datetime": 1735689600000,
+                },
                 {"id": "3EB0CCC", "remoteJid": "x@s.whatsapp.net", "fromMe": True, "status": 4},
                 {"id": "3EB0DDD", "fromMe": False, "status": "READ"},
             ],
@@ -84,7 +90,10 @@ def test_messages_upsert_from_the_debtor_and_not_from_us() -> None:
 
 
 def test_connection_update_and_event_from_the_url() -> None:
-    batch = parse_webhook({"instance": "loja", "data": {"instance": "loja", "state": "close", "statusReason": 428}}, event_hint="connection-update")
+    batch = parse_webhook(
+        {"instance": "loja", "data": {"instance": "loja", "state": "close", "statusReason": 428}},
+        event_hint="connection-update",
+    )
     assert batch.connection is not None and batch.connection.state == "close"
     with pytest.raises(ValueError):
         parse_webhook([1, 2])
@@ -108,7 +117,9 @@ def test_connection_update_and_event_from_the_url() -> None:
         ("bogus", (False, False, False), ()),
     ],
 )
-def test_receipt_steps_are_monotone(status: str, have: tuple[bool, bool, bool], steps: tuple[str, ...]) -> None:
+def test_receipt_steps_are_monotone(
+    status: str, have: tuple[bool, bool, bool], steps: tuple[str, ...]
+) -> None:
     assert receipt_steps(status, delivered=have[0], read=have[1], played=have[2]) == steps
 
 
@@ -178,10 +189,35 @@ def test_conversation_opt_out_is_recorded_once_with_the_message_and_lifted() -> 
     conv = Conversation.open(tenant, "+5511987654321", at=AT)
     assert conv.id == conversation_id(tenant, "+5511987654321")
     cid = uuid4()
-    assert conv.receive(message_id="A", text="quando vence?", remote_jid="j", contact_id=cid, stop_words=DEFAULT_STOP_WORDS, at=AT) is None
-    assert conv.receive(message_id="B", text="PARAR", remote_jid="j", contact_id=cid, stop_words=DEFAULT_STOP_WORDS, at=AT) == "parar"
-    assert conv.receive(message_id="B", text="PARAR", remote_jid="j", contact_id=cid, stop_words=DEFAULT_STOP_WORDS, at=AT) is None
-    assert conv.receive(message_id="C", text="sair", remote_jid="j", contact_id=cid, stop_words=DEFAULT_STOP_WORDS, at=AT) is None
+    assert (
+        conv.receive(
+            message_id="A",
+            text="quando vence?",
+            remote_jid="j",
+            contact_id=cid,
+            stop_words=DEFAULT_STOP_WORDS,
+            at=AT,
+        )
+        is None
+    )
+    assert (
+        conv.receive(
+            message_id="B", text="PARAR", remote_jid="j", contact_id=cid, stop_words=DEFAULT_STOP_WORDS, at=AT
+        )
+        == "parar"
+    )
+    assert (
+        conv.receive(
+            message_id="B", text="PARAR", remote_jid="j", contact_id=cid, stop_words=DEFAULT_STOP_WORDS, at=AT
+        )
+        is None
+    )
+    assert (
+        conv.receive(
+            message_id="C", text="sair", remote_jid="j", contact_id=cid, stop_words=DEFAULT_STOP_WORDS, at=AT
+        )
+        is None
+    )
     names = [type(e).__name__ for e in conv.collect_events()]
     assert names == ["Opened", "Replied", "Replied", "OptedOut", "Replied"]
     assert conv.opted_out and conv.replies == 3
@@ -252,7 +288,10 @@ def test_choose_account_takes_the_one_that_exists() -> None:
     candidates = lookup_candidates("+5575988251234")
     old = choose_account(candidates, {"5575988251234": None, "557588251234": "557588251234@s.whatsapp.net"})
     assert old == Account(jid="557588251234@s.whatsapp.net")
-    new = choose_account(lookup_candidates("+5547988123456"), {"5547988123456": "5547988123456@s.whatsapp.net", "554788123456": None})
+    new = choose_account(
+        lookup_candidates("+5547988123456"),
+        {"5547988123456": "5547988123456@s.whatsapp.net", "554788123456": None},
+    )
     assert new.jid == "5547988123456@s.whatsapp.net"
     assert choose_account(candidates, {}) == Account(jid=None)
 
@@ -272,11 +311,53 @@ def test_lookup_cache_expiry_and_batches() -> None:
 
 def test_cap_defers_the_second_dunning_message_to_the_next_opening() -> None:
     calendar = parse_calendar(default_calendar_spec())
-    assert decide_cap(sent_today=0, cap=1, template_type="overdue", cap_notices=False, calendar=calendar, now=AT).allowed
-    refused = decide_cap(sent_today=1, cap=1, template_type="overdue", cap_notices=False, calendar=calendar, now=AT)
+    assert decide_cap(
+        sent_today=0, cap=1, template_type="overdue", cap_notices=False, calendar=calendar, now=AT
+    ).allowed
+    refused = decide_cap(
+        sent_today=1, cap=1, template_type="overdue", cap_notices=False, calendar=calendar, now=AT
+    )
     assert not refused.allowed
     assert refused.not_before == datetime(2025, 1, 16, 11, 0, tzinfo=UTC)  # Thursday 08:00 in São Paulo
-    assert decide_cap(sent_today=5, cap=1, template_type="notification", cap_notices=False, calendar=calendar, now=AT).allowed
-    notice = decide_cap(sent_today=1, cap=1, template_type="notification", cap_notices=True, calendar=calendar, now=AT)
-    assert notice.not_before == datetime(2025, 1, 16, 3, 0, tzinfo=UTC)  # local midnight: notices ignore hours
-    assert decide_cap(sent_today=1, cap=2, template_type="upcoming", cap_notices=False, calendar=calendar, now=AT).allowed
+    assert decide_cap(
+        sent_today=5, cap=1, template_type="notification", cap_notices=False, calendar=calendar, now=AT
+    ).allowed
+    notice = decide_cap(
+        sent_today=1, cap=1, template_type="notification", cap_notices=True, calendar=calendar, now=AT
+    )
+    assert notice.not_before == datetime(
+        2025, 1, 16, 3, 0, tzinfo=UTC
+    )  # local midnight: notices ignore hours
+    assert decide_cap(
+        sent_today=1, cap=2, template_type="upcoming", cap_notices=False, calendar=calendar, now=AT
+    ).allowed
+
+
+def test_review_pause_after_policy_or_gateway_changes() -> None:
+    from billing.domain.queue import review_pause
+
+    later = AT + timedelta(hours=5)
+    kw = {"policy_changed": True, "gateway_changed": False}
+    assert review_pause("outside_business_hours", later, open_now=True, next_opening=AT, **kw) == (
+        "resume",
+        None,
+    )
+    assert review_pause("outside_business_hours", later, open_now=False, next_opening=AT, **kw) == (
+        "move",
+        AT,
+    )
+    assert review_pause("outside_business_hours", AT, open_now=False, next_opening=AT, **kw) == ("keep", None)
+    assert review_pause("daily_limit_reached", later, open_now=True, next_opening=None, **kw) == (
+        "resume",
+        None,
+    )
+    assert review_pause("paused_by_admin", None, open_now=True, next_opening=None, **kw) == ("keep", None)
+    gw = {"policy_changed": False, "gateway_changed": True}
+    assert review_pause("gateway_misconfigured", None, open_now=True, next_opening=None, **gw) == (
+        "resume",
+        None,
+    )
+    assert review_pause("outside_business_hours", later, open_now=True, next_opening=None, **gw) == (
+        "keep",
+        None,
+    )

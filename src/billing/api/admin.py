@@ -219,6 +219,12 @@ class AdminController(Controller):
         tenant = await run_sync(
             services.tenants.configure, tenant_id, policy=data.policy, gateway=data.gateway
         )
+        await run_sync(  # a paused queue is re-evaluated at once, not at its old resume_at
+            services.engagement.review_pauses,
+            tenant_id,
+            policy_changed=data.policy is not None,
+            gateway_changed=data.gateway is not None,
+        )
         return _config_doc(tenant)
 
     @get("/history/contact/{contact_id:uuid}")

@@ -12,6 +12,7 @@ from billing.api.admin import AdminController
 from billing.api.auth import jwt_auth
 from billing.api.deps import Services, run_sync
 from billing.api.errors import EXCEPTION_HANDLERS
+from billing.api.hooks import GatewayWebhookController, HooksAdminController, QueueControlController
 from billing.api.public import PublicController
 from billing.bootstrap import Container
 from billing.projections.tracking import load_position
@@ -57,7 +58,15 @@ def create_app(container: Container) -> Litestar:
     services = Services.build(container)
     auth = jwt_auth(container.settings.require_jwt_secret())
     return Litestar(
-        route_handlers=[PublicController, AdminController, live, ready],
+        route_handlers=[
+            PublicController,
+            AdminController,
+            GatewayWebhookController,
+            QueueControlController,
+            HooksAdminController,
+            live,
+            ready,
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         on_app_init=[auth.on_app_init],
         openapi_config=OpenAPIConfig(

@@ -47,6 +47,7 @@ PUBLIC_PATHS = [
     "^/api/billing/v1/billing/queue/",
     "^/api/billing/v1/billing/campaign/",
     "^/api/billing/v1/billing/contacts/",
+    "^/api/billing/v1/billing/gateway/events/",
     "^/dashboard",
 ]
 

@@ -14,6 +14,7 @@ from billing.api.auth import API_KEY_HEADER
 from billing.api.errors import Unauthorized
 from billing.bootstrap import Container
 from billing.services.cancel import CancelService
+from billing.services.engagement import EngagementService
 from billing.services.ingest import IngestService
 from billing.services.queries import Queries
 from billing.services.templates import TemplateService
@@ -32,6 +33,7 @@ class Services:
     templates: TemplateService
     queries: Queries
     cancel: CancelService
+    engagement: EngagementService
 
     @classmethod
     def build(cls, container: Container) -> Services:
@@ -44,6 +46,12 @@ class Services:
             templates=TemplateService(container.store, container.clock),
             queries=queries,
             cancel=CancelService(container.store, container.pool, container.clock),
+            engagement=EngagementService(
+                container.store,
+                container.pool,
+                container.clock,
+                allow_private=container.settings.webhooks_allow_private,
+            ),
         )
 
 

@@ -131,12 +131,19 @@ class Conversation(Aggregate):
         if message_id in self.seen:
             return None
         self.trigger_event(
-            self.Replied, message_id=message_id, text=text, contact_id=contact_id, remote_jid=remote_jid, timestamp=at
+            self.Replied,
+            message_id=message_id,
+            text=text,
+            contact_id=contact_id,
+            remote_jid=remote_jid,
+            timestamp=at,
         )
         word = matching_stop_word(text, stop_words)
         if word is None or self.opted_out:
             return None
-        self.trigger_event(self.OptedOut, message_id=message_id, stop_word=word, contact_id=contact_id, timestamp=at)
+        self.trigger_event(
+            self.OptedOut, message_id=message_id, stop_word=word, contact_id=contact_id, timestamp=at
+        )
         return word
 
     def confirmation_sent(self, message_id: str, *, at: datetime) -> None:

@@ -39,7 +39,13 @@ def local_day_bounds(calendar: BusinessCalendar, now: datetime) -> tuple[datetim
 
 
 def decide_cap(
-    *, sent_today: int, cap: int, template_type: str, cap_notices: bool, calendar: BusinessCalendar, now: datetime
+    *,
+    sent_today: int,
+    cap: int,
+    template_type: str,
+    cap_notices: bool,
+    calendar: BusinessCalendar,
+    now: datetime,
 ) -> CapDecision:
     """Decide one message against the cap.
 

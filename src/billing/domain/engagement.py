@@ -229,13 +229,19 @@ class Engagement(Aggregate):
             )
         cap = merged.get("daily_cap", DEFAULT_DAILY_CAP)
         if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= 100:
-            raise InvalidValue("daily_cap must be a whole number from 1 to 100", code="invalid_request", field="daily_cap")
+            raise InvalidValue(
+                "daily_cap must be a whole number from 1 to 100", code="invalid_request", field="daily_cap"
+            )
         if not isinstance(merged.get("cap_notices", False), bool):
-            raise InvalidValue("cap_notices must be true or false", code="invalid_request", field="cap_notices")
+            raise InvalidValue(
+                "cap_notices must be true or false", code="invalid_request", field="cap_notices"
+            )
         if merged != self.settings:
             self.trigger_event(self.SettingsChanged, settings=merged, timestamp=at)
 
-    def add_endpoint(self, endpoint_id: str, *, url: str, secret: str, events: list[str], at: datetime) -> None:
+    def add_endpoint(
+        self, endpoint_id: str, *, url: str, secret: str, events: list[str], at: datetime
+    ) -> None:
         """Add an ERP endpoint. ``events`` empty means every type of :data:`ERP_EVENT_TYPES`.
 
         Raises:
@@ -249,7 +255,12 @@ class Engagement(Aggregate):
         if len(self.endpoints) >= MAX_ENDPOINTS:
             raise InvalidValue(f"at most {MAX_ENDPOINTS} endpoints", code="invalid_webhook", field="url")
         self.trigger_event(
-            self.EndpointAdded, endpoint_id=endpoint_id, url=url, secret=secret, events=list(events), timestamp=at
+            self.EndpointAdded,
+            endpoint_id=endpoint_id,
+            url=url,
+            secret=secret,
+            events=list(events),
+            timestamp=at,
         )
 
     def remove_endpoint(self, endpoint_id: str, *, at: datetime) -> None:

@@ -127,16 +127,19 @@ def _items(data: object) -> list[dict[str, Any]]:
 
 
 def _receipt(item: dict[str, Any]) -> Receipt | None:
-    key = item.get("key") if isinstance(item.get("key"), dict) else {}
+    raw_key, raw_update = item.get("key"), item.get("update")
+    key: dict[str, Any] = raw_key if isinstance(raw_key, dict) else {}
+    update: dict[str, Any] = raw_update if isinstance(raw_update, dict) else {}
     message_id = item.get("keyId") or item.get("id") or key.get("id")
-    update = item.get("update") if isinstance(item.get("update"), dict) else {}
     status = _status_name(item.get("status", update.get("status")))
     from_me = item.get("fromMe", key.get("fromMe", True))
     if not isinstance(message_id, str) or not message_id or status is None or from_me is False:
         return None
     jid = item.get("remoteJid") or key.get("remoteJid")
     at = _instant(item.get("datetime")) or _instant(item.get("messageTimestamp"))
-    return Receipt(message_id=message_id, status=status, remote_jid=jid if isinstance(jid, str) else None, at=at)
+    return Receipt(
+        message_id=message_id, status=status, remote_jid=jid if isinstance(jid, str) else None, at=at
+    )
 
 
 def _text(message: object) -> str:
@@ -158,7 +161,10 @@ def _incoming(item: dict[str, Any]) -> IncomingMessage | None:
     if not isinstance(message_id, str) or not message_id or not isinstance(jid, str) or "@g.us" in jid:
         return None  # groups are not debtors
     return IncomingMessage(
-        message_id=message_id, remote_jid=jid, text=_text(item.get("message")), at=_instant(item.get("messageTimestamp"))
+        message_id=message_id,
+        remote_jid=jid,
+        text=_text(item.get("message")),
+        at=_instant(item.get("messageTimestamp")),
     )
 
 
@@ -192,7 +198,9 @@ def parse_webhook(body: object, *, event_hint: str | None = None) -> WebhookBatc
         state = items[0].get("state")
         if isinstance(state, str) and state:
             name = items[0].get("instance")
-            change = ConnectionChange(instance=name if isinstance(name, str) else instance, state=state.lower())
+            change = ConnectionChange(
+                instance=name if isinstance(name, str) else instance, state=state.lower()
+            )
             return WebhookBatch(event, instance, connection=change)
     return WebhookBatch(event, instance, ignored=max(1, len(items)))
 

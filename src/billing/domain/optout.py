@@ -50,9 +50,13 @@ def validate_stop_words(words: object, *, field: str = "stop_words") -> tuple[st
         InvalidValue: code ``invalid_stop_words`` naming ``field`` (or ``field[i]``).
     """
     if not isinstance(words, list) or not words:
-        raise InvalidValue(f"{field} must be a non-empty list of words", code="invalid_stop_words", field=field)
+        raise InvalidValue(
+            f"{field} must be a non-empty list of words", code="invalid_stop_words", field=field
+        )
     if len(words) > MAX_STOP_WORDS:
-        raise InvalidValue(f"{field} holds at most {MAX_STOP_WORDS} words", code="invalid_stop_words", field=field)
+        raise InvalidValue(
+            f"{field} holds at most {MAX_STOP_WORDS} words", code="invalid_stop_words", field=field
+        )
     seen: dict[str, str] = {}
     for i, word in enumerate(words):
         if not isinstance(word, str) or not fold(word) or len(word) > MAX_STOP_WORD_LENGTH:

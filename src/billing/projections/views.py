@@ -60,7 +60,9 @@ PROJECTION = "projections"
 ATTEMPTS = 3
 """Tries of a batch on transient database errors before the follower's own backoff takes over."""
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
-VIEW_TABLES = ("tenants", "api_keys", "templates", "campaigns", "queue_status", "campaign_contacts")
+VIEW_TABLES = (
+    "tenants", "api_keys", "templates", "campaigns", "queue_status", "campaign_contacts", "opt_outs",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,9 @@ class Queries:
                 "skipped": row["skipped"],
                 "rejected": row["rejected"],
                 "cancelled": row["cancelled"],
+                "delivered": row["delivered"],
+                "read": row["read"],
+                "replied": row["replied"],
             },
             "progress": round(100.0 * done / total, 2) if total else 100.0,
             "paused_reason": None if ended else row["paused_reason"],
@@ -157,6 +160,9 @@ class Queries:
             "message_text": row["message_text"],
             "gateway_message_id": row["gateway_message_id"],
             "sent_at": _iso(row["sent_at"]),
+            "delivered_at": _iso(row["delivered_at"]),
+            "read_at": _iso(row["read_at"]),
+            "replied_at": _iso(row["replied_at"]),
             "error": error,
         }
 
