@@ -93,3 +93,13 @@ CREATE TABLE IF NOT EXISTS erp_completed_queues (
     queue_id    uuid PRIMARY KEY,
     seen_at     timestamptz NOT NULL DEFAULT now()
 );
+
+-- Capped (dunning) messages claimed per tenant and phone: the per-debtor cap counts today's rows under
+-- pg_advisory_xact_lock(class, hashtext(tenant:phone)), so workers deciding at once are serialised.
+CREATE TABLE IF NOT EXISTS debtor_sends (
+    contact_id  uuid PRIMARY KEY,
+    tenant_id   uuid NOT NULL,
+    phone       text NOT NULL,
+    at          timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS debtor_sends_phone ON debtor_sends (tenant_id, phone, at);

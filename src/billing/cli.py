@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         "rebuild", help="rebuild the read models from the event log"
     ).set_defaults(handler=cmd_projections_rebuild)
     sub.add_parser("worker", description="send messages").set_defaults(handler=cmd_worker)
+    sub.add_parser(
+        "hooks", description="apply the gateway's webhooks (receipts, replies) and deliver the ERP's"
+    ).set_defaults(handler=cmd_hooks)
 
     p = sub.add_parser("gateway-simulator", description="serve a fake Evolution API")
     p.add_argument("--host", default="127.0.0.1")
@@ -335,6 +338,11 @@ def cmd_projections_rebuild(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """``billing worker``: consume jobs and send messages."""
     return _run_process("worker", ("billing.worker.runner", "run_worker"), broker=True)
+
+
+def cmd_hooks(args: argparse.Namespace) -> int:
+    """``billing hooks``: apply receipts and replies, deliver signed webhooks to the ERPs."""
+    return _run_process("hooks", ("billing.hooks.runner", "run_hooks"), broker=False)
 
 
 def cmd_gateway_simulator(args: argparse.Namespace) -> int:

@@ -112,6 +112,7 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
     run_projections = _entry("billing.projections.views", "run_projections")
     run_relay = _entry("billing.outbox.relay", "run_relay")
     run_worker = _entry("billing.worker.runner", "run_worker")
+    run_hooks = _entry("billing.hooks.runner", "run_hooks")
     create_app = _entry("billing.api.app", "create_app")
 
     stop = asyncio.Event()
@@ -133,6 +134,7 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
         }
         tenant_id, api_key = await asyncio.to_thread(_seed_demo, container, state, gateway, args.api_key)
         state.save(tenant_id=str(tenant_id), gateway_key=gateway_key, gateway_port=gateway_port)
+        await asyncio.to_thread(_wire_gateway_webhook, container, simulator, tenant_id, args)
 
         gateway_server = _uvicorn_server(simulator.asgi_app, "127.0.0.1", gateway_port, interface="asgi3")
         api_server = _uvicorn_server(_build_app(create_app, container), args.host, args.port)
@@ -142,6 +144,7 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
             "projections": _call(run_projections, container, stop),
             "relay": _call(run_relay, container, stop),
             "worker": _call(run_worker, container, stop),
+            "hooks": _call(run_hooks, container, stop),
             "simulator-log": _log_simulator(simulator, stop),
         }
         banner = asyncio.ensure_future(
@@ -207,6 +210,17 @@ def _seed_demo(
     except ValueError as exc:
         raise CliError(f"--api-key: {exc}", code=2) from None
     return tenant_id, key
+
+
+def _wire_gateway_webhook(container: Any, simulator: Any, tenant_id: UUID, args: argparse.Namespace) -> None:
+    """Point the simulator's webhook at this API with a fresh secret (receipts and replies come back)."""
+    from billing.api.hooks import GATEWAY_SECRET_HEADER
+    from billing.api.public import BASE
+    from billing.services.engagement import EngagementService
+
+    secret = EngagementService(container.store, container.pool, container.clock).new_gateway_secret(tenant_id)
+    url = f"http://127.0.0.1:{args.port}{BASE}/gateway/events/{tenant_id}"
+    simulator.set_webhook("demo", url, headers={GATEWAY_SECRET_HEADER: secret})
 
 
 async def _log_simulator(simulator: Any, stop: asyncio.Event) -> None:
