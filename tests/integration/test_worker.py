@@ -261,7 +261,9 @@ async def world(database_url: str) -> AsyncIterator[World]:
 # --- data: tenants, campaigns and jobs, made the way the api makes them -----------------------------
 
 
-def create_tenant(world: World, *, api_key: str = KEY, instance: str = INSTANCE, **policy: Any) -> UUID:
+def create_tenant(
+    world: World, *, api_key: str = KEY, instance: str = INSTANCE, base_url: str = "http://sim", **policy: Any
+) -> UUID:
     """A tenant open Mon–Fri 08:00–18:00 (São Paulo, BR holidays), no pause between messages, one active
     template per type, all saved in one transaction."""
     spec = default_policy_spec()
@@ -271,7 +273,7 @@ def create_tenant(world: World, *, api_key: str = KEY, instance: str = INSTANCE,
     tenant = Tenant.register(
         tenant_id=uuid4(),
         name="Loja Exemplo",
-        gateway={"base_url": "http://sim", "instance": instance, "api_key": api_key, "api_version": "v2"},
+        gateway={"base_url": base_url, "instance": instance, "api_key": api_key, "api_version": "v2"},
         policy=spec,
         at=now,
     )

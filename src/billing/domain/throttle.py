@@ -143,18 +143,15 @@ def decide(
     return ThrottleDecision(allowed=True)
 
 
-_NUDGE = timedelta(milliseconds=1)
-"""Step past a window's edge: windows are closed, so a send exactly ``window`` after another shares it."""
-
-
 def _busiest_with(arrival: datetime, others: Sequence[datetime], window: timedelta) -> int:
-    """How many of ``others`` (sorted) plus ``arrival`` the fullest closed window of length ``window``
-    that contains ``arrival`` holds (the worst such window starts at ``arrival`` or at one of the others)."""
-    lo = bisect_left(others, arrival - window)
-    hi = bisect_left(others, arrival)
+    """How many of ``others`` (sorted) plus ``arrival`` the fullest half-open window ``[start, start +
+    window)`` that contains ``arrival`` holds (the worst such window starts at ``arrival`` or at one of the
+    others). Two sends exactly ``window`` apart never share one."""
+    lo = bisect_right(others, arrival - window)
+    hi = bisect_right(others, arrival)
     best = 0
     for start in (arrival, *others[lo:hi]):
-        inside = bisect_right(others, start + window) - bisect_left(others, start)
+        inside = bisect_left(others, start + window) - bisect_left(others, start)
         best = max(best, inside)
     return best + 1
 
@@ -173,7 +170,7 @@ def decide_arrival(
 
     Unlike :func:`decide`, the instants are the planned arrivals of already granted sends, which need not
     be in order (a send decided earlier with a longer typing pause arrives later). The new arrival is
-    allowed when no closed window of length ``window`` (60 s, widened by the caller's safety margin) that
+    allowed when no window ``[t, t + window)`` (60 s, widened by the caller's safety margin) that
     contains it would then hold more than ``messages_per_minute`` arrivals — whether the others lie before
     or after it.
 
@@ -208,7 +205,7 @@ def decide_arrival(
         return ThrottleDecision(allowed=False, retry_at=retry_at, reason=DAILY_LIMIT_REACHED)
     others = sorted(_aware(t, "arrivals") for t in arrivals)
     limit = limits.messages_per_minute
-    candidates = [arrival, *(t + window + _NUDGE for t in others if t + window + _NUDGE > arrival)]
+    candidates = [arrival, *(t + window for t in others if t + window > arrival)]
     for candidate in candidates:
         if _busiest_with(candidate, others, window) <= limit:
             if candidate == arrival:
