@@ -26,7 +26,6 @@ from billing.runtime import (
     _admin_container,
     _call,
     _close_sync,
-    _entry,
     _open_container,
     _run_process,
     _safe_url,
@@ -295,7 +294,8 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
             "`billing dev` prints a ready admin token instead",
             code=2,
         )
-    mint_token = _entry("billing.api.auth", "mint_token")
+    from billing.api.auth import mint_token
+
     print(mint_token(secret, str(args.tenant), args.ttl))
     return 0
 
@@ -310,18 +310,22 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_relay(args: argparse.Namespace) -> int:
     """``billing relay``: follow the event log and publish jobs to RabbitMQ."""
-    return _run_process("relay", ("billing.outbox.relay", "run_relay"), broker=True)
+    from billing.outbox.relay import run_relay
+
+    return _run_process("relay", run_relay, broker=True)
 
 
 def cmd_projections(args: argparse.Namespace) -> int:
     """``billing projections``: keep the read models up to date."""
-    return _run_process("projections", ("billing.projections.views", "run_projections"), broker=False)
+    from billing.projections.views import run_projections
+
+    return _run_process("projections", run_projections, broker=False)
 
 
 def cmd_projections_rebuild(args: argparse.Namespace) -> int:
     """``billing projections rebuild``: rebuild the read models from the event log, then exit."""
     settings = load_settings()
-    rebuild = _entry("billing.projections.views", "rebuild_projections")
+    from billing.projections.views import rebuild_projections as rebuild
 
     async def run() -> Any:
         container = await _open_container(settings, broker=False)
@@ -337,12 +341,16 @@ def cmd_projections_rebuild(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """``billing worker``: consume jobs and send messages."""
-    return _run_process("worker", ("billing.worker.runner", "run_worker"), broker=True)
+    from billing.worker.runner import run_worker
+
+    return _run_process("worker", run_worker, broker=True)
 
 
 def cmd_hooks(args: argparse.Namespace) -> int:
     """``billing hooks``: apply receipts and replies, deliver signed webhooks to the ERPs."""
-    return _run_process("hooks", ("billing.hooks.runner", "run_hooks"), broker=False)
+    from billing.hooks.runner import run_hooks
+
+    return _run_process("hooks", run_hooks, broker=False)
 
 
 def cmd_gateway_simulator(args: argparse.Namespace) -> int:

@@ -14,7 +14,6 @@ from billing.cli_errors import CliError
 from billing.runtime import (
     _build_app,
     _call,
-    _entry,
     _install_stop_signals,
     _open_container_sync,
     _uvicorn_server,
@@ -106,14 +105,13 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
     """The one-process system: in-memory broker, simulator, demo tenant, then the four components."""
     import secrets
 
+    from billing.api.app import create_app
     from billing.gateway.simulator import EvolutionSimulator
+    from billing.hooks.runner import run_hooks
     from billing.outbox.memory import InMemoryBroker
-
-    run_projections = _entry("billing.projections.views", "run_projections")
-    run_relay = _entry("billing.outbox.relay", "run_relay")
-    run_worker = _entry("billing.worker.runner", "run_worker")
-    run_hooks = _entry("billing.hooks.runner", "run_hooks")
-    create_app = _entry("billing.api.app", "create_app")
+    from billing.outbox.relay import run_relay
+    from billing.projections.views import run_projections
+    from billing.worker.runner import run_worker
 
     stop = asyncio.Event()
     _install_stop_signals(stop)

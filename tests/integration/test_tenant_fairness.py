@@ -17,12 +17,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from billing.domain.sending import Handled
 from billing.outbox.broker import Broker, Delivery, OutgoingMessage
 from billing.outbox.memory import InMemoryBroker
 from billing.outbox.rabbitmq import RabbitBroker
 from billing.outbox.relay import relay_pending
 from billing.services.clock import FakeClock
-from billing.worker.outcomes import Handled
 from tests.integration.test_broker_contract import Recorder, consuming, delete_topology
 from tests.integration.test_worker import WEDNESDAY_10, World, create_batch, create_tenant
 

@@ -197,7 +197,7 @@ class HooksAdminController(Controller):
         status: int | None = None
         try:
             answered = await set_webhook(
-                services.container.gateway(tenant.gateway),
+                services.container.gateways()(tenant.gateway),
                 url,
                 headers={GATEWAY_SECRET_HEADER: secret},
                 events=GATEWAY_EVENTS,

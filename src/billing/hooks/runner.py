@@ -25,7 +25,7 @@ def _confirmation_sender(container: Container):  # type: ignore[no-untyped-def]
         tenant = await asyncio.to_thread(get_owned, container.store, tenant_id, Tenant)
         if tenant is None:
             return None
-        outcome = await container.gateway(tenant.gateway).send_text(phone.removeprefix("+"), text)
+        outcome = await container.gateways()(tenant.gateway).send_text(phone.removeprefix("+"), text)
         return outcome.message_id if outcome.kind is OutcomeKind.SENT else None
 
     return send

@@ -190,10 +190,4 @@ async def relay_pending(container: Container) -> int:
         ValueError: the container has no broker.
         PublishError: the broker did not confirm a batch (the position stays before it).
     """
-    publisher = container.extras.get("relay_publisher")
-    if publisher is None:  # one publisher (RabbitMQ: one confirm channel) per container, not per call
-        relay = OutboxRelay(container)
-        container.extras["relay_publisher"] = relay.publisher
-    else:
-        relay = OutboxRelay(container, publisher=publisher)
-    return await relay.publish_pending()
+    return await OutboxRelay(container).publish_pending()

@@ -37,7 +37,8 @@ settings change: the row holds ``Tenant.gateway_generation`` at the time of the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, time, timedelta
 from typing import Any
 from uuid import UUID
@@ -46,16 +47,11 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from billing.domain.calendar import BusinessCalendar
-from billing.domain.throttle import (
-    DAILY_LIMIT_REACHED,
-    RATE_LIMITED,
-    WINDOW,
-    ThrottleDecision,
-    ThrottleLimits,
-    decide,
-)
+from billing.domain.policy import MAX_PAUSE_S
+from billing.domain.sending import ThrottleState
+from billing.domain.throttle import WINDOW, ThrottleLimits
 
-__all__ = ["LOCK_CLASS", "THROTTLE_MARGIN", "Grant", "SendLedger", "margin_for"]
+__all__ = ["LOCK_CLASS", "THROTTLE_MARGIN", "LedgerSession", "SendLedger", "margin_for"]
 
 LOCK_CLASS = 0x62696C6C & 0x7FFFFFFF
 """First key of the two-key advisory lock (``'bill'``), so our locks never collide with other users'."""
@@ -75,22 +71,43 @@ def margin_for(clock: object) -> timedelta:
     return THROTTLE_MARGIN * rate
 
 
-@dataclass(frozen=True)
-class Grant:
-    """The answer of :meth:`SendLedger.acquire`.
+class LedgerSession:
+    """The tenant's ledger inside :meth:`SendLedger.locked` (its lock held)."""
 
-    Attributes:
-        decision: the throttle's decision (``allowed``, ``retry_at``, ``reason``).
-        ledger_id: id of the ledger row recorded for an allowed send, else None.
-    """
+    def __init__(self, cur: Any, tenant_id: UUID, window: timedelta) -> None:
+        self._cur = cur
+        self._tenant_id = tenant_id
+        self.window = window
 
-    decision: ThrottleDecision
-    ledger_id: int | None = None
+    def state(self, *, near: datetime, calendar: BusinessCalendar) -> ThrottleState:
+        """The planned arrivals within ``2 × window`` (+ the longest pause) of ``near`` and the count of
+        arrivals on the tenant's local day of ``near`` (:class:`~billing.domain.sending.ThrottleState`)."""
+        reach = 2 * self.window + timedelta(seconds=MAX_PAUSE_S)
+        rows = self._cur.execute(
+            "SELECT sent_at FROM send_ledger WHERE tenant_id = %s AND sent_at > %s AND sent_at < %s",
+            (self._tenant_id, near - reach, near + reach),
+        ).fetchall()
+        day = calendar.local_date(near)
+        day_start = calendar.local_datetime(day, time(0, 0))
+        next_start = calendar.local_datetime(day + timedelta(days=1), time(0, 0))
+        counted = self._cur.execute(
+            "SELECT count(*) AS n FROM send_ledger WHERE tenant_id = %s AND sent_at >= %s AND sent_at < %s",
+            (self._tenant_id, day_start, next_start),
+        ).fetchone()
+        return ThrottleState(
+            arrivals=tuple(row["sent_at"] for row in rows),
+            arrivals_that_day=int(counted["n"]) if counted else 0,
+            window=self.window,
+        )
 
-    @property
-    def allowed(self) -> bool:
-        """True when one send was granted (and recorded)."""
-        return self.decision.allowed
+    def record(self, *, arrival: datetime, contact_id: UUID) -> int:
+        """Record one granted send planned to reach the gateway at ``arrival``; returns its row id."""
+        row = self._cur.execute(
+            "INSERT INTO send_ledger (tenant_id, sent_at, contact_id) VALUES (%s, %s, %s) RETURNING id",
+            (self._tenant_id, arrival, contact_id),
+        ).fetchone()
+        assert row is not None
+        return int(row["id"])
 
 
 class SendLedger:
@@ -110,68 +127,23 @@ class SendLedger:
         self._pool = pool
         self.margin = margin
 
-    def acquire(
-        self,
-        *,
-        tenant_id: UUID,
-        contact_id: UUID,
-        limits: ThrottleLimits,
-        calendar: BusinessCalendar,
-        now: datetime,
-    ) -> Grant:
-        """Decide, under the tenant's advisory lock, whether one more message may go out at ``now``, and
-        record it if so. The per-minute rule counts the last ``60 s +`` :attr:`margin`; a refusal's
-        ``retry_at`` is the instant the widened window has room again.
+    @contextmanager
+    def locked(self, tenant_id: UUID) -> Iterator[LedgerSession]:
+        """One transaction holding the tenant's advisory lock: read the throttle state, decide, record.
 
-        Args:
-            now: aware instant from the worker's clock, read before the call (recorded as ``sent_at``;
-                if another process already recorded a later grant for the tenant, that later instant is
-                used for the decision and recorded instead).
+        Two processes deciding for one tenant are serialised, and each sees the other's grants. Leaving
+        the block commits (an exception rolls back: nothing recorded).
 
         Raises:
-            psycopg.Error: the database failed (nothing recorded).
+            psycopg.Error: the database failed.
         """
-        window = WINDOW + self.margin
         with (
             self._pool.connection() as conn,
             conn.transaction(),
             conn.cursor(row_factory=dict_row) as cur,
         ):
             cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, str(tenant_id)))
-            recent = cur.execute(
-                "SELECT sent_at FROM send_ledger WHERE tenant_id = %s AND sent_at > %s AND sent_at < %s",
-                (tenant_id, now - window, now + WINDOW),
-            ).fetchall()
-            recent_sends = sorted(row["sent_at"] for row in recent)
-            if recent_sends and recent_sends[-1] > now:
-                now = recent_sends[-1]  # ``now`` went stale while we waited for the lock (docstring)
-            day_start = calendar.local_datetime(calendar.local_date(now), time(0, 0))
-            counted = cur.execute(
-                "SELECT count(*) AS n FROM send_ledger "
-                "WHERE tenant_id = %s AND sent_at >= %s AND sent_at <= %s",
-                (tenant_id, day_start, now),
-            ).fetchone()
-            decision = decide(
-                limits,
-                now=now,
-                recent_sends=recent_sends,
-                sent_today=int(counted["n"]) if counted else 0,
-                calendar=calendar,
-            )
-            excess = len(recent_sends) - limits.messages_per_minute
-            if decision.reason != DAILY_LIMIT_REACHED and excess >= 0:
-                # the widened window is full (decide() saw only its last 60 s): room again once the
-                # (excess+1)-th oldest of these leaves it
-                retry_at = (recent_sends[excess] + window).astimezone(calendar.tz)
-                decision = ThrottleDecision(allowed=False, retry_at=retry_at, reason=RATE_LIMITED)
-            if not decision.allowed:
-                return Grant(decision)
-            row = cur.execute(
-                "INSERT INTO send_ledger (tenant_id, sent_at, contact_id) VALUES (%s, %s, %s) RETURNING id",
-                (tenant_id, now, contact_id),
-            ).fetchone()
-        assert row is not None
-        return Grant(decision, ledger_id=int(row["id"]))
+            yield LedgerSession(cur, tenant_id, WINDOW + self.margin)
 
     def minute_room(self, tenant_id: UUID, limits: ThrottleLimits, now: datetime) -> int:
         """How many more sends the per-minute rule allows the tenant at ``now`` (its window widened by
@@ -179,9 +151,8 @@ class SendLedger:
         uses it to republish no more due contacts than can go out, :meth:`acquire` still decides."""
         with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             row = cur.execute(
-                "SELECT count(*) AS n FROM send_ledger "
-                "WHERE tenant_id = %s AND sent_at > %s AND sent_at <= %s",
-                (tenant_id, now - (WINDOW + self.margin), now),
+                "SELECT count(*) AS n FROM send_ledger WHERE tenant_id = %s AND sent_at > %s",
+                (tenant_id, now - (WINDOW + self.margin)),
             ).fetchone()
         used = int(row["n"]) if row else 0
         return max(0, limits.messages_per_minute - used)

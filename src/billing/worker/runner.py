@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from billing.bootstrap import Container
+from billing.bootstrap import Container, build_handler, build_scheduler
 from billing.worker.handler import JobHandler
 from billing.worker.scheduler import Scheduler
 
@@ -45,8 +45,8 @@ async def run_worker(
         raise ValueError("the worker needs a broker")
     await broker.declare_topology()
     names = list(queues) if queues is not None else list(broker.topology.job_queues)
-    handler = handler or JobHandler(container)
-    scheduler = scheduler or Scheduler(container)
+    handler = handler or build_handler(container)
+    scheduler = scheduler or build_scheduler(container)
     prefetch = container.settings.worker_prefetch
     log.info("worker_started", queues=names, prefetch=prefetch, max_in_flight=prefetch * len(names))
     ticking = asyncio.Event()
@@ -65,7 +65,9 @@ async def run_worker(
         with contextlib.suppress(asyncio.CancelledError):
             await scheduling
         results = await asyncio.gather(consuming, stopping, return_exceptions=True)
-        log.info("worker_stopped")
+        # handlings whose delivery the consumer gave up on still save their outcome (no double send)
+        left = await handler.drain(container.settings.dispatch_lease_s)
+        log.info("worker_stopped", unfinished=left)
     error = results[0]
     if (
         not stop.is_set()
