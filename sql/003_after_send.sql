@@ -6,6 +6,10 @@ ALTER TABLE campaign_contacts ADD COLUMN IF NOT EXISTS jid_asked text;
 ALTER TABLE campaign_contacts ADD COLUMN IF NOT EXISTS delivered_at timestamptz;
 ALTER TABLE campaign_contacts ADD COLUMN IF NOT EXISTS read_at timestamptz;
 ALTER TABLE campaign_contacts ADD COLUMN IF NOT EXISTS replied_at timestamptz;
+-- why a pending contact waits for not_before (a pause reason: due as soon as its queue resumes)
+ALTER TABLE campaign_contacts ADD COLUMN IF NOT EXISTS deferred_reason text;
+CREATE INDEX IF NOT EXISTS campaign_contacts_waiting_pause
+    ON campaign_contacts (queue_id) WHERE status = 'pending' AND deferred_reason IS NOT NULL;
 CREATE INDEX IF NOT EXISTS campaign_contacts_remote_jid
     ON campaign_contacts (tenant_id, remote_jid, sent_at DESC) WHERE remote_jid IS NOT NULL;
 ALTER TABLE queue_status ADD COLUMN IF NOT EXISTS delivered integer NOT NULL DEFAULT 0;

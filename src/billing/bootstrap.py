@@ -100,6 +100,7 @@ def build_handler(
     from billing.worker.handler import JobHandler, TenantCache
     from billing.worker.health import GatewayHealth
     from billing.worker.ledger import SendLedger, margin_for
+    from billing.worker.recipient import Recipient
     from billing.worker.rendering import Renderer
 
     return JobHandler(
@@ -112,6 +113,7 @@ def build_handler(
         clock=container.clock,
         lease_s=container.settings.dispatch_lease_s,
         gateway_timeout_s=container.settings.gateway_timeout_s,
+        recipient=Recipient(container.store, container.pool),
         rng=rng,
     )
 

@@ -12,6 +12,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from billing.domain.contact import Contact
+from billing.domain.debtor_cap import CapDecision
 from billing.domain.delivery import OutcomeKind, SendOutcome
 from billing.domain.errors import InvalidValue
 from billing.domain.policy import default_policy_spec, parse_policy
@@ -26,6 +27,7 @@ from billing.domain.sending import (
     JobFacts,
     Need,
     QueuePause,
+    RecipientFacts,
     Record,
     ThrottleState,
     call_fits_lease,
@@ -35,6 +37,7 @@ from billing.domain.sending import (
     typing_ms,
 )
 from billing.domain.throttle import DAILY_LIMIT_REACHED, RATE_LIMITED, ThrottleLimits, decide_arrival
+from billing.domain.whatsapp import Account
 
 MONDAY_10 = datetime(2025, 1, 20, 13, 0, tzinfo=UTC)  # 10:00 in São Paulo, open
 MONDAY_20 = datetime(2025, 1, 20, 23, 0, tzinfo=UTC)  # 20:00 in São Paulo, closed
@@ -83,6 +86,10 @@ def queue() -> Queue:
     )
 
 
+REACHABLE = RecipientFacts(opted_out=False, account=None, cap=CapDecision(allowed=True))
+"""The person: not opted out, the lookup not answered (send to the bare number), under the cap."""
+
+
 def facts(**changes: Any) -> JobFacts:
     """Facts of a due pending overdue reminder at Monday 10:00, every fact gathered and favourable."""
     base = JobFacts(
@@ -96,6 +103,7 @@ def facts(**changes: Any) -> JobFacts:
         block=UNBLOCKED,
         health=OPEN,
         throttle=EMPTY,
+        recipient=REACHABLE,
     )
     return replace(base, **changes)
 
@@ -501,3 +509,45 @@ def test_render_errors_retry_only_when_retryable() -> None:
         "missing_variable", "x", retryable=False, attempt=1, policy=POLICY, retry_draw=0.0, now=MONDAY_10
     )
     assert (s.handled, s.record) == (Handled.FAILED, Record("failed", "missing_variable", "x"))
+
+
+# --- the person: opt-out, WhatsApp account, per-debtor cap ----------------------------------------------
+
+
+def test_the_recipient_facts_are_gathered_after_the_gateway_checks() -> None:
+    decision = decide(facts(recipient=None))
+    assert (decision.action, decision.need) == (Action.GATHER, Need.RECIPIENT)
+
+
+def test_an_opted_out_phone_is_skipped_without_a_send() -> None:
+    decision = decide(facts(recipient=RecipientFacts(True, None, CapDecision(True))))
+    assert (decision.action, decision.handled, decision.reason) == (Action.SKIP, Handled.SKIPPED, "opted_out")
+
+
+def test_no_whatsapp_account_is_skipped_and_the_found_jid_is_sent_to() -> None:
+    absent = decide(facts(recipient=RecipientFacts(False, Account(None), CapDecision(True))))
+    assert (absent.action, absent.reason) == (Action.SKIP, "not_on_whatsapp")
+    found = decide(
+        facts(recipient=RecipientFacts(False, Account("557588251234@s.whatsapp.net"), CapDecision(True)))
+    )
+    assert (found.action, found.jid) == (Action.CLAIM, "557588251234@s.whatsapp.net")
+
+
+def test_over_the_per_debtor_cap_is_deferred_to_the_next_opening() -> None:
+    tomorrow = MONDAY_10 + timedelta(days=1)
+    decision = decide(facts(recipient=RecipientFacts(False, None, CapDecision(False, tomorrow))))
+    assert (decision.action, decision.handled, decision.reason, decision.not_before) == (
+        Action.DEFER, Handled.DEBTOR_DAILY_CAP, "debtor_daily_cap", tomorrow,
+    )  # fmt: skip
+
+
+def test_a_contact_deferred_by_a_pause_is_due_once_the_pause_is_lifted_early() -> None:
+    waiting = contact()
+    waiting.defer(reason="outside_business_hours", not_before=MONDAY_10 + timedelta(hours=20), at=MONDAY_10)
+    assert decide(facts(contact=waiting)).action is Action.CLAIM  # the queue is not paused (any more)
+    paused = queue()
+    paused.pause(reason="outside_business_hours", resume_at=MONDAY_10 + timedelta(hours=20), at=MONDAY_10)
+    assert decide(facts(contact=waiting, queue=paused)).handled is Handled.NOT_DUE
+    throttled = contact()
+    throttled.defer(reason="throttled", not_before=MONDAY_10 + timedelta(seconds=30), at=MONDAY_10)
+    assert decide(facts(contact=throttled)).handled is Handled.NOT_DUE

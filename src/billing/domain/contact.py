@@ -48,6 +48,7 @@ class Contact(Aggregate):
         not_before: datetime | None
         error_code: str | None
         cancelled_in_flight: bool
+        deferred_for: str | None
         delivered_at: datetime | None
         read_at: datetime | None
         played_at: datetime | None
@@ -134,6 +135,7 @@ class Contact(Aggregate):
             aggregate.status = ContactStatus.DISPATCHED
             aggregate.attempts = self.attempt
             aggregate.lease_until = self.lease_until
+            aggregate.deferred_for = None
 
     class Sent(Aggregate.Event):
         """The gateway accepted the message (HTTP 201): its WhatsApp id, the resolved recipient JID and
@@ -168,6 +170,7 @@ class Contact(Aggregate):
         def apply(self, aggregate: Contact) -> None:
             aggregate.lease_until = None
             aggregate.error_code = self.code
+            aggregate.deferred_for = None
             if self.retry_at is None:
                 aggregate.status = ContactStatus.FAILED
             else:
@@ -200,6 +203,7 @@ class Contact(Aggregate):
             aggregate.status = ContactStatus.PENDING
             aggregate.lease_until = None
             aggregate.not_before = self.not_before
+            aggregate.deferred_for = self.reason
 
     class Cancelled(Aggregate.Event):
         """Cancelled before it was sent (queue cancelled, invoice paid)."""
@@ -266,6 +270,7 @@ class Contact(Aggregate):
         self.error_code = None
         self.cancelled_in_flight = False
         self.delivered_at = self.read_at = self.played_at = self.replied_at = None
+        self.deferred_for = None
 
     # --- commands -------------------------------------------------------------------------------------
 

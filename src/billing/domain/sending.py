@@ -10,7 +10,9 @@ calls it again with that fact added. The order of the checks (each source in the
 1. job names an unknown contact, a contact of another tenant, an unknown queue or tenant → REJECT
 2. contact final → ACK (``already_final``; promise 3)
 3. queue cancelled → CANCEL
-4. pending with ``not_before`` ahead → ACK (``not_due``); dispatched under a live lease → ACK (``in_flight``)
+4. pending with ``not_before`` ahead → ACK (``not_due``) — unless it was deferred only because its queue
+   was paused and the queue is no longer (a pause lifted early: wider hours, a manual resume);
+   dispatched under a live lease → ACK (``in_flight``)
 5. queue paused: its ``resume_at`` passed → resume and go on; ``gateway_misconfigured`` without
    ``resume_at`` whose block no longer holds (the tenant's gateway settings changed) → unblock, resume,
    go on; otherwise DEFER until ``resume_at`` (``queue_paused``)
@@ -18,6 +20,8 @@ calls it again with that fact added. The order of the checks (each source in the
 7. the tenant's gateway blocked at its current generation (401/403/404) → pause ``gateway_misconfigured``
 8. gateway health: misconfigured probe → block, pause; down → pause ``gateway_disconnected`` until the
    health's backoff ends; both DEFER
+8b. the person (:class:`RecipientFacts`): opted out → SKIP ``opted_out``; the lookup found no WhatsApp
+   account → SKIP ``not_on_whatsapp``; over the per-debtor cap → DEFER to the next opening
 9. throttle at the instant the message will reach the gateway (now + typing pause): daily cap → pause
    ``daily_limit_reached`` and DEFER; per-minute → DEFER until it fits
 10. otherwise CLAIM, with the lease, the typing pause and the planned arrival
@@ -36,11 +40,13 @@ from typing import Any
 from uuid import UUID
 
 from billing.domain.contact import Contact
+from billing.domain.debtor_cap import CapDecision
 from billing.domain.delivery import OutcomeKind, SendOutcome
 from billing.domain.policy import SendingPolicy
 from billing.domain.queue import Queue
 from billing.domain.throttle import DAILY_LIMIT_REACHED, decide_arrival
 from billing.domain.types import ContactStatus, PauseReason, TemplateType
+from billing.domain.whatsapp import Account
 
 __all__ = [
     "Action",
@@ -52,6 +58,7 @@ __all__ = [
     "JobFacts",
     "Need",
     "QueuePause",
+    "RecipientFacts",
     "Record",
     "Settlement",
     "ThrottleState",
@@ -80,6 +87,8 @@ class Handled(StrEnum):
     GATEWAY_DISCONNECTED = "gateway_disconnected"
     THROTTLED = "throttled"
     DAILY_LIMIT_REACHED = "daily_limit_reached"
+    DEBTOR_DAILY_CAP = "debtor_daily_cap"
+    """The phone already got its dunning messages of the day (per-debtor cap): deferred."""
     CLAIMED_ELSEWHERE = "claimed_elsewhere"
     LEASE_TOO_SHORT = "lease_too_short"
     """The claim would expire before the gateway call could end: released without calling."""
@@ -101,6 +110,8 @@ class Action(StrEnum):
     """Record ``Contact.Cancelled`` (``reason``)."""
     DEFER = "defer"
     """Record ``Contact.Deferred(reason, not_before)``."""
+    SKIP = "skip"
+    """Record ``Contact.Skipped`` (``reason``) without a send (opted out, no WhatsApp account)."""
     CLAIM = "claim"
     """Take a throttle grant at ``arrival``, record ``Contact.Dispatched`` (lease), render and send."""
     GATHER = "gather"
@@ -116,6 +127,8 @@ class Need(StrEnum):
     """:class:`GatewayState` — the cached ``connectionState`` verdict (maybe an HTTP probe)."""
     THROTTLE = "throttle"
     """:class:`ThrottleState` — the send ledger, read under the tenant's lock."""
+    RECIPIENT = "recipient"
+    """:class:`RecipientFacts` — consent ledger, WhatsApp account lookup, per-debtor cap."""
 
 
 class GatewayVerdict(StrEnum):
@@ -169,6 +182,22 @@ class ThrottleState:
 
 
 @dataclass(frozen=True)
+class RecipientFacts:
+    """About the person (gathered by :mod:`billing.worker.recipient`).
+
+    Attributes:
+        opted_out: the phone's Conversation records an opt-out in force.
+        account: the lookup's answer (None: the lookup failed; send to the bare number).
+        cap: the per-debtor cap's verdict (:func:`billing.domain.debtor_cap.decide_cap`), its slot
+            reserved under the phone's lock when allowed.
+    """
+
+    opted_out: bool
+    account: Account | None
+    cap: CapDecision
+
+
+@dataclass(frozen=True)
 class JobFacts:
     """Everything :func:`decide` looks at for one job.
 
@@ -192,6 +221,7 @@ class JobFacts:
     block: GatewayBlock | None = None
     health: GatewayState | None = None
     throttle: ThrottleState | None = None
+    recipient: RecipientFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -231,7 +261,14 @@ class Decision:
     typing_ms: int | None = None
     arrival: datetime | None = None
     lease_until: datetime | None = None
+    jid: str | None = None
+    """CLAIM — the JID the lookup found, sent to instead of the bare number (None: the number)."""
     fields: dict[str, Any] = field(default_factory=dict)
+
+
+PAUSE_DEFERRALS = frozenset({"queue_paused", *(reason.value for reason in PauseReason), "paused_by_admin"})
+"""Deferral reasons that only waited for the queue's pause (a contact so deferred is due once the pause
+is lifted, even before its ``not_before``)."""
 
 
 def typing_ms(policy: SendingPolicy, draw: float) -> int | None:
@@ -277,6 +314,7 @@ def decide(facts: JobFacts) -> Decision:
         contact.status is ContactStatus.PENDING
         and contact.not_before is not None
         and contact.not_before > now
+        and not (contact.deferred_for in PAUSE_DEFERRALS and not queue.paused)
     ):
         return Decision(Action.ACK, Handled.NOT_DUE, fields={"not_before": contact.not_before.isoformat()})
     if contact.status is ContactStatus.DISPATCHED and contact.lease_until and now < contact.lease_until:
@@ -335,6 +373,18 @@ def decide(facts: JobFacts) -> Decision:
         reason = PauseReason.GATEWAY_DISCONNECTED.value
         return _defer(Handled.GATEWAY_DISCONNECTED, reason, until, pause=QueuePause(reason, until), **side)
 
+    recipient = facts.recipient
+    if recipient is None:
+        return Decision(Action.GATHER, Handled.THROTTLED, need=Need.RECIPIENT, **side)
+    if recipient.opted_out:
+        return Decision(Action.SKIP, Handled.SKIPPED, reason="opted_out", **side)
+    if recipient.account is not None and not recipient.account.exists:
+        return Decision(Action.SKIP, Handled.SKIPPED, reason="not_on_whatsapp", **side)
+    if not recipient.cap.allowed:
+        assert recipient.cap.not_before is not None
+        return _defer(Handled.DEBTOR_DAILY_CAP, "debtor_daily_cap", recipient.cap.not_before, **side)
+    jid = recipient.account.jid if recipient.account is not None else None
+
     typing = typing_ms(policy, facts.pause_draw)
     arrival = _utc(now + timedelta(milliseconds=typing or 0))
     if facts.throttle is None:
@@ -367,6 +417,7 @@ def decide(facts: JobFacts) -> Decision:
         typing_ms=typing,
         arrival=arrival,
         lease_until=_utc(now + facts.lease),
+        jid=jid,
         **side,
     )
 

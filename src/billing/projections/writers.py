@@ -48,13 +48,13 @@ CONTACT_COLUMNS = (
     "telefone", "phone", "status", "attempts", "message_text", "gateway_message_id", "remote_jid",
     "template_id", "template_version", "variation", "sent_at", "error_code", "error_message",
     "not_before", "lease_until", "created_at", "updated_at", "jid_asked", "delivered_at", "read_at",
-    "replied_at",
+    "replied_at", "deferred_reason",
 )  # fmt: skip
 #: Columns contact events after creation may change.
 CONTACT_MUTABLE = (
     "status", "attempts", "message_text", "gateway_message_id", "remote_jid", "template_id",
     "template_version", "variation", "sent_at", "error_code", "error_message", "not_before",
-    "lease_until", "updated_at", "jid_asked", "delivered_at", "read_at", "replied_at",
+    "lease_until", "updated_at", "jid_asked", "delivered_at", "read_at", "replied_at", "deferred_reason",
 )  # fmt: skip
 
 _INSERT_CONTACT = sql.SQL("INSERT INTO campaign_contacts ({}) VALUES ({})").format(
@@ -328,7 +328,12 @@ class ViewWriter:
 
     def _contact_dispatched(self, e: Contact.Dispatched) -> None:
         self._update_contact(
-            e, dispatched=True, status="dispatched", attempts=e.attempt, lease_until=e.lease_until
+            e,
+            dispatched=True,
+            status="dispatched",
+            attempts=e.attempt,
+            lease_until=e.lease_until,
+            deferred_reason=None,
         )
 
     def _contact_sent(self, e: Contact.Sent) -> None:
@@ -343,7 +348,7 @@ class ViewWriter:
         values: dict[str, Any] = {"status": "failed", "error_code": e.code, "error_message": e.message}
         if e.retry_at is not None:  # waits (pending) for its retry
             values.update(status="pending", not_before=e.retry_at)
-        self._update_contact(e, lease_until=None, **values)
+        self._update_contact(e, lease_until=None, deferred_reason=None, **values)
 
     def _contact_skipped(self, e: Contact.Skipped) -> None:
         self._update_contact(
@@ -356,7 +361,12 @@ class ViewWriter:
         if current and current["status"] == "dispatched":  # the claim is released, not spent
             attempts -= 1
         self._update_contact(
-            e, status="pending", attempts=attempts, lease_until=None, not_before=e.not_before
+            e,
+            status="pending",
+            attempts=attempts,
+            lease_until=None,
+            not_before=e.not_before,
+            deferred_reason=e.reason,
         )
 
     def _contact_cancelled(self, e: Contact.Cancelled) -> None:

@@ -46,6 +46,7 @@ from billing.domain.sending import (
     Handled,
     JobFacts,
     Need,
+    RecipientFacts,
     Record,
     Settlement,
     call_fits_lease,
@@ -64,6 +65,7 @@ from billing.services.clock import Clock
 from billing.worker.health import GatewayHealth
 from billing.worker.ledger import SendLedger
 from billing.worker.persistence import IntegrityError, load, pause_queue, resume_queue, save
+from billing.worker.recipient import Recipient
 from billing.worker.rendering import Renderer, RenderError
 
 __all__ = ["Handled", "JobHandler", "Result", "TenantCache"]
@@ -139,6 +141,7 @@ class JobHandler:
         clock: the time source.
         lease_s: a claim's lease (``BILLING_DISPATCH_LEASE_S``).
         gateway_timeout_s: one gateway call's timeout, on top of its typing delay.
+        recipient: the facts about the person (opt-out, WhatsApp account, per-debtor cap).
         rng: draws for the typing pause and the retry jitter (seed it in tests).
     """
 
@@ -154,9 +157,11 @@ class JobHandler:
         clock: Clock,
         lease_s: float,
         gateway_timeout_s: float,
+        recipient: Recipient,
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
+        self.recipient = recipient
         self.tenants = tenants
         self.ledger = ledger
         self.renderer = renderer
@@ -266,6 +271,13 @@ class JobHandler:
         return await self._execute(decision, facts, tenant)
 
     async def _gather(self, need: Need, facts: JobFacts, tenant: Tenant) -> JobFacts:
+        if need is Need.RECIPIENT:
+            assert facts.contact is not None
+            client = self.gateways(tenant.gateway)
+            recipient: RecipientFacts = await self.recipient.gather(
+                facts.contact, client, tenant.sending_policy.calendar, facts.now
+            )
+            return replace(facts, recipient=recipient)
         if need is Need.BLOCK:
             blocked = await asyncio.to_thread(self.ledger.blocked_generation, tenant.id)
             return replace(facts, block=GatewayBlock(tenant.gateway_generation, blocked))
@@ -339,6 +351,19 @@ class JobHandler:
             except IntegrityError:
                 return Result(Handled.CONTENDED, wanted=Handled.CANCELLED.value)
             return Result(Handled.CANCELLED)
+        if decision.action is Action.SKIP:
+            assert tenant is not None
+            await self._side_effects(decision, facts.queue, tenant, now)
+            try:
+                contact.skip(
+                    code=decision.reason or "skipped",
+                    message=_SKIP_MESSAGES.get(decision.reason or "", "skipped"),
+                    at=now,
+                )
+                await save(self.store, contact)
+            except (Conflict, IntegrityError):
+                return Result(Handled.CONTENDED, wanted=Handled.SKIPPED.value)
+            return Result(Handled.SKIPPED, code=decision.reason)
         assert decision.action is Action.DEFER and tenant is not None
         await self._side_effects(decision, facts.queue, tenant, now)
         assert decision.not_before is not None and decision.reason is not None
@@ -391,7 +416,8 @@ class JobHandler:
             return await self._give_back(contact, base)
         real_delay = None if typing is None else round(typing / self.rate)
         client = self.gateways(tenant.gateway)
-        sent = await client.send_text(contact.gateway_number, rendered.text, delay_ms=real_delay)
+        number = decision.jid or contact.gateway_number  # the account the lookup found, when it did
+        sent = await client.send_text(number, rendered.text, delay_ms=real_delay)
         done = self.clock.now()
         base.update(code=sent.code, http_status=sent.http_status)
         settlement = self._settle(sent, attempt, tenant, policy, done)
@@ -417,7 +443,9 @@ class JobHandler:
             base["gateway_message_id"] = sent.message_id
         elif sent.kind in (OutcomeKind.RETRYABLE, OutcomeKind.PERMANENT):
             base["outcome_unknown"] = sent.outcome_unknown
-        return await self._record(contact, settlement, (sent, rendered), done, base)
+        if decision.jid is not None and sent.remote_jid not in (None, decision.jid):
+            base["jid_mismatch"] = True  # the Sent event records both (history shows it)
+        return await self._record(contact, settlement, (sent, rendered, decision.jid), done, base)
 
     def _settle(
         self, sent: SendOutcome, attempt: int, tenant: Tenant, policy: SendingPolicy, done: datetime
@@ -449,7 +477,7 @@ class JobHandler:
         self,
         contact: Contact,
         settlement: Settlement,
-        sent: tuple[SendOutcome, Any] | None,
+        sent: tuple[SendOutcome, Any, str | None] | None,
         at: datetime,
         base: dict[str, Any],
     ) -> Result:
@@ -497,11 +525,13 @@ class JobHandler:
         return max(1.0, left - SAVE_SAFETY_S)
 
 
-def _command(record: Record, sent: tuple[SendOutcome, Any] | None, at: datetime) -> Callable[[Contact], None]:
+def _command(
+    record: Record, sent: tuple[SendOutcome, Any, str | None] | None, at: datetime
+) -> Callable[[Contact], None]:
     """The Contact command of a :class:`~billing.domain.sending.Record`."""
     if record.kind == "sent":
         assert sent is not None
-        outcome, rendered = sent
+        outcome, rendered, jid_asked = sent
         assert outcome.message_id is not None
 
         def sent_command(c: Contact) -> None:
@@ -513,6 +543,7 @@ def _command(record: Record, sent: tuple[SendOutcome, Any] | None, at: datetime)
                 template_id=rendered.template_id,
                 template_version=rendered.template_version,
                 variation=rendered.variation,
+                jid_asked=jid_asked,
             )
 
         return sent_command
@@ -521,6 +552,12 @@ def _command(record: Record, sent: tuple[SendOutcome, Any] | None, at: datetime)
     return lambda c: c.record_failure(
         code=record.code, message=record.message, retryable=record.retryable, retry_at=record.retry_at, at=at
     )
+
+
+_SKIP_MESSAGES = {
+    "opted_out": "the phone opted out of reminders (a reply asked to stop)",
+    "not_on_whatsapp": "the gateway's lookup found no WhatsApp account for this phone",
+}
 
 
 def _unrecorded(result: Result) -> Result:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -28,8 +27,9 @@ from billing.db import ViewsPool
 from billing.domain.calendar import BusinessCalendar
 from billing.domain.contact import Contact
 from billing.domain.conversation import Conversation, conversation_id
-from billing.domain.debtor_cap import capped, decide_cap, local_day_bounds
+from billing.domain.debtor_cap import CapDecision, capped, decide_cap, local_day_bounds
 from billing.domain.engagement import Engagement, EngagementSettings, engagement_id
+from billing.domain.sending import RecipientFacts
 from billing.domain.whatsapp import (
     ABSENT_TTL,
     LOOKUP_BATCH,
@@ -41,7 +41,7 @@ from billing.domain.whatsapp import (
 from billing.eventstore import EventStore, get_owned
 from billing.gateway.client import EvolutionClient, GatewayError, lookup_accounts
 
-__all__ = ["LOOKUP_INTERVAL_S", "Recipient", "RecipientCheck"]
+__all__ = ["LOOKUP_INTERVAL_S", "Recipient"]
 
 log = structlog.get_logger(__name__)
 
@@ -57,17 +57,6 @@ LIMIT %s
 """
 
 
-@dataclass(frozen=True)
-class RecipientCheck:
-    """The verdict: ``skip`` (with ``code``), ``defer`` (until ``not_before``, aware UTC), or ``send``
-    to ``jid`` (None: the bare number)."""
-
-    action: str
-    code: str | None = None
-    jid: str | None = None
-    not_before: datetime | None = None
-
-
 class Recipient:
     """See the module docstring. One per worker process."""
 
@@ -79,29 +68,29 @@ class Recipient:
         self._last_call: dict[UUID, float] = {}
         self._locks: dict[UUID, asyncio.Lock] = {}
 
-    async def check(
+    async def gather(
         self, contact: Contact, client: EvolutionClient, calendar: BusinessCalendar, now: datetime
-    ) -> RecipientCheck:
-        """Decide about ``contact`` (pending, due, its queue running, inside business hours) at ``now``."""
+    ) -> RecipientFacts:
+        """The facts about the contact's phone at ``now`` (pending, due, queue running, inside business
+        hours). Stops at the first that settles it: an opt-out needs no lookup, no account needs no cap."""
         assert contact.phone is not None
-        engagement = await asyncio.to_thread(
-            get_owned, self.store, engagement_id(contact.tenant_id), Engagement
-        )
-        settings = engagement.typed if engagement else EngagementSettings()
+        allowed = CapDecision(allowed=True)
         conversation = await asyncio.to_thread(
             get_owned, self.store, conversation_id(contact.tenant_id, contact.phone), Conversation
         )
         if conversation is not None and conversation.opted_out:
-            return RecipientCheck("skip", code="opted_out")
+            return RecipientFacts(opted_out=True, account=None, cap=allowed)
         account = await self.account(contact, client, now)
         if account is not None and not account.exists:
-            return RecipientCheck("skip", code="not_on_whatsapp")
-        jid = account.jid if account is not None else None
+            return RecipientFacts(opted_out=False, account=account, cap=allowed)
+        engagement = await asyncio.to_thread(
+            get_owned, self.store, engagement_id(contact.tenant_id), Engagement
+        )
+        settings = engagement.typed if engagement else EngagementSettings()
+        cap = allowed
         if capped(contact.template_type, cap_notices=settings.cap_notices):
-            decision = await asyncio.to_thread(self._cap, contact, settings, calendar, now)
-            if not decision.allowed:
-                return RecipientCheck("defer", code="debtor_daily_cap", not_before=decision.not_before)
-        return RecipientCheck("send", jid=jid)
+            cap = await asyncio.to_thread(self._cap, contact, settings, calendar, now)
+        return RecipientFacts(opted_out=False, account=account, cap=cap)
 
     # ---- account lookup ------------------------------------------------------------------------------
 

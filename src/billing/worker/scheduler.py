@@ -38,6 +38,7 @@ import structlog
 from psycopg.rows import dict_row
 
 from billing.db import ViewsPool
+from billing.domain.sending import PAUSE_DEFERRALS
 from billing.domain.tenant import Tenant
 from billing.domain.types import PauseReason, TemplateType
 from billing.eventstore import EventStore
@@ -67,7 +68,10 @@ SELECT contact_id, tenant_id, queue_id, template_type, not_before AS at FROM (
     SELECT c.contact_id, c.tenant_id, c.queue_id, c.template_type, c.not_before,
            row_number() OVER (PARTITION BY c.tenant_id ORDER BY c.not_before, c.contact_id) AS rank
     FROM campaign_contacts c JOIN queue_status q ON q.queue_id = c.queue_id
-    WHERE c.status = 'pending' AND c.not_before IS NOT NULL AND c.not_before <= %(now)s
+    WHERE c.status = 'pending' AND c.not_before IS NOT NULL
+      AND (c.not_before <= %(now)s
+           OR (c.deferred_reason = ANY(%(pause_deferrals)s) AND q.paused_reason IS NULL
+               AND q.cancelled_at IS NULL))
       AND (q.paused_reason IS NULL OR q.cancelled_at IS NOT NULL
            OR (q.resume_at IS NOT NULL AND q.resume_at <= %(now)s) OR q.queue_id = ANY(%(resumed)s))
 ) due
@@ -221,6 +225,7 @@ class Scheduler:
             per_tenant=self.per_tenant,
             resumed=list(resumed),
             stale_before=now - self.stale,
+            pause_deferrals=sorted(PAUSE_DEFERRALS),
         )
         fresh = [row for row in rows if (row["contact_id"], row["at"]) not in self._published]
         if budgeted:
