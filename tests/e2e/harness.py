@@ -116,6 +116,7 @@ def _parts(handler: JobHandler) -> dict[str, Any]:
         "clock": handler.clock,
         "lease_s": handler.lease.total_seconds(),
         "gateway_timeout_s": handler.gateway_timeout_s,
+        "recipient": handler.recipient,
         "rng": handler.rng,
     }
 
@@ -238,7 +239,7 @@ class System:
         return sum([await queue_depth(broker, q) for q in broker.topology.shard_queues(kind)])
 
     def sent_numbers(self) -> list[str]:
-        return sorted(m.number for m in self.simulator.sent)
+        return sorted(m.digits for m in self.simulator.sent)
 
 
 @asynccontextmanager

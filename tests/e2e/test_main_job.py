@@ -64,7 +64,7 @@ async def test_post_three_contacts_sends_two_and_rejects_the_bad_phone(system: d
         "5521998765432": "Ana Reis, tudo bem? Consta em aberto a fatura de R$\u00a099,90 que venceu em "
         "15/01/2025. Precisa de ajuda para regularizar? É só responder esta mensagem.",
     }
-    assert {m.number: m.text for m in simulator.sent} == expected
+    assert {m.digits: m.text for m in simulator.sent} == expected
     assert len(simulator.sent) == 2
     assert status["contacts"] == {
         "total": 3,

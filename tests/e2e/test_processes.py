@@ -291,7 +291,7 @@ def test_two_workers_never_exceed_messages_per_minute_in_any_60_s_window_at_the_
 
     # Then each contact is sent exactly once
     sent = world.sim.sent
-    assert sorted(m.number for m in sent) == sorted(phone(i).lstrip("+") for i in range(24))
+    assert sorted(m.digits for m in sent) == sorted(phone(i).lstrip("+") for i in range(24))
     assert status["contacts"]["sent"] == 24
     # and no 60-second window of the gateway's receive log (in the shared clock's time) holds more than 6
     # (a grant reaches the gateway some real milliseconds after it was decided, up to ~0.6 s on a busy
@@ -359,7 +359,7 @@ def test_paused_queue_survives_killing_every_process_and_resumes_at_resume_at_se
     # Then the queue resumes by itself at the opening and each contact is sent exactly once
     status = poll_status(world, accepted["queue_id"], "completed", timeout=LEAD_S + 30)
     sent = world.sim.sent
-    assert sorted(m.number for m in sent) == sorted(phone(i).lstrip("+") for i in range(5))
+    assert sorted(m.digits for m in sent) == sorted(phone(i).lstrip("+") for i in range(5))
     received = sorted(world.scaled(m) for m in sent)
     assert received[0] >= OPENING, f"sent before the opening: {received}"
     # promptly: within a few real seconds (the scheduler ticks every 2 s) of resume_at

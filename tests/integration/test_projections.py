@@ -236,6 +236,22 @@ def full_scenario(container: Container) -> tuple[UUID, Posted, Posted]:
     other = post(tenant_id, accepted=2, template_type="notification", when=at(30))
     other.queue.pause(reason="outside_business_hours", resume_at=at(90), at=at(31))
     store.save(*other.aggregates())
+
+    from billing.domain.conversation import Conversation
+    from billing.domain.optout import DEFAULT_STOP_WORDS
+
+    c0.record_receipt(status="READ", reported_at=None, at=at(32))  # delivered and read
+    conversation = Conversation.open(tenant_id, c0.phone or "", at=at(33))
+    conversation.receive(
+        message_id="R1",
+        text="PARAR",
+        remote_jid="j",
+        contact_id=c0.id,
+        stop_words=DEFAULT_STOP_WORDS,
+        at=at(33),
+    )
+    c0.record_reply(message_id="R1", opted_out=True, at=at(33))
+    store.save(c0, conversation)
     return tenant_id, main, other
 
 
@@ -260,7 +276,8 @@ def test_projects_every_view(container: Container, database_url: str) -> None:
 
     q = queue_row(database_url, main.queue.id)
     assert counters(q) == counts(total=5, pending=2, sent=1, skipped=1, rejected=1)
-    assert pick(q, "created_at started_at completed_at updated_at") == (at(10), at(20), None, at(26))
+    assert pick(q, "created_at started_at completed_at updated_at") == (at(10), at(20), None, at(33))
+    assert pick(q, "delivered read replied") == (1, 1, 1)
 
     query = "SELECT * FROM campaign_contacts WHERE queue_id = %s ORDER BY idx"
     c0, c1, c2, c3, c4 = rows(database_url, query, main.queue.id)
@@ -271,6 +288,11 @@ def test_projects_every_view(container: Container, database_url: str) -> None:
     assert pick(c0, "nome telefone phone lease_until error_code") == (
         "Cliente 0", "(11) 900000000", "+5511900000000", None, None,
     )  # fmt: skip
+    assert pick(c0, "delivered_at read_at replied_at") == (at(32), at(32), at(33))
+    opt_out = rows(database_url, "SELECT phone, opted_out, stop_word, message_id, contact_id FROM opt_outs")
+    assert [pick(r, "phone opted_out stop_word message_id contact_id") for r in opt_out] == [
+        ("+5511900000000", True, "parar", "R1", c0["contact_id"])
+    ]
     assert pick(c1, "status attempts not_before error_code") == ("pending", 1, at(40), "gateway_down")
     assert pick(c2, "status error_code error_message") == ("skipped", "not_on_whatsapp", "no WhatsApp")
     assert pick(c3, "status attempts not_before lease_until") == ("pending", 0, at(60), None)

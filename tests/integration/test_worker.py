@@ -48,6 +48,8 @@ from billing.worker.scheduler import TickReport
 from tests.e2e.harness import _parts as parts
 from tests.integration.test_broker_contract import delete_topology
 
+JID = "@s.whatsapp.net"
+
 TZ = ZoneInfo("America/Sao_Paulo")
 WEDNESDAY_10 = datetime(2025, 3, 12, 10, 0, tzinfo=TZ)
 THURSDAY_08 = datetime(2025, 3, 13, 8, 0, tzinfo=TZ)
@@ -431,7 +433,7 @@ async def test_Q01_job_after_window_closed_is_deferred_to_monday_acked_at_once_a
         assert (report.resumed, report.due) == (1, 1)
         assert world.queue(batch.queue_id).paused_reason is None
         assert len(world.sim.sent) == 1
-        assert world.sim.sent[0].number == batch.contacts[0][1][1:]
+        assert world.sim.sent[0].number == batch.contacts[0][1][1:] + JID  # the account the lookup found
         assert world.contact(contact_id).status is ContactStatus.SENT
         assert await world.at(MONDAY_08 + timedelta(minutes=10)) == TickReport()
         assert len(world.sends()) == 1
@@ -812,7 +814,7 @@ async def test_throttle_two_workers_never_exceed_messages_per_minute_in_any_60_s
 
     # Then all 12 are sent, each once, both workers took part, and no 60 s window holds more than 5 sends
     assert len(world.sim.sent) == 12
-    assert len({m.number for m in world.sim.sent}) == 12
+    assert len({m.digits for m in world.sim.sent}) == 12
     assert all(w.handler.results for w in world.workers)
     times = world.ledger_times(tenant_id)
     assert len(times) == 12
@@ -843,7 +845,7 @@ async def test_throttled_backlog_is_republished_no_faster_than_the_tenants_budge
     assert [r.due for r in reports] == [5, 5, 5, 5, 5]
     assert len(world.sim.sent) == 30
     assert count(world.outcomes(), Handled.THROTTLED) == 25  # nobody was deferred twice
-    numbers = [m.number for m in world.sim.sent[5:15]]
+    numbers = [m.digits for m in world.sim.sent[5:15]]
     from_first = {p[1:] for _, p in first.contacts}
     # two ticks of 5 republished sends, round-robin between the queues: 2 or 3 of each per tick
     for tick in (numbers[:5], numbers[5:]):
@@ -862,7 +864,7 @@ async def test_two_workers_with_every_job_twice_send_each_contact_once(world: Wo
 
     # Then WhatsApp receives each contact exactly once (promise 3)
     assert len(world.sim.sent) == 20
-    assert len({m.number for m in world.sim.sent}) == 20
+    assert len({m.digits for m in world.sim.sent}) == 20
     assert count(world.outcomes(), Handled.SENT) == 20
     assert all(world.contact(cid).status is ContactStatus.SENT for cid in batch.ids)
 

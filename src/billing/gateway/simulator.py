@@ -142,6 +142,11 @@ class ReceivedMessage:
     delay_ms: int | None
     link_preview: bool | None
 
+    @property
+    def digits(self) -> str:
+        """The number asked for, as the gateway reads it: digits only, a JID's suffix dropped."""
+        return _digits(self.number)
+
 
 @dataclass(slots=True)
 class _ScriptedFailure:
@@ -529,9 +534,9 @@ class EvolutionSimulator:
                 answers.append({"jid": jid, "exists": found, "number": number})
                 continue
             jid = remote_jid_for(number)
-            answers.append(
-                {"jid": jid, "exists": jid not in absent and _digits(number).isdigit(), "number": number}
-            )
+            forms = (_digits(number), *_other_forms(_digits(number)))  # one person, either way written
+            gone = any(remote_jid_for(form) in absent for form in forms)
+            answers.append({"jid": jid, "exists": not gone and _digits(number).isdigit(), "number": number})
         shuffled = list(answers)
         with self._lock:
             self._random.shuffle(shuffled)
