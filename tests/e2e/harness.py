@@ -24,10 +24,12 @@ from litestar import Litestar
 from billing.api.app import create_app
 from billing.api.auth import mint_token
 from billing.api.deps import Services
+from billing.api.hooks import GATEWAY_SECRET_HEADER
 from billing.bootstrap import Container, build_container, build_handler
 from billing.domain.policy import default_policy_spec
 from billing.domain.sending import Handled
 from billing.gateway.simulator import EvolutionSimulator
+from billing.hooks.runner import run_hooks
 from billing.outbox.jobs import SendJob
 from billing.outbox.rabbitmq import RabbitBroker
 from billing.outbox.relay import run_relay
@@ -252,11 +254,21 @@ async def running_system(
     worker: bool = True,
     prefix: str = "e2e",
     jwt_secret: str = "e" * 32,
+    hooks: bool = False,
 ) -> AsyncIterator[System]:
-    """Projections, relay (and the worker unless ``worker=False``) running, one tenant with ``policy``."""
+    """Projections, relay (and the worker unless ``worker=False``) running, one tenant with ``policy``.
+
+    With ``hooks``, ``billing hooks`` runs too and the simulator's webhook calls the API back (with the
+    tenant's secret header), so receipts, replies and ERP webhooks flow; ERP endpoints on 127.0.0.1 are
+    allowed."""
     prefix = f"{prefix}-{uuid.uuid4().hex[:8]}"
     settings = Settings.from_env(
-        {}, database_url=database_url, jwt_secret=jwt_secret, broker_prefix=prefix, poll_interval_s=0.5
+        {},
+        database_url=database_url,
+        jwt_secret=jwt_secret,
+        broker_prefix=prefix,
+        poll_interval_s=0.5,
+        webhooks_allow_private=hooks,
     )
     broker = await RabbitBroker.connect(amqp_url, prefix=prefix)
     clock = FakeClock(start)
@@ -273,17 +285,31 @@ async def running_system(
     system.start_projections()
     if worker:
         system.start_worker()
+    hooks_task: asyncio.Task[None] | None = None
     try:
         # The app runs in this event loop (litestar's AsyncTestClient would block it during each request,
         # freezing the projections, relay and worker tasks while the API waits for them).
         system.app = create_app(container)
         transport = httpx.ASGITransport(app=system.app)  # type: ignore[arg-type]
+        if hooks:
+            secret = system.app_services().engagement.new_gateway_secret(system.tenant_id)
+            simulator.webhook_http = httpx.AsyncClient(transport=transport, base_url="http://api")
+            simulator.set_webhook(
+                "loja",
+                f"http://api{BASE}/gateway/events/{system.tenant_id}",
+                headers={GATEWAY_SECRET_HEADER: secret},
+            )
+            hooks_task = asyncio.create_task(run_hooks(container, stop, interval_s=0.2))
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
             system.client = client
             yield system
     finally:
         stop.set()
         await system.stop_all()
+        if hooks_task is not None:
+            await asyncio.wait_for(hooks_task, 30)
+            await simulator.drain_webhooks()
+            await simulator.webhook_http.aclose()
         await asyncio.wait_for(relay, 30)
         await container.aclose()
         await delete_topology(amqp_url, broker.topology)
