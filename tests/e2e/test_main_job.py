@@ -74,6 +74,9 @@ async def test_post_three_contacts_sends_two_and_rejects_the_bad_phone(system: d
         "skipped": 0,
         "rejected": 1,
         "cancelled": 0,
+        "delivered": 0,  # no gateway webhook configured in this run
+        "read": 0,
+        "replied": 0,
     }
     assert status["progress"] == 100.0
     assert status["paused_reason"] is None

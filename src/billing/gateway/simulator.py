@@ -533,7 +533,7 @@ class EvolutionSimulator:
                 jid = (account if found and account else _digits(number)) + _JID_SUFFIX
                 answers.append({"jid": jid, "exists": found, "number": number})
                 continue
-            jid = remote_jid_for(number)
+            jid = _digits(number) + _JID_SUFFIX  # the lookup answers the account as asked (both forms exist)
             forms = (_digits(number), *_other_forms(_digits(number)))  # one person, either way written
             gone = any(remote_jid_for(form) in absent for form in forms)
             answers.append({"jid": jid, "exists": not gone and _digits(number).isdigit(), "number": number})
