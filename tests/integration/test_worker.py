@@ -963,3 +963,56 @@ async def ready_messages(amqp_url: str, queue: str) -> int:
         return declared.declaration_result.message_count
     finally:
         await connection.close()
+
+
+async def test_per_debtor_cap_one_dunning_message_per_phone_per_day_across_campaigns(world: World) -> None:
+    # Given three campaigns on one day reminding the same phone, and a notice to it (exempt by default)
+    tenant_id = create_tenant(world)
+    reminders = [create_batch(world, tenant_id, 1) for _ in range(3)]
+    notice = create_batch(world, tenant_id, 1, kind="notification")
+    for batch in [*reminders, notice]:
+        await world.publish(batch.jobs())
+    await world.idle()
+
+    # Then one reminder and the notice are sent; the other two wait for Thursday's opening
+    assert count(world.outcomes(), Handled.SENT) == 2
+    assert count(world.outcomes(), Handled.DEBTOR_DAILY_CAP) == 2
+    waiting = [
+        world.contact(b.ids[0]) for b in reminders if world.contact(b.ids[0]).status is ContactStatus.PENDING
+    ]
+    assert [(c.not_before, c.deferred_for) for c in waiting] == [
+        (THURSDAY_08.astimezone(UTC), "debtor_daily_cap")
+    ] * 2
+
+    # On Thursday one more goes out and the last waits for Friday
+    report = await world.at(THURSDAY_08)
+    assert report.due == 2
+    assert count(world.outcomes(), Handled.SENT) == 3
+    assert count(world.outcomes(), Handled.DEBTOR_DAILY_CAP) == 3
+    assert len(world.sim.sent) == 3
+
+
+async def test_an_opted_out_phone_is_skipped_without_a_lookup_or_a_send(world: World) -> None:
+    from billing.domain.conversation import Conversation
+
+    tenant_id = create_tenant(world)
+    batch = create_batch(world, tenant_id, 1)
+    conversation = Conversation.open(tenant_id, batch.contacts[0][1], at=world.clock.now())
+    words = ("não quero mais",)
+    conversation.receive(
+        message_id="R1",
+        text="Não quero mais",
+        remote_jid="j",
+        contact_id=None,
+        stop_words=words,
+        at=world.clock.now(),
+    )
+    world.store.save(conversation)
+
+    await world.publish(batch.jobs())
+    await world.idle()
+
+    assert world.outcomes() == [Handled.SKIPPED]
+    contact = world.contact(batch.ids[0])
+    assert (contact.status, contact.error_code) == (ContactStatus.SKIPPED, "opted_out")
+    assert world.sim.sent == [] and world.sim.number_checks == []
