@@ -217,3 +217,32 @@ async def test_erp_endpoint_urls_are_guarded_and_secrets_shown_once(api: Api) ->
     assert (bad_type.status_code, bad_type.json()["field"]) == (422, "events")
     bad_cap = await api.client.patch(f"{BASE}/engagement/", json={"daily_cap": 0}, headers=api.admin)
     assert (bad_cap.status_code, bad_cap.json()["field"]) == (422, "daily_cap")
+
+
+async def test_the_admin_sets_the_gateways_webhook_up_with_the_secret_header(api: Api) -> None:
+    import httpx
+
+    from billing.gateway.simulator import EvolutionSimulator
+
+    sim = EvolutionSimulator(time_scale=0.0)
+    sim.add_instance("demo", api_key="gw-secret-key")
+    api.container.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=sim.asgi_app))
+    response = await api.client.post(
+        f"{BASE}/gateway-webhook/", json={"public_url": "https://billing.example"}, headers=api.admin
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["gateway_status"], body["error"]) == (201, None)
+    assert body["url"] == f"https://billing.example{BASE}/gateway/events/{api.tenant_id}"
+    hook = sim.webhook("demo")
+    assert hook is not None and hook["url"] == body["url"]
+    assert hook["headers"] == {"X-Billing-Webhook-Secret": body["secret"]}
+    assert hook["events"] == ["MESSAGES_UPDATE", "MESSAGES_UPSERT", "CONNECTION_UPDATE"]
+    ok = await hook_post(api, hook["headers"])
+    assert ok.status_code == 200
+    no_url = await api.client.post(f"{BASE}/gateway-webhook/", json={}, headers=api.admin)
+    assert (no_url.status_code, no_url.json()["field"]) == (422, "public_url")
+
+
+async def hook_post(api: Api, headers: dict[str, str]) -> Any:
+    return await hook(api, v2_update("X", "READ"), headers)
