@@ -55,7 +55,7 @@ from billing.domain.sending import (
 )
 from billing.domain.template import MessageTemplate  # noqa: F401  (registers the template topics)
 from billing.domain.tenant import Tenant
-from billing.domain.types import PauseReason
+from billing.domain.types import ContactStatus, PauseReason
 from billing.eventstore import EventStore
 from billing.gateway.client import EvolutionClient
 from billing.outbox.broker import Delivery
@@ -363,9 +363,13 @@ class JobHandler:
         except (Conflict, IntegrityError):
             await asyncio.to_thread(self.ledger.release, ledger_id)
             return Result(Handled.CLAIMED_ELSEWHERE)
-        except Exception:  # transient: nothing reached the gateway, so the grant must not count
-            await asyncio.to_thread(self.ledger.release, ledger_id)
-            raise
+        except Exception:  # transient; the claim may still have committed (the connection died after)
+            claimed = await self._own_claim(contact.id, attempt=contact.attempts, at=now)
+            if claimed is None:  # nothing reached the gateway, so the grant must not count
+                await asyncio.to_thread(self.ledger.release, ledger_id)
+                raise
+            log.warning("claim_save_uncertain_but_committed", exc_info=True)
+            contact, attempt = claimed, claimed.attempts
         policy = tenant.sending_policy
         base: dict[str, Any] = {"attempt": attempt, "phone": mask_phone(contact.phone or "")}
         try:
@@ -418,6 +422,27 @@ class JobHandler:
         elif sent.kind in (OutcomeKind.RETRYABLE, OutcomeKind.PERMANENT):
             base["outcome_unknown"] = sent.outcome_unknown
         return await self._record(contact, settlement, (sent, rendered), done, base)
+
+    async def _own_claim(self, contact_id: UUID, *, attempt: int, at: datetime) -> Contact | None:
+        """After a claim save that failed without an answer: the contact as stored when the claim did
+        commit (attempt ``attempt`` dispatched at ``at`` with this worker's lease), else None. Tries a few
+        reads (the database may still be coming back); a read that keeps failing counts as not claimed."""
+        for pause in (0.1, 0.5, 1.0):
+            await asyncio.sleep(pause)
+            try:
+                fresh = await load(self.store, contact_id, Contact)
+            except Exception:
+                log.debug("claim_check_read_failed", exc_info=True)
+                continue
+            if (
+                fresh is not None
+                and fresh.status is ContactStatus.DISPATCHED
+                and fresh.attempts == attempt
+                and fresh.lease_until == at + self.lease
+            ):
+                return fresh
+            return None
+        return None
 
     def _settle(
         self, sent: SendOutcome, attempt: int, tenant: Tenant, policy: SendingPolicy, done: datetime
