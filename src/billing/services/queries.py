@@ -148,6 +148,7 @@ class Queries:
     def contact_document(row: dict[str, Any]) -> dict[str, Any]:
         """Shape a campaign_contacts row as the public item."""
         error = None
+        pending = row["status"] == ContactStatus.PENDING.value
         if row["error_code"] is not None and row["status"] != ContactStatus.SENT.value:
             error = {"code": row["error_code"], "message": row["error_message"]}
         return {
@@ -162,6 +163,9 @@ class Queries:
             "gateway_message_id": row["gateway_message_id"],
             "sent_at": _iso(row["sent_at"]),
             "error": error,
+            # a pending contact's next attempt (retry backoff or deferral) and why it waits; else null
+            "next_attempt_at": _iso(row["not_before"]) if pending else None,
+            "deferred_reason": row.get("deferred_reason") if pending else None,
         }
 
     @read_retrying
