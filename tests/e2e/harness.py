@@ -26,6 +26,7 @@ from billing.api.auth import mint_token
 from billing.api.deps import Services
 from billing.bootstrap import Container, build_container, build_handler
 from billing.domain.policy import default_policy_spec
+from billing.domain.sending import Handled
 from billing.gateway.simulator import EvolutionSimulator
 from billing.outbox.jobs import SendJob
 from billing.outbox.rabbitmq import RabbitBroker
@@ -34,7 +35,6 @@ from billing.projections.views import project_pending, run_projections
 from billing.services.clock import FakeClock
 from billing.services.tenants import TenantService
 from billing.settings import Settings
-from billing.domain.sending import Handled
 from billing.worker.handler import JobHandler, Result
 from billing.worker.runner import run_worker
 from tests.integration.test_broker_contract import delete_topology, queue_depth
@@ -235,7 +235,7 @@ class System:
     async def depth(self, kind: str) -> int:
         broker = self.container.broker
         assert broker is not None
-        return sum([await queue_depth(broker, q) for q in broker.topology.shard_queues(kind)])
+        return sum([await queue_depth(broker, q) for q in broker.topology.kind_queues(kind)])
 
     def sent_numbers(self) -> list[str]:
         return sorted(m.number for m in self.simulator.sent)

@@ -30,6 +30,7 @@ from billing.domain.campaign import Campaign
 from billing.domain.contact import Contact
 from billing.domain.policy import default_policy_spec
 from billing.domain.queue import Queue
+from billing.domain.sending import Handled
 from billing.domain.template import MessageTemplate
 from billing.domain.tenant import Tenant
 from billing.domain.types import ContactStatus, TemplateType
@@ -41,10 +42,9 @@ from billing.outbox.rabbitmq import RabbitBroker
 from billing.projections.views import project_pending
 from billing.services.clock import FakeClock
 from billing.settings import Settings
-from billing.domain.sending import Handled
 from billing.worker.handler import JobHandler, Result
 from billing.worker.runner import run_worker
-from billing.worker.scheduler import Scheduler, TickReport
+from billing.worker.scheduler import TickReport
 from tests.e2e.harness import _parts as parts
 from tests.integration.test_broker_contract import delete_topology
 
@@ -332,10 +332,18 @@ class Batch:
         return messages
 
 
-def create_batch(world: World, tenant_id: UUID, n: int, *, kind: str = "overdue", first: int = 0) -> Batch:
+def create_batch(
+    world: World,
+    tenant_id: UUID,
+    n: int,
+    *,
+    kind: str = "overdue",
+    first: int = 0,
+    queue_id: UUID | None = None,
+) -> Batch:
     """A campaign of ``n`` valid contacts (Brazilian mobiles), saved with its queue in one transaction."""
     now = world.clock.now()
-    campaign_id, queue_id = uuid4(), uuid4()
+    campaign_id, queue_id = uuid4(), queue_id or uuid4()
     contacts: list[Contact] = []
     phones: list[tuple[UUID, str]] = []
     for index in range(n):
