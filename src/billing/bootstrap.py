@@ -6,6 +6,7 @@ Nothing connects at import time.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -134,4 +135,32 @@ def build_scheduler(container: Container) -> Scheduler:
         topology=container.broker.topology,
         ledger=SendLedger(container.pool, margin=margin_for(container.clock)),
         clock=container.clock,
+    )
+
+
+async def run_worker_process(
+    container: Container,
+    stop: asyncio.Event,
+    *,
+    handler: JobHandler | None = None,
+    scheduler_interval_s: float = 2.0,
+) -> None:
+    """The ``billing worker`` process body: its handler and scheduler built from the container, run until
+    ``stop`` (:func:`billing.worker.runner.run_worker`).
+
+    Raises:
+        ValueError: the container has no broker.
+    """
+    from billing.worker.runner import run_worker
+
+    if container.broker is None:
+        raise ValueError("the worker needs a broker")
+    await run_worker(
+        container.broker,
+        stop,
+        handler=handler or build_handler(container),
+        scheduler=build_scheduler(container),
+        prefetch=container.settings.worker_prefetch,
+        drain_s=container.settings.dispatch_lease_s,
+        scheduler_interval_s=scheduler_interval_s,
     )

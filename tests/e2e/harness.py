@@ -24,7 +24,7 @@ from litestar import Litestar
 from billing.api.app import create_app
 from billing.api.auth import mint_token
 from billing.api.deps import Services
-from billing.bootstrap import Container, build_container, build_handler
+from billing.bootstrap import Container, build_container, build_handler, run_worker_process
 from billing.domain.policy import default_policy_spec
 from billing.domain.sending import Handled
 from billing.gateway.simulator import EvolutionSimulator
@@ -36,7 +36,6 @@ from billing.services.clock import FakeClock
 from billing.services.tenants import TenantService
 from billing.settings import Settings
 from billing.worker.handler import JobHandler, Result
-from billing.worker.runner import run_worker
 from tests.integration.test_broker_contract import delete_topology, queue_depth
 
 BASE = "/api/billing/v1/billing"
@@ -161,7 +160,7 @@ class System:
         assert self._worker is None
         stop = asyncio.Event()
         task = asyncio.create_task(
-            run_worker(self.container, stop, handler=self.handler, scheduler_interval_s=0.1)
+            run_worker_process(self.container, stop, handler=self.handler, scheduler_interval_s=0.1)
         )
         self._worker = (stop, task)
 

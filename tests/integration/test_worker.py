@@ -100,10 +100,12 @@ class Worker:
         """Run the worker (consumer + scheduler loop) in a task."""
         self.task = asyncio.create_task(
             run_worker(
-                self.container,
+                self.container.broker,
                 self.stop,
                 handler=self.handler,
                 scheduler=self.scheduler,
+                prefetch=self.container.settings.worker_prefetch,
+                drain_s=self.container.settings.dispatch_lease_s,
                 scheduler_interval_s=3600,  # the test ticks by hand
             )
         )
