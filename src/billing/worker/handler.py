@@ -22,10 +22,12 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 import msgspec
 import structlog
@@ -57,14 +59,12 @@ from billing.domain.template import MessageTemplate  # noqa: F401  (registers th
 from billing.domain.tenant import Tenant
 from billing.domain.types import ContactStatus, PauseReason
 from billing.eventstore import EventStore
-from billing.gateway.client import EvolutionClient
 from billing.outbox.broker import Delivery
 from billing.outbox.jobs import SendJob, decode_job
 from billing.services.clock import Clock
-from billing.worker.health import GatewayHealth
-from billing.worker.ledger import SendLedger
+from billing.worker.ledger import LedgerSession
 from billing.worker.persistence import IntegrityError, load, pause_queue, resume_queue, save
-from billing.worker.rendering import Renderer, RenderError
+from billing.worker.rendering import Rendered, RenderError
 
 __all__ = ["Handled", "JobHandler", "Result", "TenantCache"]
 
@@ -91,12 +91,52 @@ class Result:
         return f"Result({self.outcome.value}, {self.fields})"
 
 
+class LedgerPort(Protocol):
+    """What the handler uses of :class:`~billing.worker.ledger.SendLedger`."""
+
+    def locked(self, tenant_id: UUID) -> AbstractContextManager[LedgerSession]: ...
+    def release(self, ledger_id: int) -> None: ...
+    def blocked_generation(self, tenant_id: UUID) -> int | None: ...
+    def block_gateway(self, *, tenant_id: UUID, generation: int, code: str, at: datetime) -> None: ...
+    def unblock(self, tenant_id: UUID, *, below_generation: int) -> None: ...
+
+
+class RendererPort(Protocol):
+    """What the handler uses of :class:`~billing.worker.rendering.Renderer`."""
+
+    def render(self, contact: Contact, *, now: datetime, tz: ZoneInfo) -> Rendered: ...
+
+
+class HealthPort(Protocol):
+    """What the handler uses of :class:`~billing.worker.health.GatewayHealth`."""
+
+    async def check(
+        self,
+        tenant_id: UUID,
+        generation: int,
+        *,
+        http: Any,
+        gateway: Mapping[str, str],
+        timeout_s: float,
+        now: datetime,
+    ) -> tuple[GatewayVerdict, str | None]: ...
+    def trip(self, tenant_id: UUID, generation: int, *, now: datetime) -> datetime: ...
+    def record_problem(self, tenant_id: UUID, generation: int) -> bool: ...
+    def record_success(self, tenant_id: UUID, generation: int) -> None: ...
+
+
+class GatewayClient(Protocol):
+    """What the handler uses of :class:`~billing.gateway.client.EvolutionClient`."""
+
+    async def send_text(self, number: str, text: str, *, delay_ms: int | None = None) -> SendOutcome: ...
+
+
 class GatewayFactory(Protocol):
     """Builds the Evolution API client of a tenant's gateway config; ``http`` is the shared HTTP client."""
 
     http: Any
 
-    def __call__(self, config: Mapping[str, str]) -> EvolutionClient: ...
+    def __call__(self, config: Mapping[str, str]) -> GatewayClient: ...
 
 
 class TenantCache:
@@ -132,9 +172,9 @@ class JobHandler:
     Args:
         store: the event store (contacts, queues).
         tenants: tenant reads (cached).
-        ledger: send ledger and gateway blocks.
-        renderer: renders a contact's message.
-        health: per-process gateway health.
+        ledger: send ledger and gateway blocks (:class:`~billing.worker.ledger.SendLedger`).
+        renderer: renders a contact's message (:class:`~billing.worker.rendering.Renderer`).
+        health: per-process gateway health (:class:`~billing.worker.health.GatewayHealth`).
         gateways: builds a tenant's gateway client (its ``http`` is the shared HTTP client).
         clock: the time source.
         lease_s: a claim's lease (``BILLING_DISPATCH_LEASE_S``).
@@ -147,9 +187,9 @@ class JobHandler:
         *,
         store: EventStore,
         tenants: TenantCache,
-        ledger: SendLedger,
-        renderer: Renderer,
-        health: GatewayHealth,
+        ledger: LedgerPort,
+        renderer: RendererPort,
+        health: HealthPort,
         gateways: GatewayFactory,
         clock: Clock,
         lease_s: float,
