@@ -468,7 +468,7 @@ def start_workers(args: argparse.Namespace, settings: Settings, logs: Path) -> l
 
 PROFILED_WORKER = """
 import pyinstrument, billing.cli
-profiler = pyinstrument.Profiler(interval=0.002)
+profiler = pyinstrument.Profiler(interval=0.002, async_mode="disabled")
 profiler.start()
 try:
     billing.cli.main(["worker"])
