@@ -6,6 +6,7 @@ Nothing connects at import time.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -94,9 +95,10 @@ def build_container(
 
 
 def build_handler(
-    container: Container, *, rng: random.Random | None = None, tenant_ttl_s: float = 5.0
+    container: Container, *, rng: random.Random | None = None, cache_ttl_s: float = 5.0
 ) -> JobHandler:
-    """The worker's job handler over the container's store, pool, clock and HTTP client."""
+    """The worker's job handler over the container's store, pool, clock and HTTP client. Tenants, active
+    templates and gateway blocks are reused for ``cache_ttl_s`` real seconds (0: read every time)."""
     from billing.worker.handler import JobHandler, TenantCache
     from billing.worker.health import GatewayHealth
     from billing.worker.ledger import SendLedger, margin_for
@@ -105,9 +107,9 @@ def build_handler(
 
     return JobHandler(
         store=container.store,
-        tenants=TenantCache(container.store, ttl_s=tenant_ttl_s),
+        tenants=TenantCache(container.store, ttl_s=cache_ttl_s),
         ledger=SendLedger(container.pool, margin=margin_for(container.clock)),
-        renderer=Renderer(container.pool),
+        renderer=Renderer(container.pool, ttl_s=cache_ttl_s),
         health=GatewayHealth(),
         gateways=container.gateways(),
         clock=container.clock,
@@ -115,6 +117,7 @@ def build_handler(
         gateway_timeout_s=container.settings.gateway_timeout_s,
         recipient=Recipient(container.store, container.pool),
         rng=rng,
+        block_ttl_s=cache_ttl_s,
     )
 
 
@@ -136,4 +139,32 @@ def build_scheduler(container: Container) -> Scheduler:
         topology=container.broker.topology,
         ledger=SendLedger(container.pool, margin=margin_for(container.clock)),
         clock=container.clock,
+    )
+
+
+async def run_worker_process(
+    container: Container,
+    stop: asyncio.Event,
+    *,
+    handler: JobHandler | None = None,
+    scheduler_interval_s: float = 2.0,
+) -> None:
+    """The ``billing worker`` process body: its handler and scheduler built from the container, run until
+    ``stop`` (:func:`billing.worker.runner.run_worker`).
+
+    Raises:
+        ValueError: the container has no broker.
+    """
+    from billing.worker.runner import run_worker
+
+    if container.broker is None:
+        raise ValueError("the worker needs a broker")
+    await run_worker(
+        container.broker,
+        stop,
+        handler=handler or build_handler(container),
+        scheduler=build_scheduler(container),
+        prefetch=container.settings.worker_prefetch,
+        drain_s=container.settings.dispatch_lease_s,
+        scheduler_interval_s=scheduler_interval_s,
     )

@@ -341,9 +341,9 @@ def cmd_projections_rebuild(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """``billing worker``: consume jobs and send messages."""
-    from billing.worker.runner import run_worker
+    from billing.bootstrap import run_worker_process
 
-    return _run_process("worker", run_worker, broker=True)
+    return _run_process("worker", run_worker_process, broker=True)
 
 
 def cmd_hooks(args: argparse.Namespace) -> int:

@@ -106,12 +106,12 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
     import secrets
 
     from billing.api.app import create_app
+    from billing.bootstrap import run_worker_process
     from billing.gateway.simulator import EvolutionSimulator
     from billing.hooks.runner import run_hooks
     from billing.outbox.memory import InMemoryBroker
     from billing.outbox.relay import run_relay
     from billing.projections.views import run_projections
-    from billing.worker.runner import run_worker
 
     stop = asyncio.Event()
     _install_stop_signals(stop)
@@ -141,7 +141,7 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
             "api": serve_until(api_server, stop, f"the API on {args.host}:{args.port}"),
             "projections": _call(run_projections, container, stop),
             "relay": _call(run_relay, container, stop),
-            "worker": _call(run_worker, container, stop),
+            "worker": _call(run_worker_process, container, stop),
             "hooks": _call(run_hooks, container, stop),
             "simulator-log": _log_simulator(simulator, stop),
         }

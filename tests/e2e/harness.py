@@ -25,7 +25,7 @@ from billing.api.app import create_app
 from billing.api.auth import mint_token
 from billing.api.deps import Services
 from billing.api.hooks import GATEWAY_SECRET_HEADER
-from billing.bootstrap import Container, build_container, build_handler
+from billing.bootstrap import Container, build_container, build_handler, run_worker_process
 from billing.domain.policy import default_policy_spec
 from billing.domain.sending import Handled
 from billing.gateway.simulator import EvolutionSimulator
@@ -38,7 +38,6 @@ from billing.services.clock import FakeClock
 from billing.services.tenants import TenantService
 from billing.settings import Settings
 from billing.worker.handler import JobHandler, Result
-from billing.worker.runner import run_worker
 from tests.integration.test_broker_contract import delete_topology, queue_depth
 
 BASE = "/api/billing/v1/billing"
@@ -93,7 +92,8 @@ class RecordingHandler(JobHandler):
     """The production handler, recording ``(contact_id, job reason, outcome)`` of every job it handled."""
 
     def __init__(self, container: Container) -> None:
-        built = build_handler(container)
+        # caches off: the tests change policies and templates and expect the next message to use them
+        built = build_handler(container, cache_ttl_s=0)
         super().__init__(**_parts(built))
         self.handled: list[tuple[UUID, str, Handled]] = []
 
@@ -120,6 +120,7 @@ def _parts(handler: JobHandler) -> dict[str, Any]:
         "gateway_timeout_s": handler.gateway_timeout_s,
         "recipient": handler.recipient,
         "rng": handler.rng,
+        "block_ttl_s": handler.block_ttl_s,
     }
 
 
@@ -164,7 +165,7 @@ class System:
         assert self._worker is None
         stop = asyncio.Event()
         task = asyncio.create_task(
-            run_worker(self.container, stop, handler=self.handler, scheduler_interval_s=0.1)
+            run_worker_process(self.container, stop, handler=self.handler, scheduler_interval_s=0.1)
         )
         self._worker = (stop, task)
 
@@ -238,7 +239,7 @@ class System:
     async def depth(self, kind: str) -> int:
         broker = self.container.broker
         assert broker is not None
-        return sum([await queue_depth(broker, q) for q in broker.topology.shard_queues(kind)])
+        return sum([await queue_depth(broker, q) for q in broker.topology.kind_queues(kind)])
 
     def sent_numbers(self) -> list[str]:
         return sorted(m.digits for m in self.simulator.sent)

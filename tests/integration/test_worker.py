@@ -68,7 +68,7 @@ class RecordingHandler(JobHandler):
     """The real handler, recording each job's result and how long each delivery took to settle."""
 
     def __init__(self, container: Container) -> None:
-        super().__init__(**parts(build_handler(container, rng=random.Random(7), tenant_ttl_s=0)))
+        super().__init__(**parts(build_handler(container, rng=random.Random(7), cache_ttl_s=0)))
         self.results: list[tuple[SendJob, Result]] = []
         self.settle_s: list[float] = []
         self.calls = 0
@@ -102,10 +102,12 @@ class Worker:
         """Run the worker (consumer + scheduler loop) in a task."""
         self.task = asyncio.create_task(
             run_worker(
-                self.container,
+                self.container.broker,
                 self.stop,
                 handler=self.handler,
                 scheduler=self.scheduler,
+                prefetch=self.container.settings.worker_prefetch,
+                drain_s=self.container.settings.dispatch_lease_s,
                 scheduler_interval_s=3600,  # the test ticks by hand
             )
         )
@@ -334,10 +336,18 @@ class Batch:
         return messages
 
 
-def create_batch(world: World, tenant_id: UUID, n: int, *, kind: str = "overdue", first: int = 0) -> Batch:
+def create_batch(
+    world: World,
+    tenant_id: UUID,
+    n: int,
+    *,
+    kind: str = "overdue",
+    first: int = 0,
+    queue_id: UUID | None = None,
+) -> Batch:
     """A campaign of ``n`` valid contacts (Brazilian mobiles), saved with its queue in one transaction."""
     now = world.clock.now()
-    campaign_id, queue_id = uuid4(), uuid4()
+    campaign_id, queue_id = uuid4(), queue_id or uuid4()
     contacts: list[Contact] = []
     phones: list[tuple[UUID, str]] = []
     for index in range(n):

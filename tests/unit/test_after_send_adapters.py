@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from billing.domain.errors import InvalidValue
-from billing.gateway.client import EvolutionClient, lookup_accounts, set_webhook
+from billing.gateway.client import EvolutionClient, set_webhook
 from billing.gateway.simulator import EvolutionSimulator
 from billing.hooks.urlguard import check_url
 from billing.settings import Settings, SettingsError, flag
@@ -83,7 +83,7 @@ async def test_simulator_lookup_finds_accounts_with_and_without_the_ninth_digit_
         "5511987650000",
         "551187650000",
     ]
-    answers = await lookup_accounts(gateway, numbers)
+    answers = await gateway.lookup_accounts(numbers)
     assert answers == {
         "5575988251234": "557588251234" + JID,
         "557588251234": "557588251234" + JID,

@@ -282,6 +282,41 @@ class EvolutionClient:
             result.update(_match_numbers(batch, body))
         return result
 
+    async def lookup_accounts(self, numbers: Sequence[str]) -> dict[str, str | None]:
+        """``POST /chat/whatsappNumbers`` for ``numbers`` (batches of ≤ 50): ``{number asked: jid that
+        exists, or None}``, matched on the answers' ``number`` (they come in any order). A number the gateway
+        did not answer for is missing from the result.
+
+        Raises:
+            GatewayError: a batch failed (as :meth:`EvolutionClient.whatsapp_numbers`).
+        """
+        unique = list(dict.fromkeys(numbers))
+        result: dict[str, str | None] = {}
+        url = self._url("chat", "whatsappNumbers")
+        for start in range(0, len(unique), WHATSAPP_NUMBERS_BATCH):
+            batch = unique[start : start + WHATSAPP_NUMBERS_BATCH]
+            try:
+                status, body = await self._request(
+                    "POST", url, json_body={"numbers": batch}, timeout_s=self.timeout_s
+                )
+            except (httpx.HTTPError, TimeoutError) as exc:
+                raise GatewayError(
+                    classify_transport_error(_transport_kind(exc), str(exc) or type(exc).__name__)
+                ) from exc
+            if not 200 <= status < 300 or not isinstance(body, list):
+                raise GatewayError(classify_send_response(status, body))
+            by_digits = {_NON_DIGITS.sub("", n.split("@")[0]): n for n in batch}
+            for answer in body:
+                if not isinstance(answer, dict) or not isinstance(answer.get("number"), str):
+                    continue
+                original = by_digits.get(_NON_DIGITS.sub("", str(answer["number"]).split("@")[0]))
+                if original is None:
+                    continue
+                jid = answer.get("jid")
+                exists = answer.get("exists") is True and isinstance(jid, str) and bool(jid)
+                result[original] = str(jid) if exists else None
+        return result
+
 
 def _match_numbers(batch: Sequence[str], answers: list[object]) -> dict[str, bool]:
     by_input = {number: number for number in batch}
@@ -299,42 +334,6 @@ def _match_numbers(batch: Sequence[str], answers: list[object]) -> dict[str, boo
         if original is not None:
             matched[original] = exists
     return matched
-
-
-async def lookup_accounts(client: EvolutionClient, numbers: Sequence[str]) -> dict[str, str | None]:
-    """``POST /chat/whatsappNumbers`` for ``numbers`` (batches of ≤ 50): ``{number asked: jid that
-    exists, or None}``, matched on the answers' ``number`` (they come in any order). A number the gateway
-    did not answer for is missing from the result.
-
-    Raises:
-        GatewayError: a batch failed (as :meth:`EvolutionClient.whatsapp_numbers`).
-    """
-    unique = list(dict.fromkeys(numbers))
-    result: dict[str, str | None] = {}
-    url = client._url("chat", "whatsappNumbers")
-    for start in range(0, len(unique), WHATSAPP_NUMBERS_BATCH):
-        batch = unique[start : start + WHATSAPP_NUMBERS_BATCH]
-        try:
-            status, body = await client._request(
-                "POST", url, json_body={"numbers": batch}, timeout_s=client.timeout_s
-            )
-        except (httpx.HTTPError, TimeoutError) as exc:
-            raise GatewayError(
-                classify_transport_error(_transport_kind(exc), str(exc) or type(exc).__name__)
-            ) from exc
-        if not 200 <= status < 300 or not isinstance(body, list):
-            raise GatewayError(classify_send_response(status, body))
-        by_digits = {_NON_DIGITS.sub("", n.split("@")[0]): n for n in batch}
-        for answer in body:
-            if not isinstance(answer, dict) or not isinstance(answer.get("number"), str):
-                continue
-            original = by_digits.get(_NON_DIGITS.sub("", str(answer["number"]).split("@")[0]))
-            if original is None:
-                continue
-            jid = answer.get("jid")
-            exists = answer.get("exists") is True and isinstance(jid, str) and bool(jid)
-            result[original] = str(jid) if exists else None
-    return result
 
 
 async def set_webhook(

@@ -328,32 +328,32 @@ class ViewWriter:
 
     def _contact_dispatched(self, e: Contact.Dispatched) -> None:
         self._update_contact(
-            e,
-            dispatched=True,
-            status="dispatched",
-            attempts=e.attempt,
-            lease_until=e.lease_until,
-            deferred_reason=None,
-        )
+            e, dispatched=True, status="dispatched", attempts=e.attempt, lease_until=e.lease_until,
+            not_before=None, deferred_reason=None,
+        )  # fmt: skip
 
     def _contact_sent(self, e: Contact.Sent) -> None:
         self._update_contact(
             e, status="sent", message_text=e.text, gateway_message_id=e.gateway_message_id,
             remote_jid=e.remote_jid, template_id=e.template_id, template_version=e.template_version,
             variation=e.variation, sent_at=e.timestamp, error_code=None, error_message=None,
-            lease_until=None, jid_asked=e.jid_asked,
+            lease_until=None, not_before=None, deferred_reason=None, jid_asked=e.jid_asked,
         )  # fmt: skip
 
     def _contact_failed(self, e: Contact.Failed) -> None:
-        values: dict[str, Any] = {"status": "failed", "error_code": e.code, "error_message": e.message}
+        values: dict[str, Any] = {
+            "status": "failed", "error_code": e.code, "error_message": e.message, "not_before": None,
+            "deferred_reason": None,
+        }  # fmt: skip
         if e.retry_at is not None:  # waits (pending) for its retry
             values.update(status="pending", not_before=e.retry_at)
-        self._update_contact(e, lease_until=None, deferred_reason=None, **values)
+        self._update_contact(e, lease_until=None, **values)
 
     def _contact_skipped(self, e: Contact.Skipped) -> None:
         self._update_contact(
-            e, status="skipped", error_code=e.code, error_message=e.message, lease_until=None
-        )
+            e, status="skipped", error_code=e.code, error_message=e.message, lease_until=None,
+            not_before=None, deferred_reason=None,
+        )  # fmt: skip
 
     def _contact_deferred(self, e: Contact.Deferred) -> None:
         current = self.contacts.get(e.originator_id)
@@ -361,16 +361,12 @@ class ViewWriter:
         if current and current["status"] == "dispatched":  # the claim is released, not spent
             attempts -= 1
         self._update_contact(
-            e,
-            status="pending",
-            attempts=attempts,
-            lease_until=None,
-            not_before=e.not_before,
+            e, status="pending", attempts=attempts, lease_until=None, not_before=e.not_before,
             deferred_reason=e.reason,
-        )
+        )  # fmt: skip
 
     def _contact_cancelled(self, e: Contact.Cancelled) -> None:
-        self._update_contact(e, status="cancelled", lease_until=None)
+        self._update_contact(e, status="cancelled", lease_until=None, not_before=None, deferred_reason=None)
 
     def _contact_delivered(self, e: Contact.Delivered) -> None:
         self._update_contact(e, delivered_at=e.timestamp)

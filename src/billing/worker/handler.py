@@ -21,16 +21,19 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 import msgspec
 import structlog
 from structlog.contextvars import bound_contextvars
 
+from billing.domain.calendar import BusinessCalendar
 from billing.domain.contact import Contact
 from billing.domain.delivery import OutcomeKind, SendOutcome
 from billing.domain.errors import Conflict
@@ -56,17 +59,14 @@ from billing.domain.sending import (
 )
 from billing.domain.template import MessageTemplate  # noqa: F401  (registers the template topics)
 from billing.domain.tenant import Tenant
-from billing.domain.types import PauseReason
+from billing.domain.types import ContactStatus, PauseReason
 from billing.eventstore import EventStore
-from billing.gateway.client import EvolutionClient
 from billing.outbox.broker import Delivery
 from billing.outbox.jobs import SendJob, decode_job
 from billing.services.clock import Clock
-from billing.worker.health import GatewayHealth
-from billing.worker.ledger import SendLedger
+from billing.worker.ledger import LedgerSession
 from billing.worker.persistence import IntegrityError, load, pause_queue, resume_queue, save
-from billing.worker.recipient import Recipient
-from billing.worker.rendering import Renderer, RenderError
+from billing.worker.rendering import Rendered, RenderError
 
 __all__ = ["Handled", "JobHandler", "Result", "TenantCache"]
 
@@ -93,12 +93,62 @@ class Result:
         return f"Result({self.outcome.value}, {self.fields})"
 
 
+class LedgerPort(Protocol):
+    """What the handler uses of :class:`~billing.worker.ledger.SendLedger`."""
+
+    def locked(self, tenant_id: UUID) -> AbstractContextManager[LedgerSession]: ...
+    def release(self, ledger_id: int) -> None: ...
+    def blocked_generation(self, tenant_id: UUID) -> int | None: ...
+    def block_gateway(self, *, tenant_id: UUID, generation: int, code: str, at: datetime) -> None: ...
+    def unblock(self, tenant_id: UUID, *, below_generation: int) -> None: ...
+
+
+class RendererPort(Protocol):
+    """What the handler uses of :class:`~billing.worker.rendering.Renderer`."""
+
+    def render(self, contact: Contact, *, now: datetime, tz: ZoneInfo) -> Rendered: ...
+
+
+class HealthPort(Protocol):
+    """What the handler uses of :class:`~billing.worker.health.GatewayHealth`."""
+
+    async def check(
+        self,
+        tenant_id: UUID,
+        generation: int,
+        *,
+        http: Any,
+        gateway: Mapping[str, str],
+        timeout_s: float,
+        now: datetime,
+    ) -> tuple[GatewayVerdict, str | None]: ...
+    def trip(self, tenant_id: UUID, generation: int, *, now: datetime) -> datetime: ...
+    def record_problem(self, tenant_id: UUID, generation: int) -> bool: ...
+    def record_success(self, tenant_id: UUID, generation: int) -> None: ...
+
+
+class GatewayClient(Protocol):
+    """What the handler uses of :class:`~billing.gateway.client.EvolutionClient`."""
+
+    async def send_text(self, number: str, text: str, *, delay_ms: int | None = None) -> SendOutcome: ...
+
+    async def lookup_accounts(self, numbers: Sequence[str]) -> dict[str, str | None]: ...
+
+
+class RecipientPort(Protocol):
+    """Gathers the facts about the person (:class:`billing.worker.recipient.Recipient`)."""
+
+    async def gather(
+        self, contact: Contact, client: Any, calendar: BusinessCalendar, now: datetime
+    ) -> RecipientFacts: ...
+
+
 class GatewayFactory(Protocol):
     """Builds the Evolution API client of a tenant's gateway config; ``http`` is the shared HTTP client."""
 
     http: Any
 
-    def __call__(self, config: Mapping[str, str]) -> EvolutionClient: ...
+    def __call__(self, config: Mapping[str, str]) -> GatewayClient: ...
 
 
 class TenantCache:
@@ -134,15 +184,18 @@ class JobHandler:
     Args:
         store: the event store (contacts, queues).
         tenants: tenant reads (cached).
-        ledger: send ledger and gateway blocks.
-        renderer: renders a contact's message.
-        health: per-process gateway health.
+        ledger: send ledger and gateway blocks (:class:`~billing.worker.ledger.SendLedger`).
+        renderer: renders a contact's message (:class:`~billing.worker.rendering.Renderer`).
+        health: per-process gateway health (:class:`~billing.worker.health.GatewayHealth`).
         gateways: builds a tenant's gateway client (its ``http`` is the shared HTTP client).
         clock: the time source.
         lease_s: a claim's lease (``BILLING_DISPATCH_LEASE_S``).
         gateway_timeout_s: one gateway call's timeout, on top of its typing delay.
         recipient: the facts about the person (opt-out, WhatsApp account, per-debtor cap).
         rng: draws for the typing pause and the retry jitter (seed it in tests).
+        block_ttl_s: real seconds the tenant's gateway block row is reused (a block recorded by this
+            process is seen at once; one recorded by another process within ``block_ttl_s``, which only
+            lets that process's 401/404 repeat here a few times).
     """
 
     def __init__(
@@ -150,15 +203,16 @@ class JobHandler:
         *,
         store: EventStore,
         tenants: TenantCache,
-        ledger: SendLedger,
-        renderer: Renderer,
-        health: GatewayHealth,
+        ledger: LedgerPort,
+        renderer: RendererPort,
+        health: HealthPort,
         gateways: GatewayFactory,
         clock: Clock,
         lease_s: float,
         gateway_timeout_s: float,
-        recipient: Recipient,
+        recipient: RecipientPort,
         rng: random.Random | None = None,
+        block_ttl_s: float = 5.0,
     ) -> None:
         self.store = store
         self.recipient = recipient
@@ -174,6 +228,8 @@ class JobHandler:
         self.rate = float(getattr(clock, "scale", 1.0)) or 1.0
         """Clock seconds per real second (a ``BILLING_CLOCK`` runs faster; tests and demos only)."""
         self._running: set[asyncio.Task[Any]] = set()
+        self.block_ttl_s = block_ttl_s
+        self._blocks: dict[UUID, tuple[float, int | None]] = {}
 
     # --- the delivery ---------------------------------------------------------------------------------
 
@@ -279,7 +335,13 @@ class JobHandler:
             )
             return replace(facts, recipient=recipient)
         if need is Need.BLOCK:
-            blocked = await asyncio.to_thread(self.ledger.blocked_generation, tenant.id)
+            cached = self._blocks.get(tenant.id)
+            if cached is not None and time.monotonic() - cached[0] < self.block_ttl_s:
+                blocked = cached[1]
+            else:
+                blocked = await asyncio.to_thread(self.ledger.blocked_generation, tenant.id)
+                if self.block_ttl_s > 0:
+                    self._blocks[tenant.id] = (time.monotonic(), blocked)
             return replace(facts, block=GatewayBlock(tenant.gateway_generation, blocked))
         verdict, code = await self.health.check(
             tenant.id,
@@ -313,6 +375,7 @@ class JobHandler:
     async def _side_effects(self, decision: Decision, queue: Queue, tenant: Tenant, now: datetime) -> None:
         """The decision's effects on the tenant's gateway block and the queue (class :class:`Decision`)."""
         if decision.unblock_below is not None:
+            self._blocks.pop(tenant.id, None)
             await asyncio.to_thread(self.ledger.unblock, tenant.id, below_generation=decision.unblock_below)
         if decision.resume:
             misconfigured = PauseReason.GATEWAY_MISCONFIGURED.value
@@ -325,6 +388,7 @@ class JobHandler:
             await resume_queue(self.store, queue.id, loaded=queue, at=now, when=still_due)
         if decision.block_gateway is not None:
             generation, code = decision.block_gateway
+            self._blocks.pop(tenant.id, None)
             await asyncio.to_thread(
                 self.ledger.block_gateway, tenant_id=tenant.id, generation=generation, code=code, at=now
             )
@@ -388,9 +452,13 @@ class JobHandler:
         except (Conflict, IntegrityError):
             await asyncio.to_thread(self.ledger.release, ledger_id)
             return Result(Handled.CLAIMED_ELSEWHERE)
-        except Exception:  # transient: nothing reached the gateway, so the grant must not count
-            await asyncio.to_thread(self.ledger.release, ledger_id)
-            raise
+        except Exception:  # transient; the claim may still have committed (the connection died after)
+            claimed = await self._own_claim(contact.id, attempt=contact.attempts, at=now)
+            if claimed is None:  # nothing reached the gateway, so the grant must not count
+                await asyncio.to_thread(self.ledger.release, ledger_id)
+                raise
+            log.warning("claim_save_uncertain_but_committed", exc_info=True)
+            contact, attempt = claimed, claimed.attempts
         policy = tenant.sending_policy
         base: dict[str, Any] = {"attempt": attempt, "phone": mask_phone(contact.phone or "")}
         try:
@@ -424,6 +492,7 @@ class JobHandler:
         if settlement.healthy:
             self.health.record_success(tenant.id, tenant.gateway_generation)
         if settlement.block_gateway is not None:
+            self._blocks.pop(tenant.id, None)
             await asyncio.to_thread(
                 self.ledger.block_gateway,
                 tenant_id=tenant.id,
@@ -446,6 +515,27 @@ class JobHandler:
         if decision.jid is not None and sent.remote_jid not in (None, decision.jid):
             base["jid_mismatch"] = True  # the Sent event records both (history shows it)
         return await self._record(contact, settlement, (sent, rendered, decision.jid), done, base)
+
+    async def _own_claim(self, contact_id: UUID, *, attempt: int, at: datetime) -> Contact | None:
+        """After a claim save that failed without an answer: the contact as stored when the claim did
+        commit (attempt ``attempt`` dispatched at ``at`` with this worker's lease), else None. Tries a few
+        reads (the database may still be coming back); a read that keeps failing counts as not claimed."""
+        for pause in (0.1, 0.5, 1.0):
+            await asyncio.sleep(pause)
+            try:
+                fresh = await load(self.store, contact_id, Contact)
+            except Exception:
+                log.debug("claim_check_read_failed", exc_info=True)
+                continue
+            if (
+                fresh is not None
+                and fresh.status is ContactStatus.DISPATCHED
+                and fresh.attempts == attempt
+                and fresh.lease_until == at + self.lease
+            ):
+                return fresh
+            return None
+        return None
 
     def _settle(
         self, sent: SendOutcome, attempt: int, tenant: Tenant, policy: SendingPolicy, done: datetime

@@ -39,7 +39,7 @@ from billing.domain.whatsapp import (
     lookup_candidates,
 )
 from billing.eventstore import EventStore, get_owned
-from billing.gateway.client import EvolutionClient, GatewayError, lookup_accounts
+from billing.gateway.client import GatewayError
 
 __all__ = ["LOOKUP_INTERVAL_S", "Recipient"]
 
@@ -69,7 +69,7 @@ class Recipient:
         self._locks: dict[UUID, asyncio.Lock] = {}
 
     async def gather(
-        self, contact: Contact, client: EvolutionClient, calendar: BusinessCalendar, now: datetime
+        self, contact: Contact, client: Any, calendar: BusinessCalendar, now: datetime
     ) -> RecipientFacts:
         """The facts about the contact's phone at ``now`` (pending, due, queue running, inside business
         hours). Stops at the first that settles it: an opt-out needs no lookup, no account needs no cap."""
@@ -119,7 +119,7 @@ class Recipient:
                     (tenant_id, phone, account.jid, now),
                 )
 
-    async def account(self, contact: Contact, client: EvolutionClient, now: datetime) -> Account | None:
+    async def account(self, contact: Contact, client: Any, now: datetime) -> Account | None:
         """The account of the contact's phone (cached or looked up now, with peers of its queue), or None
         when the lookup failed (send to the bare number)."""
         assert contact.phone is not None
@@ -150,7 +150,7 @@ class Recipient:
             self._last_call[tenant_id] = time.monotonic()
             self.lookups += 1
             try:
-                answers = await lookup_accounts(client, numbers)
+                answers = await client.lookup_accounts(numbers)
             except GatewayError as exc:
                 log.warning("whatsapp_lookup_failed", code=exc.outcome.code)
                 return None

@@ -18,9 +18,9 @@ writes them). Duplicate jobs are harmless — the handler is idempotent and re-c
 keep the broker quiet each ``(contact, not_before)`` or ``(contact, lease_until)`` is published once per
 :attr:`Scheduler.remember_s`; a contact deferred again has a new ``not_before`` and is published again
 when that comes. Fairness: at most :attr:`Scheduler.per_tenant` contacts per tenant per tick, so one
-tenant's backlog cannot crowd out another's; each job goes to its tenant's shard of the job queues
-(``Topology.queue_for``), as the relay's do. Several worker processes each run a scheduler; they publish
-some duplicates, nothing worse.
+tenant's backlog cannot crowd out another's; each job goes to its kind's retry queue
+(``Topology.retry_queue``), ahead of any fresh backlog. Several worker processes each run a scheduler;
+they publish some duplicates, nothing worse.
 """
 
 from __future__ import annotations

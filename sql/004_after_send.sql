@@ -6,8 +6,7 @@ ALTER TABLE campaign_contacts ADD COLUMN IF NOT EXISTS jid_asked text;
 ALTER TABLE campaign_contacts ADD COLUMN IF NOT EXISTS delivered_at timestamptz;
 ALTER TABLE campaign_contacts ADD COLUMN IF NOT EXISTS read_at timestamptz;
 ALTER TABLE campaign_contacts ADD COLUMN IF NOT EXISTS replied_at timestamptz;
--- why a pending contact waits for not_before (a pause reason: due as soon as its queue resumes)
-ALTER TABLE campaign_contacts ADD COLUMN IF NOT EXISTS deferred_reason text;
+-- deferred_reason (003): a pause reason makes the contact due as soon as its queue resumes
 CREATE INDEX IF NOT EXISTS campaign_contacts_waiting_pause
     ON campaign_contacts (queue_id) WHERE status = 'pending' AND deferred_reason IS NOT NULL;
 CREATE INDEX IF NOT EXISTS campaign_contacts_remote_jid
