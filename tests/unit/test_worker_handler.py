@@ -303,8 +303,6 @@ async def test_the_jid_the_lookup_found_is_sent_to_and_recorded_with_the_answere
     fakes = Fakes(pause_min_s=0, pause_max_s=0)
     jid = "551187654300@s.whatsapp.net"  # an old account, without the ninth digit
     fakes.recipient.facts = RecipientFacts(False, Account(jid), CapDecision(allowed=True))
-        opted_out=False, account=Account(jid), cap=CapDecision(allowed=True)
-    )
     fakes.gateway.answer = SendOutcome(
         kind=OutcomeKind.SENT, code="sent", message="", retryable=False, message_id="3EB0AB", remote_jid=jid
     )
