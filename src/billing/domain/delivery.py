@@ -4,7 +4,7 @@ Pure: no I/O, no clock. The gateway client (:mod:`billing.gateway.client`) turns
 transport failure into a :class:`SendOutcome`; the worker and the retry policy decide on ``kind`` and
 ``code`` only, never on raw HTTP.
 
-Source of the shapes: ``/work/shared/evolution-api.md`` (read from the gateway's sources 2.3.6 and 1.8.2).
+Source of the shapes: ``docs/evolution-api.md`` (read from the gateway's sources 2.3.6 and 1.8.2).
 
 Every error body of the gateway is ``{"status": int, "error": "<reason>", "response": {"message": ...}}``
 where ``message`` is an array (400, 404), a nested array (schema errors) or a plain string (401, 500).

@@ -1,6 +1,6 @@
 """HTTP client of one tenant's Evolution API instance.
 
-Contract: ``/work/shared/evolution-api.md`` (read from the gateway's sources 2.3.6 for ``v2`` and 1.8.2 for
+Contract: ``docs/evolution-api.md`` (read from the gateway's sources 2.3.6 for ``v2`` and 1.8.2 for
 ``v1``). The client never raises for HTTP or transport failures of a send: it classifies every answer into
 a :class:`~billing.domain.delivery.SendOutcome` and the worker decides. The API key travels in the
 ``apikey`` header only and is never logged; phone numbers and texts are not logged either.

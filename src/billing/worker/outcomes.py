@@ -1,6 +1,6 @@
 """After the claim: render, call the gateway, and record the classified outcome on the Contact.
 
-Outcome → event (``shared/evolution-api.md``, "Failures to classify"; :mod:`billing.domain.delivery`):
+Outcome → event (``docs/evolution-api.md``, "Failures to classify"; :mod:`billing.domain.delivery`):
 
 | outcome          | event                                                                              |
 | ---------------- | ---------------------------------------------------------------------------------- |
