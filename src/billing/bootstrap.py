@@ -13,6 +13,7 @@ import httpx
 from billing.db import ViewsPool, open_pool
 from billing.eventstore import EventStore, open_event_store
 from billing.gateway.client import EvolutionClient
+from billing.netguard import check_url, guarded_client
 from billing.outbox.broker import Broker
 from billing.services.clock import Clock, SystemClock
 from billing.settings import Settings
@@ -30,7 +31,8 @@ class Container:
         pool: sync psycopg pool (dict rows) for the read models and operational tables.
         broker: RabbitMQ or the in-process broker (``None`` for processes that need none).
         clock: the time source.
-        http: the shared async HTTP client of gateway calls.
+        http: the shared async HTTP client of gateway calls (default: :func:`billing.netguard.guarded_client`,
+            which refuses forbidden addresses at connect time).
     """
 
     settings: Settings
@@ -46,8 +48,8 @@ class Container:
 
         ``config`` is ``{base_url, instance, api_key, api_version}`` (see :mod:`billing.domain.tenant`).
         """
-        if self.http is None:
-            self.http = httpx.AsyncClient()
+        if self.http is None:  # every gateway call passes the SSRF guard (billing.netguard)
+            self.http = guarded_client(allow_private=self.settings.gateway_allow_private)
         return EvolutionClient(
             self.http,
             base_url=config["base_url"],
@@ -56,6 +58,11 @@ class Container:
             api_version=config["api_version"],  # type: ignore[arg-type]
             timeout_s=self.settings.gateway_timeout_s,
         )
+
+    def check_gateway_url(self, url: str) -> None:
+        """The save-time SSRF check of a tenant's gateway URL under this process's settings
+        (:func:`billing.netguard.check_url`; resolves names, blocking). Raises UnsafeAddressError."""
+        check_url(url, allow_private=self.settings.gateway_allow_private)
 
     async def aclose(self) -> None:
         """Close what this container opened."""

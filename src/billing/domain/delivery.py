@@ -402,6 +402,17 @@ def classify_send_response(status: int, body: object) -> SendOutcome:
     )
 
 
+def address_refused(reason: str) -> SendOutcome:
+    """A call the SSRF guard refused before connecting (the gateway URL is, or resolves to, a forbidden
+    address; :mod:`billing.netguard`): MISCONFIGURED ``gateway_address_refused``, never sent."""
+    return _outcome(
+        OutcomeKind.MISCONFIGURED,
+        "gateway_address_refused",
+        f"the gateway URL points at an address that is not called: {reason}",
+        http_status=None,
+    )
+
+
 def classify_transport_error(kind: str, message: str) -> SendOutcome:
     """Classify a send that got no HTTP answer.
 
