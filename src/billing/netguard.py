@@ -61,6 +61,8 @@ def address_class(address: IPAddress) -> AddressClass:
     """Classify one address (see the module docstring)."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
+    if address.is_loopback:  # before is_reserved: ::1 lies in the reserved ::/8
+        return "private"
     if (
         address in METADATA_ADDRESSES
         or address.is_link_local
