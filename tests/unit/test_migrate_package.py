@@ -21,7 +21,8 @@ def test_the_ddl_is_package_data_read_through_importlib_resources() -> None:
 def test_no_ddl_folder_outside_the_package() -> None:
     """A ``sql/`` beside ``src/`` would not be in the wheel and would silently not be applied."""
     assert not (ROOT / "sql").exists()
-    assert sorted(p.name for p in (ROOT / "src/billing/sql").glob("*.sql")) == ["001_views.sql", "002_worker.sql"]
+    ddl = sorted(p.name for p in (ROOT / "src/billing/sql").glob("*.sql"))
+    assert ddl == ["001_views.sql", "002_worker.sql"]
     assert '"sql/*.sql"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
 
 
