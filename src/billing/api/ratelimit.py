@@ -19,9 +19,10 @@ it must not stop it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -116,11 +117,20 @@ class KeyRateLimitMiddleware(RateLimitMiddleware):
 
         await self.app(scope, receive, send_with_headers)
 
-    def _window_lock(self, cache_key: str) -> Any:
-        redis = self.key_config.redis
-        if redis is None:
-            return self._lock
-        return redis.lock(f"billing:rate_limit_lock:{cache_key}", timeout=2, blocking_timeout=2)
+    @contextlib.asynccontextmanager
+    async def _window_lock(self, cache_key: str) -> AsyncIterator[None]:
+        """The process's lock (the library's), then — with the shared store — the key's Redis lock, so
+        only one request of one process at a time reads and writes the key's window."""
+        async with self._lock:
+            redis = self.key_config.redis
+            if redis is None:
+                yield
+                return
+            lock = redis.lock(
+                f"billing:rate_limit_lock:{cache_key}", timeout=5, sleep=0.002, blocking_timeout=10
+            )
+            async with lock:
+                yield
 
     def _headers(self, window: CacheObject, limit: int) -> dict[str, str]:
         used = len(window.history)
