@@ -196,6 +196,7 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
                 tenant_id=tenant_id,
                 extra={
                     "Admin JWT": _admin_token(settings, tenant_id),
+                    "Operator": f"{settings.operator_token}   (Bearer token of /health/detail)",
                     "PostgreSQL": settings.database_url,
                     "Gateway": f"Evolution API simulator at {gateway['base_url']} (instance demo, v2)",
                 },

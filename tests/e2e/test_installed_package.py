@@ -108,7 +108,7 @@ class Dev:
         self.process, self.lines, self.url = process, lines, url
         self.printed: list[str] = []
 
-    def wait_for_banner(self, timeout_s: float = 120) -> dict[str, str]:
+    def wait_for_banner(self, timeout_s: float = 240) -> dict[str, str]:
         """Read lines until "billing dev is running"; check readiness at that very moment; return the
         banner's ``name: value`` pairs."""
         deadline = time.monotonic() + timeout_s
@@ -180,7 +180,7 @@ def test_billing_dev_from_the_wheel_in_an_empty_folder(installed: Path, tmp_path
             accepted = client.post(f"{BASE}/send/notification", content=DEMO_BODY.encode(), headers=public)
             assert accepted.status_code == 202, accepted.text
             queue_id = accepted.json()["queue_id"]
-            deadline = time.monotonic() + 90
+            deadline = time.monotonic() + 180
             status: dict[str, object] = {}
             while time.monotonic() < deadline and status.get("status") != "completed":
                 time.sleep(0.5)
