@@ -17,6 +17,7 @@ import httpx
 from billing.db import ViewsPool, open_pool
 from billing.eventstore import EventStore, open_event_store
 from billing.gateway.client import EvolutionClient
+from billing.netguard import check_url, guarded_client
 from billing.outbox.broker import Broker
 from billing.services.clock import Clock, SystemClock
 from billing.settings import Settings
@@ -59,7 +60,8 @@ class Container:
         pool: sync psycopg pool (dict rows) for the read models and operational tables.
         broker: RabbitMQ or the in-process broker (``None`` for processes that need none).
         clock: the time source.
-        http: the shared async HTTP client of gateway calls.
+        http: the shared async HTTP client of gateway calls (default: :func:`billing.netguard.guarded_client`,
+            which refuses forbidden addresses at connect time).
     """
 
     settings: Settings
@@ -70,10 +72,16 @@ class Container:
     http: httpx.AsyncClient | None = None
 
     def gateways(self) -> GatewayClients:
-        """The gateway client factory on this process's shared HTTP client (created on first use)."""
+        """The gateway client factory on this process's shared HTTP client (created on first use); every
+        gateway call passes the SSRF guard (:mod:`billing.netguard`)."""
         if self.http is None:
-            self.http = httpx.AsyncClient()
+            self.http = guarded_client(allow_private=self.settings.gateway_allow_private)
         return GatewayClients(self.http, timeout_s=self.settings.gateway_timeout_s)
+
+    def check_gateway_url(self, url: str) -> None:
+        """The save-time SSRF check of a tenant's gateway URL under this process's settings
+        (:func:`billing.netguard.check_url`; resolves names, blocking). Raises UnsafeAddressError."""
+        check_url(url, allow_private=self.settings.gateway_allow_private)
 
     async def aclose(self) -> None:
         """Close what this container opened."""

@@ -36,7 +36,7 @@ from billing.settings import SettingsError
 __all__ = ["CliError", "build_parser", "main", "parse_instance"]
 
 COMMANDS = """commands:
-  migrate                       apply the event store's table and sql/ (idempotent)
+  migrate                       apply the event store's table and the package's DDL (idempotent)
   tenant create                 register a tenant with its gateway (prints the tenant id)
   tenant list                   list tenants
   api-key create                issue an API key for a tenant (prints the key once)
@@ -198,14 +198,17 @@ def _uuid(text: str) -> UUID:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """``billing migrate``: create the event store's table and apply ``sql/*.sql`` (idempotent)."""
+    """``billing migrate``: create the event store's table and apply the package's ``billing/sql/*.sql``
+    (idempotent); a package without them is an error (exit status 1), never a silent success."""
     import psycopg
 
-    from billing.db import migrate
+    from billing.db import MigrationError, migrate
 
     settings = load_settings()
     try:
         applied = migrate(settings.database_url)
+    except MigrationError as exc:
+        raise CliError(str(exc)) from None
     except psycopg.Error as exc:
         raise CliError(f"migration failed ({_safe_url(settings.database_url)}): {exc}") from None
     for name in applied:
@@ -226,9 +229,9 @@ def cmd_tenant_create(args: argparse.Namespace) -> int:
     }
     container = _admin_container()
     try:
-        tenant_id = TenantService(container.store, container.clock).create_tenant(
-            name=args.name, gateway=gateway
-        )
+        guard = container.check_gateway_url
+        service = TenantService(container.store, container.clock, gateway_url_guard=guard)
+        tenant_id = service.create_tenant(name=args.name, gateway=gateway)
     except (InvalidValue, ValueError) as exc:
         raise CliError(str(exc), code=2) from None
     finally:

@@ -54,11 +54,10 @@ def _check_port_free(host: str, port: int) -> None:
 def _dev(args: argparse.Namespace, postgres: Any) -> int:
     """Settings for the embedded server, migrate, then run :func:`_dev_main`."""
     import os
-    import secrets
 
     import psycopg
 
-    from billing.db import migrate
+    from billing.db import MigrationError, migrate
 
     overrides: dict[str, object] = {
         "database_url": postgres.url,
@@ -69,14 +68,56 @@ def _dev(args: argparse.Namespace, postgres: Any) -> int:
         overrides["log_format"] = "console"
     if not os.environ.get("BILLING_POOL_SIZE"):
         overrides["pool_size"] = 10  # api, projections, relay and worker share one pool
+    if not os.environ.get("BILLING_GATEWAY_ALLOW_PRIVATE"):
+        overrides["gateway_allow_private"] = True  # the simulator listens on 127.0.0.1
+    secrets_file = DevSecrets(args.data_dir)
     if not os.environ.get("BILLING_JWT_SECRET"):
-        overrides["jwt_secret"] = secrets.token_urlsafe(48)  # admin tokens live as long as this run
+        overrides["jwt_secret"] = secrets_file.get("jwt_secret")  # admin tokens survive a restart
+    if not os.environ.get("BILLING_OPERATOR_TOKEN"):
+        overrides["operator_token"] = secrets_file.get("operator_token")
     settings = load_settings(**overrides)
     try:
         migrate(settings.database_url)
-    except psycopg.Error as exc:
+    except (psycopg.Error, MigrationError) as exc:
         raise CliError(f"migration of the embedded database failed: {exc}") from None
     return asyncio.run(_dev_main(settings, args))
+
+
+class DevSecrets:
+    """The dev run's secrets, kept in ``<data dir>/dev-secrets.json`` (mode 0600) so a restart keeps
+    working credentials: ``jwt_secret`` (admin tokens), ``operator_token`` (``/health/detail``) and
+    ``api_key`` (the demo key). Each is minted (``secrets``) the first time it is asked for."""
+
+    def __init__(self, data_dir: str) -> None:
+        import json
+        from pathlib import Path
+
+        self.path = Path(data_dir) / "dev-secrets.json"
+        self.values: dict[str, str] = {}
+        with contextlib.suppress(OSError, ValueError):
+            loaded = json.loads(self.path.read_text())
+            if isinstance(loaded, dict):
+                self.values = {k: v for k, v in loaded.items() if isinstance(v, str) and len(v) >= 32}
+
+    def get(self, name: str) -> str:
+        """The kept value of ``name``, or a new random one (48 bytes, URL-safe) saved at once."""
+        import secrets
+
+        if name not in self.values:
+            self.put(name, secrets.token_urlsafe(48))
+        return self.values[name]
+
+    def put(self, name: str, value: str) -> None:
+        """Keep ``value`` as ``name`` (the file is rewritten, owner-only)."""
+        import json
+        import os
+
+        self.values[name] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(self.values, indent=2) + "\n")
+        os.chmod(self.path, 0o600)
 
 
 class _DevState:
@@ -130,7 +171,9 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
             "api_key": gateway_key,
             "api_version": "v2",
         }
-        tenant_id, api_key = await asyncio.to_thread(_seed_demo, container, state, gateway, args.api_key)
+        tenant_id, api_key = await asyncio.to_thread(
+            _seed_demo, container, state, gateway, args.api_key, DevSecrets(args.data_dir)
+        )
         state.save(tenant_id=str(tenant_id), gateway_key=gateway_key, gateway_port=gateway_port)
         await asyncio.to_thread(_wire_gateway_webhook, container, simulator, tenant_id, args)
 
@@ -154,6 +197,7 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
                 tenant_id=tenant_id,
                 extra={
                     "Admin JWT": _admin_token(settings, tenant_id),
+                    "Operator": f"{settings.operator_token}   (Bearer token of /health/detail)",
                     "PostgreSQL": settings.database_url,
                     "Gateway": f"Evolution API simulator at {gateway['base_url']} (instance demo, v2)",
                 },
@@ -183,13 +227,15 @@ def _free_port(preferred: object = None) -> int:
 
 
 def _seed_demo(
-    container: Any, state: _DevState, gateway: dict[str, str], api_key: str | None
+    container: Any, state: _DevState, gateway: dict[str, str], api_key: str | None, kept: DevSecrets
 ) -> tuple[UUID, str]:
-    """The demo tenant (created once, its gateway kept pointing at this run's simulator) and its key."""
+    """The demo tenant (created once, its gateway kept pointing at this run's simulator) and its key:
+    ``api_key`` (``--api-key``), else the key kept in ``kept`` while it still authenticates, else a new
+    one (kept for the next start)."""
     from billing.domain.errors import NotFound
     from billing.services.tenants import TenantService
 
-    service = TenantService(container.store, container.clock)
+    service = TenantService(container.store, container.clock, gateway_url_guard=container.check_gateway_url)
     tenant_id: UUID | None = None
     remembered = state.values.get("tenant_id")
     if remembered:
@@ -203,10 +249,16 @@ def _seed_demo(
                 service.configure(tenant.id, gateway=gateway)
     if tenant_id is None:
         tenant_id = service.create_tenant(name="Empresa Demo", gateway=gateway)
-    try:
-        key = service.issue_api_key(tenant_id, "dev", key=api_key)
-    except ValueError as exc:
-        raise CliError(f"--api-key: {exc}", code=2) from None
+    if api_key is not None:
+        try:
+            return tenant_id, service.issue_api_key(tenant_id, "dev", key=api_key)
+        except ValueError as exc:
+            raise CliError(f"--api-key: {exc}", code=2) from None
+    remembered_key = kept.values.get("api_key")
+    if remembered_key and service.authenticate(remembered_key) == tenant_id:
+        return tenant_id, remembered_key
+    key = service.issue_api_key(tenant_id, "dev")
+    kept.put("api_key", key)
     return tenant_id, key
 
 
@@ -260,6 +312,27 @@ def _admin_token(settings: Settings, tenant_id: UUID) -> str:
     return mint_token(settings.require_jwt_secret(), tenant_id, 24 * 3600)
 
 
+async def _wait_ready(server: Any, stop: asyncio.Event, url: str) -> bool:
+    """Poll ``url`` (every 0.2 s, once the server listens) until it answers 200: True; False if ``stop``."""
+    import httpx
+
+    from billing.logging import get_logger
+
+    failures = 0
+    async with httpx.AsyncClient(timeout=5, trust_env=False) as http:
+        while not stop.is_set():
+            if server.started:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(url)).status_code == 200:
+                        return True
+                failures += 1
+                if failures == 25:  # ~5 s
+                    get_logger("billing.dev").warning("still waiting for readiness", url=url)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
+    return False
+
+
 async def _announce(
     server: Any,
     stop: asyncio.Event,
@@ -269,13 +342,12 @@ async def _announce(
     tenant_id: UUID,
     extra: dict[str, str],
 ) -> None:
-    """Once the API listens, print where everything is and a ready-to-copy curl command."""
-    while not server.started:
-        if stop.is_set():
-            return
-        await asyncio.sleep(0.05)
+    """Once ``/health/ready`` answers 200 (never before: "running" means a request would work), print where
+    everything is and a ready-to-copy curl command."""
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host  # noqa: S104
     base = f"http://{f'[{host}]' if ':' in host else host}:{args.port}"
+    if not await _wait_ready(server, stop, f"{base}/health/ready"):
+        return
     api = f"{base}/api/billing/v1/billing"
     lines = [
         "",

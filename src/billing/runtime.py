@@ -158,6 +158,7 @@ def _uvicorn_server(app: Any, host: str, port: int, *, interface: str = "auto") 
         access_log=True,
         interface=interface,  # type: ignore[arg-type]
         timeout_graceful_shutdown=5,
+        server_header=False,  # no "server: uvicorn" banner
     )
     return _Server(config)
 

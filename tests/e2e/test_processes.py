@@ -224,6 +224,7 @@ def launch(database_url: str, amqp_url: str, tmp_path: Path) -> Iterator[Any]:
             BILLING_LOG_FORMAT="json",
             BILLING_POLL_INTERVAL_S="0.2",
             BILLING_POOL_SIZE="4",
+            BILLING_GATEWAY_ALLOW_PRIVATE="1",  # the simulator listens on 127.0.0.1
         )
         names = (*PROCESSES[:3], *(f"worker-{n}" for n in range(1, workers + 1)))
         stack = Stack(tmp_path, env, f"http://127.0.0.1:{api_port}", names)

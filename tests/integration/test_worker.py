@@ -3,7 +3,7 @@ the real RabbitMQ), the Evolution API simulator in process, and a fake clock.
 
 The clock is injected and moved by hand: no test sleeps for policy time. Views are brought up to date by
 the real projection (``project_pending``), and the scheduler is ticked by the test, so every step is
-deterministic. Cases of ``shared/cases/messaging.json`` that concern the worker (Q01, Q02, Q04) carry
+deterministic. Cases of ``tests/cases/messaging.json`` that concern the worker (Q01, Q02, Q04) carry
 their id in the test name.
 """
 

@@ -10,7 +10,7 @@ from billing.domain.errors import InvalidValue
 from billing.gateway.client import EvolutionClient, set_webhook
 from billing.gateway.simulator import EvolutionSimulator
 from billing.hooks.urlguard import check_url
-from billing.settings import Settings, SettingsError, flag
+from billing.settings import Settings, SettingsError, boolean
 
 JID = "@s.whatsapp.net"
 
@@ -51,9 +51,9 @@ def test_url_guard_refuses_other_schemes_and_credentials() -> None:
 
 
 def test_settings_flag() -> None:
-    assert flag("1") and flag("true") and not flag("off")
+    assert boolean("1") and boolean("true") and not boolean("off")
     with pytest.raises(ValueError):
-        flag("maybe")
+        boolean("maybe")
     settings = Settings.from_env(
         {"BILLING_DATABASE_URL": "postgresql://x@127.0.0.1/db", "BILLING_WEBHOOKS_ALLOW_PRIVATE": "yes"}
     )

@@ -1,4 +1,4 @@
-"""Phone normalisation and masking (cases: shared/cases/phones.json)."""
+"""Phone normalisation and masking (cases: tests/cases/phones.json)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post
+from litestar.datastructures import CacheControlHeader
 from litestar.di import Provide
 
 from billing.api.auth import Admin
@@ -111,9 +112,9 @@ class AdminController(Controller):
         """The tenant's API keys (never their text)."""
         return await run_sync(services.queries.list_api_keys, request.user.tenant_id)
 
-    @post("/api-keys/")
+    @post("/api-keys/", cache_control=CacheControlHeader(no_store=True))
     async def create_api_key(self, request: Req, data: ApiKeyCreate, services: Services) -> dict[str, Any]:
-        """Issue a key; its text is in this answer only."""
+        """Issue a key; its text is in this answer only (``Cache-Control: no-store``: no cache keeps it)."""
         name = data.name.strip()
         if not name or len(name) > MAX_KEY_NAME:
             raise InvalidValue(

@@ -41,7 +41,9 @@ class Services:
         queries = Queries(container.pool)
         return cls(
             container=container,
-            tenants=TenantService(container.store, container.clock),
+            tenants=TenantService(
+                container.store, container.clock, gateway_url_guard=container.check_gateway_url
+            ),
             ingest=IngestService(container.store, queries, container.clock),
             templates=TemplateService(container.store, container.clock),
             queries=queries,

@@ -9,7 +9,13 @@ from typing import Any
 
 import structlog
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    TooManyRequestsException,
+    ValidationException,
+)
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from billing.domain.errors import Conflict, DomainError, InvalidValue, NotFound
@@ -68,6 +74,12 @@ def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Respons
         code = "not_found"
     elif isinstance(exc, ValidationException):
         code = "invalid_request"
+    elif isinstance(exc, TooManyRequestsException):  # billing.api.ratelimit
+        return Response(
+            error_body("rate_limited", str(exc.detail), "X-Billing-API-Key"),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
     else:
         code = "http_error"
     field = None

@@ -1,6 +1,6 @@
 """Phone numbers: normalise what ERPs send to E.164, and mask numbers for logs.
 
-Cases: ``/shared/cases/phones.json`` (P01–P05).
+Cases: ``tests/cases/phones.json`` (P01–P05).
 
 Sources: ITU-T Recommendation E.164 (international numbering: ``+`` country code + national significant
 number, at most 15 digits; ``00`` is the ITU-recommended international prefix) and the Anatel Brazilian

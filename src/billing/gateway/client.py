@@ -1,6 +1,6 @@
 """HTTP client of one tenant's Evolution API instance.
 
-Contract: ``/work/shared/evolution-api.md`` (read from the gateway's sources 2.3.6 for ``v2`` and 1.8.2 for
+Contract: ``docs/evolution-api.md`` (read from the gateway's sources 2.3.6 for ``v2`` and 1.8.2 for
 ``v1``). The client never raises for HTTP or transport failures of a send: it classifies every answer into
 a :class:`~billing.domain.delivery.SendOutcome` and the worker decides. The API key travels in the
 ``apikey`` header only and is never logged; phone numbers and texts are not logged either.
@@ -31,9 +31,11 @@ from billing.domain.delivery import (
     TRANSPORT_WRITE_TIMEOUT,
     OutcomeKind,
     SendOutcome,
+    address_refused,
     classify_send_response,
     classify_transport_error,
 )
+from billing.netguard import refused_by_guard
 
 __all__ = ["WHATSAPP_NUMBERS_BATCH", "ApiVersion", "EvolutionClient", "GatewayError"]
 
@@ -198,7 +200,11 @@ class EvolutionClient:
                 "POST", self._url("message", "sendText"), json_body=body, timeout_s=deadline_s
             )
         except (httpx.HTTPError, TimeoutError) as exc:
-            outcome = classify_transport_error(_transport_kind(exc), str(exc) or type(exc).__name__)
+            refused = refused_by_guard(exc)
+            if refused is not None:
+                outcome = address_refused(str(refused))
+            else:
+                outcome = classify_transport_error(_transport_kind(exc), str(exc) or type(exc).__name__)
         else:
             outcome = classify_send_response(status, answer)
         log.info(

@@ -1,6 +1,6 @@
 """An in-process fake Evolution API, for tests, demos and ``billing dev``.
 
-It follows ``/work/shared/evolution-api.md`` (gateway 2.3.6 / 1.8.2): same routes, auth, error bodies and
+It follows ``docs/evolution-api.md`` (gateway 2.3.6 / 1.8.2): same routes, auth, error bodies and
 success bodies per API version. It is a plain ASGI app (:attr:`EvolutionSimulator.asgi_app`), usable in
 process with ``httpx.ASGITransport`` or served over HTTP by uvicorn (:meth:`EvolutionSimulator.serve`,
 :func:`run_simulator`).

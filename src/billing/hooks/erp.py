@@ -39,6 +39,7 @@ from billing.domain.queue import Queue
 from billing.domain.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, signature_header
 from billing.eventstore import EventStore, get_owned
 from billing.hooks.urlguard import Resolver, check_url, system_resolver
+from billing.netguard import refused_by_guard
 from billing.projections.follower import NotificationFollower
 from billing.projections.tracking import load_position, record_error, save_position
 from billing.services.clock import Clock
@@ -342,7 +343,7 @@ class ErpDispatcher:
         except InvalidValue as exc:
             error = exc.code
         except (httpx.HTTPError, TimeoutError) as exc:
-            error = type(exc).__name__
+            error = "unsafe_url" if refused_by_guard(exc) else type(exc).__name__
         ms = round((time.monotonic() - started) * 1000)
         ok = status is not None and 200 <= status < 300
         await asyncio.to_thread(

@@ -14,6 +14,7 @@ from billing.domain.tenant import Tenant
 from billing.eventstore import get_owned
 from billing.hooks.erp import ErpDispatcher, ErpOutbox
 from billing.hooks.inbox import InboxApplier
+from billing.netguard import guarded_client
 
 __all__ = ["run_hooks"]
 
@@ -40,11 +41,12 @@ async def run_hooks(
 ) -> None:
     """Run the inbox applier, the ERP outbox follower and the ERP dispatcher until ``stop`` is set.
 
-    ``erp_http`` is the client of ERP calls (default: a new one, closed at the end).
+    ``erp_http`` is the client of ERP calls (default: :func:`billing.netguard.guarded_client`, which checks
+    each connection's address, closed at the end).
     """
     settings = container.settings
     own_http = erp_http is None
-    http = erp_http or httpx.AsyncClient()
+    http = erp_http or guarded_client(allow_private=settings.webhooks_allow_private)
     inbox = InboxApplier(
         container.store, container.pool, container.clock, send_confirmation=_confirmation_sender(container)
     )

@@ -1,21 +1,21 @@
-"""Where may we send a tenant's ERP webhooks? (server-side request forgery guard).
+"""May we send a tenant's ERP webhooks to this URL? (the save-time side of the SSRF guard).
 
-Refused always: link-local addresses (``169.254.0.0/16``, ``fe80::/10``, which hold the cloud metadata
-services), the unspecified and multicast/reserved ranges. Refused unless the operator allows private
-targets (``allow_private``): loopback and private ranges (RFC 1918, ``fc00::/7``, carrier-grade NAT).
-The host is resolved and *every* address checked, at save time and again before each call (DNS
-rebinding). The gateway URL's guard (``billing.netguard``) follows the same rules; this module keeps the
-ERP side standing alone until both share it.
+The rules are :mod:`billing.netguard`'s — link-local and metadata addresses always refused, loopback
+and private ranges only when the operator allows them (here ``BILLING_WEBHOOKS_ALLOW_PRIVATE``) — applied
+to every address the host resolves to now; at call time the dispatcher's client is
+:func:`billing.netguard.guarded_client`, which checks each connection's address again (DNS rebinding).
+This module adds the ERP's own URL rules (no credentials in the URL, the host must resolve) and answers
+with a domain error the API maps to 422.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 from billing.domain.errors import InvalidValue
+from billing.netguard import UnsafeAddressError, check_address
 
 __all__ = ["Resolver", "check_url", "system_resolver"]
 
@@ -36,25 +36,28 @@ def check_url(url: str, *, allow_private: bool, resolver: Resolver = system_reso
     """Raise unless ``url`` is http(s) with a host whose every address is allowed (module docstring).
 
     Raises:
-        InvalidValue: code ``unsafe_url`` (field ``url``), naming the reason, never the address.
+        InvalidValue: code ``unsafe_url`` (field ``url``), naming the reason.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise _refuse("url is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _refuse("url must be an http(s) URL with a host")
     if parts.username or parts.password:
         raise _refuse("url must not carry credentials")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         addresses = list(resolver(parts.hostname, port))
-    except OSError:
+    except (OSError, UnicodeError):
         raise _refuse("url's host does not resolve") from None
     if not addresses:
         raise _refuse("url's host does not resolve")
     for text in addresses:
-        address = ipaddress.ip_address(text.split("%")[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if address.is_link_local or address.is_unspecified or address.is_multicast or address.is_reserved:
-            raise _refuse("url points to a link-local, metadata or reserved address")
-        if not allow_private and (address.is_loopback or address.is_private or not address.is_global):
-            raise _refuse("url points to a private or loopback address (not allowed by the operator)")
+        try:
+            check_address(text.split("%")[0], allow_private=allow_private)
+        except UnsafeAddressError:
+            raise _refuse(
+                "url points to a link-local, metadata, reserved or (not allowed by the operator: "
+                "BILLING_WEBHOOKS_ALLOW_PRIVATE) private address"
+            ) from None

@@ -1,4 +1,4 @@
-"""Writes the read models of ``sql/001_views.sql`` from decoded domain events, one batch at a time.
+"""Writes the read models of ``billing/sql/001_views.sql`` from decoded domain events, one batch at a time.
 
 :class:`ViewWriter` works on one connection inside the caller's transaction (the caller also locks and
 moves the tracking record, see :mod:`billing.projections.views`):

@@ -1,6 +1,6 @@
 """Gateway health per tenant, as seen by one worker process (issue 4, "Gateway health").
 
-Two signals (``shared/evolution-api.md``, "Instance health"): the advisory ``connectionState`` (cached
+Two signals (``docs/evolution-api.md``, "Instance health"): the advisory ``connectionState`` (cached
 :attr:`GatewayHealth.cache_s` seconds per tenant and gateway generation), and send outcomes flagged
 ``connection_problem`` ("Connection Closed", instance not loaded) — the gateway has been seen reporting
 ``open`` while sends fail, so :attr:`GatewayHealth.problem_threshold` consecutive problems count as

@@ -1,4 +1,4 @@
-"""The worker's operational tables (``sql/002_worker.sql``): the send ledger and the gateway blocks.
+"""The worker's operational tables (``billing/sql/002_worker.sql``): the send ledger and the gateway blocks.
 
 Synchronous (psycopg pool of :class:`~billing.bootstrap.Container`); async callers use ``asyncio.to_thread``.
 

@@ -4,7 +4,7 @@ The variations of every active template of the contact's type, in the view's ord
 first, then each template's own order), form one rotation; the contact at position ``ordinal`` among its
 batch's accepted contacts gets variation ``choose_variation(ordinal, n)``
 (:mod:`billing.domain.variables`), so consecutive messages differ and a redelivery renders the same text
-(anti-ban rotation, ``shared/evolution-api.md``, "Sending politely"). Variables come from
+(anti-ban rotation, ``docs/evolution-api.md``, "Sending politely"). Variables come from
 ``message_variables`` at ``now`` in the tenant's zone (DESIGN.md: days are counted at the moment of
 sending).
 """
