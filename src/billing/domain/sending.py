@@ -28,7 +28,7 @@ calls it again with that fact added. The order of the checks (each source in the
 
 After the call, :func:`settle` turns the classified :class:`~billing.domain.delivery.SendOutcome` into
 the contact's record (sent, skipped, failed with or without a retry instant) and the side effects on the
-queue and the tenant's gateway (``shared/evolution-api.md``, "Failures to classify").
+queue and the tenant's gateway (``docs/evolution-api.md``, "Failures to classify").
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class Need(StrEnum):
 
 
 class GatewayVerdict(StrEnum):
-    """What the worker may do with a tenant's gateway now (``shared/evolution-api.md``, "Instance
+    """What the worker may do with a tenant's gateway now (``docs/evolution-api.md``, "Instance
     health")."""
 
     OPEN = "open"
