@@ -70,6 +70,8 @@ def _dev(args: argparse.Namespace, postgres: Any) -> int:
         overrides["pool_size"] = 10  # api, projections, relay and worker share one pool
     if not os.environ.get("BILLING_GATEWAY_ALLOW_PRIVATE"):
         overrides["gateway_allow_private"] = True  # the simulator listens on 127.0.0.1
+    if not os.environ.get("BILLING_WEBHOOKS_ALLOW_PRIVATE"):
+        overrides["webhooks_allow_private"] = True  # a demo ERP receiver on this machine
     secrets_file = DevSecrets(args.data_dir)
     if not os.environ.get("BILLING_JWT_SECRET"):
         overrides["jwt_secret"] = secrets_file.get("jwt_secret")  # admin tokens survive a restart

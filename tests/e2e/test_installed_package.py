@@ -94,7 +94,12 @@ def test_billing_migrate_from_the_wheel_applies_the_packaged_ddl(
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["applied 001_views.sql", "applied 002_worker.sql"]
+    assert result.stdout.splitlines() == [
+        "applied 001_views.sql",
+        "applied 002_worker.sql",
+        "applied 003_contact_deferral.sql",
+        "applied 004_after_send.sql",
+    ]
     with psycopg.connect(empty_database) as conn:
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     ddl = {"tracking", "projection_errors", "tenants", "api_keys", "templates", "campaigns", "queue_status"}

@@ -246,3 +246,34 @@ async def test_the_admin_sets_the_gateways_webhook_up_with_the_secret_header(api
 
 async def hook_post(api: Api, headers: dict[str, str]) -> Any:
     return await hook(api, v2_update("X", "READ"), headers)
+
+
+async def test_the_optional_confirmation_is_sent_once_and_recorded(api: Api) -> None:
+    headers = await secret(api)
+    await api.client.patch(
+        f"{BASE}/engagement/",
+        json={"confirmation_text": "Pronto, não enviaremos mais lembretes."},
+        headers=api.admin,
+    )
+    sent: list[tuple[UUID, str, str]] = []
+
+    async def send_confirmation(tenant_id: UUID, phone: str, text: str) -> str:
+        sent.append((tenant_id, phone, text))
+        return "CONF-1"
+
+    inbox = InboxApplier(
+        api.container.store, api.container.pool, api.container.clock, send_confirmation=send_confirmation
+    )
+    key = {"remoteJid": "557588251234" + JID, "fromMe": False, "id": "IN-7"}  # an old 8-digit account
+    reply = {"event": "messages.upsert", "data": {"key": key, "message": {"conversation": "sair"}}}
+    await hook(api, reply, headers)
+    assert await inbox.apply_pending() == 1
+    await hook(
+        api, {**reply, "data": {**reply["data"], "key": {**key, "id": "IN-8"}}}, headers
+    )  # "sair" again
+    assert await inbox.apply_pending() == 1
+    assert sent == [(api.tenant_id, "+5575988251234", "Pronto, não enviaremos mais lembretes.")]
+    history = (await api.client.get(f"{BASE}/history/phone/+5575988251234", headers=api.admin)).json()
+    assert [e["type"].rsplit(".", 1)[1] for e in history["events"]] == [
+        "Opened", "Replied", "OptedOut", "ConfirmationSent", "Replied",
+    ]  # fmt: skip
