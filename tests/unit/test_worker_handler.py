@@ -310,3 +310,24 @@ async def test_the_jid_the_lookup_found_is_sent_to_and_recorded_with_the_answere
     assert [number for number, _, _ in fakes.gateway.calls] == [jid]
     sent = [e for e in fakes.store.events.get(fakes.contacts[0].id) if type(e).__name__ == "Sent"]
     assert [(e.jid_asked, e.remote_jid) for e in sent] == [(jid, jid)]
+
+
+async def test_the_tenant_cache_serves_a_policy_change_once_its_entry_is_ttl_s_old(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fakes = Fakes(messages_per_minute=5)
+    cache = TenantCache(fakes.store, ttl_s=5.0)
+    real = [1000.0]
+    monkeypatch.setattr("billing.worker.handler.time.monotonic", lambda: real[0])
+    first = await cache.get(fakes.tenant_id)
+    assert first is not None and first.sending_policy.limits.messages_per_minute == 5
+
+    tenant = fakes.store.repository.get(fakes.tenant_id)
+    tenant.change_policy({"messages_per_minute": 9}, at=MONDAY_10)
+    fakes.store.save(tenant)
+    real[0] += 4.9
+    cached = await cache.get(fakes.tenant_id)
+    assert cached is not None and cached.sending_policy.limits.messages_per_minute == 5
+    real[0] += 0.1  # 5 s after it was read: read again
+    fresh = await cache.get(fakes.tenant_id)
+    assert fresh is not None and fresh.sending_policy.limits.messages_per_minute == 9
