@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test helpers start the processes
 
 from billing.db import migrate
 from tests.e2e.test_rate_limit_processes import REDIS_URL, hammer, issue_key, two_api_processes
