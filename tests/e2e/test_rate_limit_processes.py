@@ -50,7 +50,10 @@ def issue_key(database_url: str) -> str:
 
 
 @contextmanager
-def two_api_processes(database_url: str, tmp_path: Path, **extra: str) -> Iterator[list[str]]:
+def two_api_processes(
+    database_url: str, tmp_path: Path, limit: int = LIMIT, **extra: str
+) -> Iterator[list[str]]:
+    """Two ``billing api`` processes on free ports, ready; their base URLs."""
     billing = str(Path(sys.executable).with_name("billing"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
     env.update(
@@ -58,7 +61,7 @@ def two_api_processes(database_url: str, tmp_path: Path, **extra: str) -> Iterat
         BILLING_JWT_SECRET="r" * 40,
         BILLING_LOG_FORMAT="json",
         BILLING_POOL_SIZE="3",
-        BILLING_RATE_LIMIT_PER_MINUTE=str(LIMIT),
+        BILLING_RATE_LIMIT_PER_MINUTE=str(limit),
         **extra,
     )
     processes, urls = [], []
@@ -99,9 +102,11 @@ def two_api_processes(database_url: str, tmp_path: Path, **extra: str) -> Iterat
                 process.wait()
 
 
-async def hammer(urls: list[str], key: str) -> tuple[Counter[int], list[httpx.Response]]:
-    """REQUESTS status polls, alternating between the processes, CONCURRENCY in flight."""
-    gate = asyncio.Semaphore(CONCURRENCY)
+async def hammer(
+    urls: list[str], key: str, requests: int = REQUESTS, concurrency: int = CONCURRENCY
+) -> tuple[Counter[int], list[httpx.Response]]:
+    """``requests`` status polls, alternating between the processes, ``concurrency`` in flight."""
+    gate = asyncio.Semaphore(concurrency)
     answers: list[httpx.Response] = []
     async with httpx.AsyncClient(timeout=30) as http:
 
@@ -110,7 +115,7 @@ async def hammer(urls: list[str], key: str) -> tuple[Counter[int], list[httpx.Re
                 url = f"{urls[i % 2]}/api/billing/v1/billing/queue/{uuid.uuid4()}/status"
                 answers.append(await http.get(url, headers={"X-Billing-API-Key": key}))
 
-        await asyncio.gather(*(one(i) for i in range(REQUESTS)))
+        await asyncio.gather(*(one(i) for i in range(requests)))
     return Counter(a.status_code for a in answers), answers
 
 

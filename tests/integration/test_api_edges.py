@@ -302,3 +302,36 @@ async def test_an_unknown_key_is_limited_too(make_api: Callable[..., Any]) -> No
     async with make_api(rate_limit_per_minute=2) as api:
         answers = [await _poll(api, "bk_not_a_key_at_all_0123456789") for _ in range(3)]
         assert [a.status_code for a in answers] == [401, 401, 429]
+
+
+def test_tenant_create_refuses_a_metadata_gateway(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from billing.cli import main
+
+    monkeypatch.setenv("BILLING_DATABASE_URL", database_url)
+    monkeypatch.delenv("BILLING_GATEWAY_ALLOW_PRIVATE", raising=False)
+    argv = [
+        "tenant",
+        "create",
+        "--name",
+        "Loja",
+        "--instance",
+        "loja",
+        "--gateway-key",
+        "KEY",
+        "--gateway-url",
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "http://169.254.169.254"])
+    assert exit_info.value.code == 2
+    assert "gateway.base_url refused" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "http://127.0.0.1:8081"])
+    assert exit_info.value.code == 2
+    assert "BILLING_GATEWAY_ALLOW_PRIVATE" in capsys.readouterr().err
+    monkeypatch.setenv("BILLING_GATEWAY_ALLOW_PRIVATE", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "http://127.0.0.1:8081"])
+    assert exit_info.value.code == 0
+    uuid.UUID(capsys.readouterr().out.strip())

@@ -165,3 +165,13 @@ async def test_a_send_to_a_refused_address_is_a_misconfiguration_never_sent(dns:
         "gateway_address_refused",
         False,
     )
+
+
+async def test_the_health_probe_reports_a_refused_address_as_a_misconfiguration(dns: dict[str, str]) -> None:
+    from billing.worker.health import probe_connection_state
+
+    dns["evo.metadata.test"] = "169.254.169.254"
+    gateway = {"base_url": "http://evo.metadata.test", "instance": "x", "api_key": "k"}
+    async with guarded_client(allow_private=True) as http:
+        probe = await probe_connection_state(http, gateway, timeout_s=5)
+    assert (probe.state, probe.misconfigured) == (None, "gateway_address_refused")

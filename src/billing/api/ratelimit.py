@@ -22,11 +22,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+import anyio
 from litestar.datastructures import MutableScopeHeaders
 from litestar.exceptions import TooManyRequestsException
 from litestar.middleware.rate_limit import (
@@ -76,6 +78,7 @@ class KeyRateLimitMiddleware(RateLimitMiddleware):
         """Wrap ``app`` (litestar builds this from :attr:`KeyRateLimitConfig.middleware`)."""
         super().__init__(app, config)
         self.key_config = config
+        self._key_locks: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Count the request against its key's window; 429 when the window is full."""
@@ -119,9 +122,13 @@ class KeyRateLimitMiddleware(RateLimitMiddleware):
 
     @contextlib.asynccontextmanager
     async def _window_lock(self, cache_key: str) -> AsyncIterator[None]:
-        """The process's lock (the library's), then — with the shared store — the key's Redis lock, so
-        only one request of one process at a time reads and writes the key's window."""
-        async with self._lock:
+        """The key's lock in this process (one per key, so keys do not wait for each other; the library
+        has one lock for all), then — with the shared store — the key's Redis lock, so only one request
+        of one process at a time reads and writes the key's window."""
+        local = self._key_locks.get(cache_key)
+        if local is None:
+            local = self._key_locks[cache_key] = anyio.Lock()
+        async with local:
             redis = self.key_config.redis
             if redis is None:
                 yield

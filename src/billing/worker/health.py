@@ -31,6 +31,7 @@ import msgspec
 
 from billing.domain.delivery import OutcomeKind, classify_send_response
 from billing.domain.sending import GatewayVerdict
+from billing.netguard import refused_by_guard
 
 __all__ = ["GatewayHealth", "Probe", "Verdict", "probe_connection_state"]
 
@@ -57,14 +58,17 @@ async def probe_connection_state(
 
     200 ``{"instance": {"instanceName", "state"?}}`` → the state; an answer that
     :func:`~billing.domain.delivery.classify_send_response` calls MISCONFIGURED (401, 403, 404, 3xx) → its
-    code; anything else (5xx, transport error, timeout, odd body) → state None. Never raises.
+    code; a connection the SSRF guard refused → ``gateway_address_refused``; anything else (5xx, transport
+    error, timeout, odd body) → state None. Never raises.
     """
     url = f"{gateway['base_url'].rstrip('/')}/instance/connectionState/{quote(gateway['instance'], safe='')}"
     headers = {"apikey": gateway["api_key"], "accept": "application/json"}
     try:
         async with asyncio.timeout(timeout_s):
             response = await http.get(url, headers=headers, timeout=timeout_s)
-    except (httpx.HTTPError, TimeoutError):
+    except (httpx.HTTPError, TimeoutError) as exc:
+        if refused_by_guard(exc) is not None:  # the URL points at a refused address (billing.netguard)
+            return Probe(None, misconfigured="gateway_address_refused")
         return Probe(None)
     try:
         body: object = msgspec.json.decode(response.content) if response.content else None
