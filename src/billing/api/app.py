@@ -13,7 +13,9 @@ from litestar.types import Message, Scope
 
 from billing.api.admin import AdminController
 from billing.api.auth import bearer_token, jwt_auth
+from billing.api.body import BillingRequest, read_body
 from billing.api.deps import Services, run_sync
+from billing.api.docs import assets_router, finish, swagger_plugin
 from billing.api.errors import EXCEPTION_HANDLERS, Unauthorized
 from billing.api.hooks import GatewayWebhookController, HooksAdminController, QueueControlController
 from billing.api.public import PublicController
@@ -99,6 +101,10 @@ async def _security_headers(message: Message, scope: Scope) -> None:
         headers["X-Content-Type-Options"] = "nosniff"
 
 
+DEFAULT_MAX_BODY = 1024
+"""Body limit (bytes) of the endpoints that take no body; those that take one set their own."""
+
+
 def create_app(container: Container) -> Litestar:
     """Build the API over ``container`` (needs ``settings.jwt_secret`` for the admin API)."""
     services = Services.build(container)
@@ -114,7 +120,7 @@ def create_app(container: Container) -> Litestar:
         redis_url=settings.redis_url,
         tenant_of=tenant_of,
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             PublicController,
             AdminController,
@@ -124,30 +130,46 @@ def create_app(container: Container) -> Litestar:
             live,
             ready,
             health_detail,
+            assets_router(),
         ],
         before_send=[_security_headers],
         middleware=[rate_limit.middleware],
         stores=stores,
         exception_handlers=EXCEPTION_HANDLERS,
+        request_class=BillingRequest,
+        before_request=read_body,
+        request_max_body_size=DEFAULT_MAX_BODY,
         on_app_init=[auth.on_app_init],
         openapi_config=OpenAPIConfig(
             title="billing",
             version="1.0.0",
             path="/schema",
             description="WhatsApp billing reminders. Public endpoints: header X-Billing-API-Key; "
-            "admin endpoints: Authorization: Bearer <JWT>.",
+            "admin endpoints: Authorization: Bearer <JWT>. Errors are {code, message, field}.",
             components=Components(
                 security_schemes={
                     "ApiKey": SecurityScheme(
-                        type="apiKey", name="X-Billing-API-Key", security_scheme_in="header"
-                    )
+                        type="apiKey",
+                        name="X-Billing-API-Key",
+                        security_scheme_in="header",
+                        description="The tenant's API key (billing api-key create).",
+                    ),
+                    "BearerToken": SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        bearer_format="JWT",
+                        description="HS256 admin token; the tenant is its sub.",
+                    ),
                 }
             ),
+            render_plugins=[swagger_plugin()],
         ),
         state=_state(services),
         debug=False,
         logging_config=None,
     )
+    finish(app.openapi_schema)
+    return app
 
 
 def _state(services: Services) -> Any:
