@@ -94,7 +94,13 @@ class MsgspecTranscoder(JSONTranscoder):
         kind = type(obj)
         if kind is dict:
             if len(obj) == 2 and "_type_" in obj and "_data_" in obj:
-                return self._decode_obj({"_type_": obj["_type_"], "_data_": self._untag(obj["_data_"])})
+                data = obj["_data_"]
+                if type(data) is dict or type(data) is list:
+                    data = self._untag(data)
+                try:
+                    return self.names[obj["_type_"]].decode(data)
+                except KeyError:  # an unknown name: the library's own error
+                    return self._decode_obj({"_type_": obj["_type_"], "_data_": data})
             for key, value in obj.items():
                 if type(value) is dict or type(value) is list:
                     obj[key] = self._untag(value)
