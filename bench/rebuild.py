@@ -135,9 +135,7 @@ def main() -> None:
         container.pool.close()
         rebuild, raw = statistics.median(rebuilds), statistics.median(raws)
         print(f"projections rebuild of {events:,} events: median {rebuild:.2f} s = {events / rebuild:,.0f}/s")
-        print(
-            f"  baseline: raw select + JSON decode of the rows: median {raw:.2f} s = {events / raw:,.0f}/s"
-        )
+        print(f"  baseline: raw select + JSON decode of the rows: median {raw:.2f} s = {events / raw:,.0f}/s")
         ratio = raw / rebuild
         print(f"  ratio: {ratio:.0%} of the raw rate; goal ≥ 35 % -> {'met' if ratio >= 0.35 else 'NOT met'}")
         if cli is not None:
