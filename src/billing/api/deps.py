@@ -64,7 +64,9 @@ async def provide_tenant_id(request: Request[Any, Any, Any]) -> UUID:
     if not key:
         raise Unauthorized(f"missing {API_KEY_HEADER} header", field=API_KEY_HEADER)
     services: Services = request.app.state.services
-    tenant_id = await run_sync(services.tenants.authenticate, key)
+    known, tenant_id = services.tenants.cached_tenant(key)
+    if not known:
+        tenant_id = await run_sync(services.tenants.authenticate, key)
     if tenant_id is None:
         raise Unauthorized("unknown or revoked API key", field=API_KEY_HEADER)
     return tenant_id
