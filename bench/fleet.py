@@ -51,7 +51,7 @@ import uvicorn
 from billing.api.app import create_app
 from billing.bootstrap import Container, build_container
 from billing.db import migrate
-from billing.domain.policy import default_policy_spec
+from billing.domain.policy import MAX_MESSAGES_PER_DAY, MAX_MESSAGES_PER_MINUTE, default_policy_spec
 from billing.logging import configure_logging
 from billing.outbox.broker import Topology
 from billing.outbox.rabbitmq import RabbitBroker
@@ -316,8 +316,8 @@ def seed_tenants(container: Container, n: int, sim_url: str) -> list[str]:
     service = TenantService(container.store, container.clock)
     policy = {
         **default_policy_spec(),
-        "messages_per_minute": 1_000_000,
-        "max_messages_per_day": 1_000_000,
+        "messages_per_minute": MAX_MESSAGES_PER_MINUTE,
+        "max_messages_per_day": MAX_MESSAGES_PER_DAY,
         "pause_min_s": 0,
         "pause_max_s": 0,
     }

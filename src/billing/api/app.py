@@ -10,7 +10,9 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from billing.api.admin import AdminController
 from billing.api.auth import jwt_auth
+from billing.api.body import BillingRequest, read_body
 from billing.api.deps import Services, run_sync
+from billing.api.docs import assets_router, finish, swagger_plugin
 from billing.api.errors import EXCEPTION_HANDLERS
 from billing.api.public import PublicController
 from billing.bootstrap import Container
@@ -52,32 +54,51 @@ async def ready(request: Any) -> Response[dict[str, Any]]:
     return Response(body, status_code=200)
 
 
+DEFAULT_MAX_BODY = 1024
+"""Body limit (bytes) of the endpoints that take no body; those that take one set their own."""
+
+
 def create_app(container: Container) -> Litestar:
     """Build the API over ``container`` (needs ``settings.jwt_secret`` for the admin API)."""
     services = Services.build(container)
     auth = jwt_auth(container.settings.require_jwt_secret())
-    return Litestar(
-        route_handlers=[PublicController, AdminController, live, ready],
+    app = Litestar(
+        route_handlers=[PublicController, AdminController, live, ready, assets_router()],
         exception_handlers=EXCEPTION_HANDLERS,
+        request_class=BillingRequest,
+        before_request=read_body,
+        request_max_body_size=DEFAULT_MAX_BODY,
         on_app_init=[auth.on_app_init],
         openapi_config=OpenAPIConfig(
             title="billing",
             version="1.0.0",
             path="/schema",
             description="WhatsApp billing reminders. Public endpoints: header X-Billing-API-Key; "
-            "admin endpoints: Authorization: Bearer <JWT>.",
+            "admin endpoints: Authorization: Bearer <JWT>. Errors are {code, message, field}.",
             components=Components(
                 security_schemes={
                     "ApiKey": SecurityScheme(
-                        type="apiKey", name="X-Billing-API-Key", security_scheme_in="header"
-                    )
+                        type="apiKey",
+                        name="X-Billing-API-Key",
+                        security_scheme_in="header",
+                        description="The tenant's API key (billing api-key create).",
+                    ),
+                    "BearerToken": SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        bearer_format="JWT",
+                        description="HS256 admin token; the tenant is its sub.",
+                    ),
                 }
             ),
+            render_plugins=[swagger_plugin()],
         ),
         state=_state(services),
         debug=False,
         logging_config=None,
     )
+    finish(app.openapi_schema)
+    return app
 
 
 def _state(services: Services) -> Any:

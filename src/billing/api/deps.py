@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
 
 from billing.api.auth import API_KEY_HEADER
 from billing.api.errors import Unauthorized
@@ -58,15 +60,26 @@ async def provide_services(request: Request[Any, Any, Any]) -> Services:
     return services
 
 
-async def provide_tenant_id(request: Request[Any, Any, Any]) -> UUID:
-    """Litestar dependency of the public API: the tenant of the ``X-Billing-API-Key`` header (401 if none)."""
-    key = request.headers.get(API_KEY_HEADER)
+async def api_key_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard of the public API: authenticate ``X-Billing-API-Key`` before anything reads the body (guards
+    run first), keeping the tenant in the connection's state for :func:`provide_tenant_id`.
+
+    Raises:
+        Unauthorized: missing, unknown or revoked key (401).
+    """
+    key = connection.headers.get(API_KEY_HEADER)
     if not key:
         raise Unauthorized(f"missing {API_KEY_HEADER} header", field=API_KEY_HEADER)
-    services: Services = request.app.state.services
-    known, tenant_id = services.tenants.cached_tenant(key)
+    services: Services = connection.app.state.services
+    known, tenant_id = services.tenants.cached_tenant(key)  # a recent answer: no thread hop
     if not known:
         tenant_id = await run_sync(services.tenants.authenticate, key)
     if tenant_id is None:
         raise Unauthorized("unknown or revoked API key", field=API_KEY_HEADER)
+    connection.state.tenant_id = tenant_id
+
+
+async def provide_tenant_id(request: Request[Any, Any, Any]) -> UUID:
+    """Litestar dependency of the public API: the tenant :func:`api_key_guard` authenticated."""
+    tenant_id: UUID = request.state.tenant_id
     return tenant_id

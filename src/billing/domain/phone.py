@@ -42,7 +42,7 @@ from phonenumbers import NumberParseException, PhoneNumberType, ValidationResult
 
 from billing.domain.errors import InvalidValue
 
-__all__ = ["Phone", "mask_phone", "normalize_phone"]
+__all__ = ["Phone", "mask_phone", "normalize_phone", "require_allowed_region"]
 
 _MAX_INPUT_LENGTH = 64
 _ACCEPTED_TYPES = frozenset(
@@ -68,10 +68,12 @@ class Phone:
         e164: E.164 form with ``+``, e.g. ``"+5511987654321"``.
         gateway_number: the same digits without ``+``, as the WhatsApp gateway expects them,
             e.g. ``"5511987654321"``.
+        region: ISO 3166-1 alpha-2 region of the number per the numbering plan, e.g. ``"BR"``, ``"US"``.
     """
 
     e164: str
     gateway_number: str
+    region: str = "BR"
 
 
 def _invalid(field: str, reason: str) -> InvalidValue:
@@ -146,8 +148,32 @@ def normalize_phone(raw: object, *, default_region: str = "BR", field: str = "te
             reason = "not a mobile or landline number (toll-free, shared-cost, premium...)"
             continue
         e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-        return Phone(e164=e164, gateway_number=e164.removeprefix("+"))
+        region = phonenumbers.region_code_for_number(number) or "ZZ"
+        return Phone(e164=e164, gateway_number=e164.removeprefix("+"), region=region)
     raise _invalid(field, reason)
+
+
+def require_allowed_region(phone: Phone, allowed: frozenset[str], *, field: str = "telefone") -> Phone:
+    """Refuse a number of a country the tenant may not send to; return it unchanged otherwise.
+
+    Args:
+        phone: a normalised number (:func:`normalize_phone`).
+        allowed: ISO 3166-1 alpha-2 regions of the tenant's policy (``allowed_countries``, default BR).
+        field: input field name for the error.
+
+    Raises:
+        InvalidValue: code ``country_not_allowed`` naming the field; ``details.country`` is the number's
+            region (never the number: personal data).
+    """
+    if phone.region not in allowed:
+        raise InvalidValue(
+            f"{field}: numbers of {phone.region} are not allowed for this tenant "
+            f"(allowed_countries: {', '.join(sorted(allowed))})",
+            code="country_not_allowed",
+            field=field,
+            details={"country": phone.region},
+        )
+    return phone
 
 
 def _country_code_length(digits: str) -> int:

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
-from zoneinfo import ZoneInfo
 
 import msgspec
 from eventsourcing.persistence import IntegrityError
@@ -22,30 +20,27 @@ from eventsourcing.persistence import IntegrityError
 from billing.domain.campaign import Campaign
 from billing.domain.contact import Contact
 from billing.domain.errors import Conflict, InvalidValue, NotFound
-from billing.domain.ingestion import MAX_FIELD_NAME_LENGTH, MAX_FIELDS, AcceptedContact, screen_contact
+from billing.domain.ingestion import AcceptedContact, reject_duplicate_phones, screen_contact
+from billing.domain.policy import SendingPolicy
 from billing.domain.queue import Queue
-from billing.domain.templating import parse_template
+from billing.domain.templating import Template, parse_template
 from billing.domain.tenant import Tenant
 from billing.domain.types import TemplateType
 from billing.eventstore import EventStore, get_owned
 from billing.services.clock import Clock
 from billing.services.queries import Queries
 
-MAX_CONTACTS = 10_000
-MAX_EXTERNAL_ID = 200
 MAX_IDEMPOTENCY_KEY = 255
-SCALARS = (str, int, float, Decimal, bool, type(None))
 
 
-class SendRequest(msgspec.Struct, kw_only=True):
-    """Body of ``POST /send/{type}`` (DESIGN.md; field names are the integration's own)."""
+class BatchRequest(Protocol):
+    """What a send carries (the API's ``SendRequest`` Struct, already checked for shape and limits):
+    ``contacts`` are objects of scalars (numbers as exact ``Decimal`` or ``int``)."""
 
     contacts: list[dict[str, Any]]
-    template_type: str | None = None
-    external_id: str | None = None
-
-
-_decoder = msgspec.json.Decoder(SendRequest, float_hook=Decimal)
+    template_type: str | None
+    external_id: str | None
+    allow_duplicate_phones: bool
 
 
 @dataclass(frozen=True)
@@ -77,61 +72,7 @@ class SubmitResult:
         }
 
 
-def decode_send_request(body: bytes) -> SendRequest:
-    """Decode and structurally check a request body.
-
-    Raises:
-        InvalidValue: ``invalid_json`` (not JSON) or ``invalid_request`` naming the field (no contacts, too
-            many, a contact that is not an object, a value that is not a scalar, wrong types).
-    """
-    try:
-        request = _decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        field = text.rpartition("at `$.")[2].rstrip("`") if "at `$." in text else None
-        raise InvalidValue(f"invalid request: {text}", code="invalid_request", field=field) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidValue(f"body is not valid JSON: {exc}", code="invalid_json") from None
-    if not request.contacts:
-        raise InvalidValue(
-            "contacts must hold at least one contact", code="invalid_request", field="contacts"
-        )
-    if len(request.contacts) > MAX_CONTACTS:
-        raise InvalidValue(
-            f"contacts holds {len(request.contacts)} contacts; at most {MAX_CONTACTS} per request",
-            code="too_many_contacts",
-            field="contacts",
-        )
-    if request.external_id is not None and len(request.external_id) > MAX_EXTERNAL_ID:
-        raise InvalidValue(
-            f"external_id is longer than {MAX_EXTERNAL_ID} characters",
-            code="invalid_request",
-            field="external_id",
-        )
-    for i, contact in enumerate(request.contacts):
-        if len(contact) > MAX_FIELDS:
-            raise InvalidValue(
-                f"contacts[{i}] has {len(contact)} fields; at most {MAX_FIELDS}",
-                code="invalid_request",
-                field=f"contacts[{i}]",
-            )
-        for key, value in contact.items():
-            if not key or len(key) > MAX_FIELD_NAME_LENGTH:
-                raise InvalidValue(
-                    f"contacts[{i}] has a field name of {len(key)} characters; 1 to {MAX_FIELD_NAME_LENGTH}",
-                    code="invalid_request",
-                    field=f"contacts[{i}]",
-                )
-            if not isinstance(value, SCALARS):
-                raise InvalidValue(
-                    f"contacts[{i}].{key} must be a string, number, boolean or null",
-                    code="invalid_request",
-                    field=f"contacts[{i}].{key}",
-                )
-    return request
-
-
-def request_hash(request: SendRequest) -> str:
+def request_hash(request: BatchRequest) -> str:
     """SHA-256 of the canonical JSON of a request (sorted keys)."""
     return hashlib.sha256(msgspec.json.encode(request, order="sorted")).hexdigest()
 
@@ -144,9 +85,9 @@ class IngestService:
         self.queries = queries
         self.clock = clock
 
-    def required_variables(self, tenant_id: UUID, template_type: TemplateType) -> frozenset[str]:
-        """Names every active variation of the type uses outside conditionals (a contact must have them all,
-        since any variation may be chosen).
+    def active_variations(self, tenant_id: UUID, template_type: TemplateType) -> list[Template]:
+        """Every active variation of the type, parsed (a contact must satisfy them all, since any
+        variation may be chosen).
 
         Raises:
             InvalidValue: ``no_active_template`` when the tenant has no active template of the type.
@@ -158,18 +99,14 @@ class IngestService:
                 code="no_active_template",
                 field="template_type",
             )
-        names: set[str] = set()
-        for row in rows:
-            for text in row["variations"]:
-                names |= parse_template(text).required_variables
-        return frozenset(names)
+        return [parse_template(text) for row in rows for text in row["variations"]]
 
     def submit(
         self,
         *,
         tenant_id: UUID,
         path_type: TemplateType,
-        request: SendRequest,
+        request: BatchRequest,
         idempotency_key: str | None = None,
     ) -> SubmitResult:
         """Store a batch atomically and return the 202 answer.
@@ -199,15 +136,26 @@ class IngestService:
                 return replay
         else:
             campaign_id, queue_id = uuid4(), uuid4()
-        required = self.required_variables(tenant_id, path_type)
+        templates = self.active_variations(tenant_id, path_type)
         now = self.clock.now()
-        today = now.astimezone(self._tenant_zone(tenant_id)).date()
+        policy = self._tenant_policy(tenant_id)
+        today = now.astimezone(policy.calendar.tz).date()
+        outcomes = [
+            screen_contact(
+                raw,
+                index=index,
+                template_type=path_type,
+                templates=templates,
+                allowed_countries=policy.allowed_countries,
+                today=today,
+            )
+            for index, raw in enumerate(request.contacts)
+        ]
+        if not request.allow_duplicate_phones:
+            outcomes = reject_duplicate_phones(outcomes)
         contacts: list[Contact] = []
         rejections: list[dict[str, Any]] = []
-        for index, raw in enumerate(request.contacts):
-            outcome = screen_contact(
-                raw, index=index, template_type=path_type, required_variables=required, today=today
-            )
+        for index, outcome in enumerate(outcomes):
             common: dict[str, Any] = {
                 "id": uuid5(campaign_id, str(index)),
                 "tenant_id": tenant_id,
@@ -292,12 +240,12 @@ class IngestService:
             rejections=rejections,
         )
 
-    def _tenant_zone(self, tenant_id: UUID) -> ZoneInfo:
-        """The tenant's IANA zone (its policy's ``timezone``). Raises NotFound for an unknown tenant."""
+    def _tenant_policy(self, tenant_id: UUID) -> SendingPolicy:
+        """The tenant's sending policy (zone, allowed countries). Raises NotFound for an unknown tenant."""
         tenant = get_owned(self.store, tenant_id, Tenant)
         if tenant is None:
             raise NotFound("tenant not found", code="tenant_not_found")
-        return tenant.sending_policy.calendar.tz
+        return tenant.sending_policy
 
     def _replay(
         self, tenant_id: UUID, campaign_id: UUID, digest: str, path_type: TemplateType
