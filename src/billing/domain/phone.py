@@ -108,6 +108,33 @@ def _candidates(text: str) -> list[str]:
     return [digits]
 
 
+def _brazilian_fast_path(text: str) -> Phone | None:
+    """The common case without ``phonenumbers.parse`` (the cost of ingestion): a Brazilian number written
+    ``+55`` + DDD + number, or DDD + number alone, that the plan accepts. None means "take the full path",
+    which then decides (and explains a refusal).
+
+    Same answer as the full path: parsing such text yields exactly these national digits — it has no
+    ``00``/``0``/``90`` prefix to strip, and a national reading is not taken to start with country code 55
+    — and :func:`phonenumbers.number_type` is the check :func:`phonenumbers.is_valid_number` makes (the
+    number's type per its region's plan, UNKNOWN when invalid), on the same metadata.
+    """
+    digits = _NON_DIGITS.sub("", text)
+    if text.startswith("+"):
+        if not digits.startswith("55"):
+            return None
+        national = digits[2:]
+    elif digits.startswith(("0", "55")):
+        return None
+    else:
+        national = digits
+    if len(national) not in (10, 11) or national.startswith(("0", "90")):
+        return None
+    number = phonenumbers.PhoneNumber(country_code=55, national_number=int(national))
+    if phonenumbers.number_type(number) not in _ACCEPTED_TYPES:
+        return None
+    return Phone(e164="+55" + national, gateway_number="55" + national, region="BR")
+
+
 def normalize_phone(raw: object, *, default_region: str = "BR", field: str = "telefone") -> Phone:
     """Normalise a phone number as written by an ERP into E.164.
 
@@ -135,6 +162,12 @@ def normalize_phone(raw: object, *, default_region: str = "BR", field: str = "te
     if not _ALLOWED.fullmatch(text) or not _NON_DIGITS.sub("", text):
         raise _invalid(field, "only digits, spaces, + ( ) - . / are allowed")
 
+    fast = _brazilian_fast_path(text) if default_region == "BR" else None
+    return fast if fast is not None else _full_path(text, default_region, field)
+
+
+def _full_path(text: str, default_region: str, field: str) -> Phone:
+    """Rules 2–5 through ``phonenumbers.parse`` (``text`` passed rule 1)."""
     reason = "not a number of the numbering plan"
     for candidate in _candidates(text):
         try:
