@@ -20,11 +20,13 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import msgspec
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import (
     InterfaceError,
     JSONTranscoder,
     OperationalError,
+    Recording,
     StoredEvent,
     Transcoder,
     Transcoding,
@@ -80,7 +82,10 @@ class MsgspecTranscoder(JSONTranscoder):
         if kind in _PLAIN:
             return obj
         if kind is dict:
-            return {key: self._tag(value) for key, value in obj.items()}
+            tagged = {}
+            for key, value in obj.items():  # inline the common case: no call per plain value
+                tagged[key] = value if type(value) in _PLAIN else self._tag(value)
+            return tagged
         if kind is list or kind is tuple:
             return [self._tag(value) for value in obj]
         transcoding = self.types.get(kind)
@@ -201,6 +206,24 @@ class EventStore(Application[Any]):
     Template). Its events table is ``billing_events``."""
 
     name = "billing"
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[Any]]:
+        """The library's ``save`` (one transaction, see the module docstring), collecting the pending events
+        of our aggregates with a plain class check: the library's ``isinstance`` against its
+        ``typing.Protocol`` classes costs ~0.2 ms per aggregate, a quarter of a 10,000-contact save."""
+        processing_event: ProcessingEvent[Any] = ProcessingEvent()
+        for obj in objs:
+            if isinstance(obj, Aggregate):
+                processing_event.events.extend(obj.collect_events())
+                processing_event.aggregates[obj.id] = obj
+            elif obj is not None:
+                processing_event.collect_events(obj)
+        processing_event.saved_kwargs.update(kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        self.notify(processing_event.events)  # as the library's save (a deprecated hook)
+        return recordings
 
     def construct_transcoder(self) -> Transcoder:
         """msgspec in place of the ``json`` module (same stored JSON; see :class:`MsgspecTranscoder`)."""
