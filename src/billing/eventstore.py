@@ -25,6 +25,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import (
     InterfaceError,
     JSONTranscoder,
+    Notification,
     OperationalError,
     Recording,
     StoredEvent,
@@ -34,6 +35,7 @@ from eventsourcing.persistence import (
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import retry
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
 from billing.domain import apikey, campaign, contact, queue, template, tenant  # noqa: F401  (registers topics)
@@ -157,6 +159,51 @@ class CopyingApplicationRecorder(PostgresApplicationRecorder):
             assert row is not None
             last = int(row["last"])
         return list(range(last - len(stored_events) + 1, last + 1))
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)  # as the library's own
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        """The library's query (same filters, same order), read as tuples rather than dicts: a replay reads
+        every event through here, and building a dict per row was a third of the read."""
+        conditions: list[SQL] = []
+        params: list[object] = []
+        if start is not None:
+            conditions.append(SQL("notification_id >= %s" if inclusive_of_start else "notification_id > %s"))
+            params.append(start)
+        if stop is not None:
+            conditions.append(SQL("notification_id <= %s"))
+            params.append(stop)
+        if topics:
+            conditions.append(SQL("topic = ANY(%s)"))
+            params.append(list(topics))
+        params.append(limit)
+        statement = SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state FROM {0}.{1}{2} "
+            "ORDER BY notification_id LIMIT %s"
+        ).format(
+            Identifier(self.datastore.schema),
+            Identifier(self.events_table_name),
+            SQL(" WHERE ") + SQL(" AND ").join(conditions) if conditions else SQL(""),
+        )
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
+            curs.execute(statement, params, prepare=True)
+            return [
+                Notification(
+                    id=row[0],
+                    originator_id=row[1],
+                    originator_version=row[2],
+                    topic=row[3],
+                    state=bytes(row[4]),
+                )
+                for row in curs.fetchall()
+            ]
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_unless_moved(self, stored_events: Sequence[StoredEvent]) -> set[UUID]:

@@ -68,9 +68,13 @@ COPY_THRESHOLD = 200
 _COPY_CONTACTS = sql.SQL("COPY campaign_contacts ({}) FROM STDIN").format(
     sql.SQL(", ").join(map(sql.Identifier, CONTACT_COLUMNS))
 )
-_CREATE_CHANGED = "CREATE TEMP TABLE changed_contacts (LIKE campaign_contacts) ON COMMIT DROP"
+_CHANGED_COLUMNS = ("contact_id", *CONTACT_MUTABLE)
+_CHANGED_ROW = operator.itemgetter(*_CHANGED_COLUMNS)
+_CREATE_CHANGED = sql.SQL(  # the columns' types follow the view's, without its constraints
+    "CREATE TEMP TABLE changed_contacts ON COMMIT DROP AS SELECT {} FROM campaign_contacts WITH NO DATA"
+).format(sql.SQL(", ").join(map(sql.Identifier, _CHANGED_COLUMNS)))
 _COPY_CHANGED = sql.SQL("COPY changed_contacts ({}) FROM STDIN").format(
-    sql.SQL(", ").join(map(sql.Identifier, CONTACT_COLUMNS))
+    sql.SQL(", ").join(map(sql.Identifier, _CHANGED_COLUMNS))
 )
 _UPDATE_FROM_CHANGED = sql.SQL(
     "UPDATE campaign_contacts c SET {} FROM changed_contacts n WHERE c.contact_id = n.contact_id"
@@ -184,7 +188,7 @@ class ViewWriter:
                 cur.execute(_CREATE_CHANGED)
                 with cur.copy(_COPY_CHANGED) as copy:
                     for c in changed:
-                        copy.write_row(full_row(contacts[c]))
+                        copy.write_row(_CHANGED_ROW(contacts[c]))
                 cur.execute(_UPDATE_FROM_CHANGED)
                 cur.execute("DROP TABLE changed_contacts")
             elif changed:
@@ -343,10 +347,10 @@ class ViewWriter:
         current = self.contacts.get(e.originator_id)
         if current is None:
             raise NotApplicable(f"contact {e.originator_id} was never projected")
-        row = {**current, **values, "updated_at": e.timestamp}
-        self.contacts[e.originator_id] = row
+        current.update(values)  # the writer's own copy of the row (nothing below can fail)
+        current["updated_at"] = e.timestamp
         self._changed.add(e.originator_id)
-        self._touch_queue(row["queue_id"], e.timestamp, contact=True, dispatched=dispatched)
+        self._touch_queue(current["queue_id"], e.timestamp, contact=True, dispatched=dispatched)
 
     def _contact_added(self, e: Contact.Added) -> None:
         self._create_contact(e, phone=e.phone, status="pending")
