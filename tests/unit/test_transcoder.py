@@ -67,3 +67,16 @@ def test_an_unregistered_type_is_refused_as_the_library_does() -> None:
     fast, _ = transcoders()
     with pytest.raises(TranscodingNotRegisteredError):
         fast.encode({"x": object()})
+
+
+def test_tags_resolve_inside_lists_and_untagged_lookalikes_stay_dicts() -> None:
+    fast, plain = transcoders()
+    data = (
+        b'{"a":[{"_type_":"uuid_hex","_data_":"12345678123456781234567812345678"},{"x":1}],'
+        b'"b":{"_type_":"decimal_str"},"c":{"_data_":1,"_type_":"date_iso","z":0},'
+        b'"d":{"_type_":"datetime_iso","_data_":"2025-01-01T00:00:00+00:00"}}'
+    )
+    assert fast.decode(data) == plain.decode(data)
+    uuid = fast.decode(b'{"_type_":"uuid_hex","_data_":"12345678123456781234567812345678"}')
+    assert uuid == UUID("12345678-1234-5678-1234-567812345678")
+    assert hash(uuid) == hash(UUID("12345678-1234-5678-1234-567812345678")) and str(uuid).count("-") == 4
