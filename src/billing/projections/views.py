@@ -37,7 +37,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -201,24 +200,15 @@ def project_pending(
     store, pool = container.store, container.pool
     position = load_position(pool, PROJECTION)
     handled = 0
-    # The next batch is read in a thread while this one is applied (the database works on the writes
-    # meanwhile); it is used only if this batch ended exactly where that read started.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="projections-read") as reader:
+    while True:
         batch, upto = read_after(store.recorder, position, batch_size)
-        while upto > position:
-            ahead = reader.submit(read_after, store.recorder, upto, batch_size)
-            result = apply_batch(pool, store.mapper, batch, position, upto)
-            handled += result.applied
-            if progress is not None:
-                progress(handled, result.position, max(store.recorder.max_notification_id() or 0, upto))
-            if result.position == upto:
-                position = upto
-                batch, upto = ahead.result()
-            else:  # another process moved the position (a rebuild, a concurrent projection)
-                ahead.cancel()
-                position = result.position
-                batch, upto = read_after(store.recorder, position, batch_size)
-    return handled
+        if upto <= position:
+            return handled
+        result = apply_batch(pool, store.mapper, batch, position, upto)
+        handled += result.applied
+        position = result.position
+        if progress is not None:
+            progress(handled, position, max(store.recorder.max_notification_id() or 0, position))
 
 
 def rebuild_projections(
