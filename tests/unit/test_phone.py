@@ -188,3 +188,16 @@ def test_fast_path_takes_the_common_forms() -> None:
         assert _brazilian_fast_path(text) == _full_or_none(text) != None  # noqa: E711
     for text in ("5511987654321", "011987654321", "0055 11 98765-4321", "+16502530000", "1198765432"):
         assert _brazilian_fast_path(text) is None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(national=st.text(alphabet="0123456789", min_size=8, max_size=13))
+def test_brazilian_plan_check_is_the_librarys_number_type(national: str) -> None:
+    import phonenumbers
+
+    from billing.domain.phone import _ACCEPTED_TYPES, _brazilian_plan_accepts
+
+    number = phonenumbers.PhoneNumber(country_code=55, national_number=int(national))
+    if national.startswith("0"):
+        return  # never asked (the fast path leaves leading zeros to the full path)
+    assert _brazilian_plan_accepts(national) == (phonenumbers.number_type(number) in _ACCEPTED_TYPES)

@@ -34,8 +34,10 @@ Rules of :func:`normalize_phone`:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberType, ValidationResult
@@ -129,10 +131,63 @@ def _brazilian_fast_path(text: str) -> Phone | None:
         national = digits
     if len(national) not in (10, 11) or national.startswith(("0", "90")):
         return None
-    number = phonenumbers.PhoneNumber(country_code=55, national_number=int(national))
-    if phonenumbers.number_type(number) not in _ACCEPTED_TYPES:
+    if not _brazilian_plan_accepts(national):
         return None
     return Phone(e164="+55" + national, gateway_number="55" + national, region="BR")
+
+
+_Desc = tuple[frozenset[int], re.Pattern[str]] | None
+_REFUSED_TYPES = (
+    "premium_rate",
+    "toll_free",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+)
+
+
+@functools.cache
+def _brazilian_plan() -> tuple[_Desc, tuple[_Desc, ...], _Desc, _Desc, bool]:
+    """Brazil's number descriptions from the ``phonenumbers`` metadata, compiled once: general, the types
+    refused here, fixed line, mobile, and whether the last two share one pattern."""
+    meta = phonenumbers.PhoneMetadata.metadata_for_region("BR")
+    assert meta is not None
+
+    def desc(number_desc: Any) -> _Desc:
+        if number_desc is None or not number_desc.national_number_pattern:
+            return None
+        return frozenset(number_desc.possible_length or ()), re.compile(number_desc.national_number_pattern)
+
+    refused = tuple(desc(getattr(meta, name)) for name in _REFUSED_TYPES)
+    return (
+        desc(meta.general_desc),
+        refused,
+        desc(meta.fixed_line),
+        desc(meta.mobile),
+        bool(meta.same_mobile_and_fixed_line_pattern),
+    )
+
+
+def _matches(national: str, desc: _Desc) -> bool:
+    """``phonenumbers``' own test of a number against a description: a possible length, then the whole
+    national number matching its pattern."""
+    if desc is None:
+        return False
+    lengths, pattern = desc
+    return (not lengths or len(national) in lengths) and pattern.fullmatch(national) is not None
+
+
+def _brazilian_plan_accepts(national: str) -> bool:
+    """True when ``phonenumbers.number_type`` of +55 ``national`` is MOBILE, FIXED_LINE or
+    FIXED_LINE_OR_MOBILE: the library's own decision (its ``_number_type_helper``, in its order) on its
+    own metadata, with the patterns compiled once instead of looked up per call."""
+    general, refused, fixed_line, mobile, same_pattern = _brazilian_plan()
+    if not _matches(national, general) or any(_matches(national, desc) for desc in refused):
+        return False
+    return _matches(national, fixed_line) or (not same_pattern and _matches(national, mobile))
 
 
 def normalize_phone(raw: object, *, default_region: str = "BR", field: str = "telefone") -> Phone:
