@@ -97,8 +97,19 @@ class MsgspecTranscoder(JSONTranscoder):
             return obj
         if kind is dict:
             tagged = {}
-            for key, value in obj.items():  # inline the common case: no call per plain value
-                tagged[key] = value if type(value) in _PLAIN else self._tag(value)
+            types = self.types
+            for key, value in obj.items():  # inline the common cases: no call per plain or tagged value
+                kind = type(value)
+                if kind in _PLAIN:
+                    tagged[key] = value
+                elif (transcoding := types.get(kind)) is not None:
+                    data = transcoding.encode(value)
+                    tagged[key] = {
+                        "_type_": transcoding.name,
+                        "_data_": data if type(data) in _PLAIN else self._tag(data),
+                    }
+                else:
+                    tagged[key] = self._tag(value)
             return tagged
         if kind is list or kind is tuple:
             return [self._tag(value) for value in obj]
