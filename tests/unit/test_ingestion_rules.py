@@ -209,3 +209,49 @@ def test_policy_bounds_are_inclusive_and_countries_upper_cased() -> None:
     )
     assert (policy.limits.messages_per_minute, policy.allowed_countries) == (1000, frozenset({"BR", "PT"}))
     assert parse_policy(default_policy_spec()).allowed_countries == frozenset({"BR"})
+
+
+@pytest.mark.parametrize(
+    ("name", "description", "code", "field"),
+    [
+        ("n" * 101, "", "value_too_long", "name"),
+        ("ok", "d" * 501, "value_too_long", "description"),
+        ("k\x00ey", "", "nul_character", "name"),
+        ("ok", "a\x00", "nul_character", "description"),
+        ("  ", "", "invalid_name", "name"),
+    ],
+)
+def test_template_name_and_description_have_limits(
+    name: str, description: str, code: str, field: str
+) -> None:
+    from datetime import UTC, datetime
+    from uuid import uuid4
+
+    from billing.domain.template import MessageTemplate
+
+    at = datetime(2025, 1, 1, tzinfo=UTC)
+    with pytest.raises(InvalidValue) as caught:
+        MessageTemplate.create(
+            template_id=uuid4(),
+            tenant_id=uuid4(),
+            name=name,
+            template_type="overdue",
+            description=description,
+            variations=["Oi"],
+            active=True,
+            at=at,
+        )
+    assert (caught.value.code, caught.value.field) == (code, field)
+    template = MessageTemplate.create(
+        template_id=uuid4(),
+        tenant_id=uuid4(),
+        name="ok",
+        template_type="overdue",
+        description="",
+        variations=["Oi"],
+        active=True,
+        at=at,
+    )
+    with pytest.raises(InvalidValue) as caught:
+        template.change(at=at, name=name, description=description)
+    assert (caught.value.code, caught.value.field) == (code, field)

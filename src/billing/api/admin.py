@@ -18,8 +18,6 @@ from billing.api.deps import Services, provide_services, run_sync
 from billing.api.docs import BODY_ERRORS, VALIDATION_CODES, errors
 from billing.api.public import BASE
 from billing.api.schemas import (
-    MAX_DESCRIPTION_LENGTH,
-    MAX_NAME_LENGTH,
     MAX_VALUE_LENGTH,
     ApiKeyCreate,
     ApiKeyIssued,
@@ -45,7 +43,13 @@ from billing.domain.contact import Contact
 from billing.domain.errors import DomainError, InvalidValue, NotFound
 from billing.domain.ingestion import MAX_FIELD_NAME_LENGTH, MAX_FIELDS, branch_missing_variables
 from billing.domain.sanitize import sanitize_text
-from billing.domain.template import MAX_TEMPLATE_LENGTH, MAX_VARIATIONS, MessageTemplate
+from billing.domain.template import (
+    MAX_DESCRIPTION_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_TEMPLATE_LENGTH,
+    MAX_VARIATIONS,
+    MessageTemplate,
+)
 from billing.domain.templating import parse_template
 from billing.domain.tenant import Tenant
 from billing.eventstore import get_owned

@@ -179,6 +179,8 @@ def invalid_from_message(head: str, path: str | None, *, is_key: bool = False) -
     if match := _LENGTH.match(head):
         n = int(match.group("n"))
         if match.group("op") == ">=":
+            if match.group("kind") == "str" and n == 1:
+                return InvalidValue(f"{path} is required", code="invalid_request", field=path)
             unit = "character" if match.group("kind") == "str" else "item"
             return InvalidValue(
                 f"{path} needs at least {n} {unit}{'s' if n != 1 else ''}", code="invalid_request", field=path

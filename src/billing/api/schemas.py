@@ -23,7 +23,12 @@ from billing.domain.policy import (
     MAX_RETRY_ATTEMPTS,
     MAX_RETRY_DELAY_S,
 )
-from billing.domain.template import MAX_TEMPLATE_LENGTH, MAX_VARIATIONS
+from billing.domain.template import (
+    MAX_DESCRIPTION_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_TEMPLATE_LENGTH,
+    MAX_VARIATIONS,
+)
 
 NO_NUL = r"^[^\x00]*$"
 """Pattern of every request string: no U+0000 (PostgreSQL text cannot hold it)."""
@@ -32,8 +37,6 @@ MAX_CONTACTS = 10_000
 MAX_VALUE_LENGTH = 500
 """A contact value's maximum length in characters (code points), after which it is refused (not cut)."""
 MAX_EXTERNAL_ID = 200
-MAX_NAME_LENGTH = 100
-MAX_DESCRIPTION_LENGTH = 500
 MAX_IDEMPOTENCY_KEY = 255
 
 
