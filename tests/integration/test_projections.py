@@ -457,8 +457,7 @@ def test_10000_contacts_project_in_one_go(container: Container, database_url: st
         f"\nprojected 10,002 ingestion events in {ingest_s:.2f} s ({10_002 / ingest_s:,.0f}/s); "
         f"19,800 outcome events in {outcomes_s:.2f} s ({19_800 / outcomes_s:,.0f}/s)"
     )
-    assert ingest_s < 5
-    assert outcomes_s < 10
+    # Speed itself is measured by bench/rebuild.py and bench/ingest.py against same-run baselines.
 
 
 async def test_follower_wakes_on_notify_and_survives_a_lost_connection(database_url: str) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from billing.domain.errors import InvalidValue
-from billing.domain.phone import Phone, mask_phone, normalize_phone
+from billing.domain.phone import Phone, _brazilian_fast_path, _full_path, mask_phone, normalize_phone
 from tests.cases import load_cases
 
 CASES = {case["id"]: case for case in load_cases("phones.json")}
@@ -159,3 +161,55 @@ def test_error_message_does_not_leak_the_number() -> None:
         normalize_phone("(11) 9-552-3230")
     assert "552" not in exc_info.value.message
     assert exc_info.value.message.startswith("telefone: ")
+
+
+# --- the fast path for Brazilian numbers answers exactly as the full path --------------------------------
+
+
+def _full_or_none(text: str) -> object:
+    try:
+        return _full_path(text, "BR", "telefone")
+    except InvalidValue:
+        return None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    prefix=st.sampled_from(["", "+55", "+55 ", "55", "0", "+1", "+", "90", "0055"]),
+    ddd=st.integers(min_value=0, max_value=99),
+    first=st.sampled_from("0123456789"),
+    rest=st.text(alphabet="0123456789", min_size=6, max_size=9),
+    style=st.sampled_from(["plain", "paren", "dash"]),
+)
+def test_fast_path_accepts_only_what_the_full_path_accepts_and_the_same_way(
+    prefix: str, ddd: int, first: str, rest: str, style: str
+) -> None:
+    number = f"{ddd:02d}{first}{rest}"
+    if style == "paren":
+        number = f"({number[:2]}) {number[2:-4]}-{number[-4:]}"
+    elif style == "dash":
+        number = f"{number[:2]}-{number[2:]}"
+    text = prefix + number
+    fast = _brazilian_fast_path(text)
+    if fast is not None:
+        assert fast == _full_or_none(text)
+
+
+def test_fast_path_takes_the_common_forms() -> None:
+    for text in ("+5511987654321", "(11) 98765-4321", "11 3000-1234", "+55 (81) 99999-8888"):
+        assert _brazilian_fast_path(text) == _full_or_none(text) != None  # noqa: E711
+    for text in ("5511987654321", "011987654321", "0055 11 98765-4321", "+16502530000", "1198765432"):
+        assert _brazilian_fast_path(text) is None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(national=st.text(alphabet="0123456789", min_size=8, max_size=13))
+def test_brazilian_plan_check_is_the_librarys_number_type(national: str) -> None:
+    import phonenumbers
+
+    from billing.domain.phone import _ACCEPTED_TYPES, _brazilian_plan_accepts
+
+    number = phonenumbers.PhoneNumber(country_code=55, national_number=int(national))
+    if national.startswith("0"):
+        return  # never asked (the fast path leaves leading zeros to the full path)
+    assert _brazilian_plan_accepts(national) == (phonenumbers.number_type(number) in _ACCEPTED_TYPES)

@@ -81,7 +81,9 @@ async def api_key_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseR
     if not key:
         raise Unauthorized(f"missing {API_KEY_HEADER} header", field=API_KEY_HEADER)
     services: Services = connection.app.state.services
-    tenant_id = await run_sync(services.tenants.authenticate, key)
+    known, tenant_id = services.tenants.cached_tenant(key)  # a recent answer: no thread hop
+    if not known:
+        tenant_id = await run_sync(services.tenants.authenticate, key)
     if tenant_id is None:
         raise Unauthorized("unknown or revoked API key", field=API_KEY_HEADER)
     connection.state.tenant_id = tenant_id

@@ -53,6 +53,7 @@ class Contact(Aggregate):
         read_at: datetime | None
         played_at: datetime | None
         replied_at: datetime | None
+        cancel_reason: str | None
 
     class Created(Aggregate.Created):
         """Base of the two ways a contact comes to exist (added, rejected); never recorded itself."""
@@ -213,6 +214,7 @@ class Contact(Aggregate):
 
         def apply(self, aggregate: Contact) -> None:
             aggregate.cancelled_in_flight = aggregate.status is ContactStatus.DISPATCHED
+            aggregate.cancel_reason = self.reason
             aggregate.status = ContactStatus.CANCELLED
             aggregate.lease_until = None
 
@@ -271,6 +273,7 @@ class Contact(Aggregate):
         self.cancelled_in_flight = False
         self.delivered_at = self.read_at = self.played_at = self.replied_at = None
         self.deferred_for = None
+        self.cancel_reason = None
 
     # --- commands -------------------------------------------------------------------------------------
 

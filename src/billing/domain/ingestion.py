@@ -111,10 +111,40 @@ def branch_missing_variables(templates: Sequence[Template], fields: Mapping[str,
     """The variables (sorted) some variation among ``templates`` would render for this contact but the
     contact cannot provide (:func:`needed_variables`, :func:`missing_variables`). Every active variation
     counts, since any of them may be chosen for the message."""
-    needed: set[str] = set()
-    for template in templates:
-        needed |= needed_variables(template, fields)
-    return missing_variables(fields, needed)
+    # The answer depends on ``fields`` only through which of the templates' variable sources are present
+    # (:func:`condition_at_ingestion` and :func:`missing_variables` look at nothing else), so it is
+    # computed once per presence pattern and reused for the next contacts of the batch.
+    memo = _memo_for(templates)
+    presence = tuple(_present(fields, source) for source in memo.sources)
+    answer = memo.answers.get(presence)
+    if answer is None:
+        needed: set[str] = set()
+        for template in templates:
+            needed |= needed_variables(template, fields)
+        answer = memo.answers[presence] = tuple(missing_variables(fields, needed))
+    return list(answer)
+
+
+@dataclass
+class _BranchMemo:
+    templates: tuple[Template, ...]  # held, so the ids keying this memo cannot be reused meanwhile
+    sources: tuple[str, ...]
+    answers: dict[tuple[bool, ...], tuple[str, ...]]
+
+
+_MEMOS: dict[tuple[int, ...], _BranchMemo] = {}
+
+
+def _memo_for(templates: Sequence[Template]) -> _BranchMemo:
+    key = tuple(id(template) for template in templates)
+    memo = _MEMOS.get(key)
+    if memo is None:
+        if len(_MEMOS) >= 64:
+            _MEMOS.clear()
+        names = {name for template in templates for name in template.variables}
+        sources = tuple(sorted({DERIVED_FROM.get(name, name) for name in names}))
+        memo = _MEMOS[key] = _BranchMemo(tuple(templates), sources, {})
+    return memo
 
 
 def screen_contact(

@@ -38,8 +38,10 @@ Rules of :func:`normalize_phone`:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberType, ValidationResult
@@ -112,6 +114,86 @@ def _candidates(text: str) -> list[str]:
     return [digits]
 
 
+def _brazilian_fast_path(text: str) -> Phone | None:
+    """The common case without ``phonenumbers.parse`` (the cost of ingestion): a Brazilian number written
+    ``+55`` + DDD + number, or DDD + number alone, that the plan accepts. None means "take the full path",
+    which then decides (and explains a refusal).
+
+    Same answer as the full path: parsing such text yields exactly these national digits — it has no
+    ``00``/``0``/``90`` prefix to strip, and a national reading is not taken to start with country code 55
+    — and :func:`phonenumbers.number_type` is the check :func:`phonenumbers.is_valid_number` makes (the
+    number's type per its region's plan, UNKNOWN when invalid), on the same metadata.
+    """
+    digits = _NON_DIGITS.sub("", text)
+    if text.startswith("+"):
+        if not digits.startswith("55"):
+            return None
+        national = digits[2:]
+    elif digits.startswith(("0", "55")):
+        return None
+    else:
+        national = digits
+    if len(national) not in (10, 11) or national.startswith(("0", "90")):
+        return None
+    if not _brazilian_plan_accepts(national):
+        return None
+    return Phone(e164="+55" + national, gateway_number="55" + national, region="BR")
+
+
+_Desc = tuple[frozenset[int], re.Pattern[str]] | None
+_REFUSED_TYPES = (
+    "premium_rate",
+    "toll_free",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+)
+
+
+@functools.cache
+def _brazilian_plan() -> tuple[_Desc, tuple[_Desc, ...], _Desc, _Desc, bool]:
+    """Brazil's number descriptions from the ``phonenumbers`` metadata, compiled once: general, the types
+    refused here, fixed line, mobile, and whether the last two share one pattern."""
+    meta = phonenumbers.PhoneMetadata.metadata_for_region("BR")
+    assert meta is not None
+
+    def desc(number_desc: Any) -> _Desc:
+        if number_desc is None or not number_desc.national_number_pattern:
+            return None
+        return frozenset(number_desc.possible_length or ()), re.compile(number_desc.national_number_pattern)
+
+    refused = tuple(desc(getattr(meta, name)) for name in _REFUSED_TYPES)
+    return (
+        desc(meta.general_desc),
+        refused,
+        desc(meta.fixed_line),
+        desc(meta.mobile),
+        bool(meta.same_mobile_and_fixed_line_pattern),
+    )
+
+
+def _matches(national: str, desc: _Desc) -> bool:
+    """``phonenumbers``' own test of a number against a description: a possible length, then the whole
+    national number matching its pattern."""
+    if desc is None:
+        return False
+    lengths, pattern = desc
+    return (not lengths or len(national) in lengths) and pattern.fullmatch(national) is not None
+
+
+def _brazilian_plan_accepts(national: str) -> bool:
+    """True when ``phonenumbers.number_type`` of +55 ``national`` is MOBILE, FIXED_LINE or
+    FIXED_LINE_OR_MOBILE: the library's own decision (its ``_number_type_helper``, in its order) on its
+    own metadata, with the patterns compiled once instead of looked up per call."""
+    general, refused, fixed_line, mobile, same_pattern = _brazilian_plan()
+    if not _matches(national, general) or any(_matches(national, desc) for desc in refused):
+        return False
+    return _matches(national, fixed_line) or (not same_pattern and _matches(national, mobile))
+
+
 def normalize_phone(raw: object, *, default_region: str = "BR", field: str = "telefone") -> Phone:
     """Normalise a phone number as written by an ERP into E.164.
 
@@ -139,6 +221,12 @@ def normalize_phone(raw: object, *, default_region: str = "BR", field: str = "te
     if not _ALLOWED.fullmatch(text) or not _NON_DIGITS.sub("", text):
         raise _invalid(field, "only digits, spaces, + ( ) - . / are allowed")
 
+    fast = _brazilian_fast_path(text) if default_region == "BR" else None
+    return fast if fast is not None else _full_path(text, default_region, field)
+
+
+def _full_path(text: str, default_region: str, field: str) -> Phone:
+    """Rules 2–5 through ``phonenumbers.parse`` (``text`` passed rule 1)."""
     reason = "not a number of the numbering plan"
     for candidate in _candidates(text):
         try:

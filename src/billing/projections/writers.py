@@ -24,6 +24,7 @@ caller can record it and go on with the rest of the batch.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -64,6 +65,23 @@ _INSERT_CONTACT = sql.SQL("INSERT INTO campaign_contacts ({}) VALUES ({})").form
 _UPDATE_CONTACT = sql.SQL("UPDATE campaign_contacts SET {} WHERE contact_id = %s").format(
     sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in CONTACT_MUTABLE)
 )
+_FULL_ROW = operator.itemgetter(*CONTACT_COLUMNS)
+COPY_THRESHOLD = 200
+"""From this many rows on, :meth:`ViewWriter.flush` writes contacts with ``COPY`` (else ``executemany``)."""
+_COPY_CONTACTS = sql.SQL("COPY campaign_contacts ({}) FROM STDIN").format(
+    sql.SQL(", ").join(map(sql.Identifier, CONTACT_COLUMNS))
+)
+_CHANGED_COLUMNS = ("contact_id", *CONTACT_MUTABLE)
+_CHANGED_ROW = operator.itemgetter(*_CHANGED_COLUMNS)
+_CREATE_CHANGED = sql.SQL(  # the columns' types follow the view's, without its constraints
+    "CREATE TEMP TABLE changed_contacts ON COMMIT DROP AS SELECT {} FROM campaign_contacts WITH NO DATA"
+).format(sql.SQL(", ").join(map(sql.Identifier, _CHANGED_COLUMNS)))
+_COPY_CHANGED = sql.SQL("COPY changed_contacts ({}) FROM STDIN").format(
+    sql.SQL(", ").join(map(sql.Identifier, _CHANGED_COLUMNS))
+)
+_UPDATE_FROM_CHANGED = sql.SQL(
+    "UPDATE campaign_contacts c SET {} FROM changed_contacts n WHERE c.contact_id = n.contact_id"
+).format(sql.SQL(", ").join(sql.SQL("{0} = n.{0}").format(sql.Identifier(col)) for col in CONTACT_MUTABLE))
 _SELECT_CONTACTS = sql.SQL("SELECT {} FROM campaign_contacts WHERE contact_id = ANY(%s)").format(
     sql.SQL(", ").join(map(sql.Identifier, CONTACT_COLUMNS))
 )
@@ -155,14 +173,33 @@ class ViewWriter:
             handler(event)
 
     def flush(self) -> None:
-        """Write the folded contacts and recompute the touched queues' counters."""
-        inserts = [tuple(self.contacts[c][k] for k in CONTACT_COLUMNS) for c in self._new]
-        updates = [(*(self.contacts[c][k] for k in CONTACT_MUTABLE), c) for c in self._changed - self._new]
+        """Write the folded contacts and recompute the touched queues' counters.
+
+        Many rows (a 10,000-contact POST, a rebuild's large batches) go through ``COPY``: new rows
+        straight into ``campaign_contacts``, changed rows into a transaction-local copy of its shape that
+        one ``UPDATE … FROM`` applies; a few rows keep ``executemany``.
+        """
+        contacts, full_row = self.contacts, _FULL_ROW
+        inserts = [full_row(contacts[c]) for c in self._new]
+        changed = self._changed - self._new
         with self.conn.cursor() as cur:
-            if inserts:
+            if len(inserts) >= COPY_THRESHOLD:
+                with cur.copy(_COPY_CONTACTS) as copy:
+                    for row in inserts:
+                        copy.write_row(row)
+            elif inserts:
                 cur.executemany(_INSERT_CONTACT, inserts)
-            if updates:
-                cur.executemany(_UPDATE_CONTACT, updates)
+            if len(changed) >= COPY_THRESHOLD:
+                cur.execute(_CREATE_CHANGED)
+                with cur.copy(_COPY_CHANGED) as copy:
+                    for c in changed:
+                        copy.write_row(_CHANGED_ROW(contacts[c]))
+                cur.execute(_UPDATE_FROM_CHANGED)
+                cur.execute("DROP TABLE changed_contacts")
+            elif changed:
+                cur.executemany(
+                    _UPDATE_CONTACT, [(*(self.contacts[c][k] for k in CONTACT_MUTABLE), c) for c in changed]
+                )
             if self._queues:
                 ids = list(self._queues)
                 touches = [self._queues[q] for q in ids]
@@ -315,10 +352,10 @@ class ViewWriter:
         current = self.contacts.get(e.originator_id)
         if current is None:
             raise NotApplicable(f"contact {e.originator_id} was never projected")
-        row = {**current, **values, "updated_at": e.timestamp}
-        self.contacts[e.originator_id] = row
+        current.update(values)  # the writer's own copy of the row (nothing below can fail)
+        current["updated_at"] = e.timestamp
         self._changed.add(e.originator_id)
-        self._touch_queue(row["queue_id"], e.timestamp, contact=True, dispatched=dispatched)
+        self._touch_queue(current["queue_id"], e.timestamp, contact=True, dispatched=dispatched)
 
     def _contact_added(self, e: Contact.Added) -> None:
         self._create_contact(e, phone=e.phone, status="pending")
@@ -452,3 +489,5 @@ CONTACT_UPDATE_TOPICS = frozenset(
     for cls in HANDLERS
     if cls.__qualname__.startswith("Contact.") and cls not in (Contact.Added, Contact.Rejected)
 )
+#: Contact topics whose events create the row.
+CONTACT_CREATE_TOPICS = frozenset({Contact.Added.TOPIC, Contact.Rejected.TOPIC})
