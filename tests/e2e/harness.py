@@ -200,10 +200,11 @@ class System:
         external_id: str,
         contacts: list[dict[str, Any]],
         headers: dict[str, str] | None = None,
+        **body: Any,
     ) -> dict[str, Any]:
         response = await self.client.post(
             f"{BASE}/send/{kind}",
-            json={"external_id": external_id, "contacts": contacts},
+            json={"external_id": external_id, "contacts": contacts, **body},
             headers=headers or self.headers,
         )
         assert response.status_code == 202, response.text

@@ -152,7 +152,8 @@ async def test_the_account_that_exists_is_the_one_sent_to(database_url: str, amq
                 "data_vencimento": "2025-01-10",
             },
         ]
-        accepted = await system.post("notification", "lookup-1", people)
+        # three spellings of one number on purpose: each must reach the account that exists
+        accepted = await system.post("notification", "lookup-1", people, allow_duplicate_phones=True)
         assert accepted["rejections"] == [] and accepted["contacts"]["accepted"] == 5
         done = await system.wait_status(accepted["queue_id"], lambda d: d["status"] == "completed", "done")
         assert done["contacts"]["sent"] == 4 and done["contacts"]["skipped"] == 1

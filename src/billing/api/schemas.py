@@ -169,6 +169,10 @@ class QueueCounts(Struct):
     skipped: int
     rejected: int
     cancelled: int
+    delivered: int = 0
+    """Sent contacts with a delivery receipt (a read receipt implies delivery)."""
+    read: int = 0
+    replied: int = 0
 
 
 class QueueStatusDoc(Struct, kw_only=True):
@@ -210,6 +214,13 @@ class ContactItem(Struct):
     gateway_message_id: str | None
     sent_at: str | None
     error: ContactError | None
+    delivered_at: str | None = None
+    read_at: str | None = None
+    replied_at: str | None = None
+    next_attempt_at: str | None = None
+    """A pending contact's next attempt (ISO 8601 with offset), null otherwise."""
+    deferred_reason: str | None = None
+    """Why a pending contact waits (``business_hours``, ``rate_limited``, ``daily_limit``, …), or null."""
 
 
 class ContactsPage(Struct):
