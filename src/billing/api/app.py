@@ -15,7 +15,7 @@ from billing.api.admin import AdminController
 from billing.api.auth import bearer_token, jwt_auth
 from billing.api.body import BillingRequest, read_body
 from billing.api.deps import Services, run_sync
-from billing.api.docs import assets_router, finish, swagger_plugin
+from billing.api.docs import assets_router, errors, finish, swagger_plugin
 from billing.api.errors import EXCEPTION_HANDLERS, Unauthorized
 from billing.api.hooks import GatewayWebhookController, HooksAdminController, QueueControlController
 from billing.api.public import PublicController
@@ -66,7 +66,7 @@ async def _health_or_error(services: Services) -> dict[str, Any]:
         return {"status": "unavailable", "database": "error", "error": type(exc).__name__}
 
 
-@get("/health/ready", tags=["health"])
+@get("/health/ready", tags=["health"], responses=errors({503: ("unavailable",)}))
 async def ready(request: Any) -> Response[dict[str, str]]:
     """For load balancers, no credentials, no figures: 200 ``{"status": "ok"}`` when PostgreSQL and every
     table answer and no projection error was recorded in the last :data:`READY_ERROR_WINDOW_S` seconds,
@@ -76,7 +76,7 @@ async def ready(request: Any) -> Response[dict[str, str]]:
     return Response({"status": detail["status"]}, status_code=200 if ok else 503)
 
 
-@get("/health/detail", tags=["health"])
+@get("/health/detail", tags=["health"], responses=errors({401: ("unauthorized",), 503: ("unavailable",)}))
 async def health_detail(request: Any) -> Response[dict[str, Any]]:
     """For the operator (``Authorization: Bearer <BILLING_OPERATOR_TOKEN>``): readiness with its figures —
     ``events`` (notification log head), ``projection_lag`` (events not yet in the views),

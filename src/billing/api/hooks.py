@@ -3,18 +3,21 @@ resume of a queue, and the admin's opt-outs, settings, gateway-webhook setup and
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 import httpx
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import Provide
+from litestar.openapi.spec import Example
+from litestar.params import Parameter
 from litestar.security.jwt import Token
 
 from billing.api.admin import _event_doc
 from billing.api.auth import ALGORITHM, API_KEY_HEADER, Admin
 from billing.api.deps import Services, provide_services, run_sync
+from billing.api.docs import BODY_ERRORS, errors
 from billing.api.errors import Unauthorized
 from billing.api.public import BASE
 from billing.domain.errors import InvalidValue
@@ -32,6 +35,20 @@ __all__ = [
 GATEWAY_SECRET_HEADER = "X-Billing-Webhook-Secret"  # noqa: S105 (a header name)
 GATEWAY_EVENTS = ("MESSAGES_UPDATE", "MESSAGES_UPSERT", "CONNECTION_UPDATE")
 Req = Request[Admin, Any, Any]
+
+
+HOOK_ERRORS = errors(
+    {
+        **BODY_ERRORS,
+        401: ("unauthorized",),
+        404: ("not_found", "queue_not_found", "endpoint_not_found", "opt_out_not_found"),
+        409: ("conflict",),
+        422: ("invalid_request", "invalid_value", "invalid_phone", "unknown_field", "nul_character"),
+        429: ("rate_limited",),
+        502: ("gateway_error",),
+    }
+)
+"""Error answers of the gateway webhook, queue control and engagement operations (one list for all)."""
 
 
 class GatewayWebhookController(Controller):
@@ -77,14 +94,24 @@ class GatewayWebhookController(Controller):
             "queues_changed": changed,
         }
 
-    @post("/{tenant_id:uuid}", status_code=200, summary="Webhook of the tenant's Evolution API instance")
+    @post(
+        "/{tenant_id:uuid}",
+        status_code=200,
+        summary="Webhook of the tenant's Evolution API instance",
+        responses=HOOK_ERRORS,
+    )
     async def receive(
         self, request: Request[Any, Any, Any], tenant_id: UUID, services: Services
     ) -> dict[str, Any]:
         """Receipts (``messages.update``), replies (``messages.upsert``), ``connection.update``."""
         return await self._receive(request, tenant_id, services, None)
 
-    @post("/{tenant_id:uuid}/{event:str}", status_code=200, summary="Webhook, one URL per event")
+    @post(
+        "/{tenant_id:uuid}/{event:str}",
+        status_code=200,
+        summary="Webhook, one URL per event",
+        responses=HOOK_ERRORS,
+    )
     async def receive_event(
         self, request: Request[Any, Any, Any], tenant_id: UUID, event: str, services: Services
     ) -> dict[str, Any]:
@@ -118,13 +145,23 @@ class QueueControlController(Controller):
     tags = ["public"]
     dependencies = {"services": Provide(provide_services), "tenant_id": Provide(provide_queue_owner)}
 
-    @post("/queue/{queue_id:uuid}/pause", status_code=200, summary="Pause a queue until resumed by hand")
+    @post(
+        "/queue/{queue_id:uuid}/pause",
+        status_code=200,
+        summary="Pause a queue until resumed by hand",
+        responses=HOOK_ERRORS,
+    )
     async def pause(self, queue_id: UUID, services: Services, tenant_id: UUID) -> dict[str, Any]:
         """Pause (``paused_reason: paused_by_admin``); 409 when the queue was cancelled."""
         queue = await run_sync(services.engagement.pause_by_admin, tenant_id, queue_id)
         return {"queue_id": str(queue.id), "paused_reason": queue.paused_reason}
 
-    @post("/queue/{queue_id:uuid}/resume", status_code=200, summary="Resume a paused queue now")
+    @post(
+        "/queue/{queue_id:uuid}/resume",
+        status_code=200,
+        summary="Resume a paused queue now",
+        responses=HOOK_ERRORS,
+    )
     async def resume(self, queue_id: UUID, services: Services, tenant_id: UUID) -> dict[str, Any]:
         """Lift any pause; the worker checks business hours, gateway and throttle again before sending."""
         queue = await run_sync(services.engagement.resume_by_admin, tenant_id, queue_id)
@@ -166,20 +203,36 @@ class HooksAdminController(Controller):
     tags = ["admin"]
     dependencies = {"services": Provide(provide_services)}
 
-    @get("/engagement/")
+    @get("/engagement/", responses=HOOK_ERRORS)
     async def get_settings(self, request: Req, services: Services) -> dict[str, Any]:
         """Stop words, confirmation text, per-debtor cap."""
         return await run_sync(services.engagement.settings_document, request.user.tenant_id)
 
-    @patch("/engagement/")
-    async def change_settings(self, request: Req, data: SettingsPatch, services: Services) -> dict[str, Any]:
+    @patch("/engagement/", responses=HOOK_ERRORS)
+    async def change_settings(
+        self,
+        request: Req,
+        data: Annotated[
+            SettingsPatch,
+            Parameter(examples=[Example(summary="stop words", value={"stop_words": ["parar", "sair"]})]),
+        ],
+        services: Services,
+    ) -> dict[str, Any]:
         """Change them (422 naming the field)."""
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
         return await run_sync(services.engagement.change_settings, request.user.tenant_id, changes)
 
-    @post("/gateway-webhook/", status_code=200)
+    @post("/gateway-webhook/", status_code=200, responses=HOOK_ERRORS)
     async def setup_gateway_webhook(
-        self, request: Req, data: WebhookSetup, services: Services
+        self,
+        request: Req,
+        data: Annotated[
+            WebhookSetup,
+            Parameter(
+                examples=[Example(summary="public URL", value={"public_url": "https://billing.example.com"})]
+            ),
+        ],
+        services: Services,
     ) -> dict[str, Any]:
         """New secret, then ``POST /webhook/set/{instance}`` on the tenant's gateway with our URL and the
         secret header. Answers the URL and the secret (shown once) and the gateway's status."""
@@ -215,7 +268,7 @@ class HooksAdminController(Controller):
             "error": error,
         }
 
-    @get("/gateway-webhook/")
+    @get("/gateway-webhook/", responses=HOOK_ERRORS)
     async def gateway_webhook_counts(self, request: Req, services: Services) -> dict[str, Any]:
         """Webhook items applied, waiting for their send to be recorded, and unmatched (> 1 h, counted)."""
         counts = await run_sync(
@@ -223,7 +276,7 @@ class HooksAdminController(Controller):
         )
         return {"applied": counts.applied, "waiting": counts.waiting, "unmatched": counts.unmatched}
 
-    @get("/opt-outs/")
+    @get("/opt-outs/", responses=HOOK_ERRORS)
     async def list_opt_outs(
         self, request: Req, services: Services, include_lifted: bool = False
     ) -> list[dict[str, Any]]:
@@ -232,9 +285,15 @@ class HooksAdminController(Controller):
             services.engagement.list_opt_outs, request.user.tenant_id, include_lifted=include_lifted
         )
 
-    @post("/opt-outs/{phone:str}/lift", status_code=200)
+    @post("/opt-outs/{phone:str}/lift", status_code=200, responses=HOOK_ERRORS)
     async def lift_opt_out(
-        self, request: Req, phone: str, data: LiftRequest, services: Services
+        self,
+        request: Req,
+        phone: str,
+        data: Annotated[
+            LiftRequest, Parameter(examples=[Example(summary="lift", value={"reason": "debtor asked"})])
+        ],
+        services: Services,
     ) -> dict[str, Any]:
         """Lift a phone's opt-out (the debtor asked); 404 unknown, 409 not opted out."""
         await run_sync(
@@ -246,32 +305,45 @@ class HooksAdminController(Controller):
         )
         return {"phone": phone, "opted_out": False}
 
-    @get("/history/phone/{phone:str}")
+    @get("/history/phone/{phone:str}", responses=HOOK_ERRORS)
     async def phone_history(self, request: Req, phone: str, services: Services) -> dict[str, Any]:
         """The conversation with a phone: replies, the opt-out (when, which message), lifts."""
         events = await run_sync(services.engagement.conversation_history, request.user.tenant_id, phone)
         return {"phone": phone, "events": [_event_doc(e) for e in events]}
 
-    @get("/webhooks/")
+    @get("/webhooks/", responses=HOOK_ERRORS)
     async def list_endpoints(self, request: Req, services: Services) -> list[dict[str, Any]]:
         """The ERP endpoints (without secrets)."""
         return await run_sync(services.engagement.list_endpoints, request.user.tenant_id)
 
-    @post("/webhooks/", status_code=201)
+    @post("/webhooks/", status_code=201, responses=HOOK_ERRORS)
     async def add_endpoint(
-        self, request: Req, data: EndpointCreate, services: Services
+        self,
+        request: Req,
+        data: Annotated[
+            EndpointCreate,
+            Parameter(
+                examples=[
+                    Example(
+                        summary="an ERP endpoint",
+                        value={"url": "https://erp.example.com/hooks", "events": ["contact.sent"]},
+                    )
+                ]
+            ),
+        ],
+        services: Services,
     ) -> Response[dict[str, Any]]:
         """Add an endpoint; the signing secret is in this answer only (422 ``unsafe_url`` for private or
         metadata addresses unless the operator allows private ones)."""
         doc = await run_sync(services.engagement.add_endpoint, request.user.tenant_id, data.url, data.events)
         return Response(doc, status_code=201, headers={"Cache-Control": "no-store"})
 
-    @delete("/webhooks/{endpoint_id:str}/", status_code=204)
+    @delete("/webhooks/{endpoint_id:str}/", status_code=204, responses=HOOK_ERRORS)
     async def remove_endpoint(self, request: Req, endpoint_id: str, services: Services) -> None:
         """Remove an endpoint."""
         await run_sync(services.engagement.remove_endpoint, request.user.tenant_id, endpoint_id)
 
-    @get("/webhooks/deliveries")
+    @get("/webhooks/deliveries", responses=HOOK_ERRORS)
     async def deliveries(self, request: Req, services: Services, limit: int = 100) -> list[dict[str, Any]]:
         """The latest deliveries with each attempt (status code, error, duration)."""
         return await run_sync(services.engagement.deliveries, request.user.tenant_id, limit=limit)
