@@ -86,7 +86,7 @@ def test_schemathesis_finds_no_server_error_and_nothing_outside_the_document(
                 run()
             except Exception as exc:
                 failures.append(f"{operation.label} ({mode.value}): {exc}")
-    assert operations == 23
+    assert operations >= 23  # every operation of the document (23 today)
     assert failures == [], "\n\n".join(failures)
     print(f"\nschemathesis: {sum(statuses.values())} calls, statuses {sorted(statuses.items())}")
     assert {200, 201, 202, 401, 404, 422} <= set(statuses), statuses  # it reached every kind of answer

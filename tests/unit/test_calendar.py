@@ -1,4 +1,4 @@
-"""Business-hours calendar: cases of shared/cases/business_hours.json plus weekends, holidays, DST."""
+"""Business-hours calendar: cases of tests/cases/business_hours.json plus weekends, holidays, DST."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Phone normalisation and masking (cases: shared/cases/phones.json)."""
+"""Phone normalisation and masking (cases: tests/cases/phones.json)."""
 
 from __future__ import annotations
 
@@ -85,8 +85,7 @@ def test_accepted_phones(given: object, expected: str) -> None:
         "",
         "   ",
         "+",
-        "11 8765-4321",  # 8-digit mobile without the ninth digit: not repaired
-        "+55 11 8765-4321",
+        "11 9552-3230",  # 8 digits starting 9: a 9-digit mobile missing a digit (P04), not an old one
         "0800 123 4567",  # toll-free
         "0300 123 4567",  # shared cost
         "4004-1234",  # shared cost, no area code
@@ -111,6 +110,19 @@ def test_rejected_phones(given: object) -> None:
     assert exc_info.value.code == "invalid_phone"
     assert exc_info.value.field == "contacts[1].telefone"
     assert "contacts[1].telefone" in exc_info.value.message
+
+
+@pytest.mark.parametrize(
+    ("given", "e164"),
+    [
+        ("(75) 8825-1234", "+5575988251234"),  # old 8-digit mobile: a lookup candidate, not invalid
+        ("557588251234", "+5575988251234"),
+        ("+55 11 8765-4321", "+5511987654321"),
+        ("+55 75 98825-1234", "+5575988251234"),
+    ],
+)
+def test_old_eight_digit_mobiles_are_read_with_their_ninth_digit(given: str, e164: str) -> None:
+    assert normalize_phone(given).e164 == e164
 
 
 def test_rejected_toll_free_says_why() -> None:

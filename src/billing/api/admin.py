@@ -9,6 +9,7 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post
+from litestar.datastructures import CacheControlHeader
 from litestar.di import Provide
 from litestar.openapi.spec import Example
 from litestar.params import Parameter
@@ -144,6 +145,7 @@ class AdminController(Controller):
 
     @post(
         "/api-keys/",
+        cache_control=CacheControlHeader(no_store=True),
         request_max_body_size=SMALL_BODY,
         responses=_body_ops((*VALIDATION_CODES, "invalid_name")),
     )
@@ -153,7 +155,7 @@ class AdminController(Controller):
         data: Annotated[ApiKeyCreate, Parameter(examples=[Example(summary="a key", value={"name": "erp"})])],
         services: Services,
     ) -> ApiKeyIssued:
-        """Issue a key; its text is in this answer only."""
+        """Issue a key; its text is in this answer only (``Cache-Control: no-store``: no cache keeps it)."""
         name = data.name.strip()
         if not name:
             raise InvalidValue(
@@ -327,6 +329,12 @@ class AdminController(Controller):
         except PolicyError as exc:  # the policy's fields are under "policy" in the body
             exc.field = f"policy.{exc.field}" if exc.field else "policy"
             raise
+        await run_sync(  # a paused queue is re-evaluated at once, not at its old resume_at
+            services.engagement.review_pauses,
+            tenant_id,
+            policy_changed=data.policy is not None,
+            gateway_changed=data.gateway is not None,
+        )
         return _config_doc(tenant)
 
     @get("/history/contact/{contact_id:uuid}", responses=_ops(s404=("contact_not_found",)))

@@ -16,6 +16,7 @@ from billing.api.auth import API_KEY_HEADER
 from billing.api.errors import Unauthorized
 from billing.bootstrap import Container
 from billing.services.cancel import CancelService
+from billing.services.engagement import EngagementService
 from billing.services.ingest import IngestService
 from billing.services.queries import Queries
 from billing.services.templates import TemplateService
@@ -34,6 +35,7 @@ class Services:
     templates: TemplateService
     queries: Queries
     cancel: CancelService
+    engagement: EngagementService
 
     @classmethod
     def build(cls, container: Container) -> Services:
@@ -41,11 +43,19 @@ class Services:
         queries = Queries(container.pool)
         return cls(
             container=container,
-            tenants=TenantService(container.store, container.clock),
+            tenants=TenantService(
+                container.store, container.clock, gateway_url_guard=container.check_gateway_url
+            ),
             ingest=IngestService(container.store, queries, container.clock),
             templates=TemplateService(container.store, container.clock),
             queries=queries,
             cancel=CancelService(container.store, container.pool, container.clock),
+            engagement=EngagementService(
+                container.store,
+                container.pool,
+                container.clock,
+                allow_private=container.settings.webhooks_allow_private,
+            ),
         )
 
 

@@ -9,7 +9,13 @@ from typing import Any
 
 import structlog
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    TooManyRequestsException,
+    ValidationException,
+)
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from billing.api.body import invalid_from_message
@@ -84,6 +90,12 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
         first = extra[0] if extra and isinstance(extra[0], dict) else {}
         error = invalid_from_message(str(first.get("message", exc.detail)), first.get("key"))
         return domain_error_handler(request, error)
+    if isinstance(exc, TooManyRequestsException):  # billing.api.ratelimit
+        return Response(
+            error_body("rate_limited", str(exc.detail), "X-Billing-API-Key"),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
     code = HTTP_CODES.get(exc.status_code, "http_error")
     if isinstance(exc, NotAuthorizedException):
         code = "unauthorized"

@@ -4,7 +4,7 @@ Pure policy: no I/O and no clock reads. Every instant is passed in as a timezone
 instant returned is aware and expressed in the tenant's zone. Internally all comparisons are made in UTC,
 because Python compares two datetimes that share a ``tzinfo`` by wall clock, ignoring ``fold``.
 
-Rules (the "Business hours" section of ``issue 4`` and ``shared/cases/business_hours.json``):
+Rules (the "Business hours" section of ``issue 4`` and ``tests/cases/business_hours.json``):
 
 - A :class:`Window` is a local wall-clock interval ``[start, end)``. ``end < start`` means the window crosses
   midnight; it belongs to the weekday on which it *starts* (H01). ``start == end`` is refused (H02).

@@ -1,6 +1,6 @@
 """Due dates: strict parsing, pt-BR rendering and the day counter.
 
-Cases: ``/shared/cases/dates.json`` (D01–D06).
+Cases: ``tests/cases/dates.json`` (D01–D06).
 
 Parsing accepts exactly two shapes and never guesses between them or beyond them:
 

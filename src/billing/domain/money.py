@@ -2,7 +2,7 @@
 
 Amounts are always :class:`~decimal.Decimal` in reais (BRL), never binary floats.
 
-Accepted input forms (see ``/shared/cases/money.json``, M01–M04):
+Accepted input forms (see ``tests/cases/money.json``, M01–M04):
 
 * JSON numbers: ``int`` and ``float`` (a float is converted through its shortest ``repr``, so ``1234.56``
   becomes ``Decimal("1234.56")``, not the binary value ``1234.55999999999994543031789362430572509765625``);

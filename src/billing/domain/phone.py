@@ -1,6 +1,6 @@
 """Phone numbers: normalise what ERPs send to E.164, and mask numbers for logs.
 
-Cases: ``/shared/cases/phones.json`` (P01–P05).
+Cases: ``tests/cases/phones.json`` (P01–P05).
 
 Sources: ITU-T Recommendation E.164 (international numbering: ``+`` country code + national significant
 number, at most 15 digits; ``00`` is the ITU-recommended international prefix) and the Anatel Brazilian
@@ -28,8 +28,12 @@ Rules of :func:`normalize_phone`:
 5. The result must be valid per the plan (length and ranges for its area code; P04 has too few digits
    for a DDD 11 mobile) and of type MOBILE, FIXED_LINE or FIXED_LINE_OR_MOBILE. Toll-free (0800),
    shared-cost (0300, 4004), premium-rate, VoIP, pagers etc. are refused.
-6. Nothing is inserted or repaired: a landline stays a landline (P02, no ninth digit added); an old
-   8-digit mobile without its leading 9 is invalid and refused.
+6. Nothing is repaired: a landline stays a landline (P02, no ninth digit added). One exception, the old
+   8-digit mobiles (Brazil added the ninth digit to every mobile from 2012 to 2016, and WhatsApp accounts
+   registered before often still carry the 8-digit id): a Brazilian DDD + 8 digits starting with 6, 7 or
+   8 is read as that mobile with its ninth digit (``(75) 8825-1234`` → ``+5575988251234``); the gateway
+   lookup before the first send then asks for both forms and sends to the one that exists. An 8-digit
+   number starting with 9 stays refused (P04: a 9-digit mobile missing a digit, not an old number).
 """
 
 from __future__ import annotations
@@ -231,7 +235,10 @@ def _full_path(text: str, default_region: str, field: str) -> Phone:
             continue
         if not phonenumbers.is_valid_number(number):
             reason = _invalid_reason(number)
-            continue
+            legacy = _legacy_mobile(number)
+            if legacy is None:
+                continue
+            number = legacy
         if phonenumbers.number_type(number) not in _ACCEPTED_TYPES:
             reason = "not a mobile or landline number (toll-free, shared-cost, premium...)"
             continue
@@ -239,6 +246,18 @@ def _full_path(text: str, default_region: str, field: str) -> Phone:
         region = phonenumbers.region_code_for_number(number) or "ZZ"
         return Phone(e164=e164, gateway_number=e164.removeprefix("+"), region=region)
     raise _invalid(field, reason)
+
+
+def _legacy_mobile(number: phonenumbers.PhoneNumber) -> phonenumbers.PhoneNumber | None:
+    """An old Brazilian 8-digit mobile (DDD + 8 digits starting 6-8) with its ninth digit, when that is a
+    valid mobile; else None (rule 6)."""
+    national = phonenumbers.national_significant_number(number)
+    if number.country_code != 55 or len(national) != 10 or national[2] not in "678":
+        return None
+    modern = phonenumbers.PhoneNumber(country_code=55, national_number=int(f"{national[:2]}9{national[2:]}"))
+    if phonenumbers.is_valid_number(modern) and phonenumbers.number_type(modern) is PhoneNumberType.MOBILE:
+        return modern
+    return None
 
 
 def require_allowed_region(phone: Phone, allowed: frozenset[str], *, field: str = "telefone") -> Phone:

@@ -62,7 +62,9 @@ ATTEMPTS = 3
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
 REBUILD_BATCH_SIZE = 50_000
 """Notifications per batch of a rebuild (one transaction each; ~1 KB each in memory while folded)."""
-VIEW_TABLES = ("tenants", "api_keys", "templates", "campaigns", "queue_status", "campaign_contacts")
+VIEW_TABLES = (
+    "tenants", "api_keys", "templates", "campaigns", "queue_status", "campaign_contacts", "opt_outs",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
