@@ -19,7 +19,7 @@ from tests.conftest import ADMIN_URL
 from tests.e2e.harness import BASE, NO_PAUSE_POLICY, SP, running_system
 
 TOTAL = 200
-POLICY: dict[str, Any] = {**NO_PAUSE_POLICY, "messages_per_minute": 100_000, "max_messages_per_day": 100_000}
+POLICY: dict[str, Any] = {**NO_PAUSE_POLICY, "messages_per_minute": 1_000, "max_messages_per_day": 100_000}
 TUESDAY_10 = datetime(2025, 1, 21, 10, 0, tzinfo=SP)
 
 

@@ -344,7 +344,7 @@ def test_three_workers_with_default_pauses_never_let_7_messages_reach_the_gatewa
     # gateway after its typing pause — the instant the throttle counts
     sent = world.sim.sent
     assert status["contacts"]["sent"] == 13
-    assert sorted(m.number for m in sent) == sorted(phone(i).lstrip("+") for i in range(13))
+    assert sorted(m.digits for m in sent) == sorted(phone(i).lstrip("+") for i in range(13))
     assert all(m.delay_ms for m in sent)
     delivered = [world.clock.at(m.received_at.timestamp() + (m.delay_ms or 0) / 1000) for m in sent]
     assert busiest_window(delivered) == RATE, sorted(delivered)
@@ -410,7 +410,8 @@ def test_paused_queue_survives_killing_every_process_and_resumes_at_resume_at_se
     assert received[0] >= OPENING, f"sent before the opening: {received}"
     # promptly: within a few real seconds (the scheduler ticks every 2 s) of resume_at
     assert received[0] - OPENING < timedelta(seconds=5 * RESTART_SCALE), received
-    assert status["contacts"] == {
+    counts = {k: v for k, v in status["contacts"].items() if k not in ("delivered", "read", "replied")}
+    assert counts == {
         "total": 5,
         "pending": 0,
         "sent": 5,
