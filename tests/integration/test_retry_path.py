@@ -48,7 +48,7 @@ async def test_a_retry_is_handled_ahead_of_its_tenants_backlog(
     await world.add_worker(worker_prefetch=2)
     try:
         # Given a tenant's contact whose first attempt failed and whose retry is due in a minute
-        tenant = create_tenant(world, messages_per_minute=100_000)
+        tenant = create_tenant(world, messages_per_minute=1_000)
         retry = create_batch(world, tenant, 1, first=BACKLOG)
         contact = world.contact(retry.ids[0])
         now = world.clock.now()
@@ -92,7 +92,7 @@ async def test_a_tenants_small_batch_is_not_behind_its_own_large_batch(
     try:
         # Given one tenant's large batch and, a moment later, its small one (on another shard, as 7 in
         # 8 batches are)
-        tenant = create_tenant(world, messages_per_minute=100_000)
+        tenant = create_tenant(world, messages_per_minute=1_000)
         topology = broker.topology
         large_id, small_id = uuid.uuid4(), uuid.uuid4()
         while topology.queue_for("overdue", small_id) == topology.queue_for("overdue", large_id):

@@ -37,6 +37,9 @@ GATEWAY_EVENTS = ("MESSAGES_UPDATE", "MESSAGES_UPSERT", "CONNECTION_UPDATE")
 Req = Request[Admin, Any, Any]
 
 
+WEBHOOK_MAX_BODY = 4 * 1024 * 1024
+"""Body limit (bytes) of a gateway webhook call: a batch of receipts or a reply with media metadata."""
+
 HOOK_ERRORS = errors(
     {
         **BODY_ERRORS,
@@ -98,6 +101,7 @@ class GatewayWebhookController(Controller):
         "/{tenant_id:uuid}",
         status_code=200,
         summary="Webhook of the tenant's Evolution API instance",
+        request_max_body_size=WEBHOOK_MAX_BODY,
         responses=HOOK_ERRORS,
     )
     async def receive(
@@ -110,6 +114,7 @@ class GatewayWebhookController(Controller):
         "/{tenant_id:uuid}/{event:str}",
         status_code=200,
         summary="Webhook, one URL per event",
+        request_max_body_size=WEBHOOK_MAX_BODY,
         responses=HOOK_ERRORS,
     )
     async def receive_event(
