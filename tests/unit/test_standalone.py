@@ -14,6 +14,10 @@ def test_cases_are_read_from_inside_the_repository() -> None:
     assert [c["id"] for c in load_cases("money.json")][:1] == ["M01"]
 
 
+SIBLING = ".." + "/" + "shared"  # spelled in parts so this guard does not cite the folder it forbids
+FORBIDDEN = (SIBLING, "/" + "work/", SIBLING[3:] + "/cases", SIBLING[3:] + "/evolution-api")
+
+
 def test_no_file_cites_a_path_outside_the_repository() -> None:
     offenders = []
     for folder in ("src", "tests", "docs", "bench", "scripts"):
@@ -21,11 +25,11 @@ def test_no_file_cites_a_path_outside_the_repository() -> None:
             if not path.is_file() or path.suffix not in {".py", ".md", ".sql", ""} or path == Path(__file__):
                 continue
             text = path.read_text(encoding="utf-8", errors="replace")
-            for needle in ("../shared", "/work/", "shared/cases", "shared/evolution-api"):
+            for needle in FORBIDDEN:
                 if needle in text:
                     offenders.append(f"{path.relative_to(ROOT)}: {needle}")
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    offenders += [f"README.md: {n}" for n in ("../shared", "/work/") if n in readme]
+    offenders += [f"README.md: {n}" for n in FORBIDDEN[:2] if n in readme]
     assert offenders == []
 
 
