@@ -43,6 +43,9 @@ class Settings:
         poll_interval_s: seconds between polls of the notification log when no NOTIFY arrives.
         gateway_timeout_s: seconds an Evolution API call may take (on top of its typing delay).
         broker_prefix: prefix of every exchange and queue name (tests isolate themselves with it).
+        public_url: ``BILLING_PUBLIC_URL``, the address tenants reach the API at (the dashboard's curl
+            examples use it; an ``https://`` one makes the dashboard's session cookie ``Secure``). Empty:
+            the address of each request.
         clock: ``BILLING_CLOCK`` — **tests and demos only; never in production.** Empty (the default): the
             machine's clock. Otherwise ``<ISO start with offset>@<anchor unix seconds>x<scale>``, e.g.
             ``2025-01-20T07:58:00-03:00@1764400000.5x30``: every process reads ``start`` at Unix time
@@ -64,6 +67,7 @@ class Settings:
     gateway_timeout_s: float = 30.0
     broker_prefix: str = "billing"
     clock: str = ""
+    public_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -121,6 +125,8 @@ class Settings:
         for name in ("pool_size", "worker_prefetch", "api_port"):
             if int(getattr(self, name)) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise SettingsError(f"{PREFIX}PUBLIC_URL must be an http(s) URL, got {self.public_url!r}")
         self.scaled_clock()
 
     def scaled_clock(self) -> ScaledClock | None:
@@ -160,4 +166,5 @@ _FIELDS: dict[str, type] = {
     "gateway_timeout_s": float,
     "broker_prefix": str,
     "clock": str,
+    "public_url": str,
 }

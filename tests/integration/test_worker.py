@@ -287,6 +287,14 @@ def create_tenant(world: World, *, api_key: str = KEY, instance: str = INSTANCE,
         )
         for kind in TemplateType
     ]
+    for template in templates:
+        tenant.choose_default_template(
+            template_id=template.id,
+            template_tenant=tenant.id,
+            template_type=template.template_type,
+            active=True,
+            at=now,
+        )
     world.store.save(tenant, *templates)
     return tenant.id
 

@@ -67,7 +67,7 @@ class ConfigPatch(msgspec.Struct, forbid_unknown_fields=True):
     gateway: dict[str, Any] | None = None
 
 
-def _template_doc(template: Any) -> dict[str, Any]:
+def _template_doc(template: Any, *, default: bool = False) -> dict[str, Any]:
     return {
         "template_id": str(template.id),
         "name": template.name,
@@ -75,6 +75,7 @@ def _template_doc(template: Any) -> dict[str, Any]:
         "description": template.description,
         "variations": list(template.variations),
         "active": template.active,
+        "default": default,
         "version": template.version,
     }
 
@@ -154,7 +155,7 @@ class AdminController(Controller):
         """Change a template; every change is an event."""
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
         template = await run_sync(services.templates.change, request.user.tenant_id, template_id, **changes)
-        return _template_doc(template)
+        return _template_doc(template, default=await _is_default(services, template))
 
     @delete("/templates/{template_id:uuid}/", status_code=200)
     async def deactivate_template(
@@ -162,7 +163,16 @@ class AdminController(Controller):
     ) -> dict[str, Any]:
         """Deactivate a template; its history stays."""
         template = await run_sync(services.templates.deactivate, request.user.tenant_id, template_id)
-        return _template_doc(template)
+        return _template_doc(template, default=False)
+
+    @post("/templates/{template_id:uuid}/default", status_code=200)
+    async def make_default_template(
+        self, request: Req, template_id: UUID, services: Services
+    ) -> dict[str, Any]:
+        """Make the template its type's default (the one sends without ``template_id`` use); 422
+        ``template_inactive`` for an inactive one, 404 for another tenant's."""
+        template = await run_sync(services.templates.make_default, request.user.tenant_id, template_id)
+        return _template_doc(template, default=True)
 
     @post("/templates/{template_id:uuid}/preview", status_code=200)
     async def preview_template(
@@ -234,6 +244,11 @@ class AdminController(Controller):
             _history, services, request.user.tenant_id, template_id, MessageTemplate, "template"
         )
         return {"template_id": str(template_id), "events": [_event_doc(e) for e in events]}
+
+
+async def _is_default(services: Services, template: Any) -> bool:
+    tenant = await run_sync(services.tenants.get_tenant, template.tenant_id)
+    return bool(tenant.default_template(template.template_type) == template.id)
 
 
 def _history(services: Services, tenant_id: UUID, aggregate_id: UUID, kind: type, name: str) -> list[Any]:

@@ -60,7 +60,10 @@ PROJECTION = "projections"
 ATTEMPTS = 3
 """Tries of a batch on transient database errors before the follower's own backoff takes over."""
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
-VIEW_TABLES = ("tenants", "api_keys", "templates", "campaigns", "queue_status", "campaign_contacts")
+VIEW_TABLES = (
+    "tenants", "api_keys", "templates", "campaigns", "queue_status", "campaign_contacts",
+    "default_templates", "outcome_counts", "users", "admin_actions",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,18 @@ from eventsourcing.persistence import IntegrityError
 from billing.domain.campaign import Campaign
 from billing.domain.contact import Contact
 from billing.domain.errors import Conflict, InvalidValue, NotFound
-from billing.domain.ingestion import MAX_FIELD_NAME_LENGTH, MAX_FIELDS, AcceptedContact, screen_contact
+from billing.domain.ingestion import (
+    MAX_FIELD_NAME_LENGTH,
+    MAX_FIELDS,
+    AcceptedContact,
+    RejectedContact,
+    screen_contact,
+)
 from billing.domain.queue import Queue
 from billing.domain.templating import parse_template
 from billing.domain.tenant import Tenant
 from billing.domain.types import TemplateType
+from billing.domain.variables import choose_variation, message_variables
 from billing.eventstore import EventStore, get_owned
 from billing.services.clock import Clock
 from billing.services.queries import Queries
@@ -43,6 +50,7 @@ class SendRequest(msgspec.Struct, kw_only=True):
     contacts: list[dict[str, Any]]
     template_type: str | None = None
     external_id: str | None = None
+    template_id: UUID | None = None  # a template of the type other than its default
 
 
 _decoder = msgspec.json.Decoder(SendRequest, float_hook=Decimal)
@@ -75,6 +83,29 @@ class SubmitResult:
             },
             "rejections": self.rejections,
         }
+
+
+@dataclass(frozen=True)
+class BatchPreview:
+    """A dry run of a batch (the dashboard's new-campaign preview): ``rejections`` as the 202 would list
+    them, ``messages`` ``[{index, phone, text}]`` of the first accepted contacts."""
+
+    template_id: UUID
+    total: int
+    accepted: int
+    rejections: list[dict[str, Any]]
+    messages: list[dict[str, Any]]
+
+
+def _rejection(outcome: RejectedContact) -> dict[str, Any]:
+    """The public rejection item of a refused contact."""
+    return {
+        "index": outcome.index,
+        "code": outcome.code,
+        "message": outcome.message,
+        "field": outcome.field,
+        **outcome.details,
+    }
 
 
 def decode_send_request(body: bytes) -> SendRequest:
@@ -144,25 +175,48 @@ class IngestService:
         self.queries = queries
         self.clock = clock
 
-    def required_variables(self, tenant_id: UUID, template_type: TemplateType) -> frozenset[str]:
-        """Names every active variation of the type uses outside conditionals (a contact must have them all,
-        since any variation may be chosen).
+    def sending_template(
+        self, tenant_id: UUID, template_type: TemplateType, template_id: UUID | None = None
+    ) -> tuple[UUID, frozenset[str]]:
+        """The template a batch will be sent with — the named one, else the type's default — and the names
+        its variations use outside conditionals (a contact must have them all, since any variation may be
+        chosen). A template that is neither is never used.
 
         Raises:
-            InvalidValue: ``no_active_template`` when the tenant has no active template of the type.
+            InvalidValue (naming ``template_id`` or ``template_type``): ``template_not_found``,
+                ``template_type_mismatch``, ``template_inactive`` for a named template;
+                ``no_active_template`` when the type has no default.
         """
-        rows = self.queries.active_templates(tenant_id, template_type.value)
-        if not rows:
+        row = self.queries.sending_template(tenant_id, template_type.value, template_id)
+        if template_id is not None:
+            if row is None:
+                raise InvalidValue(
+                    "template_id names no template", code="template_not_found", field="template_id"
+                )
+            if row["template_type"] != template_type.value:
+                raise InvalidValue(
+                    f"template_id names a {row['template_type']} template, not {template_type.value}",
+                    code="template_type_mismatch",
+                    field="template_id",
+                )
+        if row is None or not row["active"]:
+            if template_id is not None:
+                raise InvalidValue(
+                    "template_id names an inactive template", code="template_inactive", field="template_id"
+                )
             raise InvalidValue(
-                f"no active {template_type.value} template: create one first",
+                f"no default {template_type.value} template: create one and make it the default",
                 code="no_active_template",
                 field="template_type",
             )
         names: set[str] = set()
-        for row in rows:
-            for text in row["variations"]:
-                names |= parse_template(text).required_variables
-        return frozenset(names)
+        for text in row["variations"]:
+            names |= parse_template(text).required_variables
+        return row["template_id"], frozenset(names)
+
+    def required_variables(self, tenant_id: UUID, template_type: TemplateType) -> frozenset[str]:
+        """The names the type's default template needs (see :meth:`sending_template`)."""
+        return self.sending_template(tenant_id, template_type)[1]
 
     def submit(
         self,
@@ -175,7 +229,8 @@ class IngestService:
         """Store a batch atomically and return the 202 answer.
 
         Raises:
-            InvalidValue: ``template_type_mismatch``, ``no_active_template``, ``invalid_request``.
+            InvalidValue: ``template_type_mismatch``, ``no_active_template``, ``invalid_request``, and for
+                a named ``template_id`` ``template_not_found`` / ``template_inactive``.
             Conflict: ``idempotency_key_reused`` (same key, different body).
         """
         if request.template_type is not None and request.template_type != path_type.value:
@@ -199,7 +254,7 @@ class IngestService:
                 return replay
         else:
             campaign_id, queue_id = uuid4(), uuid4()
-        required = self.required_variables(tenant_id, path_type)
+        template_id, required = self.sending_template(tenant_id, path_type, request.template_id)
         now = self.clock.now()
         today = now.astimezone(self._tenant_zone(tenant_id)).date()
         contacts: list[Contact] = []
@@ -230,17 +285,12 @@ class IngestService:
                         amount_total=outcome.amount_total,
                         due_date=outcome.due_date,
                         ordinal=len(contacts) - len(rejections),
+                        template_id=template_id,
                         **common,
                     )
                 )
             else:
-                rejection = {
-                    "index": index,
-                    "code": outcome.code,
-                    "message": outcome.message,
-                    "field": outcome.field,
-                    **outcome.details,
-                }
+                rejection = _rejection(outcome)
                 rejections.append(rejection)
                 contacts.append(
                     Contact._create(
@@ -290,6 +340,53 @@ class IngestService:
             external_id=request.external_id,
             accepted=accepted,
             rejections=rejections,
+        )
+
+    def preview(
+        self, *, tenant_id: UUID, path_type: TemplateType, request: SendRequest, messages: int = 3
+    ) -> BatchPreview:
+        """What :meth:`submit` would do with ``request`` now, storing nothing: the rejections (same
+        screening, same codes) and the first ``messages`` accepted contacts' texts as they would read if
+        sent now (the worker renders again at send time: days overdue may have moved by then).
+
+        Raises:
+            InvalidValue: as :meth:`submit` (template and request checks).
+        """
+        template_id, required = self.sending_template(tenant_id, path_type, request.template_id)
+        row = self.queries.sending_template(tenant_id, path_type.value, template_id)
+        assert row is not None  # sending_template just found it
+        parsed = [parse_template(text) for text in row["variations"]]
+        now = self.clock.now()
+        zone = self._tenant_zone(tenant_id)
+        today = now.astimezone(zone).date()
+        rejections: list[dict[str, Any]] = []
+        texts: list[dict[str, Any]] = []
+        ordinal = 0
+        for index, raw in enumerate(request.contacts):
+            outcome = screen_contact(
+                raw, index=index, template_type=path_type, required_variables=required, today=today
+            )
+            if not isinstance(outcome, AcceptedContact):
+                rejections.append(_rejection(outcome))
+                continue
+            if len(texts) < messages:
+                variables = message_variables(
+                    outcome.fields,
+                    amount=outcome.amount,
+                    amount_total=outcome.amount_total,
+                    due_date=outcome.due_date,
+                    now=now,
+                    tz=zone,
+                )
+                template = parsed[choose_variation(ordinal, len(parsed))]
+                texts.append({"index": index, "phone": outcome.phone, "text": template.render(variables)})
+            ordinal += 1
+        return BatchPreview(
+            template_id=template_id,
+            total=len(request.contacts),
+            accepted=len(request.contacts) - len(rejections),
+            rejections=rejections,
+            messages=texts,
         )
 
     def _tenant_zone(self, tenant_id: UUID) -> ZoneInfo:
