@@ -14,6 +14,7 @@ from billing.api.deps import Services, run_sync
 from billing.api.errors import EXCEPTION_HANDLERS
 from billing.api.public import PublicController
 from billing.bootstrap import Container
+from billing.dashboard import dashboard_middleware, dashboard_routers, template_config
 from billing.projections.tracking import load_position
 from billing.projections.views import PROJECTION
 
@@ -55,9 +56,14 @@ async def ready(request: Any) -> Response[dict[str, Any]]:
 def create_app(container: Container) -> Litestar:
     """Build the API over ``container`` (needs ``settings.jwt_secret`` for the admin API)."""
     services = Services.build(container)
-    auth = jwt_auth(container.settings.require_jwt_secret())
+    secret = container.settings.require_jwt_secret()
+    auth = jwt_auth(secret)
+    secure = container.settings.public_url.startswith("https://")
+    dashboard = dashboard_routers(secret, secure_cookies=secure)
     return Litestar(
-        route_handlers=[PublicController, AdminController, live, ready],
+        route_handlers=[PublicController, AdminController, live, ready, *dashboard],
+        template_config=template_config(),
+        middleware=dashboard_middleware(secret, secure_cookies=secure),
         exception_handlers=EXCEPTION_HANDLERS,
         on_app_init=[auth.on_app_init],
         openapi_config=OpenAPIConfig(
