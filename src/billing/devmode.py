@@ -133,6 +133,7 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
         }
         tenant_id, api_key = await asyncio.to_thread(_seed_demo, container, state, gateway, args.api_key)
         state.save(tenant_id=str(tenant_id), gateway_key=gateway_key, gateway_port=gateway_port)
+        login = await asyncio.to_thread(_seed_demo_user, container, state, tenant_id)
 
         gateway_server = _uvicorn_server(simulator.asgi_app, "127.0.0.1", gateway_port, interface="asgi3")
         api_server = _uvicorn_server(_build_app(create_app, container), args.host, args.port)
@@ -151,6 +152,7 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
                 args,
                 api_key=api_key,
                 tenant_id=tenant_id,
+                login=login,
                 extra={
                     "Admin JWT": _admin_token(settings, tenant_id),
                     "PostgreSQL": settings.database_url,
@@ -209,6 +211,30 @@ def _seed_demo(
     return tenant_id, key
 
 
+DEMO_EMAIL = "demo@empresa.demo"
+
+
+def _seed_demo_user(container: Any, state: _DevState, tenant_id: UUID) -> tuple[str, str]:
+    """The demo tenant's dashboard admin (email, password): created once, its password kept in the data
+    directory's state file so it stays the same across runs."""
+    import secrets
+
+    from billing.domain.user import User, user_id_for
+    from billing.eventstore import get_owned
+    from billing.services.users import UserService
+
+    password = str(state.values.get("dashboard_password") or secrets.token_urlsafe(12))
+    user = get_owned(container.store, user_id_for(DEMO_EMAIL), User)
+    if user is None or user.tenant_id != tenant_id or user.removed:
+        if user is not None and user.tenant_id != tenant_id:
+            raise CliError("the demo user belongs to another tenant: reset the data directory")
+        UserService(container.store, container.pool, container.clock).create(
+            tenant_id, email=DEMO_EMAIL, password=password, role="admin"
+        )
+    state.save(dashboard_password=password)
+    return DEMO_EMAIL, password
+
+
 async def _log_simulator(simulator: Any, stop: asyncio.Event) -> None:
     """Log each message the simulator accepts (the demo's "message went out"), until ``stop``. The text
     itself is personal data and stays out of the log: the campaign's contact list shows it."""
@@ -255,6 +281,7 @@ async def _announce(
     *,
     api_key: str,
     tenant_id: UUID,
+    login: tuple[str, str],
     extra: dict[str, str],
 ) -> None:
     """Once the API listens, print where everything is and a ready-to-copy curl command."""
@@ -268,6 +295,7 @@ async def _announce(
     lines = [
         "",
         "billing dev is running (Ctrl-C to stop).",
+        f"  Dashboard:  {base}/dashboard/   (e-mail {login[0]}, senha {login[1]})",
         f"  API:        {base}   (OpenAPI: {base}/schema)",
         f"  API key:    {api_key}",
         f"  Tenant:     {tenant_id}",

@@ -496,8 +496,11 @@ def test_every_event_topic_of_the_domain_is_projected_or_knowingly_ignored() -> 
     from billing.projections.writers import HANDLED_TOPICS
 
     bases = {  # never recorded
-        "billing.Contact.Created", "billing.ApiKey.Created", "billing.Tenant.Created", "billing.AdminAction.Created",
-    }  # fmt: skip
+        "billing.Contact.Created",
+        "billing.ApiKey.Created",
+        "billing.Tenant.Created",
+        "billing.AdminAction.Created",
+    }
     topics = {
         value.TOPIC
         for aggregate in (ApiKey, Campaign, Contact, Queue, MessageTemplate, Tenant, User, AdminAction)

@@ -28,13 +28,20 @@ TEMPLATE_DIR = HERE / "templates"
 def _engine_callback(engine: JinjaTemplateEngine) -> None:
     env = engine.engine
     env.filters.update(
-        money=fmt.money, day=fmt.day, instant=fmt.instant, number=fmt.number, percent=fmt.percent, label=fmt.label
+        money=fmt.money,
+        day=fmt.day,
+        instant=fmt.instant,
+        number=fmt.number,
+        percent=fmt.percent,
+        label=fmt.label,
     )
 
 
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     """Jinja2 templates of the package (autoescaped)."""
-    return TemplateConfig(directory=TEMPLATE_DIR, engine=JinjaTemplateEngine, engine_callback=_engine_callback)
+    return TemplateConfig(
+        directory=TEMPLATE_DIR, engine=JinjaTemplateEngine, engine_callback=_engine_callback
+    )
 
 
 def _wants_html(request: Request[Any, Any, Any]) -> bool:

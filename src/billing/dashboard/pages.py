@@ -7,10 +7,9 @@ from __future__ import annotations
 import base64
 import csv
 import io
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
-from zoneinfo import ZoneInfo
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -140,7 +139,7 @@ def _chart(per_day: list[tuple[Any, dict[str, int]]]) -> dict[str, Any]:
     step = (width - pad) / max(1, len(per_day))
     bars = []
     for i, (day, counts) in enumerate(per_day):
-        y = height - pad
+        y = float(height - pad)
         for outcome in outcomes:
             h = (height - 2 * pad) * counts[outcome] / peak
             if h > 0:
@@ -287,7 +286,10 @@ class CampaignsController(Controller):
         """Step 1: type, template, the ERP's file (CSV or XLSX) or pasted rows."""
         user = current_user(request)
         return await page(
-            request, "campaign_new.html", types=list(TemplateType), templates=await self._templates(request, user)
+            request,
+            "campaign_new.html",
+            types=list(TemplateType),
+            templates=await self._templates(request, user),
         )
 
     @post("/new", opt=ADMIN)
@@ -339,7 +341,7 @@ class CampaignsController(Controller):
         form = await _form(request)
         sheet = _unpack(str(form.get("sheet") or ""))
         kind = _template_type(form.get("template_type"))
-        context = {
+        context: dict[str, Any] = {
             "sheet": sheet,
             "packed": form.get("sheet"),
             "known": KNOWN_FIELDS,
@@ -439,7 +441,9 @@ class CampaignsController(Controller):
         """Cancel the campaign's queue (the public API's cancel service)."""
         campaign = await self._campaign(request, campaign_id)
         count = await run_sync(
-            _services(request).cancel.cancel_queue, current_user(request).tenant_id, UUID(campaign["queue_id"])
+            _services(request).cancel.cancel_queue,
+            current_user(request).tenant_id,
+            UUID(campaign["queue_id"]),
         )
         await _record(request, "queue.cancel", f"{campaign['queue_id']} ({count})")
         return Redirect(f"/dashboard/campaigns/{campaign_id}", status_code=303)
@@ -453,7 +457,9 @@ class CampaignsController(Controller):
         rows = await run_sync(_queries(request).contacts, user.tenant_id, campaign_id, limit=10_000)
         out = io.StringIO()
         writer = csv.writer(out, delimiter=";")
-        writer.writerow(["linha", "nome", "telefone", "status", "tentativas", "enviada_em", "mensagem", "erro"])
+        writer.writerow(
+            ["linha", "nome", "telefone", "status", "tentativas", "enviada_em", "mensagem", "erro"]
+        )
         for r in rows:
             error = r["error"]
             writer.writerow(
@@ -539,7 +545,9 @@ class TemplatesController(Controller):
     @get("/{template_id:uuid}")
     async def edit(self, request: Req, template_id: UUID) -> Template:
         """The editor of one template, with its version history."""
-        template = await run_sync(_services(request).templates.get, current_user(request).tenant_id, template_id)
+        template = await run_sync(
+            _services(request).templates.get, current_user(request).tenant_id, template_id
+        )
         tenant = await _tenant(request, current_user(request))
         doc = {
             "template_id": str(template.id),
@@ -567,7 +575,10 @@ class TemplatesController(Controller):
             try:
                 parsed = parse_variations([text])[0]
                 rendered = _services(request).templates.preview(
-                    [text], sample, now=_services(request).container.clock.now(), tz=tenant.sending_policy.calendar.tz
+                    [text],
+                    sample,
+                    now=_services(request).container.clock.now(),
+                    tz=tenant.sending_policy.calendar.tz,
                 )[0]
                 items.append(
                     {
@@ -629,7 +640,9 @@ class TemplatesController(Controller):
     @post("/{template_id:uuid}/default", opt=ADMIN)
     async def make_default(self, request: Req, template_id: UUID) -> Response[Any]:
         """Make it its type's default."""
-        await run_sync(_services(request).templates.make_default, current_user(request).tenant_id, template_id)
+        await run_sync(
+            _services(request).templates.make_default, current_user(request).tenant_id, template_id
+        )
         await _record(request, "template.default", str(template_id))
         return Redirect("/dashboard/templates/", status_code=303)
 
@@ -732,11 +745,19 @@ class SettingsController(Controller):
         return await self._page(request)
 
     async def _apply(
-        self, request: Req, what: str, *, policy: dict[str, Any] | None = None, gateway: dict[str, Any] | None = None
+        self,
+        request: Req,
+        what: str,
+        *,
+        policy: dict[str, Any] | None = None,
+        gateway: dict[str, Any] | None = None,
     ) -> Response[Any]:
         try:
             await run_sync(
-                _services(request).tenants.configure, current_user(request).tenant_id, policy=policy, gateway=gateway
+                _services(request).tenants.configure,
+                current_user(request).tenant_id,
+                policy=policy,
+                gateway=gateway,
             )
         except DomainError as exc:
             return await self._page(request, status_code=422, error=_error(exc), section=what)
@@ -818,7 +839,7 @@ class SettingsController(Controller):
 
     @post("/gateway/test", opt=ADMIN)
     async def test_gateway(self, request: Req) -> Template:
-        """"Testar conexão": the gateway's ``connectionState`` for the settings in the form."""
+        """ "Testar conexão": the gateway's ``connectionState`` for the settings in the form."""
         import httpx
 
         form = await _form(request)
@@ -863,7 +884,9 @@ class HistoryController(Controller):
         events = await run_sync(
             _history, _services(request), current_user(request).tenant_id, contact_id, Contact, "contact"
         )
-        return await page(request, "history_contact.html", contact_id=contact_id, events=[_event_doc(e) for e in events])
+        return await page(
+            request, "history_contact.html", contact_id=contact_id, events=[_event_doc(e) for e in events]
+        )
 
 
 class UsersController(Controller):
@@ -876,7 +899,9 @@ class UsersController(Controller):
         tenant_id = current_user(request).tenant_id
         users = await run_sync(services.users.list_users, tenant_id)
         actions = await run_sync(services.users.actions, tenant_id)
-        return await page(request, "users.html", status_code=status_code, users=users, actions=actions, **extra)
+        return await page(
+            request, "users.html", status_code=status_code, users=users, actions=actions, **extra
+        )
 
     @get("/")
     async def list_users(self, request: Req) -> Template:

@@ -47,7 +47,9 @@ def session_config(secret: str, *, secure: bool) -> CookieBackendConfig:
         secure=secure,
         samesite="lax",
         path=PATH,
-        exclude=[f"^(?!{PATH}(/|$))"],  # app-level middleware (a router's would be deep-copied): dashboard only
+        exclude=[
+            f"^(?!{PATH}(/|$))"
+        ],  # app-level middleware (a router's would be deep-copied): dashboard only
     )
 
 

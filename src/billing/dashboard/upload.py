@@ -58,16 +58,15 @@ def read_sheet(filename: str, content: bytes) -> Sheet:
         raise InvalidValue("o arquivo está vazio", code="invalid_file", field="file")
     if len(content) > MAX_BYTES:
         raise InvalidValue("o arquivo passa de 5 MB", code="invalid_file", field="file")
-    if filename.lower().endswith(".xlsx"):
-        table = _read_xlsx(content)
-    else:
-        table = _read_csv(content)
+    table = _read_xlsx(content) if filename.lower().endswith(".xlsx") else _read_csv(content)
     table = [row for row in table if any(str(v).strip() for v in row)]
     if not table:
         raise InvalidValue("o arquivo não tem linhas", code="invalid_file", field="file")
     columns = [str(c).strip() for c in table[0]]
     if not any(columns):
-        raise InvalidValue("a primeira linha deve ter os nomes das colunas", code="invalid_file", field="file")
+        raise InvalidValue(
+            "a primeira linha deve ter os nomes das colunas", code="invalid_file", field="file"
+        )
     rows = [(list(r) + [""] * len(columns))[: len(columns)] for r in table[1:]]
     if len(rows) > MAX_ROWS:
         raise InvalidValue(f"no máximo {MAX_ROWS} linhas por campanha", code="invalid_file", field="file")
@@ -95,7 +94,9 @@ def _read_xlsx(content: bytes) -> list[list[Any]]:
     try:
         book = load_workbook(io.BytesIO(content), read_only=True, data_only=True)
     except Exception as exc:  # openpyxl raises many types for a damaged file
-        raise InvalidValue(f"XLSX ilegível: {type(exc).__name__}", code="invalid_file", field="file") from None
+        raise InvalidValue(
+            f"XLSX ilegível: {type(exc).__name__}", code="invalid_file", field="file"
+        ) from None
     try:
         sheet = book.worksheets[0]
         return [[_cell(v) for v in row] for row in sheet.iter_rows(values_only=True)]

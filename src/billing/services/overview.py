@@ -106,7 +106,11 @@ class DashboardQueries:
         with self.pool.connection() as conn:
             rows = conn.execute(sql, params).fetchall()
         return [
-            {"campaign_id": str(r["campaign_id"]), "external_id": r["external_id"], **Queries.status_document(r)}
+            {
+                "campaign_id": str(r["campaign_id"]),
+                "external_id": r["external_id"],
+                **Queries.status_document(r),
+            }
             for r in rows
         ]
 
@@ -115,12 +119,17 @@ class DashboardQueries:
         with self.pool.connection() as conn:
             row = conn.execute(
                 "SELECT c.campaign_id, c.external_id, q.* FROM campaigns c "
-                "JOIN queue_status q ON q.queue_id = c.queue_id WHERE c.campaign_id = %s AND c.tenant_id = %s",
+                "JOIN queue_status q ON q.queue_id = c.queue_id "
+                "WHERE c.campaign_id = %s AND c.tenant_id = %s",
                 (campaign_id, tenant_id),
             ).fetchone()
         if row is None:
             return None
-        return {"campaign_id": str(row["campaign_id"]), "external_id": row["external_id"], **Queries.status_document(row)}
+        return {
+            "campaign_id": str(row["campaign_id"]),
+            "external_id": row["external_id"],
+            **Queries.status_document(row),
+        }
 
     def contacts(
         self,
@@ -188,6 +197,7 @@ class DashboardQueries:
         with self.pool.connection() as conn:
             return conn.execute(
                 "SELECT k.key_id, k.name, k.prefix, k.created_at, k.revoked_at, u.last_used FROM api_keys k "
-                "LEFT JOIN api_key_usage u ON u.key_id = k.key_id WHERE k.tenant_id = %s ORDER BY k.created_at",
+                "LEFT JOIN api_key_usage u ON u.key_id = k.key_id WHERE k.tenant_id = %s "
+                "ORDER BY k.created_at",
                 (tenant_id,),
             ).fetchall()

@@ -60,7 +60,13 @@ class UserService:
         self.clock = clock
 
     def create(
-        self, tenant_id: UUID, *, email: str, password: str, role: str = "admin", by: SessionUser | None = None
+        self,
+        tenant_id: UUID,
+        *,
+        email: str,
+        password: str,
+        role: str = "admin",
+        by: SessionUser | None = None,
     ) -> User:
         """Create (or re-invite a removed) user of ``tenant_id``.
 
@@ -82,11 +88,15 @@ class UserService:
             existing.restore(password_hash=digest, role=role, by=by_id, at=now)
             user = existing
         else:
-            user = User.create(tenant_id=tenant_id, email=clean, password_hash=digest, role=role, by=by_id, at=now)
+            user = User.create(
+                tenant_id=tenant_id, email=clean, password_hash=digest, role=role, by=by_id, at=now
+            )
         try:
             self._save(user, by, "user.invite", clean)
         except IntegrityError:
-            raise InvalidValue("a user with this email already exists", code="user_exists", field="email") from None
+            raise InvalidValue(
+                "a user with this email already exists", code="user_exists", field="email"
+            ) from None
         return user
 
     def remove(self, by: SessionUser, user_id: UUID) -> None:
@@ -116,7 +126,9 @@ class UserService:
         if user is None or user.removed:
             return None
         if _hasher.check_needs_rehash(digest):
-            user.trigger_event(User.PasswordRehashed, password_hash=_hasher.hash(password), timestamp=self.clock.now())
+            user.trigger_event(
+                User.PasswordRehashed, password_hash=_hasher.hash(password), timestamp=self.clock.now()
+            )
             self.store.save(user)
         return SessionUser(user_id=user.id, tenant_id=user.tenant_id, email=user.email, role=user.role)
 
