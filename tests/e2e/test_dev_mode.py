@@ -132,7 +132,7 @@ def test_billing_dev_prints_the_dashboard_url_and_a_demo_login_that_works(
     assert line, (tmp_path / "dev.log").read_text()
     url, email, password = line.groups()
     assert url == f"{dev_server}/dashboard/"
-    with httpx.Client(timeout=10) as client:
+    with httpx.Client(timeout=10, follow_redirects=True) as client:
         login = client.get(f"{dev_server}/dashboard/login")
         token = re.search(r'name="_csrf_token" value="([^"]+)"', login.text).group(1)  # type: ignore[union-attr]
         answer = client.post(

@@ -152,7 +152,7 @@ async def test_api_key_is_shown_once_and_the_action_is_recorded_as_an_event(dash
     assert key, created.text
     assert dash.tenants.authenticate(key.group(1)) == dash.tenant_id
     dash.project()
-    listed = await dash.client.get("/dashboard/api-keys/")
+    listed = await dash.client.get("/dashboard/api-keys/")  # shown once: not on the next visit
     assert "ERP produção" in listed.text and key.group(1) not in listed.text
     users = await dash.client.get("/dashboard/users/")
     assert "api_key.create" in users.text and "ana@loja.example" in users.text

@@ -672,12 +672,16 @@ class ApiKeysController(Controller):
 
     @get("/")
     async def list_keys(self, request: Req) -> Template:
-        """The keys (never their text)."""
-        return await self._page(request)
+        """The keys (never their text), and once, right after its creation, the new key's text (carried
+        from the POST in the encrypted session and removed from it as it is shown)."""
+        new = request.session.pop("new_key", None) if request.scope.get("session") else None
+        if new:
+            request.set_session({k: v for k, v in request.session.items()})
+        return await self._page(request, new_key=new and new["key"], new_name=new and new["name"])
 
     @post("/", opt=ADMIN)
-    async def create(self, request: Req) -> Template:
-        """Issue a key and show its text this once."""
+    async def create(self, request: Req) -> Response[Any]:
+        """Issue a key; the page it redirects to shows its text this once (a reload shows it no more)."""
         form = await _form(request)
         name = str(form.get("name") or "").strip()
         if not name or len(name) > 100:
@@ -686,7 +690,8 @@ class ApiKeysController(Controller):
             )
         key = await run_sync(_services(request).tenants.issue_api_key, current_user(request).tenant_id, name)
         await _record(request, "api_key.create", f"{name} ({key[:8]})")
-        return await self._page(request, new_key=key, new_name=name)
+        request.set_session({**request.session, "new_key": {"key": key, "name": name}})
+        return Redirect("/dashboard/api-keys/", status_code=303)
 
     @post("/{key_id:uuid}/revoke", opt=ADMIN)
     async def revoke(self, request: Req, key_id: UUID) -> Redirect:
