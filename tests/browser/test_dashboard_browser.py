@@ -183,7 +183,8 @@ def test_a_viewer_cannot_change_anything(page: Page, site: Site) -> None:
     status = page.evaluate(
         """async () => {
             const token = document.querySelector('input[name=_csrf_token]').value;
-            const body = new URLSearchParams({_csrf_token: token, messages_per_minute: "1", max_messages_per_day: "1"});
+            const body = new URLSearchParams(
+                {_csrf_token: token, messages_per_minute: "1", max_messages_per_day: "1"});
             return (await fetch('/dashboard/settings/limits', {method: 'POST', body})).status;
         }"""
     )
