@@ -317,3 +317,106 @@ async def test_template_default_choice_and_a_send_naming_another_template(dash: 
     )
     assert "Oi Bia, R$\xa010,50" in preview.text
     assert "Linha 1, coluna 4" in preview.text
+
+
+async def test_key_last_use_history_by_phone_docs_and_gateway_test(dash: Dash) -> None:
+    key = dash.tenants.issue_api_key(dash.tenant_id, "erp")
+    dash.project()
+    sent = await dash.client.post(
+        "/api/billing/v1/billing/send/notification",
+        json={"contacts": [{"nome": "Bia", "telefone": "(11) 98765-4321"}]},
+        headers={"X-Billing-API-Key": key},
+    )
+    assert sent.status_code == 202
+    dash.project()
+    await dash.login()
+    keys = await dash.client.get("/dashboard/api-keys/")
+    row = re.search(r"<td>erp</td>(.*?)</tr>", keys.text, re.S)
+    assert row and "01/12/2026 10:00" in row.group(1)  # last use, in São Paulo time
+    history = await dash.client.get("/dashboard/history/", params={"q": "+55 11 98765 4321"})
+    assert "Aviso" in history.text and "ver eventos" in history.text
+    none = await dash.client.get("/dashboard/history/", params={"q": "(21) 91111-2222"})
+    assert "Nada encontrado" in none.text
+    docs = await dash.client.get("/dashboard/docs/")
+    assert "curl -X POST http://testserver.local/api/billing/v1/billing/send/overdue" in docs.text
+    token = csrf_of(docs.text)
+    probe = await dash.client.post("/dashboard/settings/gateway/test", data={"_csrf_token": token, **GATEWAY})
+    assert 'id="gateway-result">Sem resposta do gateway' in probe.text  # http://sim does not resolve
+
+
+async def test_admin_invites_and_removes_a_user_whose_session_then_ends(dash: Dash) -> None:
+    await dash.login()
+    token = await dash.csrf("/dashboard/users/")
+    weak = await dash.client.post(
+        "/dashboard/users/",
+        data={"email": "bia@loja.example", "password": "curta", "role": "viewer", "_csrf_token": token},
+    )
+    assert weak.status_code == 422
+    invited = await dash.client.post(
+        "/dashboard/users/",
+        data={
+            "email": "bia@loja.example",
+            "password": "senha-da-bia-1",
+            "role": "viewer",
+            "_csrf_token": token,
+        },
+        follow_redirects=False,
+    )
+    assert invited.status_code == 303
+    dash.project()
+    other = Dash(
+        AsyncTestClient(app=dash.client.app, base_url="http://testserver.local"),
+        dash.container,
+        dash.tenant_id,
+        dash.users,
+        dash.tenants,
+    )
+    async with other.client:
+        assert (await other.login("bia@loja.example", "senha-da-bia-1")).status_code == 303
+        assert (await other.client.get("/dashboard/")).status_code == 200
+        listed = await dash.client.get("/dashboard/users/")
+        bia = re.search(r'action="/dashboard/users/([0-9a-f-]{36})/remove"', listed.text)
+        assert bia
+        removed = await dash.client.post(
+            f"/dashboard/users/{bia.group(1)}/remove", data={"_csrf_token": token}, follow_redirects=False
+        )
+        assert removed.status_code == 303
+        assert (
+            await other.client.get("/dashboard/", follow_redirects=False)
+        ).status_code == 303  # logged out
+        assert (await other.login("bia@loja.example", "senha-da-bia-1")).status_code == 401
+    dash.project()
+    actions = await dash.client.get("/dashboard/users/")
+    assert "user.invite" in actions.text and "user.remove" in actions.text
+
+
+def test_billing_user_create_reads_the_password_from_stdin(database_url: str) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    settings = Settings.from_env({}, database_url=database_url)
+    container = build_container(settings)
+    tenant_id = TenantService(container.store, container.clock).create_tenant(name="Loja", gateway=GATEWAY)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("BILLING_")},
+        "BILLING_DATABASE_URL": database_url,
+    }
+    billing = str(Path(sys.executable).with_name("billing"))
+    done = subprocess.run(
+        [billing, "user", "create", "--tenant", str(tenant_id), "--email", "Caio@Loja.example", "--role", "viewer"],
+        input="senha-do-caio-1\n", capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    users = UserService(container.store, container.pool, container.clock)
+    user = users.authenticate("caio@loja.example", "senha-do-caio-1")
+    assert user is not None and (user.tenant_id, user.role) == (tenant_id, "viewer")
+    assert str(user.user_id) == done.stdout.strip()
+    short = subprocess.run(
+        [billing, "user", "create", "--tenant", str(tenant_id), "--email", "d@loja.example"],
+        input="curta\n", capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert short.returncode == 2 and "password" in short.stderr
+    container.pool.close()
+    container.store.close()

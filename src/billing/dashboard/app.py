@@ -3,6 +3,7 @@ guard, HTML error pages), the static files router and the Jinja2 template config
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,12 @@ from billing.dashboard import fmt
 from billing.dashboard.pages import CONTROLLERS
 from billing.dashboard.security import PATH, csrf_config, require_user, session_config
 from billing.domain.errors import Conflict, DomainError, NotFound
+
+# The session middleware is app-level, excluding every path outside /dashboard with a pattern that also
+# matches "/"; litestar then warns that it "greedily matches all paths", which is not so for this one.
+warnings.filterwarnings(
+    "ignore", message=r"Middleware 'SessionMiddleware' exclude pattern '\^\(\?!/dashboard"
+)
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
