@@ -404,8 +404,9 @@ def test_billing_user_create_reads_the_password_from_stdin(database_url: str) ->
         "BILLING_DATABASE_URL": database_url,
     }
     billing = str(Path(sys.executable).with_name("billing"))
+    command = [billing, "user", "create", "--tenant", str(tenant_id)]
     done = subprocess.run(
-        [billing, "user", "create", "--tenant", str(tenant_id), "--email", "Caio@Loja.example", "--role", "viewer"],
+        [*command, "--email", "Caio@Loja.example", "--role", "viewer"],
         input="senha-do-caio-1\n", capture_output=True, text=True, env=env, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -414,7 +415,7 @@ def test_billing_user_create_reads_the_password_from_stdin(database_url: str) ->
     assert user is not None and (user.tenant_id, user.role) == (tenant_id, "viewer")
     assert str(user.user_id) == done.stdout.strip()
     short = subprocess.run(
-        [billing, "user", "create", "--tenant", str(tenant_id), "--email", "d@loja.example"],
+        [*command, "--email", "d@loja.example"],
         input="curta\n", capture_output=True, text=True, env=env, timeout=60, check=False,
     )  # fmt: skip
     assert short.returncode == 2 and "password" in short.stderr

@@ -58,7 +58,7 @@ def test_mapping_guesses_known_columns_and_keeps_the_rest_as_variables() -> None
         "Vencimento": "data_vencimento",
         "Número Fatura": "número_fatura",
     }
-    sheet = read_sheet("a.csv", "Cliente;Celular;Obs\nAna;119;\n".encode())
+    sheet = read_sheet("a.csv", b"Cliente;Celular;Obs\nAna;119;\n")
     assert to_contacts(sheet, {"Cliente": "nome", "Celular": "telefone", "Obs": "obs"}) == [
         {"nome": "Ana", "telefone": "119"}  # empty cells are left out
     ]

@@ -10,6 +10,7 @@ import io
 from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
+from zoneinfo import ZoneInfo
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -54,7 +55,20 @@ def _queries(request: Req) -> DashboardQueries:
 
 
 async def _tenant(request: Req, user: SessionUser) -> Tenant:
-    return await run_sync(_services(request).tenants.get_tenant, user.tenant_id)
+    """The user's tenant, loaded once per request (a page needs it for its name and its zone)."""
+    cached: Tenant | None = getattr(request.state, "tenant", None)
+    if cached is None or cached.id != user.tenant_id:
+        cached = await run_sync(_services(request).tenants.get_tenant, user.tenant_id)
+        request.state.tenant = cached
+        request.state.tz = cached.sending_policy.calendar.tz
+    return cached
+
+
+async def _zone(request: Req, user: SessionUser) -> ZoneInfo:
+    """The tenant's time zone (the one its calendar uses)."""
+    await _tenant(request, user)
+    tz: ZoneInfo = request.state.tz
+    return tz
 
 
 async def page(request: Req, name: str, *, status_code: int = 200, **context: Any) -> Template:
@@ -66,7 +80,7 @@ async def page(request: Req, name: str, *, status_code: int = 200, **context: An
         context={
             "user": user,
             "tenant": tenant,
-            "tz": tenant.sending_policy.calendar.tz,
+            "tz": await _zone(request, user),
             "path": request.url.path,
             **context,
         },
@@ -172,8 +186,7 @@ class OverviewController(Controller):
         """Counts of today / 7 / 30 days, the chart, delivery rate, open queues, gateway state."""
         days = days if days in PERIODS else 7
         user = current_user(request)
-        tenant = await _tenant(request, user)
-        tz = tenant.sending_policy.calendar.tz
+        tz = await _zone(request, user)
         data = await run_sync(
             _queries(request).overview,
             user.tenant_id,
@@ -453,7 +466,7 @@ class CampaignsController(Controller):
         """Every contact of the campaign as CSV (``;``-separated, UTF-8 with BOM for spreadsheets)."""
         await self._campaign(request, campaign_id)
         user = current_user(request)
-        tz = (await _tenant(request, user)).sending_policy.calendar.tz
+        tz = await _zone(request, user)
         rows = await run_sync(_queries(request).contacts, user.tenant_id, campaign_id, limit=10_000)
         out = io.StringIO()
         writer = csv.writer(out, delimiter=";")
@@ -567,7 +580,7 @@ class TemplatesController(Controller):
         the variables it uses (the admin API's preview service)."""
         form = await _form(request)
         user = current_user(request)
-        tenant = await _tenant(request, user)
+        tz = await _zone(request, user)
         variations = _variations(form)
         sample = _sample(str(form.get("sample") or ""))
         items: list[dict[str, Any]] = []
@@ -578,7 +591,7 @@ class TemplatesController(Controller):
                     [text],
                     sample,
                     now=_services(request).container.clock.now(),
-                    tz=tenant.sending_policy.calendar.tz,
+                    tz=tz,
                 )[0]
                 items.append(
                     {

@@ -88,15 +88,25 @@ async def require_user(connection: ASGIConnection[Any, Any, Any, Any], handler: 
         raise LoginRequired("login required")
     services: Services = connection.app.state.services
     try:
-        user = await run_sync(services.users.current, UUID(str(raw)))
+        user, tenant = await run_sync(_load, services, UUID(str(raw)))
     except ValueError:
-        user = None
+        user = tenant = None
     if user is None:
         connection.clear_session()
         raise LoginRequired("login required")
     connection.state.user = user
+    connection.state.tenant = tenant  # every page shows its name and times in its zone
+    connection.state.tz = tenant.sending_policy.calendar.tz
     if handler.opt.get("admin") and not user.is_admin:
         raise PermissionDeniedException("somente administradores podem fazer isso")
+
+
+def _load(services: Services, user_id: UUID) -> tuple[SessionUser | None, Any]:
+    """The session's user and its tenant, in one trip to a worker thread."""
+    user = services.users.current(user_id)
+    if user is None:
+        return None, None
+    return user, services.tenants.get_tenant(user.tenant_id)
 
 
 def current_user(connection: ASGIConnection[Any, Any, Any, Any]) -> SessionUser:
