@@ -133,7 +133,10 @@ def test_csv_upload_shows_rejections_and_the_campaign_completes_without_reloadin
     assert page.evaluate("window.__not_reloaded") is True  # htmx updated the page in place
     expect(page.locator("#count-sent")).to_have_text("18")
     expect(page.locator("#count-rejected")).to_have_text("2")
-    expect(page.locator("#contacts")).to_contain_text("Cliente 1")
+    first_row = page.locator("#contacts tbody tr").first
+    expect(first_row).to_contain_text("enviada")  # the contacts table followed, without a reload
+    expect(first_row).to_contain_text("Cliente 1")
+    assert page.evaluate("window.__not_reloaded") is True
     shot(page, "04b-campaign-completed")
 
 

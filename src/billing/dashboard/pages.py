@@ -17,6 +17,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import UploadFile
 from litestar.exceptions import NotFoundException
 from litestar.response import Redirect, Template
+from markupsafe import Markup, escape
 
 from billing.api.admin import _event_doc, _history
 from billing.api.deps import Services, run_sync
@@ -145,35 +146,35 @@ def _safe_next(target: str) -> str:
 # --- overview ---------------------------------------------------------------------------------------
 
 
-def _chart(per_day: list[tuple[Any, dict[str, int]]]) -> dict[str, Any]:
-    """Geometry of the stacked bar chart of sends per day (server-rendered SVG)."""
+def _chart(per_day: list[tuple[Any, dict[str, int]]]) -> Markup:
+    """The stacked bar chart of sends per day by outcome, as inline SVG built here (a Jinja loop over
+    150 bars costs tens of milliseconds; this costs well under one). Every bar has a ``<title>``."""
     outcomes = ("sent", "failed", "skipped", "rejected", "cancelled")
     width, height, pad = 640, 180, 24
     peak = max([sum(c.values()) for _, c in per_day] + [1])
     step = (width - pad) / max(1, len(per_day))
-    bars = []
+    parts = [
+        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-labelledby="chart-title">',
+        f'<title id="chart-title">Mensagens por dia e resultado (máximo {peak} por dia)</title>',
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width}" y2="{height - pad}" stroke="currentColor"/>',
+    ]
     for i, (day, counts) in enumerate(per_day):
         y = float(height - pad)
+        label = fmt.day(day)
         for outcome in outcomes:
             h = (height - 2 * pad) * counts[outcome] / peak
             if h > 0:
-                bars.append(
-                    {
-                        "x": pad + i * step + step * 0.15,
-                        "y": y - h,
-                        "w": step * 0.7,
-                        "h": h,
-                        "outcome": outcome,
-                        "title": f"{fmt.day(day)}: {counts[outcome]} {fmt.label(outcome)}",
-                    }
+                title = escape(f"{label}: {counts[outcome]} {fmt.label(outcome)}")
+                parts.append(
+                    f'<rect class="{outcome}" x="{pad + i * step + step * 0.15:.1f}" y="{y - h:.1f}" '
+                    f'width="{step * 0.7:.1f}" height="{h:.1f}"><title>{title}</title></rect>'
                 )
                 y -= h
-    labels = [
-        {"x": pad + i * step + step / 2, "text": fmt.day(day)[:5]}
-        for i, (day, _) in enumerate(per_day)
-        if len(per_day) <= 7 or i % 5 == 0
-    ]
-    return {"width": width, "height": height, "bars": bars, "labels": labels, "peak": peak}
+        if len(per_day) <= 7 or i % 5 == 0:
+            x = pad + i * step + step / 2
+            parts.append(f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle">{label[:5]}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))  # noqa: S704 (every interpolated text is escaped or a number)
 
 
 class OverviewController(Controller):
@@ -431,7 +432,9 @@ class CampaignsController(Controller):
         """The live part: status, counters, progress, pause reason (htmx polls it every second until the
         queue ends)."""
         campaign = await self._campaign(request, campaign_id)
-        return await page(request, "_progress.html", c=campaign)
+        rendered = await page(request, "_progress.html", c=campaign)
+        rendered.headers["HX-Trigger"] = "refresh-contacts"  # the contacts table follows (htmx event)
+        return rendered
 
     @get("/{campaign_id:uuid}/contacts")
     async def contacts(
