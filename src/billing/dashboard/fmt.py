@@ -36,6 +36,21 @@ PAUSE_LABELS = {
     "throttled": "limite por minuto",
 }
 
+ERROR_LABELS = {
+    "invalid_phone": "telefone inválido",
+    "invalid_amount": "valor inválido",
+    "ambiguous_amount": "valor ambíguo (use 1.234,56 ou 1234.56)",
+    "non_positive_amount": "o valor deve ser maior que zero",
+    "invalid_date": "data de vencimento inválida",
+    "not_yet_due": "a fatura ainda não venceu (use o tipo 'a vencer')",
+    "already_due": "a fatura já venceu (use o tipo 'cobrança atrasada')",
+    "missing_variable": "falta um campo que o template usa",
+    "duplicate_phone": "telefone repetido no lote",
+    "not_on_whatsapp": "o número não tem WhatsApp",
+    "template_error": "erro de sintaxe no template",
+    "opted_out": "o cliente pediu para não receber",
+}
+
 
 def money(value: Decimal | int | float | str | None) -> str:
     """``R$ 1.234,56`` (empty for None)."""
@@ -78,5 +93,7 @@ def percent(value: float | None) -> str:
 
 def label(value: str | None, table: str = "status") -> str:
     """The Portuguese label of a status, template type or pause reason (the code itself when unknown)."""
-    labels = {"status": STATUS_LABELS, "type": TYPE_LABELS, "pause": PAUSE_LABELS}[table]
+    labels = {"status": STATUS_LABELS, "type": TYPE_LABELS, "pause": PAUSE_LABELS, "error": ERROR_LABELS}[
+        table
+    ]
     return labels.get(value or "", value or "")
