@@ -25,12 +25,14 @@ from billing.dashboard import fmt
 from billing.dashboard.security import LOGIN_RATE_LIMIT, current_user
 from billing.dashboard.upload import KNOWN_FIELDS, Sheet, guess_mapping, read_sheet, to_contacts
 from billing.domain.calendar import DAY_NAMES
+from billing.domain.campaign import Campaign
 from billing.domain.contact import Contact
 from billing.domain.errors import DomainError, NotFound
 from billing.domain.phone import normalize_phone
 from billing.domain.template import MessageTemplate, parse_variations
 from billing.domain.tenant import Tenant
 from billing.domain.types import ContactStatus, TemplateType
+from billing.eventstore import get_owned
 from billing.services.ingest import SendRequest
 from billing.services.overview import PERIODS, DashboardQueries
 from billing.services.users import SessionUser
@@ -251,6 +253,36 @@ def _optional_uuid(value: Any) -> UUID | None:
         return None
 
 
+def _unprojected(campaign: Campaign) -> dict[str, Any]:
+    """The status document of a stored campaign the views do not show yet: queued, nothing sent."""
+    total = campaign.accepted + campaign.rejected
+    at = campaign.created_on.isoformat()
+    return {
+        "campaign_id": str(campaign.id),
+        "external_id": campaign.external_id,
+        "queue_id": str(campaign.queue_id),
+        "template_type": campaign.template_type,
+        "status": "queued",
+        "contacts": {
+            "total": total,
+            "pending": campaign.accepted,
+            "sent": 0,
+            "failed": 0,
+            "skipped": 0,
+            "rejected": campaign.rejected,
+            "cancelled": 0,
+        },
+        "progress": round(100.0 * campaign.rejected / total, 2) if total else 100.0,
+        "paused_reason": None,
+        "resume_at": None,
+        "created_at": at,
+        "started_at": None,
+        "completed_at": None,
+        "cancelled_at": None,
+        "updated_at": at,
+    }
+
+
 class CampaignsController(Controller):
     """Campanhas: list, new (upload, mapping, preview, send), page with live progress, cancel, export."""
 
@@ -411,10 +443,19 @@ class CampaignsController(Controller):
         return Redirect(f"/dashboard/campaigns/{result.campaign_id}", status_code=303)
 
     async def _campaign(self, request: Req, campaign_id: UUID) -> dict[str, Any]:
-        campaign = await run_sync(_queries(request).campaign, current_user(request).tenant_id, campaign_id)
-        if campaign is None:
+        """The campaign's status document from the views; one the tenant stored a moment ago that the
+        projections have not reached yet reads as queued with its stored counters (the page then follows
+        the views). Raises NotFound for unknown ids and another tenant's."""
+        tenant_id = current_user(request).tenant_id
+        campaign = await run_sync(_queries(request).campaign, tenant_id, campaign_id)
+        if campaign is not None:
+            return campaign
+        stored = await run_sync(
+            get_owned, _services(request).container.store, campaign_id, Campaign, tenant_id
+        )
+        if stored is None:
             raise NotFound("campanha não encontrada", code="campaign_not_found")
-        return campaign
+        return _unprojected(stored)
 
     @get("/{campaign_id:uuid}")
     async def show(self, request: Req, campaign_id: UUID) -> Template:
