@@ -244,7 +244,8 @@ async def test_new_campaign_upload_mapping_preview_and_send_through_the_ingestio
     assert again.headers["location"] == sent.headers["location"]  # a double click is one campaign
     waiting = await dash.client.get(f"/dashboard/campaigns/{campaign_id}")  # not projected yet
     assert waiting.status_code == 200 and 'id="queue-status" class="status-queued">na fila<' in waiting.text
-    assert re.search(r'id="count-total">3<', waiting.text) and re.search(r'id="count-pending">2<', waiting.text)
+    assert re.search(r'id="count-total">3<', waiting.text)
+    assert re.search(r'id="count-pending">2<', waiting.text)
     dash.project()
     page = await dash.client.get(f"/dashboard/campaigns/{campaign_id}")
     assert page.status_code == 200
