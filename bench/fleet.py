@@ -18,7 +18,8 @@ ratio. Then the CPU each part used during the fleet phase (from ``/proc``: this 
 processes, the PostgreSQL backends of the bench database, RabbitMQ, the simulator), per message, which
 shows what limits throughput, and a warning when other processes took a noticeable share of the machine.
 
-Run: ``.venv/bin/python bench/fleet.py [--tenants 200] [--contacts 50] [--workers 0] [--prefetch 10]``
+Run: ``.venv/bin/python bench/fleet.py [--tenants 200] [--contacts 50] [--workers 0] [--prefetch 10]
+[--profile DIR]`` (``--profile``: each worker process under pyinstrument, its report in ``DIR``)
 (PostgreSQL at 127.0.0.1:5432, RabbitMQ at 127.0.0.1:5672). The database and the topology are removed at
 the end.
 """
@@ -49,9 +50,9 @@ import psycopg
 import uvicorn
 
 from billing.api.app import create_app
-from billing.bootstrap import Container, build_container
+from billing.bootstrap import Container, build_container, run_worker_process
 from billing.db import migrate
-from billing.domain.policy import default_policy_spec
+from billing.domain.policy import MAX_MESSAGES_PER_DAY, MAX_MESSAGES_PER_MINUTE, default_policy_spec
 from billing.logging import configure_logging
 from billing.outbox.broker import Topology
 from billing.outbox.rabbitmq import RabbitBroker
@@ -59,7 +60,6 @@ from billing.outbox.relay import run_relay
 from billing.projections.views import project_pending, run_projections
 from billing.services.tenants import TenantService
 from billing.settings import Settings
-from billing.worker.runner import run_worker
 
 ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -316,8 +316,8 @@ def seed_tenants(container: Container, n: int, sim_url: str) -> list[str]:
     service = TenantService(container.store, container.clock)
     policy = {
         **default_policy_spec(),
-        "messages_per_minute": 1_000_000,
-        "max_messages_per_day": 1_000_000,
+        "messages_per_minute": MAX_MESSAGES_PER_MINUTE,
+        "max_messages_per_day": MAX_MESSAGES_PER_DAY,
         "pause_min_s": 0,
         "pause_max_s": 0,
     }
@@ -457,11 +457,27 @@ def start_workers(args: argparse.Namespace, settings: Settings, logs: Path) -> l
     billing = Path(sys.executable).with_name("billing")
     procs = []
     for n in range(args.workers):
+        command = [str(billing), "worker"]
+        if args.profile:  # the same worker under pyinstrument; its text report is written at exit
+            out = Path(args.profile) / f"worker-{n}.txt"
+            command = [sys.executable, "-c", PROFILED_WORKER.format(out=str(out))]
         with open(logs / f"worker-{n}.log", "wb") as err:
-            procs.append(
-                subprocess.Popen([str(billing), "worker"], env=env, stdout=subprocess.DEVNULL, stderr=err)
-            )
+            procs.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err))
     return procs
+
+
+PROFILED_WORKER = """
+import pyinstrument, billing.cli
+profiler = pyinstrument.Profiler(interval=0.002, async_mode="disabled")
+profiler.start()
+try:
+    billing.cli.main(["worker"])
+except SystemExit:
+    pass
+finally:
+    profiler.stop()
+    open({out!r}, "w").write(profiler.output_text(unicode=True, show_all=False))
+"""
 
 
 async def run(args: argparse.Namespace, url: str, sim_port: int, logs: Path, meter: CpuMeter) -> None:
@@ -505,7 +521,7 @@ async def run(args: argparse.Namespace, url: str, sim_port: int, logs: Path, met
             for proc in workers:
                 meter.add(proc.pid, "workers")
         else:
-            tasks.append(asyncio.create_task(run_worker(container, stop), name="worker"))
+            tasks.append(asyncio.create_task(run_worker_process(container, stop), name="worker"))
         queue = broker.topology.queue("notification")
         deadline = time.monotonic() + 60
         while not api.started or await consumers(queue) < max(1, args.workers):
@@ -598,6 +614,9 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, default=5, help="BILLING_POOL_SIZE")
     parser.add_argument("--post-concurrency", type=int, default=4, help="POSTs in flight at once")
     parser.add_argument("--log-level", default="WARNING", help="BILLING_LOG_LEVEL of every component")
+    parser.add_argument(
+        "--profile", metavar="DIR", help="run the worker processes under pyinstrument; reports in DIR"
+    )
     parser.add_argument("--timeout", type=float, default=600, help="give up after this many seconds")
     args = parser.parse_args()
     args.concurrency = args.prefetch * max(1, args.workers)

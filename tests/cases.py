@@ -1,4 +1,4 @@
-"""Load the shared real-world cases (``../shared/cases/<name>`` next to the repository root)."""
+"""Load the real-world cases kept in ``tests/cases/<name>`` (see ``tests/cases/README.md``)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-CASES_DIR = ROOT.parent / "shared" / "cases"
+CASES_DIR = Path(__file__).resolve().parent / "cases"
 
 
 def load_cases(name: str) -> list[dict[str, Any]]:
-    """Return the list of cases in ``shared/cases/<name>`` (e.g. ``"money.json"``); fail loudly if missing."""
+    """Return the list of cases in ``tests/cases/<name>`` (e.g. ``"money.json"``); fail loudly if missing."""
     path = CASES_DIR / name
     if not path.is_file():
         raise FileNotFoundError(f"case file not found: {path}")

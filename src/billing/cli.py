@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -26,7 +27,6 @@ from billing.runtime import (
     _admin_container,
     _call,
     _close_sync,
-    _entry,
     _open_container,
     _run_process,
     _safe_url,
@@ -37,7 +37,7 @@ from billing.settings import SettingsError
 __all__ = ["CliError", "build_parser", "main", "parse_instance"]
 
 COMMANDS = """commands:
-  migrate                       apply the event store's table and sql/ (idempotent)
+  migrate                       apply the event store's table and the package's DDL (idempotent)
   tenant create                 register a tenant with its gateway (prints the tenant id)
   tenant list                   list tenants
   api-key create                issue an API key for a tenant (prints the key once)
@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
         "rebuild", help="rebuild the read models from the event log"
     ).set_defaults(handler=cmd_projections_rebuild)
     sub.add_parser("worker", description="send messages").set_defaults(handler=cmd_worker)
+    sub.add_parser(
+        "hooks", description="apply the gateway's webhooks (receipts, replies) and deliver the ERP's"
+    ).set_defaults(handler=cmd_hooks)
 
     p = sub.add_parser("gateway-simulator", description="serve a fake Evolution API")
     p.add_argument("--host", default="127.0.0.1")
@@ -206,14 +209,17 @@ def _uuid(text: str) -> UUID:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """``billing migrate``: create the event store's table and apply ``sql/*.sql`` (idempotent)."""
+    """``billing migrate``: create the event store's table and apply the package's ``billing/sql/*.sql``
+    (idempotent); a package without them is an error (exit status 1), never a silent success."""
     import psycopg
 
-    from billing.db import migrate
+    from billing.db import MigrationError, migrate
 
     settings = load_settings()
     try:
         applied = migrate(settings.database_url)
+    except MigrationError as exc:
+        raise CliError(str(exc)) from None
     except psycopg.Error as exc:
         raise CliError(f"migration failed ({_safe_url(settings.database_url)}): {exc}") from None
     for name in applied:
@@ -234,9 +240,9 @@ def cmd_tenant_create(args: argparse.Namespace) -> int:
     }
     container = _admin_container()
     try:
-        tenant_id = TenantService(container.store, container.clock).create_tenant(
-            name=args.name, gateway=gateway
-        )
+        guard = container.check_gateway_url
+        service = TenantService(container.store, container.clock, gateway_url_guard=guard)
+        tenant_id = service.create_tenant(name=args.name, gateway=gateway)
     except (InvalidValue, ValueError) as exc:
         raise CliError(str(exc), code=2) from None
     finally:
@@ -302,7 +308,8 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
             "`billing dev` prints a ready admin token instead",
             code=2,
         )
-    mint_token = _entry("billing.api.auth", "mint_token")
+    from billing.api.auth import mint_token
+
     print(mint_token(secret, str(args.tenant), args.ttl))
     return 0
 
@@ -347,23 +354,29 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_relay(args: argparse.Namespace) -> int:
     """``billing relay``: follow the event log and publish jobs to RabbitMQ."""
-    return _run_process("relay", ("billing.outbox.relay", "run_relay"), broker=True)
+    from billing.outbox.relay import run_relay
+
+    return _run_process("relay", run_relay, broker=True)
 
 
 def cmd_projections(args: argparse.Namespace) -> int:
     """``billing projections``: keep the read models up to date."""
-    return _run_process("projections", ("billing.projections.views", "run_projections"), broker=False)
+    from billing.projections.views import run_projections
+
+    return _run_process("projections", run_projections, broker=False)
 
 
 def cmd_projections_rebuild(args: argparse.Namespace) -> int:
     """``billing projections rebuild``: rebuild the read models from the event log, then exit."""
     settings = load_settings()
-    rebuild = _entry("billing.projections.views", "rebuild_projections")
+    from billing.progress import replay_progress
+    from billing.projections.views import rebuild_projections as rebuild
 
     async def run() -> Any:
         container = await _open_container(settings, broker=False)
         try:
-            return await _call(rebuild, container)
+            with replay_progress("rebuilding projections") as progress:
+                return await _call(functools.partial(rebuild, progress=progress), container)
         finally:
             await container.aclose()
 
@@ -374,7 +387,16 @@ def cmd_projections_rebuild(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """``billing worker``: consume jobs and send messages."""
-    return _run_process("worker", ("billing.worker.runner", "run_worker"), broker=True)
+    from billing.bootstrap import run_worker_process
+
+    return _run_process("worker", run_worker_process, broker=True)
+
+
+def cmd_hooks(args: argparse.Namespace) -> int:
+    """``billing hooks``: apply receipts and replies, deliver signed webhooks to the ERPs."""
+    from billing.hooks.runner import run_hooks
+
+    return _run_process("hooks", run_hooks, broker=False)
 
 
 def cmd_gateway_simulator(args: argparse.Namespace) -> int:

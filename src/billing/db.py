@@ -5,8 +5,11 @@ The event store opens its own pool (the ``eventsourcing`` library's); the views 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import functools
+from collections.abc import Callable
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+from typing import ParamSpec, TypeVar
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
@@ -14,40 +17,63 @@ from psycopg_pool import ConnectionPool
 
 from billing.eventstore import open_event_store
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 ViewsPool = ConnectionPool[psycopg.Connection[DictRow]]
 """A sync pool whose connections return rows as dicts (the views, the operational tables)."""
 
 
-def sql_dir() -> Path:
-    """The folder of ordered ``*.sql`` files (``BILLING_SQL_DIR``, else the repository's ``sql/``)."""
-    override = os.environ.get("BILLING_SQL_DIR")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "sql"
+class MigrationError(RuntimeError):
+    """``migrate`` found no DDL to apply: the package was installed without its ``billing/sql/*.sql``."""
+
+
+def sql_files() -> list[Traversable]:
+    """The package's DDL files (``billing/sql/*.sql``, package data read through ``importlib.resources``,
+    so they are found in a wheel as in a checkout), in name order."""
+    folder = files("billing") / "sql"
+    if not folder.is_dir():
+        return []
+    ddl = [f for f in folder.iterdir() if f.name.endswith(".sql") and f.is_file()]
+    return sorted(ddl, key=lambda f: f.name)
 
 
 def migrate(database_url: str) -> list[str]:
-    """Create the event store's table and apply every ``sql/*.sql`` file in name order.
+    """Create the event store's table and apply every ``billing/sql/*.sql`` file in name order.
 
     Idempotent: every statement is ``CREATE ... IF NOT EXISTS``. Returns the names of the files applied.
 
     Raises:
+        MigrationError: the package holds no ``*.sql`` file (a broken install); nothing is applied.
         psycopg.Error: the database is unreachable or a statement fails (nothing of that file is kept).
     """
+    ddl = sql_files()
+    if not ddl:
+        raise MigrationError(
+            f"no DDL found in {files('billing') / 'sql'}: the billing package was installed without its "
+            "sql/*.sql package data; reinstall it"
+        )
     store = open_event_store(database_url, pool_size=1, create_table=True)
     store.close()
     applied = []
     with psycopg.connect(database_url, autocommit=False) as conn:
-        for path in sorted(sql_dir().glob("*.sql")):
+        for path in ddl:
             with conn.transaction():
-                conn.execute(path.read_text())
+                conn.execute(path.read_text(encoding="utf-8"))
             applied.append(path.name)
     return applied
 
 
 def open_pool(database_url: str, *, size: int = 5, name: str = "views") -> ViewsPool:
-    """A sync pool of dict-row connections (autocommit off), opened and waited for."""
+    """A sync pool of dict-row connections (autocommit off), opened and waited for.
+
+    Every connection is checked before it is lent (``ConnectionPool.check_connection``: a dead one — the
+    server restarted, ``pg_terminate_backend`` — is replaced instead of failing the caller's first query),
+    as the event store's pool is (``POSTGRES_PRE_PING``)."""
     pool = ViewsPool(
         database_url,
         connection_class=psycopg.Connection[DictRow],
+        check=ViewsPool.check_connection,
         min_size=1,
         max_size=size,
         kwargs={"row_factory": dict_row},
@@ -56,3 +82,19 @@ def open_pool(database_url: str, *, size: int = 5, name: str = "views") -> Views
     )
     pool.open(wait=True, timeout=30)
     return pool
+
+
+def read_retrying(read: Callable[P, R]) -> Callable[P, R]:
+    """Run a read-only query function again, once, when its connection died under it
+    (:class:`psycopg.OperationalError`: the server restarted, ``pg_terminate_backend``). The pool checks
+    connections before lending them, but one can still die between the check and the query; a read is
+    safe to repeat, a write is not (never decorate one)."""
+
+    @functools.wraps(read)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return read(*args, **kwargs)
+        except psycopg.OperationalError:
+            return read(*args, **kwargs)
+
+    return wrapper

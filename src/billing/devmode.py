@@ -14,7 +14,6 @@ from billing.cli_errors import CliError
 from billing.runtime import (
     _build_app,
     _call,
-    _entry,
     _install_stop_signals,
     _open_container_sync,
     _uvicorn_server,
@@ -55,11 +54,10 @@ def _check_port_free(host: str, port: int) -> None:
 def _dev(args: argparse.Namespace, postgres: Any) -> int:
     """Settings for the embedded server, migrate, then run :func:`_dev_main`."""
     import os
-    import secrets
 
     import psycopg
 
-    from billing.db import migrate
+    from billing.db import MigrationError, migrate
 
     overrides: dict[str, object] = {
         "database_url": postgres.url,
@@ -70,14 +68,58 @@ def _dev(args: argparse.Namespace, postgres: Any) -> int:
         overrides["log_format"] = "console"
     if not os.environ.get("BILLING_POOL_SIZE"):
         overrides["pool_size"] = 10  # api, projections, relay and worker share one pool
+    if not os.environ.get("BILLING_GATEWAY_ALLOW_PRIVATE"):
+        overrides["gateway_allow_private"] = True  # the simulator listens on 127.0.0.1
+    if not os.environ.get("BILLING_WEBHOOKS_ALLOW_PRIVATE"):
+        overrides["webhooks_allow_private"] = True  # a demo ERP receiver on this machine
+    secrets_file = DevSecrets(args.data_dir)
     if not os.environ.get("BILLING_JWT_SECRET"):
-        overrides["jwt_secret"] = secrets.token_urlsafe(48)  # admin tokens live as long as this run
+        overrides["jwt_secret"] = secrets_file.get("jwt_secret")  # admin tokens survive a restart
+    if not os.environ.get("BILLING_OPERATOR_TOKEN"):
+        overrides["operator_token"] = secrets_file.get("operator_token")
     settings = load_settings(**overrides)
     try:
         migrate(settings.database_url)
-    except psycopg.Error as exc:
+    except (psycopg.Error, MigrationError) as exc:
         raise CliError(f"migration of the embedded database failed: {exc}") from None
     return asyncio.run(_dev_main(settings, args))
+
+
+class DevSecrets:
+    """The dev run's secrets, kept in ``<data dir>/dev-secrets.json`` (mode 0600) so a restart keeps
+    working credentials: ``jwt_secret`` (admin tokens), ``operator_token`` (``/health/detail``) and
+    ``api_key`` (the demo key). Each is minted (``secrets``) the first time it is asked for."""
+
+    def __init__(self, data_dir: str) -> None:
+        import json
+        from pathlib import Path
+
+        self.path = Path(data_dir) / "dev-secrets.json"
+        self.values: dict[str, str] = {}
+        with contextlib.suppress(OSError, ValueError):
+            loaded = json.loads(self.path.read_text())
+            if isinstance(loaded, dict):
+                self.values = {k: v for k, v in loaded.items() if isinstance(v, str) and len(v) >= 32}
+
+    def get(self, name: str) -> str:
+        """The kept value of ``name``, or a new random one (48 bytes, URL-safe) saved at once."""
+        import secrets
+
+        if name not in self.values:
+            self.put(name, secrets.token_urlsafe(48))
+        return self.values[name]
+
+    def put(self, name: str, value: str) -> None:
+        """Keep ``value`` as ``name`` (the file is rewritten, owner-only)."""
+        import json
+        import os
+
+        self.values[name] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(self.values, indent=2) + "\n")
+        os.chmod(self.path, 0o600)
 
 
 class _DevState:
@@ -106,13 +148,13 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
     """The one-process system: in-memory broker, simulator, demo tenant, then the four components."""
     import secrets
 
+    from billing.api.app import create_app
+    from billing.bootstrap import run_worker_process
     from billing.gateway.simulator import EvolutionSimulator
+    from billing.hooks.runner import run_hooks
     from billing.outbox.memory import InMemoryBroker
-
-    run_projections = _entry("billing.projections.views", "run_projections")
-    run_relay = _entry("billing.outbox.relay", "run_relay")
-    run_worker = _entry("billing.worker.runner", "run_worker")
-    create_app = _entry("billing.api.app", "create_app")
+    from billing.outbox.relay import run_relay
+    from billing.projections.views import run_projections
 
     stop = asyncio.Event()
     _install_stop_signals(stop)
@@ -131,9 +173,12 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
             "api_key": gateway_key,
             "api_version": "v2",
         }
-        tenant_id, api_key = await asyncio.to_thread(_seed_demo, container, state, gateway, args.api_key)
+        tenant_id, api_key = await asyncio.to_thread(
+            _seed_demo, container, state, gateway, args.api_key, DevSecrets(args.data_dir)
+        )
         state.save(tenant_id=str(tenant_id), gateway_key=gateway_key, gateway_port=gateway_port)
         login = await asyncio.to_thread(_seed_demo_user, container, state, tenant_id)
+        await asyncio.to_thread(_wire_gateway_webhook, container, simulator, tenant_id, args)
 
         gateway_server = _uvicorn_server(simulator.asgi_app, "127.0.0.1", gateway_port, interface="asgi3")
         api_server = _uvicorn_server(_build_app(create_app, container), args.host, args.port)
@@ -142,7 +187,8 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
             "api": serve_until(api_server, stop, f"the API on {args.host}:{args.port}"),
             "projections": _call(run_projections, container, stop),
             "relay": _call(run_relay, container, stop),
-            "worker": _call(run_worker, container, stop),
+            "worker": _call(run_worker_process, container, stop),
+            "hooks": _call(run_hooks, container, stop),
             "simulator-log": _log_simulator(simulator, stop),
         }
         banner = asyncio.ensure_future(
@@ -155,6 +201,7 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
                 login=login,
                 extra={
                     "Admin JWT": _admin_token(settings, tenant_id),
+                    "Operator": f"{settings.operator_token}   (Bearer token of /health/detail)",
                     "PostgreSQL": settings.database_url,
                     "Gateway": f"Evolution API simulator at {gateway['base_url']} (instance demo, v2)",
                 },
@@ -184,13 +231,15 @@ def _free_port(preferred: object = None) -> int:
 
 
 def _seed_demo(
-    container: Any, state: _DevState, gateway: dict[str, str], api_key: str | None
+    container: Any, state: _DevState, gateway: dict[str, str], api_key: str | None, kept: DevSecrets
 ) -> tuple[UUID, str]:
-    """The demo tenant (created once, its gateway kept pointing at this run's simulator) and its key."""
+    """The demo tenant (created once, its gateway kept pointing at this run's simulator) and its key:
+    ``api_key`` (``--api-key``), else the key kept in ``kept`` while it still authenticates, else a new
+    one (kept for the next start)."""
     from billing.domain.errors import NotFound
     from billing.services.tenants import TenantService
 
-    service = TenantService(container.store, container.clock)
+    service = TenantService(container.store, container.clock, gateway_url_guard=container.check_gateway_url)
     tenant_id: UUID | None = None
     remembered = state.values.get("tenant_id")
     if remembered:
@@ -204,10 +253,16 @@ def _seed_demo(
                 service.configure(tenant.id, gateway=gateway)
     if tenant_id is None:
         tenant_id = service.create_tenant(name="Empresa Demo", gateway=gateway)
-    try:
-        key = service.issue_api_key(tenant_id, "dev", key=api_key)
-    except ValueError as exc:
-        raise CliError(f"--api-key: {exc}", code=2) from None
+    if api_key is not None:
+        try:
+            return tenant_id, service.issue_api_key(tenant_id, "dev", key=api_key)
+        except ValueError as exc:
+            raise CliError(f"--api-key: {exc}", code=2) from None
+    remembered_key = kept.values.get("api_key")
+    if remembered_key and service.authenticate(remembered_key) == tenant_id:
+        return tenant_id, remembered_key
+    key = service.issue_api_key(tenant_id, "dev")
+    kept.put("api_key", key)
     return tenant_id, key
 
 
@@ -233,6 +288,17 @@ def _seed_demo_user(container: Any, state: _DevState, tenant_id: UUID) -> tuple[
         )
     state.save(dashboard_password=password)
     return DEMO_EMAIL, password
+
+
+def _wire_gateway_webhook(container: Any, simulator: Any, tenant_id: UUID, args: argparse.Namespace) -> None:
+    """Point the simulator's webhook at this API with a fresh secret (receipts and replies come back)."""
+    from billing.api.hooks import GATEWAY_SECRET_HEADER
+    from billing.api.public import BASE
+    from billing.services.engagement import EngagementService
+
+    secret = EngagementService(container.store, container.pool, container.clock).new_gateway_secret(tenant_id)
+    url = f"http://127.0.0.1:{args.port}{BASE}/gateway/events/{tenant_id}"
+    simulator.set_webhook("demo", url, headers={GATEWAY_SECRET_HEADER: secret})
 
 
 async def _log_simulator(simulator: Any, stop: asyncio.Event) -> None:
@@ -274,6 +340,27 @@ def _admin_token(settings: Settings, tenant_id: UUID) -> str:
     return mint_token(settings.require_jwt_secret(), tenant_id, 24 * 3600)
 
 
+async def _wait_ready(server: Any, stop: asyncio.Event, url: str) -> bool:
+    """Poll ``url`` (every 0.2 s, once the server listens) until it answers 200: True; False if ``stop``."""
+    import httpx
+
+    from billing.logging import get_logger
+
+    failures = 0
+    async with httpx.AsyncClient(timeout=5, trust_env=False) as http:
+        while not stop.is_set():
+            if server.started:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(url)).status_code == 200:
+                        return True
+                failures += 1
+                if failures == 25:  # ~5 s
+                    get_logger("billing.dev").warning("still waiting for readiness", url=url)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
+    return False
+
+
 async def _announce(
     server: Any,
     stop: asyncio.Event,
@@ -284,13 +371,12 @@ async def _announce(
     login: tuple[str, str],
     extra: dict[str, str],
 ) -> None:
-    """Once the API listens, print where everything is and a ready-to-copy curl command."""
-    while not server.started:
-        if stop.is_set():
-            return
-        await asyncio.sleep(0.05)
+    """Once ``/health/ready`` answers 200 (never before: "running" means a request would work), print where
+    everything is and a ready-to-copy curl command."""
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host  # noqa: S104
     base = f"http://{f'[{host}]' if ':' in host else host}:{args.port}"
+    if not await _wait_ready(server, stop, f"{base}/health/ready"):
+        return
     api = f"{base}/api/billing/v1/billing"
     lines = [
         "",

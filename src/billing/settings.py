@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -45,12 +45,26 @@ class Settings:
         broker_prefix: prefix of every exchange and queue name (tests isolate themselves with it).
         public_url: ``BILLING_PUBLIC_URL``, the address tenants reach the API at (the dashboard's curl
             examples use it; an ``https://`` one makes the dashboard's session cookie ``Secure``). Empty:
-            the address of each request.
+            the address of each request. The gateway's webhook is configured to call it; empty:
+            ``POST /gateway/webhook/setup`` must be given one.
+        operator_token: ``BILLING_OPERATOR_TOKEN`` (at least 32 characters): the bearer token of
+            ``GET /health/detail`` (event counts, projection lag and errors); empty: it answers 401.
+        redis_url: ``BILLING_REDIS_URL``, e.g. ``redis://127.0.0.1:6379/0``: the store of the per-API-key rate
+            limit shared by every ``api`` process; empty: each process counts on its own (memory).
+        rate_limit_per_minute: requests one API key may make per one-minute window (the default; see
+            ``rate_limits``).
+        rate_limits: ``BILLING_RATE_LIMITS``, per-key or per-tenant overrides of it,
+            ``<key prefix or tenant id>=<requests per minute>,...`` (``billing.api.ratelimit``).
+        gateway_allow_private: ``BILLING_GATEWAY_ALLOW_PRIVATE``: gateway URLs may point at loopback and
+            private addresses (a self-hosted Evolution API on the private network; ``billing dev``).
+            Link-local and cloud-metadata addresses are refused regardless (:mod:`billing.netguard`).
         clock: ``BILLING_CLOCK`` — **tests and demos only; never in production.** Empty (the default): the
             machine's clock. Otherwise ``<ISO start with offset>@<anchor unix seconds>x<scale>``, e.g.
             ``2025-01-20T07:58:00-03:00@1764400000.5x30``: every process reads ``start`` at Unix time
             ``anchor`` and time runs ``scale`` times faster from there
             (:class:`~billing.services.clock.ScaledClock`), so several processes share one fast clock.
+        webhooks_allow_private: ERP webhook endpoints may be loopback or private addresses
+            (``BILLING_WEBHOOKS_ALLOW_PRIVATE=1``; link-local and metadata addresses never are).
     """
 
     database_url: str
@@ -66,7 +80,13 @@ class Settings:
     poll_interval_s: float = 1.0
     gateway_timeout_s: float = 30.0
     broker_prefix: str = "billing"
+    operator_token: str = field(default="", repr=False)
+    redis_url: str = field(default="", repr=False)
+    rate_limit_per_minute: int = 1200
+    rate_limits: str = ""
+    gateway_allow_private: bool = False
     clock: str = ""
+    webhooks_allow_private: bool = False
     public_url: str = ""
 
     @classmethod
@@ -89,7 +109,8 @@ class Settings:
             try:
                 values[name] = kind(raw)
             except ValueError:
-                raise SettingsError(f"{key} must be a {kind.__name__}, got {raw!r}") from None
+                what = getattr(kind, "__name__", "value")
+                raise SettingsError(f"{key} must be a {what}, got {raw!r}") from None
         if "database_url" not in values:
             raise SettingsError(
                 f"{PREFIX}DATABASE_URL is required (e.g. postgresql://root@127.0.0.1:5432/billing)"
@@ -113,6 +134,10 @@ class Settings:
             raise SettingsError(f"{PREFIX}LOG_FORMAT must be 'json' or 'console'")
         if self.jwt_secret and len(self.jwt_secret) < 32:
             raise SettingsError(f"{PREFIX}JWT_SECRET must be at least 32 characters")
+        if self.operator_token and len(self.operator_token) < 32:
+            raise SettingsError(f"{PREFIX}OPERATOR_TOKEN must be at least 32 characters")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(f"{PREFIX}REDIS_URL must be a redis:// (or rediss://, unix://) URL")
         for name in ("dispatch_lease_s", "poll_interval_s", "gateway_timeout_s"):
             value = float(getattr(self, name))
             if not math.isfinite(value) or value <= 0:
@@ -122,7 +147,14 @@ class Settings:
                 f"{PREFIX}DISPATCH_LEASE_S must exceed {PREFIX}GATEWAY_TIMEOUT_S by at least 30 s "
                 "(a claim must outlive the gateway call it covers)"
             )
-        for name in ("pool_size", "worker_prefetch", "api_port"):
+        if self.rate_limits:
+            from billing.api.ratelimit import parse_overrides
+
+            try:
+                parse_overrides(self.rate_limits)
+            except ValueError as exc:
+                raise SettingsError(f"{PREFIX}RATE_LIMITS is malformed: {exc}") from None
+        for name in ("pool_size", "worker_prefetch", "api_port", "rate_limit_per_minute"):
             if int(getattr(self, name)) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
@@ -151,7 +183,17 @@ class Settings:
         return self.jwt_secret
 
 
-_FIELDS: dict[str, type] = {
+def boolean(raw: str) -> bool:
+    """``1/true/yes/on`` → True, ``0/false/no/off`` → False (any case). Raises ValueError otherwise."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+_FIELDS: dict[str, Callable[[str], object]] = {
     "database_url": str,
     "amqp_url": str,
     "jwt_secret": str,
@@ -165,6 +207,12 @@ _FIELDS: dict[str, type] = {
     "poll_interval_s": float,
     "gateway_timeout_s": float,
     "broker_prefix": str,
+    "operator_token": str,
+    "redis_url": str,
+    "rate_limit_per_minute": int,
+    "rate_limits": str,
+    "gateway_allow_private": boolean,
     "clock": str,
+    "webhooks_allow_private": boolean,
     "public_url": str,
 }

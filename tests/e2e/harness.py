@@ -24,9 +24,12 @@ from litestar import Litestar
 from billing.api.app import create_app
 from billing.api.auth import mint_token
 from billing.api.deps import Services
-from billing.bootstrap import Container, build_container
+from billing.api.hooks import GATEWAY_SECRET_HEADER
+from billing.bootstrap import Container, build_container, build_handler, run_worker_process
 from billing.domain.policy import default_policy_spec
+from billing.domain.sending import Handled
 from billing.gateway.simulator import EvolutionSimulator
+from billing.hooks.runner import run_hooks
 from billing.outbox.jobs import SendJob
 from billing.outbox.rabbitmq import RabbitBroker
 from billing.outbox.relay import run_relay
@@ -34,9 +37,7 @@ from billing.projections.views import project_pending, run_projections
 from billing.services.clock import FakeClock
 from billing.services.tenants import TenantService
 from billing.settings import Settings
-from billing.worker.handler import JobHandler
-from billing.worker.outcomes import Handled, Result
-from billing.worker.runner import run_worker
+from billing.worker.handler import JobHandler, Result
 from tests.integration.test_broker_contract import delete_topology, queue_depth
 
 BASE = "/api/billing/v1/billing"
@@ -91,7 +92,9 @@ class RecordingHandler(JobHandler):
     """The production handler, recording ``(contact_id, job reason, outcome)`` of every job it handled."""
 
     def __init__(self, container: Container) -> None:
-        super().__init__(container)
+        # caches off: the tests change policies and templates and expect the next message to use them
+        built = build_handler(container, cache_ttl_s=0)
+        super().__init__(**_parts(built))
         self.handled: list[tuple[UUID, str, Handled]] = []
 
     async def handle(self, job: SendJob) -> Result:
@@ -101,6 +104,24 @@ class RecordingHandler(JobHandler):
 
     def outcomes(self, contact_ids: set[UUID]) -> list[Handled]:
         return [outcome for cid, _, outcome in self.handled if cid in contact_ids]
+
+
+def _parts(handler: JobHandler) -> dict[str, Any]:
+    """The constructor arguments of a built handler (to subclass it with the same parts)."""
+    return {
+        "store": handler.store,
+        "tenants": handler.tenants,
+        "ledger": handler.ledger,
+        "renderer": handler.renderer,
+        "health": handler.health,
+        "gateways": handler.gateways,
+        "clock": handler.clock,
+        "lease_s": handler.lease.total_seconds(),
+        "gateway_timeout_s": handler.gateway_timeout_s,
+        "recipient": handler.recipient,
+        "rng": handler.rng,
+        "block_ttl_s": handler.block_ttl_s,
+    }
 
 
 class System:
@@ -144,7 +165,7 @@ class System:
         assert self._worker is None
         stop = asyncio.Event()
         task = asyncio.create_task(
-            run_worker(self.container, stop, handler=self.handler, scheduler_interval_s=0.1)
+            run_worker_process(self.container, stop, handler=self.handler, scheduler_interval_s=0.1)
         )
         self._worker = (stop, task)
 
@@ -218,10 +239,10 @@ class System:
     async def depth(self, kind: str) -> int:
         broker = self.container.broker
         assert broker is not None
-        return sum([await queue_depth(broker, q) for q in broker.topology.shard_queues(kind)])
+        return sum([await queue_depth(broker, q) for q in broker.topology.kind_queues(kind)])
 
     def sent_numbers(self) -> list[str]:
-        return sorted(m.number for m in self.simulator.sent)
+        return sorted(m.digits for m in self.simulator.sent)
 
 
 @asynccontextmanager
@@ -234,11 +255,21 @@ async def running_system(
     worker: bool = True,
     prefix: str = "e2e",
     jwt_secret: str = "e" * 32,
+    hooks: bool = False,
 ) -> AsyncIterator[System]:
-    """Projections, relay (and the worker unless ``worker=False``) running, one tenant with ``policy``."""
+    """Projections, relay (and the worker unless ``worker=False``) running, one tenant with ``policy``.
+
+    With ``hooks``, ``billing hooks`` runs too and the simulator's webhook calls the API back (with the
+    tenant's secret header), so receipts, replies and ERP webhooks flow; ERP endpoints on 127.0.0.1 are
+    allowed."""
     prefix = f"{prefix}-{uuid.uuid4().hex[:8]}"
     settings = Settings.from_env(
-        {}, database_url=database_url, jwt_secret=jwt_secret, broker_prefix=prefix, poll_interval_s=0.5
+        {},
+        database_url=database_url,
+        jwt_secret=jwt_secret,
+        broker_prefix=prefix,
+        poll_interval_s=0.5,
+        webhooks_allow_private=hooks,
     )
     broker = await RabbitBroker.connect(amqp_url, prefix=prefix)
     clock = FakeClock(start)
@@ -255,17 +286,31 @@ async def running_system(
     system.start_projections()
     if worker:
         system.start_worker()
+    hooks_task: asyncio.Task[None] | None = None
     try:
         # The app runs in this event loop (litestar's AsyncTestClient would block it during each request,
         # freezing the projections, relay and worker tasks while the API waits for them).
         system.app = create_app(container)
         transport = httpx.ASGITransport(app=system.app)  # type: ignore[arg-type]
+        if hooks:
+            secret = system.app_services().engagement.new_gateway_secret(system.tenant_id)
+            simulator.webhook_http = httpx.AsyncClient(transport=transport, base_url="http://api")
+            simulator.set_webhook(
+                "loja",
+                f"http://api{BASE}/gateway/events/{system.tenant_id}",
+                headers={GATEWAY_SECRET_HEADER: secret},
+            )
+            hooks_task = asyncio.create_task(run_hooks(container, stop, interval_s=0.2))
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
             system.client = client
             yield system
     finally:
         stop.set()
         await system.stop_all()
+        if hooks_task is not None:
+            await asyncio.wait_for(hooks_task, 30)
+            await simulator.drain_webhooks()
+            await simulator.webhook_http.aclose()
         await asyncio.wait_for(relay, 30)
         await container.aclose()
         await delete_topology(amqp_url, broker.topology)
@@ -288,7 +333,18 @@ def number(n: int) -> str:
 
 def counters(**given: int) -> dict[str, int]:
     """The status document's ``contacts``: the given counters, 0 for the rest."""
-    names = ("total", "pending", "sent", "failed", "skipped", "rejected", "cancelled")
+    names = (
+        "total",
+        "pending",
+        "sent",
+        "failed",
+        "skipped",
+        "rejected",
+        "cancelled",
+        "delivered",
+        "read",
+        "replied",
+    )
     return {name: given.get(name, 0) for name in names}
 
 

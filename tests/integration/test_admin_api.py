@@ -280,9 +280,9 @@ async def test_unsupported_constructs_are_refused_at_save(
 @pytest.mark.parametrize(
     ("changes", "code", "field"),
     [
-        ({"variations": []}, "invalid_variations", "variations"),
+        ({"variations": []}, "invalid_request", "variations"),
         ({"variations": ["  "]}, "invalid_variations", "variations[0]"),
-        ({"template_type": "cobranca"}, "invalid_template_type", "template_type"),
+        ({"template_type": "cobranca"}, "invalid_request", "template_type"),
         ({"name": " "}, "invalid_name", "name"),
     ],
 )
@@ -337,8 +337,8 @@ async def test_patch_refuses_fields_it_cannot_change(api: Api) -> None:
     created = await _create(api, ["Olá {{nome}}"])
     path = f"{BASE}/templates/{created['template_id']}/"
     response = await api.client.patch(path, json={"template_type": "upcoming"}, headers=api.admin)
-    assert response.status_code == 400, response.text
-    assert response.json()["code"] == "invalid_request"
+    assert response.status_code == 422, response.text
+    assert (response.json()["code"], response.json()["field"]) == ("unknown_field", "template_type")
     api.project()
     listed = {
         t["template_id"]: t for t in (await api.client.get(f"{BASE}/templates/", headers=api.admin)).json()
@@ -600,26 +600,36 @@ async def test_config_masks_the_gateway_key(api: Api) -> None:
 
 
 @pytest.mark.parametrize(
-    ("policy", "field"),
+    ("policy", "code", "field"),
     [
-        ({"windows": {"mon": [["08:00", "08:00"]]}}, "business_hours.mon[0]"),  # H02: start = end
-        ({"timezone": "America/Atlantida"}, "timezone"),
-        ({"messages_per_minute": -1}, "messages_per_minute"),
-        ({"windows": {"mon": [["08:00", "12:00"], ["11:00", "14:00"]]}}, "business_hours.mon[1]"),
-        ({"windows": {"funday": [["08:00", "12:00"]]}}, "business_hours.funday"),
-        ({"windows": {"mon": [["8h", "12:00"]]}}, "business_hours.mon[0][0]"),
-        ({"pause_min_s": 5, "pause_max_s": 1}, "pause_min_s"),
-        ({"sleep": True}, "sleep"),
+        ({"windows": {"mon": [["08:00", "08:00"]]}}, "invalid_policy", "policy.windows.mon[0]"),  # H02
+        ({"timezone": "America/Atlantida"}, "invalid_policy", "policy.timezone"),
+        ({"messages_per_minute": -1}, "out_of_range", "policy.messages_per_minute"),
+        ({"messages_per_minute": 1e9}, "invalid_request", "policy.messages_per_minute"),
+        ({"messages_per_minute": 1_000_000_000}, "out_of_range", "policy.messages_per_minute"),
+        ({"max_messages_per_day": 10**7}, "out_of_range", "policy.max_messages_per_day"),
+        ({"retry": {"max_attempts": 1000}}, "out_of_range", "policy.retry.max_attempts"),
+        (
+            {"windows": {"mon": [["08:00", "12:00"], ["11:00", "14:00"]]}},
+            "invalid_policy",
+            "policy.windows.mon[1]",
+        ),
+        ({"windows": {"funday": [["08:00", "12:00"]]}}, "invalid_policy", "policy.windows.funday"),
+        ({"windows": {"mon": [["8h", "12:00"]]}}, "invalid_policy", "policy.windows.mon[0][0]"),
+        ({"windows": {"mon": [[[[["08:00"]]]]]}}, "invalid_request", "policy.windows.mon[0][0]"),
+        ({"pause_min_s": 5, "pause_max_s": 1}, "invalid_policy", "policy.pause_min_s"),
+        ({"allowed_countries": ["BR", "XX"]}, "invalid_policy", "policy.allowed_countries[1]"),
+        ({"allowed_countries": []}, "invalid_request", "policy.allowed_countries"),
+        ({"sleep": True}, "unknown_field", "policy.sleep"),
     ],
 )
 async def test_invalid_policy_is_refused_naming_the_field_and_changes_nothing(
-    api: Api, policy: dict[str, Any], field: str
+    api: Api, policy: dict[str, Any], code: str, field: str
 ) -> None:
     before = (await api.client.get(f"{BASE}/config/", headers=api.admin)).json()
     response = await api.client.patch(f"{BASE}/config/", json={"policy": policy}, headers=api.admin)
     assert response.status_code == 422, response.text
-    assert response.json()["code"] == "invalid_policy"
-    assert response.json()["field"] == field
+    assert (response.json()["code"], response.json()["field"]) == (code, field)
     assert (await api.client.get(f"{BASE}/config/", headers=api.admin)).json() == before
 
 
@@ -806,8 +816,8 @@ async def test_an_unknown_status_filter_is_refused(api: Api) -> None:
     response = await api.client.get(
         f"{BASE}/campaign/{accepted['campaign_id']}/contacts", params={"status": "lost"}, headers=api.public
     )
-    assert response.status_code == 400, response.text
-    assert response.json()["code"] == "invalid_request"
+    assert response.status_code == 422, response.text
+    assert (response.json()["code"], response.json()["field"]) == ("invalid_request", "status")
 
 
 async def test_template_history_tells_what_the_template_said_and_since_when(api: Api) -> None:

@@ -180,8 +180,8 @@ async def test_another_tenants_campaign_and_template_are_404(dash: Dash) -> None
     other = dash.tenants.create_tenant(name="Outra", gateway=GATEWAY)
     key = dash.tenants.issue_api_key(other, "erp")
     dash.project()
+    from billing.api.schemas import SendRequest
     from billing.domain.types import TemplateType
-    from billing.services.ingest import SendRequest
 
     result = dash_ingest(dash).submit(
         tenant_id=other,
@@ -289,8 +289,8 @@ async def test_template_default_choice_and_a_send_naming_another_template(dash: 
     assert created.status_code == 303
     template_id = uuid.UUID(created.headers["location"].split("/")[-1].split("?")[0])
     dash.project()
+    from billing.api.schemas import SendRequest
     from billing.domain.types import TemplateType
-    from billing.services.ingest import SendRequest
 
     ingest = dash_ingest(dash)
     plain = ingest.submit(

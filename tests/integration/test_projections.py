@@ -31,6 +31,7 @@ from billing.domain.template import MessageTemplate
 from billing.domain.tenant import Tenant
 from billing.domain.user import AdminAction, User
 from billing.projections.views import VIEW_TABLES, project_pending, rebuild_projections, run_projections
+from billing.services.queries import Queries
 from billing.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -248,6 +249,22 @@ def full_scenario(container: Container) -> tuple[UUID, Posted, Posted]:
     other = post(tenant_id, accepted=2, template_type="notification", when=at(30))
     other.queue.pause(reason="outside_business_hours", resume_at=at(90), at=at(31))
     store.save(*other.aggregates())
+
+    from billing.domain.conversation import Conversation
+    from billing.domain.optout import DEFAULT_STOP_WORDS
+
+    c0.record_receipt(status="READ", reported_at=None, at=at(32))  # delivered and read
+    conversation = Conversation.open(tenant_id, c0.phone or "", at=at(33))
+    conversation.receive(
+        message_id="R1",
+        text="PARAR",
+        remote_jid="j",
+        contact_id=c0.id,
+        stop_words=DEFAULT_STOP_WORDS,
+        at=at(33),
+    )
+    c0.record_reply(message_id="R1", opted_out=True, at=at(33))
+    store.save(c0, conversation)
     return tenant_id, main, other
 
 
@@ -272,7 +289,8 @@ def test_projects_every_view(container: Container, database_url: str) -> None:
 
     q = queue_row(database_url, main.queue.id)
     assert counters(q) == counts(total=5, pending=2, sent=1, skipped=1, rejected=1)
-    assert pick(q, "created_at started_at completed_at updated_at") == (at(10), at(20), None, at(26))
+    assert pick(q, "created_at started_at completed_at updated_at") == (at(10), at(20), None, at(33))
+    assert pick(q, "delivered read replied") == (1, 1, 1)
 
     query = "SELECT * FROM campaign_contacts WHERE queue_id = %s ORDER BY idx"
     c0, c1, c2, c3, c4 = rows(database_url, query, main.queue.id)
@@ -283,9 +301,21 @@ def test_projects_every_view(container: Container, database_url: str) -> None:
     assert pick(c0, "nome telefone phone lease_until error_code") == (
         "Cliente 0", "(11) 900000000", "+5511900000000", None, None,
     )  # fmt: skip
+    assert pick(c0, "delivered_at read_at replied_at") == (at(32), at(32), at(33))
+    opt_out = rows(database_url, "SELECT phone, opted_out, stop_word, message_id, contact_id FROM opt_outs")
+    assert [pick(r, "phone opted_out stop_word message_id contact_id") for r in opt_out] == [
+        ("+5511900000000", True, "parar", "R1", c0["contact_id"])
+    ]
     assert pick(c1, "status attempts not_before error_code") == ("pending", 1, at(40), "gateway_down")
     assert pick(c2, "status error_code error_message") == ("skipped", "not_on_whatsapp", "no WhatsApp")
     assert pick(c3, "status attempts not_before lease_until") == ("pending", 0, at(60), None)
+    assert pick(c3, "deferred_reason") == ("outside_business_hours",)
+    assert pick(c1, "deferred_reason") == (None,)  # a retry: its error says why
+    # the contacts list shows why a pending contact waits and until when (kept current below)
+    items = {d["index"]: d for d in map(Queries.contact_document, (c0, c1, c3))}
+    assert [(items[i]["next_attempt_at"], items[i]["deferred_reason"]) for i in (0, 1, 3)] == [
+        (None, None), (at(40).isoformat(), None), (at(60).isoformat(), "outside_business_hours"),
+    ]  # fmt: skip
     assert pick(c4, "status phone error_code telefone") == ("rejected", None, "invalid_phone", "123")
     paused = queue_row(database_url, other.queue.id)
     assert pick(paused, "paused_reason resume_at pending") == ("outside_business_hours", at(90), 2)
@@ -304,6 +334,8 @@ def test_projects_every_view(container: Container, database_url: str) -> None:
     project_pending(container)
     q = queue_row(database_url, main.queue.id)
     assert counters(q) == counts(total=5, sent=2, failed=1, skipped=1, rejected=1)
+    _, c1, _, c3, _ = rows(database_url, query, main.queue.id)
+    assert [pick(c, "not_before deferred_reason") for c in (c1, c3)] == [(None, None), (None, None)]
     done = at(61) + timedelta(seconds=5)
     assert pick(q, "started_at completed_at updated_at") == (at(20), done, done)
 
@@ -437,8 +469,7 @@ def test_10000_contacts_project_in_one_go(container: Container, database_url: st
         f"\nprojected 10,002 ingestion events in {ingest_s:.2f} s ({10_002 / ingest_s:,.0f}/s); "
         f"19,800 outcome events in {outcomes_s:.2f} s ({19_800 / outcomes_s:,.0f}/s)"
     )
-    assert ingest_s < 5
-    assert outcomes_s < 10
+    # Speed itself is measured by bench/rebuild.py and bench/ingest.py against same-run baselines.
 
 
 async def test_follower_wakes_on_notify_and_survives_a_lost_connection(database_url: str) -> None:
@@ -489,6 +520,8 @@ def test_every_event_topic_of_the_domain_is_projected_or_knowingly_ignored() -> 
     from billing.domain.apikey import ApiKey
     from billing.domain.campaign import Campaign
     from billing.domain.contact import Contact
+    from billing.domain.conversation import Conversation
+    from billing.domain.engagement import Engagement
     from billing.domain.queue import Queue
     from billing.domain.template import MessageTemplate
     from billing.domain.tenant import Tenant
@@ -496,14 +529,23 @@ def test_every_event_topic_of_the_domain_is_projected_or_knowingly_ignored() -> 
     from billing.projections.writers import HANDLED_TOPICS
 
     bases = {  # never recorded
-        "billing.Contact.Created",
-        "billing.ApiKey.Created",
-        "billing.Tenant.Created",
-        "billing.AdminAction.Created",
-    }
+        "billing.Contact.Created", "billing.ApiKey.Created", "billing.Tenant.Created",
+        "billing.Conversation.Created", "billing.Engagement.Created", "billing.AdminAction.Created",
+    }  # fmt: skip
     topics = {
         value.TOPIC
-        for aggregate in (ApiKey, Campaign, Contact, Queue, MessageTemplate, Tenant, User, AdminAction)
+        for aggregate in (
+            ApiKey,
+            Campaign,
+            Contact,
+            Queue,
+            MessageTemplate,
+            Tenant,
+            Conversation,
+            Engagement,
+            User,
+            AdminAction,
+        )
         for value in vars(aggregate).values()
         if isinstance(value, type) and issubclass(value, CanMutateAggregate) and getattr(value, "TOPIC", None)
     }

@@ -3,7 +3,7 @@ the real RabbitMQ), the Evolution API simulator in process, and a fake clock.
 
 The clock is injected and moved by hand: no test sleeps for policy time. Views are brought up to date by
 the real projection (``project_pending``), and the scheduler is ticked by the test, so every step is
-deterministic. Cases of ``shared/cases/messaging.json`` that concern the worker (Q01, Q02, Q04) carry
+deterministic. Cases of ``tests/cases/messaging.json`` that concern the worker (Q01, Q02, Q04) carry
 their id in the test name.
 """
 
@@ -25,11 +25,12 @@ import httpx
 import pytest
 from psycopg.rows import dict_row
 
-from billing.bootstrap import Container, build_container
+from billing.bootstrap import Container, build_container, build_handler, build_scheduler
 from billing.domain.campaign import Campaign
 from billing.domain.contact import Contact
 from billing.domain.policy import default_policy_spec
 from billing.domain.queue import Queue
+from billing.domain.sending import Handled
 from billing.domain.template import MessageTemplate
 from billing.domain.tenant import Tenant
 from billing.domain.types import ContactStatus, TemplateType
@@ -41,11 +42,13 @@ from billing.outbox.rabbitmq import RabbitBroker
 from billing.projections.views import project_pending
 from billing.services.clock import FakeClock
 from billing.settings import Settings
-from billing.worker.handler import JobHandler
-from billing.worker.outcomes import Handled, Result
+from billing.worker.handler import JobHandler, Result
 from billing.worker.runner import run_worker
-from billing.worker.scheduler import Scheduler, TickReport
+from billing.worker.scheduler import TickReport
+from tests.e2e.harness import _parts as parts
 from tests.integration.test_broker_contract import delete_topology
+
+JID = "@s.whatsapp.net"
 
 TZ = ZoneInfo("America/Sao_Paulo")
 WEDNESDAY_10 = datetime(2025, 3, 12, 10, 0, tzinfo=TZ)
@@ -65,7 +68,7 @@ class RecordingHandler(JobHandler):
     """The real handler, recording each job's result and how long each delivery took to settle."""
 
     def __init__(self, container: Container) -> None:
-        super().__init__(container, rng=random.Random(7))
+        super().__init__(**parts(build_handler(container, rng=random.Random(7), cache_ttl_s=0)))
         self.results: list[tuple[SendJob, Result]] = []
         self.settle_s: list[float] = []
         self.calls = 0
@@ -91,7 +94,7 @@ class Worker:
     def __init__(self, container: Container) -> None:
         self.container = container
         self.handler = RecordingHandler(container)
-        self.scheduler = Scheduler(container)
+        self.scheduler = build_scheduler(container)
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -99,10 +102,12 @@ class Worker:
         """Run the worker (consumer + scheduler loop) in a task."""
         self.task = asyncio.create_task(
             run_worker(
-                self.container,
+                self.container.broker,
                 self.stop,
                 handler=self.handler,
                 scheduler=self.scheduler,
+                prefetch=self.container.settings.worker_prefetch,
+                drain_s=self.container.settings.dispatch_lease_s,
                 scheduler_interval_s=3600,  # the test ticks by hand
             )
         )
@@ -260,7 +265,9 @@ async def world(database_url: str) -> AsyncIterator[World]:
 # --- data: tenants, campaigns and jobs, made the way the api makes them -----------------------------
 
 
-def create_tenant(world: World, *, api_key: str = KEY, instance: str = INSTANCE, **policy: Any) -> UUID:
+def create_tenant(
+    world: World, *, api_key: str = KEY, instance: str = INSTANCE, base_url: str = "http://sim", **policy: Any
+) -> UUID:
     """A tenant open Mon–Fri 08:00–18:00 (São Paulo, BR holidays), no pause between messages, one active
     template per type, all saved in one transaction."""
     spec = default_policy_spec()
@@ -270,7 +277,7 @@ def create_tenant(world: World, *, api_key: str = KEY, instance: str = INSTANCE,
     tenant = Tenant.register(
         tenant_id=uuid4(),
         name="Loja Exemplo",
-        gateway={"base_url": "http://sim", "instance": instance, "api_key": api_key, "api_version": "v2"},
+        gateway={"base_url": base_url, "instance": instance, "api_key": api_key, "api_version": "v2"},
         policy=spec,
         at=now,
     )
@@ -337,10 +344,18 @@ class Batch:
         return messages
 
 
-def create_batch(world: World, tenant_id: UUID, n: int, *, kind: str = "overdue", first: int = 0) -> Batch:
+def create_batch(
+    world: World,
+    tenant_id: UUID,
+    n: int,
+    *,
+    kind: str = "overdue",
+    first: int = 0,
+    queue_id: UUID | None = None,
+) -> Batch:
     """A campaign of ``n`` valid contacts (Brazilian mobiles), saved with its queue in one transaction."""
     now = world.clock.now()
-    campaign_id, queue_id = uuid4(), uuid4()
+    campaign_id, queue_id = uuid4(), queue_id or uuid4()
     contacts: list[Contact] = []
     phones: list[tuple[UUID, str]] = []
     for index in range(n):
@@ -436,7 +451,7 @@ async def test_Q01_job_after_window_closed_is_deferred_to_monday_acked_at_once_a
         assert (report.resumed, report.due) == (1, 1)
         assert world.queue(batch.queue_id).paused_reason is None
         assert len(world.sim.sent) == 1
-        assert world.sim.sent[0].number == batch.contacts[0][1][1:]
+        assert world.sim.sent[0].number == batch.contacts[0][1][1:] + JID  # the account the lookup found
         assert world.contact(contact_id).status is ContactStatus.SENT
         assert await world.at(MONDAY_08 + timedelta(minutes=10)) == TickReport()
         assert len(world.sends()) == 1
@@ -564,15 +579,15 @@ async def test_unexpected_error_requeues_the_delivery_and_the_retry_sends_once(
     tenant_id = create_tenant(world)
     batch = create_batch(world, tenant_id, 1)
     ledger = world.main.handler.ledger
-    real_acquire = ledger.acquire
+    real_locked = ledger.locked
     failures = [RuntimeError("connection lost")]
 
-    def flaky_acquire(**kwargs: Any) -> Any:
+    def flaky_locked(tenant_id: UUID) -> Any:
         if failures:
             raise failures.pop()
-        return real_acquire(**kwargs)
+        return real_locked(tenant_id)
 
-    monkeypatch.setattr(ledger, "acquire", flaky_acquire)
+    monkeypatch.setattr(ledger, "locked", flaky_locked)
 
     # When the job is handled: the first delivery fails and is requeued, the redelivery succeeds
     await world.publish(batch.jobs())
@@ -817,7 +832,7 @@ async def test_throttle_two_workers_never_exceed_messages_per_minute_in_any_60_s
 
     # Then all 12 are sent, each once, both workers took part, and no 60 s window holds more than 5 sends
     assert len(world.sim.sent) == 12
-    assert len({m.number for m in world.sim.sent}) == 12
+    assert len({m.digits for m in world.sim.sent}) == 12
     assert all(w.handler.results for w in world.workers)
     times = world.ledger_times(tenant_id)
     assert len(times) == 12
@@ -839,15 +854,16 @@ async def test_throttled_backlog_is_republished_no_faster_than_the_tenants_budge
     assert count(world.outcomes(), Handled.THROTTLED) == 25
 
     # Then each minute the scheduler republishes only what can go out, shared between the queues
+    # (steps of 62 s: the window is 60 s + the 1 s margin, closed at both ends)
     reports = []
     for _ in range(12):
-        reports.append(await world.at(world.clock.now() + timedelta(seconds=61)))
+        reports.append(await world.at(world.clock.now() + timedelta(seconds=62)))
         if len(world.sim.sent) == 30:
             break
     assert [r.due for r in reports] == [5, 5, 5, 5, 5]
     assert len(world.sim.sent) == 30
     assert count(world.outcomes(), Handled.THROTTLED) == 25  # nobody was deferred twice
-    numbers = [m.number for m in world.sim.sent[5:15]]
+    numbers = [m.digits for m in world.sim.sent[5:15]]
     from_first = {p[1:] for _, p in first.contacts}
     # two ticks of 5 republished sends, round-robin between the queues: 2 or 3 of each per tick
     for tick in (numbers[:5], numbers[5:]):
@@ -866,7 +882,7 @@ async def test_two_workers_with_every_job_twice_send_each_contact_once(world: Wo
 
     # Then WhatsApp receives each contact exactly once (promise 3)
     assert len(world.sim.sent) == 20
-    assert len({m.number for m in world.sim.sent}) == 20
+    assert len({m.digits for m in world.sim.sent}) == 20
     assert count(world.outcomes(), Handled.SENT) == 20
     assert all(world.contact(cid).status is ContactStatus.SENT for cid in batch.ids)
 
@@ -965,3 +981,56 @@ async def ready_messages(amqp_url: str, queue: str) -> int:
         return declared.declaration_result.message_count
     finally:
         await connection.close()
+
+
+async def test_per_debtor_cap_one_dunning_message_per_phone_per_day_across_campaigns(world: World) -> None:
+    # Given three campaigns on one day reminding the same phone, and a notice to it (exempt by default)
+    tenant_id = create_tenant(world)
+    reminders = [create_batch(world, tenant_id, 1) for _ in range(3)]
+    notice = create_batch(world, tenant_id, 1, kind="notification")
+    for batch in [*reminders, notice]:
+        await world.publish(batch.jobs())
+    await world.idle()
+
+    # Then one reminder and the notice are sent; the other two wait for Thursday's opening
+    assert count(world.outcomes(), Handled.SENT) == 2
+    assert count(world.outcomes(), Handled.DEBTOR_DAILY_CAP) == 2
+    waiting = [
+        world.contact(b.ids[0]) for b in reminders if world.contact(b.ids[0]).status is ContactStatus.PENDING
+    ]
+    assert [(c.not_before, c.deferred_for) for c in waiting] == [
+        (THURSDAY_08.astimezone(UTC), "debtor_daily_cap")
+    ] * 2
+
+    # On Thursday one more goes out and the last waits for Friday
+    report = await world.at(THURSDAY_08)
+    assert report.due == 2
+    assert count(world.outcomes(), Handled.SENT) == 3
+    assert count(world.outcomes(), Handled.DEBTOR_DAILY_CAP) == 3
+    assert len(world.sim.sent) == 3
+
+
+async def test_an_opted_out_phone_is_skipped_without_a_lookup_or_a_send(world: World) -> None:
+    from billing.domain.conversation import Conversation
+
+    tenant_id = create_tenant(world)
+    batch = create_batch(world, tenant_id, 1)
+    conversation = Conversation.open(tenant_id, batch.contacts[0][1], at=world.clock.now())
+    words = ("não quero mais",)
+    conversation.receive(
+        message_id="R1",
+        text="Não quero mais",
+        remote_jid="j",
+        contact_id=None,
+        stop_words=words,
+        at=world.clock.now(),
+    )
+    world.store.save(conversation)
+
+    await world.publish(batch.jobs())
+    await world.idle()
+
+    assert world.outcomes() == [Handled.SKIPPED]
+    contact = world.contact(batch.ids[0])
+    assert (contact.status, contact.error_code) == (ContactStatus.SKIPPED, "opted_out")
+    assert world.sim.sent == [] and world.sim.number_checks == []

@@ -1,4 +1,4 @@
-"""Business-hours calendar: cases of shared/cases/business_hours.json plus weekends, holidays, DST."""
+"""Business-hours calendar: cases of tests/cases/business_hours.json plus weekends, holidays, DST."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def test_H02_window_with_start_equal_to_end_is_refused() -> None:
     with pytest.raises(PolicyError) as caught:
         parse_calendar(spec_of(case))
     assert caught.value.code == "invalid_policy"
-    assert caught.value.field == "business_hours.mon[0]"
+    assert caught.value.field == "windows.mon[0]"
     assert isinstance(caught.value, DomainError)
 
 
@@ -175,7 +175,7 @@ def test_calendar_that_never_opens_raises() -> None:
     assert calendar.is_open(at("2025-01-06T10:00:00-03:00")) is False
     with pytest.raises(PolicyError) as caught:
         calendar.next_opening(at("2025-01-06T10:00:00-03:00"))
-    assert caught.value.field == "business_hours"
+    assert caught.value.field == "windows"
 
 
 def test_naive_datetimes_are_refused() -> None:
@@ -327,19 +327,19 @@ def test_day_keys_ranges_and_every_day() -> None:
         ({"timezone": "America/Sao_Paolo"}, "timezone"),
         ({"timezone": "../etc/passwd"}, "timezone"),
         ({"timezone": 3}, "timezone"),
-        ({"windows": {"mon": [["08:00", "12:00"], ["11:00", "13:00"]]}}, "business_hours.mon[1]"),
+        ({"windows": {"mon": [["08:00", "12:00"], ["11:00", "13:00"]]}}, "windows.mon[1]"),
         (
             {"windows": {"mon-fri": [["08:00", "18:00"]], "wed": [["17:00", "19:00"]]}},
-            "business_hours.wed[1]",
+            "windows.wed[1]",
         ),
-        ({"windows": {"mon": [["22:00", "06:00"]], "tue": [["05:00", "09:00"]]}}, "business_hours.tue[0]"),
-        ({"windows": {"sun": [["22:00", "06:00"]], "mon": [["05:00", "09:00"]]}}, "business_hours.sun[0]"),
-        ({"windows": {"mon": [["8:00", "12:00"]]}}, "business_hours.mon[0][0]"),
-        ({"windows": {"mon": [["08:00", "24:00"]]}}, "business_hours.mon[0][1]"),
-        ({"windows": {"mon": [["08:00"]]}}, "business_hours.mon[0]"),
-        ({"windows": {"mon": "08:00-18:00"}}, "business_hours.mon"),
-        ({"windows": {"funday": [["08:00", "18:00"]]}}, "business_hours.funday"),
-        ({"windows": [["08:00", "18:00"]]}, "business_hours"),
+        ({"windows": {"mon": [["22:00", "06:00"]], "tue": [["05:00", "09:00"]]}}, "windows.tue[0]"),
+        ({"windows": {"sun": [["22:00", "06:00"]], "mon": [["05:00", "09:00"]]}}, "windows.sun[0]"),
+        ({"windows": {"mon": [["8:00", "12:00"]]}}, "windows.mon[0][0]"),
+        ({"windows": {"mon": [["08:00", "24:00"]]}}, "windows.mon[0][1]"),
+        ({"windows": {"mon": [["08:00"]]}}, "windows.mon[0]"),
+        ({"windows": {"mon": "08:00-18:00"}}, "windows.mon"),
+        ({"windows": {"funday": [["08:00", "18:00"]]}}, "windows.funday"),
+        ({"windows": [["08:00", "18:00"]]}, "windows"),
         ({"holidays": {"country": "XX"}}, "holidays.country"),
         ({"holidays": {"country": "BR", "subdivision": "ZZ"}}, "holidays.subdivision"),
         ({"holidays": {"include_optional": "yes"}}, "holidays.include_optional"),
@@ -359,7 +359,7 @@ def test_invalid_specs_name_the_field(spec: dict[str, object], field: str) -> No
 def test_constructor_checks_overlaps_and_weekdays() -> None:
     with pytest.raises(PolicyError) as caught:
         BusinessCalendar(tz=SP, weekly={0: (Window(time(8), time(12)), Window(time(9), time(10)))})
-    assert caught.value.field == "business_hours.mon[1]"
+    assert caught.value.field == "windows.mon[1]"
     with pytest.raises(PolicyError):
         BusinessCalendar(tz=SP, weekly={7: (Window(time(8), time(12)),)})
 

@@ -1,4 +1,4 @@
-"""Due-date parsing, pt-BR rendering and the day counter (cases: shared/cases/dates.json)."""
+"""Due-date parsing, pt-BR rendering and the day counter (cases: tests/cases/dates.json)."""
 
 from __future__ import annotations
 

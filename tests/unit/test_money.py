@@ -1,4 +1,4 @@
-"""Money parsing and pt-BR formatting (cases: shared/cases/money.json)."""
+"""Money parsing and pt-BR formatting (cases: tests/cases/money.json)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,13 @@
-"""Phone normalisation and masking (cases: shared/cases/phones.json)."""
+"""Phone normalisation and masking (cases: tests/cases/phones.json)."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from billing.domain.errors import InvalidValue
-from billing.domain.phone import Phone, mask_phone, normalize_phone
+from billing.domain.phone import Phone, _brazilian_fast_path, _full_path, mask_phone, normalize_phone
 from tests.cases import load_cases
 
 CASES = {case["id"]: case for case in load_cases("phones.json")}
@@ -83,8 +85,7 @@ def test_accepted_phones(given: object, expected: str) -> None:
         "",
         "   ",
         "+",
-        "11 8765-4321",  # 8-digit mobile without the ninth digit: not repaired
-        "+55 11 8765-4321",
+        "11 9552-3230",  # 8 digits starting 9: a 9-digit mobile missing a digit (P04), not an old one
         "0800 123 4567",  # toll-free
         "0300 123 4567",  # shared cost
         "4004-1234",  # shared cost, no area code
@@ -109,6 +110,19 @@ def test_rejected_phones(given: object) -> None:
     assert exc_info.value.code == "invalid_phone"
     assert exc_info.value.field == "contacts[1].telefone"
     assert "contacts[1].telefone" in exc_info.value.message
+
+
+@pytest.mark.parametrize(
+    ("given", "e164"),
+    [
+        ("(75) 8825-1234", "+5575988251234"),  # old 8-digit mobile: a lookup candidate, not invalid
+        ("557588251234", "+5575988251234"),
+        ("+55 11 8765-4321", "+5511987654321"),
+        ("+55 75 98825-1234", "+5575988251234"),
+    ],
+)
+def test_old_eight_digit_mobiles_are_read_with_their_ninth_digit(given: str, e164: str) -> None:
+    assert normalize_phone(given).e164 == e164
 
 
 def test_rejected_toll_free_says_why() -> None:
@@ -147,3 +161,55 @@ def test_error_message_does_not_leak_the_number() -> None:
         normalize_phone("(11) 9-552-3230")
     assert "552" not in exc_info.value.message
     assert exc_info.value.message.startswith("telefone: ")
+
+
+# --- the fast path for Brazilian numbers answers exactly as the full path --------------------------------
+
+
+def _full_or_none(text: str) -> object:
+    try:
+        return _full_path(text, "BR", "telefone")
+    except InvalidValue:
+        return None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    prefix=st.sampled_from(["", "+55", "+55 ", "55", "0", "+1", "+", "90", "0055"]),
+    ddd=st.integers(min_value=0, max_value=99),
+    first=st.sampled_from("0123456789"),
+    rest=st.text(alphabet="0123456789", min_size=6, max_size=9),
+    style=st.sampled_from(["plain", "paren", "dash"]),
+)
+def test_fast_path_accepts_only_what_the_full_path_accepts_and_the_same_way(
+    prefix: str, ddd: int, first: str, rest: str, style: str
+) -> None:
+    number = f"{ddd:02d}{first}{rest}"
+    if style == "paren":
+        number = f"({number[:2]}) {number[2:-4]}-{number[-4:]}"
+    elif style == "dash":
+        number = f"{number[:2]}-{number[2:]}"
+    text = prefix + number
+    fast = _brazilian_fast_path(text)
+    if fast is not None:
+        assert fast == _full_or_none(text)
+
+
+def test_fast_path_takes_the_common_forms() -> None:
+    for text in ("+5511987654321", "(11) 98765-4321", "11 3000-1234", "+55 (81) 99999-8888"):
+        assert _brazilian_fast_path(text) == _full_or_none(text) != None  # noqa: E711
+    for text in ("5511987654321", "011987654321", "0055 11 98765-4321", "+16502530000", "1198765432"):
+        assert _brazilian_fast_path(text) is None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(national=st.text(alphabet="0123456789", min_size=8, max_size=13))
+def test_brazilian_plan_check_is_the_librarys_number_type(national: str) -> None:
+    import phonenumbers
+
+    from billing.domain.phone import _ACCEPTED_TYPES, _brazilian_plan_accepts
+
+    number = phonenumbers.PhoneNumber(country_code=55, national_number=int(national))
+    if national.startswith("0"):
+        return  # never asked (the fast path leaves leading zeros to the full path)
+    assert _brazilian_plan_accepts(national) == (phonenumbers.number_type(number) in _ACCEPTED_TYPES)

@@ -4,100 +4,129 @@ sending configuration and the audit history of a contact."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post
+from litestar.datastructures import CacheControlHeader
 from litestar.di import Provide
+from litestar.openapi.spec import Example
+from litestar.params import Parameter
 
 from billing.api.auth import Admin
 from billing.api.deps import Services, provide_services, run_sync
+from billing.api.docs import BODY_ERRORS, VALIDATION_CODES, errors
 from billing.api.public import BASE
+from billing.api.schemas import (
+    MAX_VALUE_LENGTH,
+    ApiKeyCreate,
+    ApiKeyIssued,
+    ApiKeyItem,
+    CampaignItem,
+    ConfigDoc,
+    ConfigPatch,
+    ContactHistory,
+    EventDoc,
+    PreviewDoc,
+    PreviewRequest,
+    StatsDoc,
+    TemplateCreate,
+    TemplateDoc,
+    TemplateHistory,
+    TemplatePatch,
+    as_struct,
+    policy_changes,
+)
 from billing.domain.apikey import api_key_id
+from billing.domain.calendar import PolicyError
 from billing.domain.contact import Contact
 from billing.domain.errors import DomainError, InvalidValue, NotFound
-from billing.domain.ingestion import missing_variables
+from billing.domain.ingestion import MAX_FIELD_NAME_LENGTH, MAX_FIELDS, branch_missing_variables
 from billing.domain.sanitize import sanitize_text
-from billing.domain.template import MessageTemplate
+from billing.domain.template import (
+    MAX_DESCRIPTION_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_TEMPLATE_LENGTH,
+    MAX_VARIATIONS,
+    MessageTemplate,
+)
 from billing.domain.templating import parse_template
 from billing.domain.tenant import Tenant
 from billing.eventstore import get_owned
+from billing.services.queries import MAX_PAGE
 from billing.services.tenants import hash_api_key
 
 Req = Request[Admin, Any, Any]
-MAX_KEY_NAME = 100
+ESCAPED_CHAR_BYTES = 12
+"""Most bytes one character can take in JSON text (an astral character as two ``\\uXXXX`` escapes)."""
+SMALL_BODY = 4 * 1024
+"""Body limit of ``POST /api-keys/`` (a name of 100 characters fully escaped, with room)."""
+TEMPLATE_BODY = (
+    MAX_VARIATIONS * MAX_TEMPLATE_LENGTH + MAX_NAME_LENGTH + MAX_DESCRIPTION_LENGTH
+) * ESCAPED_CHAR_BYTES + 4096
+"""Body limit of a template (bytes): every variation, name and description at their limits, escaped."""
+PREVIEW_BODY = MAX_FIELDS * (MAX_FIELD_NAME_LENGTH + MAX_VALUE_LENGTH) * ESCAPED_CHAR_BYTES + 4096
+"""Body limit of a preview: a contact's largest set of fields, escaped."""
+CONFIG_BODY = 64 * 1024
+"""Body limit of ``PATCH /config/``: 16 day keys × 8 windows, 366 extra dates, gateway strings (< 20 KB)."""
+
+TEMPLATE_CODES = (*VALIDATION_CODES, "template_error", "invalid_variations", "invalid_template_type")
+POLICY_CODES = (*VALIDATION_CODES, "invalid_policy", "invalid_gateway")
+TEMPLATE_EXAMPLE = {
+    "name": "Cobrança",
+    "template_type": "overdue",
+    "variations": ["Olá {{nome_cliente}}, a fatura de {{valor}} venceu em {{data_vencimento}}."],
+    "description": "lembrete de fatura vencida",
+}
 
 
-class ApiKeyCreate(msgspec.Struct, forbid_unknown_fields=True):
-    """Body of ``POST /api-keys/``."""
-
-    name: str = "default"
-
-
-class TemplateCreate(msgspec.Struct, forbid_unknown_fields=True):
-    """Body of ``POST /templates/``."""
-
-    name: str
-    template_type: str
-    variations: list[str]
-    description: str = ""
-    active: bool = True
+def _template_doc(template: Any, *, default: bool = False) -> TemplateDoc:
+    return TemplateDoc(
+        template_id=template.id,
+        name=template.name,
+        template_type=template.template_type,
+        description=template.description,
+        variations=list(template.variations),
+        active=template.active,
+        version=template.version,
+        default=default,
+    )
 
 
-class TemplatePatch(msgspec.Struct, forbid_unknown_fields=True):
-    """Body of ``PATCH /templates/{id}/``: absent fields stay as they are."""
-
-    name: str | None = None
-    description: str | None = None
-    variations: list[str] | None = None
-    active: bool | None = None
-
-
-class PreviewRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Body of ``POST /templates/{id}/preview``: sample contact fields as an ERP would send them."""
-
-    variables: dict[str, Any] = {}
-
-
-class ConfigPatch(msgspec.Struct, forbid_unknown_fields=True):
-    """Body of ``PATCH /config/``: ``policy`` keys merge into the policy; ``gateway`` replaces it."""
-
-    policy: dict[str, Any] | None = None
-    gateway: dict[str, Any] | None = None
-
-
-def _template_doc(template: Any, *, default: bool = False) -> dict[str, Any]:
-    return {
-        "template_id": str(template.id),
-        "name": template.name,
-        "template_type": template.template_type,
-        "description": template.description,
-        "variations": list(template.variations),
-        "active": template.active,
-        "default": default,
-        "version": template.version,
-    }
-
-
-def _config_doc(tenant: Tenant) -> dict[str, Any]:
+def _config_doc(tenant: Tenant) -> ConfigDoc:
     gateway = dict(tenant.gateway)
     gateway["api_key"] = "***"
-    return {"tenant_id": str(tenant.id), "name": tenant.name, "policy": tenant.policy, "gateway": gateway}
+    return ConfigDoc(tenant_id=tenant.id, name=tenant.name, policy=dict(tenant.policy), gateway=gateway)
 
 
-def _event_doc(event: Any) -> dict[str, Any]:
+def _event_doc(event: Any) -> EventDoc:
     data = {
         f.name: getattr(event, f.name)
         for f in dataclasses.fields(event)
         if f.name not in ("originator_id", "originator_version", "timestamp", "originator_topic")
     }
-    return {
-        "type": type(event).TOPIC,
-        "version": event.originator_version,
-        "at": event.timestamp.isoformat(),
-        "data": msgspec.to_builtins(data),
-    }
+    return EventDoc(
+        type=type(event).TOPIC,
+        version=event.originator_version,
+        at=event.timestamp.isoformat(),
+        data=msgspec.to_builtins(data),
+    )
+
+
+def _ops(**codes: tuple[str, ...]) -> dict[int, Any]:
+    """Error answers of an admin operation: 401/429 always, plus ``codes`` keyed ``s404`` etc."""
+    return errors(
+        {401: ("unauthorized",), 429: ("rate_limited",), **{int(k[1:]): v for k, v in codes.items()}}
+    )
+
+
+def _body_ops(codes_422: tuple[str, ...], **codes: tuple[str, ...]) -> dict[int, Any]:
+    """Error answers of an admin operation that takes a JSON body."""
+    return errors(
+        {401: ("unauthorized",), 429: ("rate_limited",), **BODY_ERRORS, 422: codes_422}
+        | {int(k[1:]): v for k, v in codes.items()}
+    )
 
 
 class AdminController(Controller):
@@ -105,37 +134,59 @@ class AdminController(Controller):
 
     path = BASE
     tags = ["admin"]
+    security = [{"BearerToken": []}]
     dependencies = {"services": Provide(provide_services)}
 
-    @get("/api-keys/")
-    async def list_api_keys(self, request: Req, services: Services) -> list[dict[str, Any]]:
+    @get("/api-keys/", responses=_ops())
+    async def list_api_keys(self, request: Req, services: Services) -> list[ApiKeyItem]:
         """The tenant's API keys (never their text)."""
-        return await run_sync(services.queries.list_api_keys, request.user.tenant_id)
+        rows = await run_sync(services.queries.list_api_keys, request.user.tenant_id)
+        result: list[ApiKeyItem] = as_struct(rows, list[ApiKeyItem])
+        return result
 
-    @post("/api-keys/")
-    async def create_api_key(self, request: Req, data: ApiKeyCreate, services: Services) -> dict[str, Any]:
-        """Issue a key; its text is in this answer only."""
+    @post(
+        "/api-keys/",
+        cache_control=CacheControlHeader(no_store=True),
+        request_max_body_size=SMALL_BODY,
+        responses=_body_ops((*VALIDATION_CODES, "invalid_name")),
+    )
+    async def create_api_key(
+        self,
+        request: Req,
+        data: Annotated[ApiKeyCreate, Parameter(examples=[Example(summary="a key", value={"name": "erp"})])],
+        services: Services,
+    ) -> ApiKeyIssued:
+        """Issue a key; its text is in this answer only (``Cache-Control: no-store``: no cache keeps it)."""
         name = data.name.strip()
-        if not name or len(name) > MAX_KEY_NAME:
+        if not name:
             raise InvalidValue(
-                f"name must have 1 to {MAX_KEY_NAME} characters", code="invalid_name", field="name"
+                f"name must have 1 to {MAX_NAME_LENGTH} characters", code="invalid_name", field="name"
             )
         key = await run_sync(services.tenants.issue_api_key, request.user.tenant_id, name)
         key_id = api_key_id(hash_api_key(key))
-        return {"key_id": str(key_id), "name": name, "prefix": key[:8], "api_key": key}
+        return ApiKeyIssued(key_id=key_id, name=name, prefix=key[:8], api_key=key)
 
-    @delete("/api-keys/{key_id:uuid}/", status_code=204)
+    @delete("/api-keys/{key_id:uuid}/", status_code=204, responses=_ops(s404=("api_key_not_found",)))
     async def revoke_api_key(self, request: Req, key_id: UUID, services: Services) -> None:
         """Revoke a key (404 for another tenant's)."""
         await run_sync(services.tenants.revoke_api_key, request.user.tenant_id, key_id)
 
-    @get("/templates/")
-    async def list_templates(self, request: Req, services: Services) -> list[dict[str, Any]]:
+    @get("/templates/", responses=_ops())
+    async def list_templates(self, request: Req, services: Services) -> list[TemplateDoc]:
         """The tenant's templates."""
-        return await run_sync(services.queries.list_templates, request.user.tenant_id)
+        rows = await run_sync(services.queries.list_templates, request.user.tenant_id)
+        result: list[TemplateDoc] = as_struct(rows, list[TemplateDoc])
+        return result
 
-    @post("/templates/")
-    async def create_template(self, request: Req, data: TemplateCreate, services: Services) -> dict[str, Any]:
+    @post("/templates/", request_max_body_size=TEMPLATE_BODY, responses=_body_ops(TEMPLATE_CODES))
+    async def create_template(
+        self,
+        request: Req,
+        data: Annotated[
+            TemplateCreate, Parameter(examples=[Example(summary="a template", value=TEMPLATE_EXAMPLE)])
+        ],
+        services: Services,
+    ) -> TemplateDoc:
         """Create a template (422 with line and column for a malformed variation)."""
         template = await run_sync(
             services.templates.create,
@@ -148,39 +199,73 @@ class AdminController(Controller):
         )
         return _template_doc(template)
 
-    @patch("/templates/{template_id:uuid}/")
+    @patch(
+        "/templates/{template_id:uuid}/",
+        request_max_body_size=TEMPLATE_BODY,
+        responses=_body_ops(TEMPLATE_CODES, s404=("template_not_found",)),
+    )
     async def change_template(
-        self, request: Req, template_id: UUID, data: TemplatePatch, services: Services
-    ) -> dict[str, Any]:
+        self,
+        request: Req,
+        template_id: UUID,
+        data: Annotated[
+            TemplatePatch, Parameter(examples=[Example(summary="deactivate", value={"active": False})])
+        ],
+        services: Services,
+    ) -> TemplateDoc:
         """Change a template; every change is an event."""
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
         template = await run_sync(services.templates.change, request.user.tenant_id, template_id, **changes)
         return _template_doc(template, default=await _is_default(services, template))
 
-    @delete("/templates/{template_id:uuid}/", status_code=200)
-    async def deactivate_template(
-        self, request: Req, template_id: UUID, services: Services
-    ) -> dict[str, Any]:
+    @delete("/templates/{template_id:uuid}/", status_code=200, responses=_ops(s404=("template_not_found",)))
+    async def deactivate_template(self, request: Req, template_id: UUID, services: Services) -> TemplateDoc:
         """Deactivate a template; its history stays."""
         template = await run_sync(services.templates.deactivate, request.user.tenant_id, template_id)
         return _template_doc(template, default=False)
 
-    @post("/templates/{template_id:uuid}/default", status_code=200)
-    async def make_default_template(
-        self, request: Req, template_id: UUID, services: Services
-    ) -> dict[str, Any]:
+    @post(
+        "/templates/{template_id:uuid}/default",
+        status_code=200,
+        responses=_ops(s404=("template_not_found",), s422=("template_inactive", "template_not_found")),
+    )
+    async def make_default_template(self, request: Req, template_id: UUID, services: Services) -> TemplateDoc:
         """Make the template its type's default (the one sends without ``template_id`` use); 422
         ``template_inactive`` for an inactive one, 404 for another tenant's."""
         template = await run_sync(services.templates.make_default, request.user.tenant_id, template_id)
         return _template_doc(template, default=True)
 
-    @post("/templates/{template_id:uuid}/preview", status_code=200)
+    @post(
+        "/templates/{template_id:uuid}/preview",
+        status_code=200,
+        request_max_body_size=PREVIEW_BODY,
+        responses=_body_ops(
+            (*VALIDATION_CODES, "invalid_amount", "ambiguous_amount", "invalid_date"),
+            s404=("template_not_found",),
+        ),
+    )
     async def preview_template(
-        self, request: Req, template_id: UUID, data: PreviewRequest, services: Services
-    ) -> dict[str, Any]:
+        self,
+        request: Req,
+        template_id: UUID,
+        data: Annotated[
+            PreviewRequest,
+            Parameter(
+                examples=[
+                    Example(
+                        summary="a sample contact",
+                        value={
+                            "variables": {"nome": "Maria", "valor": "150", "data_vencimento": "2025-01-15"}
+                        },
+                    )
+                ]
+            ),
+        ],
+        services: Services,
+    ) -> PreviewDoc:
         """Render every variation of the template for sample variables, as if sent now; for each
         variation, ``missing_variables`` names what the sample lacks (ingestion would reject such a
-        contact with ``missing_variable``)."""
+        contact with ``missing_variable``), branches included."""
         tenant_id = request.user.tenant_id
         template = await run_sync(services.templates.get, tenant_id, template_id)
         tenant = await run_sync(services.tenants.get_tenant, tenant_id)
@@ -194,56 +279,89 @@ class AdminController(Controller):
                 exc.field = f"variables.{exc.field}"
             raise
         fields = {str(k): sanitize_text(v) for k, v in data.variables.items() if v is not None}
-        missing = [
-            missing_variables(fields, parse_template(text).required_variables) for text in template.variations
-        ]
-        return {
-            "template_id": str(template_id),
-            "version": template.version,
-            "previews": texts,
-            "missing_variables": missing,
-        }
+        missing = [branch_missing_variables([parse_template(text)], fields) for text in template.variations]
+        return PreviewDoc(
+            template_id=template_id, version=template.version, previews=texts, missing_variables=missing
+        )
 
-    @get("/campaigns/")
-    async def list_campaigns(self, request: Req, services: Services, limit: int = 50) -> list[dict[str, Any]]:
+    @get("/campaigns/", responses=_ops(s422=("out_of_range", "invalid_request")))
+    async def list_campaigns(
+        self,
+        request: Req,
+        services: Services,
+        limit: Annotated[
+            int, Parameter(ge=1, le=MAX_PAGE, description="at most this many, newest first")
+        ] = 50,
+    ) -> list[CampaignItem]:
         """The tenant's latest campaigns with their queue status."""
-        return await run_sync(services.queries.list_campaigns, request.user.tenant_id, limit=limit)
+        rows = await run_sync(services.queries.list_campaigns, request.user.tenant_id, limit=limit)
+        result: list[CampaignItem] = as_struct(rows, list[CampaignItem])
+        return result
 
-    @get("/stats/")
-    async def stats(self, request: Req, services: Services) -> dict[str, Any]:
+    @get("/stats/", responses=_ops())
+    async def stats(self, request: Req, services: Services) -> StatsDoc:
         """Per-status contact counts."""
-        return await run_sync(services.queries.stats, request.user.tenant_id)
+        result: StatsDoc = as_struct(await run_sync(services.queries.stats, request.user.tenant_id), StatsDoc)
+        return result
 
-    @get("/config/")
-    async def get_config(self, request: Req, services: Services) -> dict[str, Any]:
+    @get("/config/", responses=_ops())
+    async def get_config(self, request: Req, services: Services) -> ConfigDoc:
         """The sending policy and gateway settings (the gateway key masked)."""
         tenant = await run_sync(services.tenants.get_tenant, request.user.tenant_id)
         return _config_doc(tenant)
 
-    @patch("/config/")
-    async def change_config(self, request: Req, data: ConfigPatch, services: Services) -> dict[str, Any]:
+    @patch("/config/", request_max_body_size=CONFIG_BODY, responses=_body_ops(POLICY_CODES))
+    async def change_config(
+        self,
+        request: Req,
+        data: Annotated[
+            ConfigPatch,
+            Parameter(
+                examples=[
+                    Example(
+                        summary="throttle and countries",
+                        value={"policy": {"messages_per_minute": 10, "allowed_countries": ["BR", "PT"]}},
+                    )
+                ]
+            ),
+        ],
+        services: Services,
+    ) -> ConfigDoc:
         """Change the policy (422 naming the field when invalid) and/or the gateway."""
         tenant_id = request.user.tenant_id
         if data.policy is None and data.gateway is None:
             raise InvalidValue("nothing to change: give policy and/or gateway", code="invalid_request")
-        tenant = await run_sync(
-            services.tenants.configure, tenant_id, policy=data.policy, gateway=data.gateway
+        try:
+            tenant = await run_sync(
+                services.tenants.configure,
+                tenant_id,
+                policy=policy_changes(data.policy) if data.policy is not None else None,
+                gateway=msgspec.to_builtins(data.gateway) if data.gateway is not None else None,
+            )
+        except PolicyError as exc:  # the policy's fields are under "policy" in the body
+            exc.field = f"policy.{exc.field}" if exc.field else "policy"
+            raise
+        await run_sync(  # a paused queue is re-evaluated at once, not at its old resume_at
+            services.engagement.review_pauses,
+            tenant_id,
+            policy_changed=data.policy is not None,
+            gateway_changed=data.gateway is not None,
         )
         return _config_doc(tenant)
 
-    @get("/history/contact/{contact_id:uuid}")
-    async def contact_history(self, request: Req, contact_id: UUID, services: Services) -> dict[str, Any]:
+    @get("/history/contact/{contact_id:uuid}", responses=_ops(s404=("contact_not_found",)))
+    async def contact_history(self, request: Req, contact_id: UUID, services: Services) -> ContactHistory:
         """Every event of one contact, oldest first: what was sent, when, with which template version."""
         events = await run_sync(_history, services, request.user.tenant_id, contact_id, Contact, "contact")
-        return {"contact_id": str(contact_id), "events": [_event_doc(e) for e in events]}
+        return ContactHistory(contact_id=contact_id, events=[_event_doc(e) for e in events])
 
-    @get("/history/template/{template_id:uuid}")
-    async def template_history(self, request: Req, template_id: UUID, services: Services) -> dict[str, Any]:
+    @get("/history/template/{template_id:uuid}", responses=_ops(s404=("template_not_found",)))
+    async def template_history(self, request: Req, template_id: UUID, services: Services) -> TemplateHistory:
         """Every version of one template, oldest first: what it said from which instant (``at``) on."""
         events = await run_sync(
             _history, services, request.user.tenant_id, template_id, MessageTemplate, "template"
         )
-        return {"template_id": str(template_id), "events": [_event_doc(e) for e in events]}
+        return TemplateHistory(template_id=template_id, events=[_event_doc(e) for e in events])
 
 
 async def _is_default(services: Services, template: Any) -> bool:

@@ -2,7 +2,8 @@
 
 Admin tokens use litestar's security module (``litestar.security.jwt``, PyJWT underneath): the algorithm
 is pinned to HS256 (so ``alg: none`` and other algorithms are refused), ``exp`` is required, the tenant is
-the ``sub`` claim.
+the ``sub`` claim. Only the ``Bearer`` scheme is accepted (RFC 6750; the library alone takes whatever word
+precedes the token, e.g. ``Basic <JWT>``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any
 from uuid import UUID
 
 from litestar.connection import ASGIConnection
-from litestar.security.jwt import JWTAuth, Token
+from litestar.exceptions import NotAuthorizedException
+from litestar.middleware.authentication import AuthenticationResult
+from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
 API_KEY_HEADER = "X-Billing-API-Key"
 ALGORITHM = "HS256"
@@ -47,8 +50,35 @@ PUBLIC_PATHS = [
     "^/api/billing/v1/billing/queue/",
     "^/api/billing/v1/billing/campaign/",
     "^/api/billing/v1/billing/contacts/",
+    "^/api/billing/v1/billing/gateway/events/",
     "^/dashboard",
 ]
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value (scheme case-insensitive, RFC 7235),
+    or None for a missing header, another scheme or an empty token."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        return None
+    return token
+
+
+class BearerJWTMiddleware(JWTAuthenticationMiddleware):
+    """litestar's JWT middleware, refusing every scheme but ``Bearer`` with 401."""
+
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        """Authenticate ``Authorization: Bearer <JWT>``. Raises NotAuthorizedException otherwise."""
+        header = connection.headers.get(self.auth_header)
+        if not header:
+            raise NotAuthorizedException("No JWT token found in request header")
+        token = bearer_token(header)
+        if token is None:
+            raise NotAuthorizedException("the Authorization header must use the Bearer scheme")
+        return await self.authenticate_token(encoded_token=token, connection=connection)
 
 
 def jwt_auth(secret: str) -> JWTAuth[Admin, Token]:
@@ -59,4 +89,5 @@ def jwt_auth(secret: str) -> JWTAuth[Admin, Token]:
         algorithm=ALGORITHM,
         exclude=PUBLIC_PATHS,
         require_claims=["exp", "sub"],
+        authentication_middleware_class=BearerJWTMiddleware,
     )

@@ -9,12 +9,15 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
 
 from billing.api.auth import API_KEY_HEADER
 from billing.api.errors import Unauthorized
 from billing.bootstrap import Container
 from billing.domain.apikey import api_key_id
 from billing.services.cancel import CancelService
+from billing.services.engagement import EngagementService
 from billing.services.ingest import IngestService
 from billing.services.queries import Queries
 from billing.services.templates import TemplateService
@@ -37,6 +40,7 @@ class Services:
     cancel: CancelService
     users: UserService
     key_usage: KeyUsage
+    engagement: EngagementService
 
     @classmethod
     def build(cls, container: Container) -> Services:
@@ -44,13 +48,21 @@ class Services:
         queries = Queries(container.pool)
         return cls(
             container=container,
-            tenants=TenantService(container.store, container.clock),
+            tenants=TenantService(
+                container.store, container.clock, gateway_url_guard=container.check_gateway_url
+            ),
             ingest=IngestService(container.store, queries, container.clock),
             templates=TemplateService(container.store, container.clock),
             queries=queries,
             cancel=CancelService(container.store, container.pool, container.clock),
             users=UserService(container.store, container.pool, container.clock),
             key_usage=KeyUsage(container.pool),
+            engagement=EngagementService(
+                container.store,
+                container.pool,
+                container.clock,
+                allow_private=container.settings.webhooks_allow_private,
+            ),
         )
 
 
@@ -65,16 +77,29 @@ async def provide_services(request: Request[Any, Any, Any]) -> Services:
     return services
 
 
-async def provide_tenant_id(request: Request[Any, Any, Any]) -> UUID:
-    """Litestar dependency of the public API: the tenant of the ``X-Billing-API-Key`` header (401 if none)."""
-    key = request.headers.get(API_KEY_HEADER)
+async def api_key_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard of the public API: authenticate ``X-Billing-API-Key`` before anything reads the body (guards
+    run first), keeping the tenant in the connection's state for :func:`provide_tenant_id`.
+
+    Raises:
+        Unauthorized: missing, unknown or revoked key (401).
+    """
+    key = connection.headers.get(API_KEY_HEADER)
     if not key:
         raise Unauthorized(f"missing {API_KEY_HEADER} header", field=API_KEY_HEADER)
-    services: Services = request.app.state.services
-    tenant_id = await run_sync(services.tenants.authenticate, key)
+    services: Services = connection.app.state.services
+    known, tenant_id = services.tenants.cached_tenant(key)  # a recent answer: no thread hop
+    if not known:
+        tenant_id = await run_sync(services.tenants.authenticate, key)
     if tenant_id is None:
         raise Unauthorized("unknown or revoked API key", field=API_KEY_HEADER)
     key_id = api_key_id(hash_api_key(key))
     if services.key_usage.due(key_id):
         await run_sync(services.key_usage.touch, key_id, services.container.clock.now())
+    connection.state.tenant_id = tenant_id
+
+
+async def provide_tenant_id(request: Request[Any, Any, Any]) -> UUID:
+    """Litestar dependency of the public API: the tenant :func:`api_key_guard` authenticated."""
+    tenant_id: UUID = request.state.tenant_id
     return tenant_id

@@ -9,9 +9,16 @@ from typing import Any
 
 import structlog
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    TooManyRequestsException,
+    ValidationException,
+)
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
+from billing.api.body import invalid_from_message
 from billing.domain.errors import Conflict, DomainError, InvalidValue, NotFound
 
 log = structlog.get_logger(__name__)
@@ -22,7 +29,12 @@ STATUS_BY_ERROR: list[tuple[type[DomainError], int]] = [
     (InvalidValue, 422),
     (DomainError, 422),  # TemplateSyntaxError, PolicyError and any other domain refusal
 ]
-STATUS_BY_CODE = {"invalid_json": 400, "idempotency_key_reused": 422, "too_many_contacts": 413}
+STATUS_BY_CODE = {
+    "invalid_json": 400,
+    "idempotency_key_reused": 422,
+    "too_many_contacts": 413,
+    "unsupported_media_type": 415,
+}
 
 
 class Unauthorized(DomainError):
@@ -60,22 +72,44 @@ def domain_error_handler(_: Request[Any, Any, Any], exc: DomainError) -> Respons
     return Response(error_body(exc.code, exc.message, exc.field, exc.details), status_code=status_for(exc))
 
 
-def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
-    """Answer litestar's own errors in the same shape."""
+HTTP_CODES = {
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    429: "rate_limited",
+}
+
+
+def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    """Answer litestar's own errors in the same shape. A parameter litestar refuses (query, path, header)
+    goes through the same msgspec-message mapping as bodies and answers 422 naming the parameter; a body
+    over the endpoint's limit is 413 ``body_too_large`` with ``details.max_bytes``."""
+    if isinstance(exc, ValidationException):
+        extra = exc.extra if isinstance(exc.extra, list) else []
+        first = extra[0] if extra and isinstance(extra[0], dict) else {}
+        error = invalid_from_message(str(first.get("message", exc.detail)), first.get("key"))
+        return domain_error_handler(request, error)
+    if isinstance(exc, TooManyRequestsException):  # billing.api.ratelimit
+        return Response(
+            error_body("rate_limited", str(exc.detail), "X-Billing-API-Key"),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+    code = HTTP_CODES.get(exc.status_code, "http_error")
     if isinstance(exc, NotAuthorizedException):
         code = "unauthorized"
     elif isinstance(exc, NotFoundException):
         code = "not_found"
-    elif isinstance(exc, ValidationException):
-        code = "invalid_request"
+    details = None
+    if exc.status_code == 413:
+        limit = request.route_handler.resolve_request_max_body_size()
+        details = {"max_bytes": limit} if limit else None
+        message = f"request body larger than {limit} bytes, this endpoint's limit" if limit else exc.detail
     else:
-        code = "http_error"
-    field = None
-    extra = getattr(exc, "extra", None)
-    if isinstance(extra, list) and extra and isinstance(extra[0], dict):
-        field = extra[0].get("key")
+        message = str(exc.detail)
     return Response(
-        error_body(code, str(exc.detail), field),
+        error_body(code, message, None, details),
         status_code=exc.status_code,
         headers=getattr(exc, "headers", None),
     )

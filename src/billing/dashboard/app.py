@@ -93,6 +93,11 @@ def _http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
     return _error_page(exc.status_code, "Erro", str(exc.detail))
 
 
+FORM_MAX_BODY = 16 * 1024 * 1024
+"""Body limit (bytes) of the dashboard's forms: an upload (at most ``upload.MAX_BYTES``) or a campaign's
+contacts carried to the send step (the public API's send limit)."""
+
+
 def dashboard_middleware(jwt_secret: str, *, secure_cookies: bool) -> list[Any]:
     """The app-level session middleware (excluding every path outside ``/dashboard/``)."""
     return [session_config(jwt_secret, secure=secure_cookies).middleware]
@@ -114,6 +119,7 @@ def dashboard_routers(jwt_secret: str, *, secure_cookies: bool) -> list[Router]:
             HTTPException: _http_error,
         },
         include_in_schema=False,
+        request_max_body_size=FORM_MAX_BODY,
     )
     static = create_static_files_router(
         path=f"{PATH}/static", directories=[STATIC_DIR], opt={"public": True}, include_in_schema=False

@@ -21,6 +21,7 @@ from markupsafe import Markup, escape
 
 from billing.api.admin import _event_doc, _history
 from billing.api.deps import Services, run_sync
+from billing.api.schemas import SendRequest
 from billing.dashboard import fmt
 from billing.dashboard.security import LOGIN_RATE_LIMIT, current_user
 from billing.dashboard.upload import KNOWN_FIELDS, Sheet, guess_mapping, read_sheet, to_contacts
@@ -33,7 +34,6 @@ from billing.domain.template import MessageTemplate, parse_variations
 from billing.domain.tenant import Tenant
 from billing.domain.types import ContactStatus, TemplateType
 from billing.eventstore import get_owned
-from billing.services.ingest import SendRequest
 from billing.services.overview import PERIODS, DashboardQueries
 from billing.services.users import SessionUser
 from billing.worker.health import probe_connection_state
@@ -571,7 +571,7 @@ class TemplatesController(Controller):
     async def _editor(
         self, request: Req, template: dict[str, Any] | None, *, status_code: int = 200, **extra: Any
     ) -> Template:
-        history: list[dict[str, Any]] = []
+        history: list[Any] = []  # EventDoc Structs (Jinja reads their attributes)
         if template and template.get("template_id"):
             events = await run_sync(
                 _history,
@@ -901,13 +901,15 @@ class SettingsController(Controller):
 
     @post("/gateway/test", opt=ADMIN)
     async def test_gateway(self, request: Req) -> Template:
-        """ "Testar conexão": the gateway's ``connectionState`` for the settings in the form."""
-        import httpx
+        """ "Testar conexão": the gateway's ``connectionState`` for the settings in the form, through the
+        SSRF guard (:func:`billing.netguard.guarded_client`; a refused address reads as misconfigured)."""
+        from billing.netguard import guarded_client
 
         form = await _form(request)
         tenant = await _tenant(request, current_user(request))
         config = self._gateway_form(form, tenant.gateway)
-        async with httpx.AsyncClient() as http:
+        allow_private = _services(request).container.settings.gateway_allow_private
+        async with guarded_client(allow_private=allow_private) as http:
             probe = await probe_connection_state(http, config, timeout_s=10)
         return await page(request, "_gateway_test.html", probe=probe)
 

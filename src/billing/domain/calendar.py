@@ -4,7 +4,7 @@ Pure policy: no I/O and no clock reads. Every instant is passed in as a timezone
 instant returned is aware and expressed in the tenant's zone. Internally all comparisons are made in UTC,
 because Python compares two datetimes that share a ``tzinfo`` by wall clock, ignoring ``fold``.
 
-Rules (the "Business hours" section of ``issue 4`` and ``shared/cases/business_hours.json``):
+Rules (the "Business hours" section of ``issue 4`` and ``tests/cases/business_hours.json``):
 
 - A :class:`Window` is a local wall-clock interval ``[start, end)``. ``end < start`` means the window crosses
   midnight; it belongs to the weekday on which it *starts* (H01). ``start == end`` is refused (H02).
@@ -69,8 +69,8 @@ DEFAULT_TIMEZONE = "America/Sao_Paulo"
 SEARCH_DAYS = 400
 """How many local days :meth:`BusinessCalendar.next_opening` looks ahead before giving up."""
 
-WINDOWS_FIELD = "business_hours"
-"""Prefix of the ``field`` named by errors about windows, e.g. ``"business_hours.mon[0]"``."""
+WINDOWS_FIELD = "windows"
+"""Prefix of the ``field`` named by errors about windows, e.g. ``"windows.mon[0]"``."""
 
 _TIME_RE = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -81,7 +81,7 @@ _HOLIDAY_KEYS = frozenset({"country", "subdivision", "include_optional", "extra_
 class PolicyError(DomainError):
     """A tenant sending policy (calendar, throttle, retry limits) is invalid.
 
-    ``field`` names the offending setting, e.g. ``"business_hours.mon[0]"``, ``"timezone"``,
+    ``field`` names the offending setting, e.g. ``"windows.mon[0]"``, ``"timezone"``,
     ``"holidays.subdivision"``, ``"messages_per_minute"``. The API answers it with 422.
     """
 
@@ -228,8 +228,8 @@ class BusinessCalendar:
 
     Raises:
         PolicyError: a weekday key outside 0..6 or a value that is not a :class:`Window`
-            (``field="business_hours"``), or windows that overlap, on the same day or across midnight
-            into the next day (``field="business_hours.<day>[<i>]"`` naming the later window).
+            (``field="windows"``), or windows that overlap, on the same day or across midnight
+            into the next day (``field="windows.<day>[<i>]"`` naming the later window).
     """
 
     tz: ZoneInfo
@@ -341,7 +341,7 @@ class BusinessCalendar:
 
         Raises:
             InvalidValue: ``at`` is naive.
-            PolicyError: no window opens within :data:`SEARCH_DAYS` days (``field="business_hours"``).
+            PolicyError: no window opens within :data:`SEARCH_DAYS` days (``field="windows"``).
         """
         at_utc = _aware(at)
         if self._containing(at_utc) is not None:
@@ -514,9 +514,9 @@ def parse_calendar(spec: Mapping[str, object]) -> BusinessCalendar:
     ``["20:00", "08:00"]`` crosses midnight, ``["20:00", "00:00"]`` runs to midnight.
 
     Raises:
-        PolicyError: with ``field`` naming the culprit: ``"timezone"``; ``"business_hours.<key>"`` for an
-            unknown day key, ``"business_hours.<key>[i]"`` for a bad or empty (start = end) window,
-            ``"business_hours.<key>[i][0|1]"`` for a bad time, ``"business_hours.<day>[i]"`` for
+        PolicyError: with ``field`` naming the culprit: ``"timezone"``; ``"windows.<key>"`` for an
+            unknown day key, ``"windows.<key>[i]"`` for a bad or empty (start = end) window,
+            ``"windows.<key>[i][0|1]"`` for a bad time, ``"windows.<day>[i]"`` for
             overlapping windows (``i`` counts that day's windows sorted by start); ``"holidays.<setting>"``
             or ``"holidays.extra_dates[i]"``; or the name of an unknown top-level key.
     """

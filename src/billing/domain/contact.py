@@ -18,6 +18,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 
 from billing.domain.errors import Conflict
+from billing.domain.gateway_events import receipt_steps
 from billing.domain.types import ContactStatus
 
 
@@ -48,6 +49,12 @@ class Contact(Aggregate):
         error_code: str | None
         cancelled_in_flight: bool
         template_id: UUID | None
+        deferred_for: str | None
+        delivered_at: datetime | None
+        read_at: datetime | None
+        played_at: datetime | None
+        replied_at: datetime | None
+        cancel_reason: str | None
 
     class Created(Aggregate.Created):
         """Base of the two ways a contact comes to exist (added, rejected); never recorded itself."""
@@ -132,6 +139,7 @@ class Contact(Aggregate):
             aggregate.status = ContactStatus.DISPATCHED
             aggregate.attempts = self.attempt
             aggregate.lease_until = self.lease_until
+            aggregate.deferred_for = None
 
     class Sent(Aggregate.Event):
         """The gateway accepted the message (HTTP 201): its WhatsApp id, the resolved recipient JID and
@@ -144,6 +152,9 @@ class Contact(Aggregate):
         template_id: UUID | None
         template_version: int | None
         variation: int | None
+        jid_asked: str | None = None
+        """The JID the lookup found and the send asked for (None: sent to the bare number); compare
+        with ``remote_jid``, the one the gateway answered."""
 
         def apply(self, aggregate: Contact) -> None:
             aggregate.status = ContactStatus.SENT
@@ -163,6 +174,7 @@ class Contact(Aggregate):
         def apply(self, aggregate: Contact) -> None:
             aggregate.lease_until = None
             aggregate.error_code = self.code
+            aggregate.deferred_for = None
             if self.retry_at is None:
                 aggregate.status = ContactStatus.FAILED
             else:
@@ -195,6 +207,7 @@ class Contact(Aggregate):
             aggregate.status = ContactStatus.PENDING
             aggregate.lease_until = None
             aggregate.not_before = self.not_before
+            aggregate.deferred_for = self.reason
 
     class Cancelled(Aggregate.Event):
         """Cancelled before it was sent (queue cancelled, invoice paid)."""
@@ -204,8 +217,52 @@ class Contact(Aggregate):
 
         def apply(self, aggregate: Contact) -> None:
             aggregate.cancelled_in_flight = aggregate.status is ContactStatus.DISPATCHED
+            aggregate.cancel_reason = self.reason
             aggregate.status = ContactStatus.CANCELLED
             aggregate.lease_until = None
+
+    class Delivered(Aggregate.Event):
+        """The gateway reported the message delivered to the phone (``DELIVERY_ACK``, or implied by a
+        later receipt); ``reported_at`` is the gateway's instant when it gave one."""
+
+        TOPIC = "billing.Contact.Delivered"
+        status: str
+        reported_at: datetime | None
+
+        def apply(self, aggregate: Contact) -> None:
+            aggregate.delivered_at = self.timestamp
+
+    class Read(Aggregate.Event):
+        """The debtor opened the message (``READ``, or implied by ``PLAYED``)."""
+
+        TOPIC = "billing.Contact.Read"
+        status: str
+        reported_at: datetime | None
+
+        def apply(self, aggregate: Contact) -> None:
+            aggregate.read_at = self.timestamp
+
+    class Played(Aggregate.Event):
+        """``PLAYED`` (audio/video played; WhatsApp sends it for voice notes)."""
+
+        TOPIC = "billing.Contact.Played"
+        status: str
+        reported_at: datetime | None
+
+        def apply(self, aggregate: Contact) -> None:
+            aggregate.played_at = self.timestamp
+
+    class Replied(Aggregate.Event):
+        """The debtor answered this message (gateway message ``message_id``); the text is on the
+        phone's Conversation."""
+
+        TOPIC = "billing.Contact.Replied"
+        message_id: str
+        opted_out: bool
+
+        def apply(self, aggregate: Contact) -> None:
+            if aggregate.replied_at is None:
+                aggregate.replied_at = self.timestamp
 
     def _init_common(self, tenant_id: UUID, campaign_id: UUID, queue_id: UUID, index: int) -> None:
         self.tenant_id = tenant_id
@@ -218,6 +275,9 @@ class Contact(Aggregate):
         self.error_code = None
         self.cancelled_in_flight = False
         self.template_id: UUID | None = None
+        self.delivered_at = self.read_at = self.played_at = self.replied_at = None
+        self.deferred_for = None
+        self.cancel_reason = None
 
     # --- commands -------------------------------------------------------------------------------------
 
@@ -246,6 +306,7 @@ class Contact(Aggregate):
         template_id: UUID | None = None,
         template_version: int | None = None,
         variation: int | None = None,
+        jid_asked: str | None = None,
     ) -> None:
         """Record the gateway's acceptance of the current attempt.
 
@@ -265,6 +326,7 @@ class Contact(Aggregate):
             template_id=template_id,
             template_version=template_version,
             variation=variation,
+            jid_asked=jid_asked,
             timestamp=at,
         )
 
@@ -314,6 +376,42 @@ class Contact(Aggregate):
             return False
         self.trigger_event(self.Cancelled, reason=reason, timestamp=at)
         return True
+
+    def record_receipt(self, *, status: str, reported_at: datetime | None, at: datetime) -> tuple[str, ...]:
+        """Record a gateway status webhook for this contact's sent message; returns the steps recorded
+        (``("delivered", "read")``...). Duplicates and late, older statuses record nothing
+        (:func:`billing.domain.gateway_events.receipt_steps`).
+
+        Raises:
+            Conflict: ``not_sent`` when no message was sent (receipts are matched on the Sent's id).
+        """
+        if self.status is not ContactStatus.SENT and not self.cancelled_in_flight:
+            raise Conflict(f"contact is {self.status.value}, not sent", code="not_sent")
+        steps = receipt_steps(
+            status,
+            delivered=self.delivered_at is not None,
+            read=self.read_at is not None,
+            played=self.played_at is not None,
+        )
+        kinds = {"delivered": self.Delivered, "read": self.Read, "played": self.Played}
+        for step in steps:
+            self.trigger_event(kinds[step], status=status, reported_at=reported_at, timestamp=at)
+        return steps
+
+    def record_reply(self, *, message_id: str, opted_out: bool, at: datetime) -> None:
+        """Record that the debtor answered (the conversation holds the text)."""
+        self.trigger_event(self.Replied, message_id=message_id, opted_out=opted_out, timestamp=at)
+
+    def skip(self, *, code: str, message: str, at: datetime) -> None:
+        """Skip a contact that was never sent, before any claim (``opted_out``, ``not_on_whatsapp``
+        from the lookup): no gateway call is made.
+
+        Raises:
+            Conflict: ``already_final`` when the contact is terminal.
+        """
+        if self.status.is_terminal:
+            raise Conflict(f"contact is {self.status.value}", code="already_final")
+        self.trigger_event(self.Skipped, code=code, message=message, timestamp=at)
 
     def _require_dispatched(self) -> None:
         if self.status is not ContactStatus.DISPATCHED:

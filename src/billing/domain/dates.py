@@ -1,6 +1,6 @@
 """Due dates: strict parsing, pt-BR rendering and the day counter.
 
-Cases: ``/shared/cases/dates.json`` (D01–D06).
+Cases: ``tests/cases/dates.json`` (D01–D06).
 
 Parsing accepts exactly two shapes and never guesses between them or beyond them:
 
@@ -28,7 +28,14 @@ from zoneinfo import ZoneInfo
 
 from billing.domain.errors import InvalidValue
 
-__all__ = ["DueDayCounts", "count_days", "format_date_br", "parse_due_date"]
+__all__ = ["DueDayCounts", "count_days", "format_date_br", "parse_due_date", "require_due_window"]
+
+DUE_YEARS_BACK = 5
+DUE_YEARS_AHEAD = 2
+"""Window of a due date at ingestion, relative to the tenant's local date then: at most 5 years past
+(older debts are outside any dunning practice and typically time-barred: Código Civil art. 206 §5 I gives
+five years for debts in a written instrument) and at most 2 years ahead (an "upcoming" reminder further
+out is an ERP bug such as a wrong year)."""
 
 _MIN_YEAR = 1900
 _MAX_YEAR = 2999
@@ -85,6 +92,38 @@ def _parse_string(text: str, field: str) -> date:
         except ValueError as exc:
             raise _invalid(field, text, "no such day; dd/mm/aaaa is read day-first") from exc
     raise _invalid(field, text, "expected aaaa-mm-dd or dd/mm/aaaa")
+
+
+def _years_from(day: date, years: int) -> date:
+    """``day`` moved by whole years; 29 February becomes 28 February in a common year."""
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:
+        return day.replace(year=day.year + years, day=28)
+
+
+def require_due_window(due: date, today: date, *, field: str = "data_vencimento") -> date:
+    """Refuse a due date outside ``[today - 5 years, today + 2 years]`` (:data:`DUE_YEARS_BACK`,
+    :data:`DUE_YEARS_AHEAD`); return it unchanged otherwise.
+
+    Args:
+        due: the parsed due date.
+        today: the tenant's local date at ingestion (passed in: this module reads no clock).
+
+    Raises:
+        InvalidValue: code ``due_date_out_of_range`` naming the field, with ``details`` ``earliest`` and
+            ``latest`` (ISO dates).
+    """
+    earliest, latest = _years_from(today, -DUE_YEARS_BACK), _years_from(today, DUE_YEARS_AHEAD)
+    if not earliest <= due <= latest:
+        raise InvalidValue(
+            f"{field}: {due.isoformat()} is outside {earliest.isoformat()} .. {latest.isoformat()} "
+            f"({DUE_YEARS_BACK} years back, {DUE_YEARS_AHEAD} ahead)",
+            code="due_date_out_of_range",
+            field=field,
+            details={"earliest": earliest.isoformat(), "latest": latest.isoformat()},
+        )
+    return due
 
 
 def format_date_br(d: date) -> str:

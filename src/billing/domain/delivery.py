@@ -4,7 +4,7 @@ Pure: no I/O, no clock. The gateway client (:mod:`billing.gateway.client`) turns
 transport failure into a :class:`SendOutcome`; the worker and the retry policy decide on ``kind`` and
 ``code`` only, never on raw HTTP.
 
-Source of the shapes: ``/work/shared/evolution-api.md`` (read from the gateway's sources 2.3.6 and 1.8.2).
+Source of the shapes: ``docs/evolution-api.md`` (read from the gateway's sources 2.3.6 and 1.8.2).
 
 Every error body of the gateway is ``{"status": int, "error": "<reason>", "response": {"message": ...}}``
 where ``message`` is an array (400, 404), a nested array (schema errors) or a plain string (401, 500).
@@ -399,6 +399,17 @@ def classify_send_response(status: int, body: object) -> SendOutcome:
         )
     return _outcome(
         OutcomeKind.PERMANENT, "unexpected_response", f"unexpected HTTP status {status}", http_status=status
+    )
+
+
+def address_refused(reason: str) -> SendOutcome:
+    """A call the SSRF guard refused before connecting (the gateway URL is, or resolves to, a forbidden
+    address; :mod:`billing.netguard`): MISCONFIGURED ``gateway_address_refused``, never sent."""
+    return _outcome(
+        OutcomeKind.MISCONFIGURED,
+        "gateway_address_refused",
+        f"the gateway URL points at an address that is not called: {reason}",
+        http_status=None,
     )
 
 

@@ -6,16 +6,18 @@ refuse for the whole batch; everything here concerns one contact's *data* (DESIG
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
-from billing.domain.dates import parse_due_date
+from billing.domain.dates import parse_due_date, require_due_window
 from billing.domain.errors import InvalidValue
-from billing.domain.money import parse_amount, require_positive
-from billing.domain.phone import normalize_phone
+from billing.domain.money import parse_amount, require_cents, require_positive
+from billing.domain.phone import normalize_phone, require_allowed_region
+from billing.domain.policy import DEFAULT_ALLOWED_COUNTRIES
 from billing.domain.sanitize import sanitize_text
+from billing.domain.templating import If, Node, Template, Unless, Var
 from billing.domain.types import TemplateType
 from billing.domain.variables import DERIVED_FROM
 
@@ -63,13 +65,97 @@ def missing_variables(fields: Mapping[str, str], required: Iterable[str]) -> lis
     return [name for name in sorted(set(required)) if not _present(fields, DERIVED_FROM.get(name, name))]
 
 
+SEND_TIME_VARIABLES = frozenset({"dias_atraso", "dias_para_vencer", "vencida", "vence_hoje"})
+"""Variables whose value depends on the day of sending (day counts), not only on the contact."""
+
+
+def condition_at_ingestion(name: str, fields: Mapping[str, str]) -> bool | None:
+    """How ``{{#if name}}`` will be decided for a contact with these ``fields``: True / False when the
+    contact alone decides it, None when it depends on the day of sending.
+
+    A variable whose source field is absent or blank renders as missing, so it is false. A day count
+    (:data:`SEND_TIME_VARIABLES`) of a contact with a due date is unknown until sent (``vence_hoje`` is
+    true on one day only). Any other variable is a non-blank string, so true (Handlebars: any non-empty
+    string, ``"0"`` included).
+    """
+    if not _present(fields, DERIVED_FROM.get(name, name)):
+        return False
+    if name in SEND_TIME_VARIABLES:
+        return None
+    return True
+
+
+def needed_variables(template: Template, fields: Mapping[str, str]) -> set[str]:
+    """The variables written as ``{{x}}`` in every part of ``template`` that may render for a contact
+    with these ``fields``: outside any block, and inside each ``#if`` / ``#unless`` branch that
+    :func:`condition_at_ingestion` cannot rule out (both branches when it depends on the day of sending).
+    A branch that never renders for this contact needs nothing."""
+    needed: set[str] = set()
+    stack: list[tuple[Node, ...]] = [template.body]
+    while stack:  # iterative: no recursion however deep the (already bounded) nesting
+        for node in stack.pop():
+            if isinstance(node, Var):
+                needed.add(node.name)
+            elif isinstance(node, If | Unless):
+                truth = condition_at_ingestion(node.name, fields)
+                if truth is not None and isinstance(node, Unless):
+                    truth = not truth
+                if truth is None or truth:
+                    stack.append(node.then)
+                if truth is None or not truth:
+                    stack.append(node.otherwise)
+    return needed
+
+
+def branch_missing_variables(templates: Sequence[Template], fields: Mapping[str, str]) -> list[str]:
+    """The variables (sorted) some variation among ``templates`` would render for this contact but the
+    contact cannot provide (:func:`needed_variables`, :func:`missing_variables`). Every active variation
+    counts, since any of them may be chosen for the message."""
+    # The answer depends on ``fields`` only through which of the templates' variable sources are present
+    # (:func:`condition_at_ingestion` and :func:`missing_variables` look at nothing else), so it is
+    # computed once per presence pattern and reused for the next contacts of the batch.
+    memo = _memo_for(templates)
+    presence = tuple(_present(fields, source) for source in memo.sources)
+    answer = memo.answers.get(presence)
+    if answer is None:
+        needed: set[str] = set()
+        for template in templates:
+            needed |= needed_variables(template, fields)
+        answer = memo.answers[presence] = tuple(missing_variables(fields, needed))
+    return list(answer)
+
+
+@dataclass
+class _BranchMemo:
+    templates: tuple[Template, ...]  # held, so the ids keying this memo cannot be reused meanwhile
+    sources: tuple[str, ...]
+    answers: dict[tuple[bool, ...], tuple[str, ...]]
+
+
+_MEMOS: dict[tuple[int, ...], _BranchMemo] = {}
+
+
+def _memo_for(templates: Sequence[Template]) -> _BranchMemo:
+    key = tuple(id(template) for template in templates)
+    memo = _MEMOS.get(key)
+    if memo is None:
+        if len(_MEMOS) >= 64:
+            _MEMOS.clear()
+        names = {name for template in templates for name in template.variables}
+        sources = tuple(sorted({DERIVED_FROM.get(name, name) for name in names}))
+        memo = _MEMOS[key] = _BranchMemo(tuple(templates), sources, {})
+    return memo
+
+
 def screen_contact(
     raw: Mapping[str, object],
     *,
     index: int,
     template_type: TemplateType,
     required_variables: Iterable[str] = (),
+    templates: Sequence[Template] = (),
     default_region: str = "BR",
+    allowed_countries: frozenset[str] = frozenset(DEFAULT_ALLOWED_COUNTRIES),
     today: date | None = None,
 ) -> AcceptedContact | RejectedContact:
     """Normalise one contact or say why it is rejected.
@@ -78,16 +164,22 @@ def screen_contact(
         raw: the contact object as decoded (scalar values only).
         index: its position in the request (0-based).
         template_type: the batch's type; overdue and upcoming need a positive amount when one is given.
-        required_variables: names the type's active variations use outside any conditional.
-        today: the tenant's local date at ingestion; when given, an ``overdue`` reminder whose due date
+        required_variables: names that must be present whatever the contact (e.g. the type's variations'
+            names outside any conditional).
+        templates: the type's active variations, parsed; a variable any branch that may render for this
+            contact needs is required too (:func:`branch_missing_variables`).
+        allowed_countries: regions the tenant may send to (policy ``allowed_countries``).
+        today: the tenant's local date at ingestion; when given, the due date must lie within the window
+            of :func:`~billing.domain.dates.require_due_window`, an ``overdue`` reminder whose due date
             is still ahead is refused (``not_yet_due``) and an ``upcoming`` one whose due date has passed
             (``already_due``) — a "your invoice is late" message about a future date is wrong either way.
 
-    Rules, in order: phone (E.164 via phonenumbers, code ``invalid_phone``); ``valor`` / ``valor_total``
-    (``invalid_amount`` / ``ambiguous_amount``; ``non_positive_amount`` for dunning types);
-    ``data_vencimento`` (``invalid_date``, then ``not_yet_due`` / ``already_due``); then required variables
-    (``missing_variable``: ``details.names`` are the template's variables, ``field`` the contact field to
-    send, e.g. ``nome`` for ``nome_cliente``).
+    Rules, in order: phone (E.164 via phonenumbers, code ``invalid_phone``; ``country_not_allowed``
+    outside ``allowed_countries``); ``valor`` / ``valor_total`` (``invalid_amount`` / ``ambiguous_amount``,
+    ``invalid_amount`` with more than 2 decimal places; ``non_positive_amount`` for dunning types, so a
+    dunning amount is at least R$ 0,01); ``data_vencimento`` (``invalid_date``, ``due_date_out_of_range``,
+    then ``not_yet_due`` / ``already_due``); then variables (``missing_variable``: ``details.names`` are
+    the template's variables, ``field`` the contact field to send, e.g. ``nome`` for ``nome_cliente``).
     """
     fields = {str(k): sanitize_text(v) for k, v in raw.items() if v is not None}
     telefone = fields.get("telefone", "")
@@ -107,18 +199,21 @@ def screen_contact(
         if not telefone:
             raise InvalidValue("telefone is required", code="invalid_phone", field="telefone")
         phone = normalize_phone(raw.get("telefone"), default_region=default_region)
+        require_allowed_region(phone, allowed_countries)
         amounts: dict[str, Decimal | None] = {}
         for name in ("valor", "valor_total"):
             if raw.get(name) is None or (isinstance(raw.get(name), str) and not fields.get(name)):
                 amounts[name] = None
                 continue
-            amount = parse_amount(raw[name], field=name)
+            amount = require_cents(parse_amount(raw[name], field=name), field=name)
             if template_type is not TemplateType.NOTIFICATION:
                 require_positive(amount, field=name)
             amounts[name] = amount
         due: date | None = None
         if fields.get("data_vencimento"):
             due = parse_due_date(raw["data_vencimento"])
+            if today is not None:
+                require_due_window(due, today)
             if today is not None and template_type is TemplateType.OVERDUE and due > today:
                 raise InvalidValue(
                     f"data_vencimento {due.isoformat()} is still ahead: not an overdue invoice",
@@ -131,7 +226,10 @@ def screen_contact(
                     code="already_due",
                     field="data_vencimento",
                 )
-        missing = missing_variables(fields, required_variables)
+        missing = sorted(
+            set(missing_variables(fields, required_variables))
+            | set(branch_missing_variables(templates, fields))
+        )
         if missing:
             sources = sorted({DERIVED_FROM.get(name, name) for name in missing})
             raise InvalidValue(
@@ -152,3 +250,37 @@ def screen_contact(
         amount_total=amounts["valor_total"],
         due_date=due,
     )
+
+
+def reject_duplicate_phones(
+    outcomes: Sequence[AcceptedContact | RejectedContact],
+) -> list[AcceptedContact | RejectedContact]:
+    """Reject every accepted contact whose normalised phone (E.164) an earlier accepted contact of the
+    batch already has: ``(11) 98765-4321``, ``11987654321`` and ``0055 11 9 8765 4321`` are one person,
+    who would otherwise get the same reminder three times.
+
+    Returns the outcomes in the same order; a later duplicate becomes a :class:`RejectedContact` with code
+    ``duplicate_phone``, field ``contacts[i].telefone`` and ``details.first_index`` (the index of the
+    first contact with that number). Already rejected contacts neither count nor change.
+    """
+    first: dict[str, int] = {}
+    out: list[AcceptedContact | RejectedContact] = []
+    for outcome in outcomes:
+        if isinstance(outcome, AcceptedContact):
+            seen = first.setdefault(outcome.phone, outcome.index)
+            if seen != outcome.index:
+                out.append(
+                    RejectedContact(
+                        index=outcome.index,
+                        fields=outcome.fields,
+                        telefone=outcome.telefone,
+                        code="duplicate_phone",
+                        message=f"telefone is the same number as contacts[{seen}] (one reminder per person "
+                        "per batch; send allow_duplicate_phones: true to send both)",
+                        field=f"contacts[{outcome.index}].telefone",
+                        details={"first_index": seen},
+                    )
+                )
+                continue
+        out.append(outcome)
+    return out

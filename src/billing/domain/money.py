@@ -2,7 +2,7 @@
 
 Amounts are always :class:`~decimal.Decimal` in reais (BRL), never binary floats.
 
-Accepted input forms (see ``/shared/cases/money.json``, M01–M04):
+Accepted input forms (see ``tests/cases/money.json``, M01–M04):
 
 * JSON numbers: ``int`` and ``float`` (a float is converted through its shortest ``repr``, so ``1234.56``
   becomes ``Decimal("1234.56")``, not the binary value ``1234.55999999999994543031789362430572509765625``);
@@ -37,7 +37,7 @@ from babel.numbers import format_currency
 
 from billing.domain.errors import InvalidValue
 
-__all__ = ["MAX_AMOUNT", "format_brl", "parse_amount", "require_positive"]
+__all__ = ["MAX_AMOUNT", "format_brl", "parse_amount", "require_cents", "require_positive"]
 
 MAX_AMOUNT = Decimal(10) ** 12
 """Largest accepted absolute amount, in reais (R$ 1 trillion). Anything larger is an ERP bug."""
@@ -187,5 +187,28 @@ def require_positive(amount: Decimal, *, field: str) -> Decimal:
             f"{field}: amount must be greater than zero, got {amount}",
             code="non_positive_amount",
             field=field,
+        )
+    return amount
+
+
+def require_cents(amount: Decimal, *, field: str) -> Decimal:
+    """Refuse an amount with more than 2 decimal places (a fraction of a centavo); return it unchanged.
+
+    Used at ingestion: an ERP amount is a whole number of centavos, so ``1e-400`` (which would render as
+    ``R$ 0,00``) or ``0.001`` is an ERP bug, not something to round. Trailing zeros do not count
+    (``1.500`` is ``1.50``). :func:`parse_amount` and :func:`format_brl` themselves keep and round any
+    precision (case M02), this is the ingestion rule on top.
+
+    Raises:
+        InvalidValue: code ``invalid_amount`` naming the field.
+    """
+    with localcontext(_FORMAT_CONTEXT):
+        exact = amount == amount.quantize(_CENT)
+    if not exact:
+        raise InvalidValue(
+            f"{field}: {amount} has more than 2 decimal places (amounts are whole centavos)",
+            code="invalid_amount",
+            field=field,
+            details={"max_decimal_places": 2},
         )
     return amount

@@ -1,6 +1,6 @@
 """Phone numbers: normalise what ERPs send to E.164, and mask numbers for logs.
 
-Cases: ``/shared/cases/phones.json`` (P01–P05).
+Cases: ``tests/cases/phones.json`` (P01–P05).
 
 Sources: ITU-T Recommendation E.164 (international numbering: ``+`` country code + national significant
 number, at most 15 digits; ``00`` is the ITU-recommended international prefix) and the Anatel Brazilian
@@ -28,21 +28,27 @@ Rules of :func:`normalize_phone`:
 5. The result must be valid per the plan (length and ranges for its area code; P04 has too few digits
    for a DDD 11 mobile) and of type MOBILE, FIXED_LINE or FIXED_LINE_OR_MOBILE. Toll-free (0800),
    shared-cost (0300, 4004), premium-rate, VoIP, pagers etc. are refused.
-6. Nothing is inserted or repaired: a landline stays a landline (P02, no ninth digit added); an old
-   8-digit mobile without its leading 9 is invalid and refused.
+6. Nothing is repaired: a landline stays a landline (P02, no ninth digit added). One exception, the old
+   8-digit mobiles (Brazil added the ninth digit to every mobile from 2012 to 2016, and WhatsApp accounts
+   registered before often still carry the 8-digit id): a Brazilian DDD + 8 digits starting with 6, 7 or
+   8 is read as that mobile with its ninth digit (``(75) 8825-1234`` → ``+5575988251234``); the gateway
+   lookup before the first send then asks for both forms and sends to the one that exists. An 8-digit
+   number starting with 9 stays refused (P04: a 9-digit mobile missing a digit, not an old number).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberType, ValidationResult
 
 from billing.domain.errors import InvalidValue
 
-__all__ = ["Phone", "mask_phone", "normalize_phone"]
+__all__ = ["Phone", "mask_phone", "normalize_phone", "require_allowed_region"]
 
 _MAX_INPUT_LENGTH = 64
 _ACCEPTED_TYPES = frozenset(
@@ -68,10 +74,12 @@ class Phone:
         e164: E.164 form with ``+``, e.g. ``"+5511987654321"``.
         gateway_number: the same digits without ``+``, as the WhatsApp gateway expects them,
             e.g. ``"5511987654321"``.
+        region: ISO 3166-1 alpha-2 region of the number per the numbering plan, e.g. ``"BR"``, ``"US"``.
     """
 
     e164: str
     gateway_number: str
+    region: str = "BR"
 
 
 def _invalid(field: str, reason: str) -> InvalidValue:
@@ -106,6 +114,86 @@ def _candidates(text: str) -> list[str]:
     return [digits]
 
 
+def _brazilian_fast_path(text: str) -> Phone | None:
+    """The common case without ``phonenumbers.parse`` (the cost of ingestion): a Brazilian number written
+    ``+55`` + DDD + number, or DDD + number alone, that the plan accepts. None means "take the full path",
+    which then decides (and explains a refusal).
+
+    Same answer as the full path: parsing such text yields exactly these national digits — it has no
+    ``00``/``0``/``90`` prefix to strip, and a national reading is not taken to start with country code 55
+    — and :func:`phonenumbers.number_type` is the check :func:`phonenumbers.is_valid_number` makes (the
+    number's type per its region's plan, UNKNOWN when invalid), on the same metadata.
+    """
+    digits = _NON_DIGITS.sub("", text)
+    if text.startswith("+"):
+        if not digits.startswith("55"):
+            return None
+        national = digits[2:]
+    elif digits.startswith(("0", "55")):
+        return None
+    else:
+        national = digits
+    if len(national) not in (10, 11) or national.startswith(("0", "90")):
+        return None
+    if not _brazilian_plan_accepts(national):
+        return None
+    return Phone(e164="+55" + national, gateway_number="55" + national, region="BR")
+
+
+_Desc = tuple[frozenset[int], re.Pattern[str]] | None
+_REFUSED_TYPES = (
+    "premium_rate",
+    "toll_free",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+)
+
+
+@functools.cache
+def _brazilian_plan() -> tuple[_Desc, tuple[_Desc, ...], _Desc, _Desc, bool]:
+    """Brazil's number descriptions from the ``phonenumbers`` metadata, compiled once: general, the types
+    refused here, fixed line, mobile, and whether the last two share one pattern."""
+    meta = phonenumbers.PhoneMetadata.metadata_for_region("BR")
+    assert meta is not None
+
+    def desc(number_desc: Any) -> _Desc:
+        if number_desc is None or not number_desc.national_number_pattern:
+            return None
+        return frozenset(number_desc.possible_length or ()), re.compile(number_desc.national_number_pattern)
+
+    refused = tuple(desc(getattr(meta, name)) for name in _REFUSED_TYPES)
+    return (
+        desc(meta.general_desc),
+        refused,
+        desc(meta.fixed_line),
+        desc(meta.mobile),
+        bool(meta.same_mobile_and_fixed_line_pattern),
+    )
+
+
+def _matches(national: str, desc: _Desc) -> bool:
+    """``phonenumbers``' own test of a number against a description: a possible length, then the whole
+    national number matching its pattern."""
+    if desc is None:
+        return False
+    lengths, pattern = desc
+    return (not lengths or len(national) in lengths) and pattern.fullmatch(national) is not None
+
+
+def _brazilian_plan_accepts(national: str) -> bool:
+    """True when ``phonenumbers.number_type`` of +55 ``national`` is MOBILE, FIXED_LINE or
+    FIXED_LINE_OR_MOBILE: the library's own decision (its ``_number_type_helper``, in its order) on its
+    own metadata, with the patterns compiled once instead of looked up per call."""
+    general, refused, fixed_line, mobile, same_pattern = _brazilian_plan()
+    if not _matches(national, general) or any(_matches(national, desc) for desc in refused):
+        return False
+    return _matches(national, fixed_line) or (not same_pattern and _matches(national, mobile))
+
+
 def normalize_phone(raw: object, *, default_region: str = "BR", field: str = "telefone") -> Phone:
     """Normalise a phone number as written by an ERP into E.164.
 
@@ -133,6 +221,12 @@ def normalize_phone(raw: object, *, default_region: str = "BR", field: str = "te
     if not _ALLOWED.fullmatch(text) or not _NON_DIGITS.sub("", text):
         raise _invalid(field, "only digits, spaces, + ( ) - . / are allowed")
 
+    fast = _brazilian_fast_path(text) if default_region == "BR" else None
+    return fast if fast is not None else _full_path(text, default_region, field)
+
+
+def _full_path(text: str, default_region: str, field: str) -> Phone:
+    """Rules 2–5 through ``phonenumbers.parse`` (``text`` passed rule 1)."""
     reason = "not a number of the numbering plan"
     for candidate in _candidates(text):
         try:
@@ -141,13 +235,52 @@ def normalize_phone(raw: object, *, default_region: str = "BR", field: str = "te
             continue
         if not phonenumbers.is_valid_number(number):
             reason = _invalid_reason(number)
-            continue
+            legacy = _legacy_mobile(number)
+            if legacy is None:
+                continue
+            number = legacy
         if phonenumbers.number_type(number) not in _ACCEPTED_TYPES:
             reason = "not a mobile or landline number (toll-free, shared-cost, premium...)"
             continue
         e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-        return Phone(e164=e164, gateway_number=e164.removeprefix("+"))
+        region = phonenumbers.region_code_for_number(number) or "ZZ"
+        return Phone(e164=e164, gateway_number=e164.removeprefix("+"), region=region)
     raise _invalid(field, reason)
+
+
+def _legacy_mobile(number: phonenumbers.PhoneNumber) -> phonenumbers.PhoneNumber | None:
+    """An old Brazilian 8-digit mobile (DDD + 8 digits starting 6-8) with its ninth digit, when that is a
+    valid mobile; else None (rule 6)."""
+    national = phonenumbers.national_significant_number(number)
+    if number.country_code != 55 or len(national) != 10 or national[2] not in "678":
+        return None
+    modern = phonenumbers.PhoneNumber(country_code=55, national_number=int(f"{national[:2]}9{national[2:]}"))
+    if phonenumbers.is_valid_number(modern) and phonenumbers.number_type(modern) is PhoneNumberType.MOBILE:
+        return modern
+    return None
+
+
+def require_allowed_region(phone: Phone, allowed: frozenset[str], *, field: str = "telefone") -> Phone:
+    """Refuse a number of a country the tenant may not send to; return it unchanged otherwise.
+
+    Args:
+        phone: a normalised number (:func:`normalize_phone`).
+        allowed: ISO 3166-1 alpha-2 regions of the tenant's policy (``allowed_countries``, default BR).
+        field: input field name for the error.
+
+    Raises:
+        InvalidValue: code ``country_not_allowed`` naming the field; ``details.country`` is the number's
+            region (never the number: personal data).
+    """
+    if phone.region not in allowed:
+        raise InvalidValue(
+            f"{field}: numbers of {phone.region} are not allowed for this tenant "
+            f"(allowed_countries: {', '.join(sorted(allowed))})",
+            code="country_not_allowed",
+            field=field,
+            details={"country": phone.region},
+        )
+    return phone
 
 
 def _country_code_length(digits: str) -> int:

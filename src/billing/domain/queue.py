@@ -126,3 +126,40 @@ class Queue(Aggregate):
         """Cancel the queue; cancelling twice records nothing."""
         if not self.cancelled:
             self.trigger_event(self.Cancelled, reason=reason, timestamp=at)
+
+
+PAUSED_BY_ADMIN = "paused_by_admin"
+"""``paused_reason`` of a queue an admin paused by hand (lifted only by an explicit resume)."""
+
+
+def review_pause(
+    reason: str,
+    resume_at: datetime | None,
+    *,
+    open_now: bool,
+    next_opening: datetime | None,
+    policy_changed: bool,
+    gateway_changed: bool,
+) -> tuple[str, datetime | None]:
+    """What a changed policy or gateway means for a paused queue (pure).
+
+    Returns ``("resume", None)``, ``("keep", None)`` or ``("move", new_resume_at)``:
+
+    - ``outside_business_hours``: open now under the new hours → resume; else the pause moves to the new
+      ``next_opening`` when that differs from ``resume_at``;
+    - ``daily_limit_reached`` after a policy change, ``gateway_misconfigured`` / ``gateway_disconnected``
+      after a gateway change → resume (the worker checks again before the next send and pauses anew
+      if the cause persists);
+    - a pause by an admin (``paused_by_admin``) and everything else → keep.
+    """
+    if reason == "outside_business_hours" and policy_changed:
+        if open_now:
+            return "resume", None
+        if next_opening is not None and next_opening != resume_at:
+            return "move", next_opening
+        return "keep", None
+    if reason == "daily_limit_reached" and policy_changed:
+        return "resume", None
+    if reason in ("gateway_misconfigured", "gateway_disconnected") and gateway_changed:
+        return "resume", None
+    return "keep", None

@@ -2,7 +2,7 @@
 
 Pure policy: randomness is passed in (a float in ``[0, 1)`` or a :class:`random.Random`), so every delay is
 reproducible in tests. Which gateway failures are retryable is decided by the gateway adapter (from
-``shared/evolution-api.md``); this module only receives the verdict.
+``docs/evolution-api.md``); this module only receives the verdict.
 
 Backoff: capped exponential backoff with jitter, after Marc Brooker, "Exponential Backoff And Jitter",
 AWS Architecture Blog, 2015 (https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/).

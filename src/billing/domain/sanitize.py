@@ -60,6 +60,11 @@ def sanitize_text(value: object, *, max_length: int = 500) -> str:
         raise ValueError(f"max_length must be >= 0, got {max_length}")
     if value is None:
         return ""
+    if type(value) is str and value.isprintable():
+        # Fast path, same result: a printable string (str.isprintable) holds no character of categories
+        # Cc, Cf, Cs, Zl or Zp, so rules 2 and 3 change nothing; only NFC, strip and the cut remain.
+        text = value if unicodedata.is_normalized("NFC", value) else unicodedata.normalize("NFC", value)
+        return _cut(text.strip(), max_length)
     if isinstance(value, bytes | bytearray):
         text = bytes(value).decode("utf-8", errors="replace")
     else:
@@ -67,6 +72,11 @@ def sanitize_text(value: object, *, max_length: int = 500) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_LINE_BREAKS)
     # Filter before NFC, so that marks separated only by a removed character still compose.
     text = unicodedata.normalize("NFC", "".join(char for char in text if _keep(char))).strip()
+    return _cut(text, max_length)
+
+
+def _cut(text: str, max_length: int) -> str:
+    """Rule 6: at most ``max_length`` code points, no whitespace or ZWJ left dangling at the cut."""
     if len(text) > max_length:
         text = text[:max_length].rstrip().rstrip(_ZWJ).rstrip()
     return text

@@ -20,6 +20,35 @@ from billing.domain.types import TemplateType
 
 MAX_VARIATIONS = 20
 MAX_TEMPLATE_LENGTH = 4096  # WhatsApp text messages allow 4096 characters
+MAX_NAME_LENGTH = 100
+MAX_DESCRIPTION_LENGTH = 500
+
+
+def check_texts(name: str, description: str) -> str:
+    """Check a template's name (1 to 100 characters once stripped) and description (at most 500); neither
+    may hold U+0000 (PostgreSQL text cannot). Returns the stripped name.
+
+    Raises:
+        InvalidValue: ``invalid_name`` / ``value_too_long`` / ``nul_character`` naming the field.
+    """
+    for field, value, limit in (
+        ("name", name, MAX_NAME_LENGTH),
+        ("description", description, MAX_DESCRIPTION_LENGTH),
+    ):
+        if "\x00" in value:
+            raise InvalidValue(
+                f"{field} must not contain NUL characters (U+0000)", code="nul_character", field=field
+            )
+        if len(value) > limit:
+            raise InvalidValue(
+                f"{field} is longer than {limit} characters",
+                code="value_too_long",
+                field=field,
+                details={"max_length": limit},
+            )
+    if not name.strip():
+        raise InvalidValue("name is required", code="invalid_name", field="name")
+    return name.strip()
 
 
 def parse_variations(variations: Sequence[str]) -> list[ParsedTemplate]:
@@ -45,6 +74,10 @@ def parse_variations(variations: Sequence[str]) -> list[ParsedTemplate]:
         if len(text) > MAX_TEMPLATE_LENGTH:
             raise InvalidValue(
                 f"{field} is longer than {MAX_TEMPLATE_LENGTH}", code="invalid_variations", field=field
+            )
+        if "\x00" in text:
+            raise InvalidValue(
+                f"{field} must not contain NUL characters (U+0000)", code="nul_character", field=field
             )
         try:
             parsed.append(parse_template(text))
@@ -126,14 +159,13 @@ class MessageTemplate(Aggregate):
         at: datetime,
     ) -> MessageTemplate:
         """Create a template. Raises InvalidValue / TemplateSyntaxError naming the field."""
-        if not name.strip():
-            raise InvalidValue("name is required", code="invalid_name", field="name")
+        stripped = check_texts(name, description)
         parse_variations(variations)
         return cls._create(
             cls.Created,
             id=template_id,
             tenant_id=tenant_id,
-            name=name.strip(),
+            name=stripped,
             template_type=_check_type(template_type),
             description=description,
             variations=list(variations),
@@ -155,14 +187,13 @@ class MessageTemplate(Aggregate):
         Raises:
             InvalidValue / TemplateSyntaxError naming the field.
         """
-        new_name = self.name if name is None else name.strip()
-        if not new_name:
-            raise InvalidValue("name is required", code="invalid_name", field="name")
+        new_description = self.description if description is None else description
+        new_name = check_texts(self.name if name is None else name, new_description)
         new_variations = self.variations if variations is None else list(variations)
         parse_variations(new_variations)
         new = {
             "name": new_name,
-            "description": self.description if description is None else description,
+            "description": new_description,
             "variations": new_variations,
             "active": self.active if active is None else active,
         }

@@ -1,6 +1,6 @@
 """HTTP client of one tenant's Evolution API instance.
 
-Contract: ``/work/shared/evolution-api.md`` (read from the gateway's sources 2.3.6 for ``v2`` and 1.8.2 for
+Contract: ``docs/evolution-api.md`` (read from the gateway's sources 2.3.6 for ``v2`` and 1.8.2 for
 ``v1``). The client never raises for HTTP or transport failures of a send: it classifies every answer into
 a :class:`~billing.domain.delivery.SendOutcome` and the worker decides. The API key travels in the
 ``apikey`` header only and is never logged; phone numbers and texts are not logged either.
@@ -31,9 +31,11 @@ from billing.domain.delivery import (
     TRANSPORT_WRITE_TIMEOUT,
     OutcomeKind,
     SendOutcome,
+    address_refused,
     classify_send_response,
     classify_transport_error,
 )
+from billing.netguard import refused_by_guard
 
 __all__ = ["WHATSAPP_NUMBERS_BATCH", "ApiVersion", "EvolutionClient", "GatewayError"]
 
@@ -198,7 +200,11 @@ class EvolutionClient:
                 "POST", self._url("message", "sendText"), json_body=body, timeout_s=deadline_s
             )
         except (httpx.HTTPError, TimeoutError) as exc:
-            outcome = classify_transport_error(_transport_kind(exc), str(exc) or type(exc).__name__)
+            refused = refused_by_guard(exc)
+            if refused is not None:
+                outcome = address_refused(str(refused))
+            else:
+                outcome = classify_transport_error(_transport_kind(exc), str(exc) or type(exc).__name__)
         else:
             outcome = classify_send_response(status, answer)
         log.info(
@@ -282,6 +288,41 @@ class EvolutionClient:
             result.update(_match_numbers(batch, body))
         return result
 
+    async def lookup_accounts(self, numbers: Sequence[str]) -> dict[str, str | None]:
+        """``POST /chat/whatsappNumbers`` for ``numbers`` (batches of ≤ 50): ``{number asked: jid that
+        exists, or None}``, matched on the answers' ``number`` (they come in any order). A number the gateway
+        did not answer for is missing from the result.
+
+        Raises:
+            GatewayError: a batch failed (as :meth:`EvolutionClient.whatsapp_numbers`).
+        """
+        unique = list(dict.fromkeys(numbers))
+        result: dict[str, str | None] = {}
+        url = self._url("chat", "whatsappNumbers")
+        for start in range(0, len(unique), WHATSAPP_NUMBERS_BATCH):
+            batch = unique[start : start + WHATSAPP_NUMBERS_BATCH]
+            try:
+                status, body = await self._request(
+                    "POST", url, json_body={"numbers": batch}, timeout_s=self.timeout_s
+                )
+            except (httpx.HTTPError, TimeoutError) as exc:
+                raise GatewayError(
+                    classify_transport_error(_transport_kind(exc), str(exc) or type(exc).__name__)
+                ) from exc
+            if not 200 <= status < 300 or not isinstance(body, list):
+                raise GatewayError(classify_send_response(status, body))
+            by_digits = {_NON_DIGITS.sub("", n.split("@")[0]): n for n in batch}
+            for answer in body:
+                if not isinstance(answer, dict) or not isinstance(answer.get("number"), str):
+                    continue
+                original = by_digits.get(_NON_DIGITS.sub("", str(answer["number"]).split("@")[0]))
+                if original is None:
+                    continue
+                jid = answer.get("jid")
+                exists = answer.get("exists") is True and isinstance(jid, str) and bool(jid)
+                result[original] = str(jid) if exists else None
+        return result
+
 
 def _match_numbers(batch: Sequence[str], answers: list[object]) -> dict[str, bool]:
     by_input = {number: number for number in batch}
@@ -299,3 +340,29 @@ def _match_numbers(batch: Sequence[str], answers: list[object]) -> dict[str, boo
         if original is not None:
             matched[original] = exists
     return matched
+
+
+async def set_webhook(
+    client: EvolutionClient, url: str, *, headers: Mapping[str, str], events: Sequence[str]
+) -> int:
+    """``POST /webhook/set/{instance}`` (v2 body ``{"webhook": {enabled, url, headers, byEvents, events}}``;
+    v1 takes the same fields flat). Returns the HTTP status (2xx: configured).
+
+    Raises:
+        httpx.HTTPError / TimeoutError: the gateway could not be reached.
+    """
+    config = {
+        "enabled": True,
+        "url": url,
+        "headers": dict(headers),
+        "byEvents": False,
+        "events": list(events),
+    }
+    body: dict[str, Any] = {"webhook": config} if client.api_version == "v2" else {
+        "enabled": True, "url": url, "webhook_by_events": False, "events": list(events),
+        "headers": dict(headers),
+    }  # fmt: skip
+    status, _ = await client._request(
+        "POST", client._url("webhook", "set"), json_body=body, timeout_s=client.timeout_s
+    )
+    return status

@@ -1,6 +1,6 @@
 """An in-process fake Evolution API, for tests, demos and ``billing dev``.
 
-It follows ``/work/shared/evolution-api.md`` (gateway 2.3.6 / 1.8.2): same routes, auth, error bodies and
+It follows ``docs/evolution-api.md`` (gateway 2.3.6 / 1.8.2): same routes, auth, error bodies and
 success bodies per API version. It is a plain ASGI app (:attr:`EvolutionSimulator.asgi_app`), usable in
 process with ``httpx.ASGITransport`` or served over HTTP by uvicorn (:meth:`EvolutionSimulator.serve`,
 :func:`run_simulator`).
@@ -10,6 +10,17 @@ Routes:
     ``POST /message/sendText/{instance}`` → 201 (body per the instance's version) or an error body
     ``GET /instance/connectionState/{instance}`` → 200 ``{"instance": {"instanceName", "state"?}}``
     ``POST /chat/whatsappNumbers/{instance}`` → 200 ``[{"jid", "exists", "number"}]`` (shuffled)
+    ``POST /webhook/set/{instance}`` → 201: the instance then calls that URL back like Evolution does
+
+Accounts: with none registered (:meth:`EvolutionSimulator.add_account`) every number "exists" (except
+those marked not on WhatsApp) and a bare Brazilian number loses its ninth digit in ``remoteJid``, as
+Evolution API has done. With accounts registered, the lookup answers the account that exists — with or
+without the ninth digit — and a send reaches someone only when its number or JID is an account: a bare
+number is still resolved the gateway's way (ninth digit dropped for DDD ≥ 31), so sending to the JID the
+lookup gave is what makes it arrive. Messages that reach an account get status webhooks
+(``SERVER_ACK``, ``DELIVERY_ACK``, ``READ``; some duplicated, out of order, one sometimes before the
+send's own 201) when a webhook is set; :meth:`EvolutionSimulator.reply` posts a ``messages.upsert`` from
+the debtor, :meth:`EvolutionSimulator.change_state` a ``connection.update``.
 
 Order of checks, as in the gateway: unknown instance (404) before the key (401), then the body schema (400),
 then scripted failures, then the number (400 not on WhatsApp), then the ``delay``, then success.
@@ -78,6 +89,15 @@ def _digits(number: str) -> str:
     return _STRIP.sub("", number).split(":")[0].split("@")[0]
 
 
+def _other_forms(digits: str) -> tuple[str, ...]:
+    """The other way of writing a Brazilian mobile: ninth digit removed (13 digits) or added (12)."""
+    if digits.startswith("55") and len(digits) == 13 and digits[4] == "9":
+        return (digits[:4] + digits[5:],)
+    if digits.startswith("55") and len(digits) == 12 and digits[4] in "6789":
+        return (digits[:4] + "9" + digits[4:],)
+    return ()
+
+
 def remote_jid_for(number: str) -> str:
     """The ``remoteJid`` the gateway answers for ``number``.
 
@@ -121,6 +141,11 @@ class ReceivedMessage:
     remote_jid: str
     delay_ms: int | None
     link_preview: bool | None
+
+    @property
+    def digits(self) -> str:
+        """The number asked for, as the gateway reads it: digits only, a JID's suffix dropped."""
+        return _digits(self.number)
 
 
 @dataclass(slots=True)
@@ -174,6 +199,15 @@ class EvolutionSimulator:
         self._number_checks: list[list[str]] = []
         self._random = random.Random(seed)
         self._server: Any = None
+        self._accounts: set[str] = set()
+        self._webhooks: dict[str, dict[str, Any]] = {}
+        self._webhook_tasks: set[asyncio.Task[None]] = set()
+        self.webhook_http: Any = None
+        """The ``httpx.AsyncClient`` webhooks are posted with (default: a new one, made on first use)."""
+        self.webhook_calls: list[tuple[str, str, int | None]] = []
+        """``(event, status or state or "", HTTP answer)`` of every webhook posted."""
+        self.receipt_duplicates = True
+        """Post one receipt of each message twice (gateways duplicate)."""
 
     # ---- configuration -------------------------------------------------------------------------------
 
@@ -197,6 +231,29 @@ class EvolutionSimulator:
         """Sends to ``number`` answer 400 not-on-WhatsApp; whatsappNumbers answers ``exists: false``."""
         with self._lock:
             self._not_on_whatsapp.add(remote_jid_for(number))
+
+    def add_account(self, number: str) -> None:
+        """Register a WhatsApp account by its id's digits, e.g. ``"557588251234"`` (an old account without
+        the ninth digit) or ``"5547988123456"`` (with it)."""
+        with self._lock:
+            self._accounts.add(_digits(number))
+
+    def _account(self, number: str) -> str | None:
+        """The account ``number`` (digits or a JID) reaches by lookup: itself, or its other Brazilian form
+        (ninth digit added or removed); None when no account matches."""
+        digits = _digits(number)
+        with self._lock:
+            accounts = set(self._accounts)
+        for candidate in (digits, *_other_forms(digits)):
+            if candidate in accounts:
+                return candidate
+        return None
+
+    def _reaches(self, jid: str) -> bool:
+        with self._lock:
+            if jid in self._not_on_whatsapp:
+                return False
+            return not self._accounts or _digits(jid) in self._accounts
 
     def script_failure(self, kind: str, *, number: str | None = None, times: int = 1) -> None:
         """Make the next ``times`` sends (to ``number``, or to any number) fail with ``kind``.
@@ -312,6 +369,8 @@ class EvolutionSimulator:
                 return 200, {"instance": state}
             if route == ("POST", "chat", "whatsappNumbers"):
                 return self._whatsapp_numbers(parts[2], headers, body)
+            if route == ("POST", "webhook", "set"):
+                return self._set_webhook(parts[2], headers, body)
         raise _error(404, "Not Found", [f"Cannot {method} {path}"])
 
     def _welcome(self) -> dict[str, object]:
@@ -405,6 +464,9 @@ class EvolutionSimulator:
         digits = _digits(number)
         with self._lock:
             absent = jid in self._not_on_whatsapp
+            strict = bool(self._accounts)
+        if strict and number.endswith(_JID_SUFFIX) and not self._reaches(jid):
+            absent = True
         if absent or not digits.isdigit():
             raise _error(400, "Bad Request", [{"jid": jid, "exists": False, "number": number}])
 
@@ -448,6 +510,8 @@ class EvolutionSimulator:
         )
         with self._lock:
             self._sent.append(record)
+        if self._reaches(jid):
+            await self._receipts(instance, message_id, jid)
         return 201, answer
 
     def _whatsapp_numbers(self, name: str, headers: dict[str, str], body: bytes) -> tuple[int, object]:
@@ -461,16 +525,167 @@ class EvolutionSimulator:
             self._number_checks.append(list(numbers))
         answers = []
         for number in numbers:
-            jid = remote_jid_for(number)
-            answers.append(
-                {"jid": jid, "exists": jid not in absent and _digits(number).isdigit(), "number": number}
-            )
+            with self._lock:
+                strict = bool(self._accounts)
+            if strict:
+                account = self._account(number)
+                found = account is not None and account + _JID_SUFFIX not in absent
+                jid = (account if found and account else _digits(number)) + _JID_SUFFIX
+                answers.append({"jid": jid, "exists": found, "number": number})
+                continue
+            jid = _digits(number) + _JID_SUFFIX  # the lookup answers the account as asked (both forms exist)
+            forms = (_digits(number), *_other_forms(_digits(number)))  # one person, either way written
+            gone = any(remote_jid_for(form) in absent for form in forms)
+            answers.append({"jid": jid, "exists": not gone and _digits(number).isdigit(), "number": number})
         shuffled = list(answers)
         with self._lock:
             self._random.shuffle(shuffled)
         if len(shuffled) > 1 and shuffled == answers:  # never in input order, as the doc warns
             shuffled = shuffled[1:] + shuffled[:1]
         return 200, shuffled
+
+    # ---- webhooks ------------------------------------------------------------------------------------
+
+    def _set_webhook(self, name: str, headers: dict[str, str], body: bytes) -> tuple[int, object]:
+        instance = self._authorise(name, headers)
+        data = self._json(body)
+        config = data.get("webhook", data) if isinstance(data, dict) else None
+        if not isinstance(config, dict) or not isinstance(config.get("url"), str):
+            raise _error(400, "Bad Request", [['instance requires property "url"']])
+        hook = {
+            "url": config["url"],
+            "enabled": config.get("enabled", True) is not False,
+            "headers": dict(config.get("headers") or {}),
+            "events": [str(e).upper() for e in config.get("events") or []],
+        }
+        with self._lock:
+            self._webhooks[instance.name] = hook
+        return 201, {"webhook": {"instanceName": instance.name, **hook}}
+
+    def set_webhook(
+        self,
+        instance: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        events: list[str] | None = None,
+    ) -> None:
+        """Configure ``instance``'s webhook directly (as ``POST /webhook/set`` does)."""
+        hook = {"url": url, "enabled": True, "headers": dict(headers or {}), "events": list(events or [])}
+        with self._lock:
+            self._webhooks[instance] = hook
+
+    def webhook(self, instance: str) -> dict[str, Any] | None:
+        """The webhook set for ``instance`` (``{url, enabled, headers, events}``), or None."""
+        with self._lock:
+            hook = self._webhooks.get(instance)
+        return dict(hook) if hook else None
+
+    def _envelope(self, instance: SimInstance, event: str, data: dict[str, Any], url: str) -> dict[str, Any]:
+        return {
+            "event": event if instance.api_version == "v2" else event.upper().replace(".", "_"),
+            "instance": instance.name,
+            "data": data,
+            "destination": url,
+            "date_time": datetime.now(UTC).isoformat(),
+            "sender": "5511900000000@s.whatsapp.net",
+            "server_url": "http://simulator",
+            "apikey": None,
+        }
+
+    async def _post(self, instance: SimInstance, event: str, data: dict[str, Any], label: str) -> None:
+        hook = self.webhook(instance.name)
+        wanted = event.upper().replace(".", "_")
+        if hook is None or not hook["enabled"] or (hook["events"] and wanted not in hook["events"]):
+            return
+        if self.webhook_http is None:
+            import httpx
+
+            self.webhook_http = httpx.AsyncClient()
+        status: int | None = None
+        try:
+            response = await self.webhook_http.post(
+                hook["url"], json=self._envelope(instance, event, data, hook["url"]), headers=hook["headers"]
+            )
+            status = response.status_code
+        except Exception:  # the receiver is down: Evolution logs and moves on
+            status = None
+        with self._lock:
+            self.webhook_calls.append((event, label, status))
+
+    def _receipt_data(self, instance: SimInstance, message_id: str, jid: str, status: str) -> dict[str, Any]:
+        if instance.api_version == "v2":
+            return {
+                "keyId": message_id,
+                "remoteJid": jid,
+                "fromMe": True,
+                "status": status,
+                "instanceId": instance.instance_id,
+                "messageId": "cm" + secrets.token_hex(8),
+            }
+        return {
+            "id": message_id,
+            "remoteJid": jid,
+            "fromMe": True,
+            "status": status,
+            "datetime": int(time.time() * 1000),
+            "owner": instance.name,
+        }
+
+    async def _receipts(self, instance: SimInstance, message_id: str, jid: str) -> None:
+        """Post SERVER_ACK, DELIVERY_ACK and READ in a shuffled order (one duplicated); one of them is
+        awaited before the send answers (a receipt before the send's own answer)."""
+        if self.webhook(instance.name) is None:
+            return
+        statuses = ["SERVER_ACK", "DELIVERY_ACK", "READ"]
+        with self._lock:
+            self._random.shuffle(statuses)
+            if self.receipt_duplicates:
+                statuses.append(self._random.choice(statuses))
+        first, rest = statuses[0], statuses[1:]
+        await self._post(
+            instance, "messages.update", self._receipt_data(instance, message_id, jid, first), first
+        )
+
+        async def later() -> None:
+            for status in rest:
+                await asyncio.sleep(0.01)
+                await self._post(
+                    instance, "messages.update", self._receipt_data(instance, message_id, jid, status), status
+                )
+
+        task = asyncio.ensure_future(later())
+        self._webhook_tasks.add(task)
+        task.add_done_callback(self._webhook_tasks.discard)
+
+    async def reply(self, instance: str, jid: str, text: str) -> str:
+        """The debtor at ``jid`` writes ``text``: posts ``messages.upsert`` (``fromMe`` false); returns
+        its message id."""
+        sim = self.instance(instance)
+        message_id = generate_message_id()
+        ts = int(time.time())
+        data = {
+            "key": {"remoteJid": jid, "fromMe": False, "id": message_id},
+            "pushName": "Cliente",
+            "message": {"conversation": text},
+            "messageType": "conversation",
+            "messageTimestamp": ts if sim.api_version == "v2" else str(ts),
+        }
+        await self._post(sim, "messages.upsert", data, "reply")
+        return message_id
+
+    async def change_state(self, instance: str, state: str) -> None:
+        """Set the connection state and post ``connection.update``."""
+        self.set_state(instance, state)
+        sim = self.instance(instance)
+        await self._post(
+            sim, "connection.update", {"instance": instance, "state": state, "statusReason": 200}, state
+        )
+
+    async def drain_webhooks(self) -> None:
+        """Wait until every scheduled webhook was posted."""
+        while self._webhook_tasks:
+            await asyncio.gather(*list(self._webhook_tasks), return_exceptions=True)
 
     # ---- HTTP server ---------------------------------------------------------------------------------
 

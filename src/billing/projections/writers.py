@@ -1,4 +1,4 @@
-"""Writes the read models of ``sql/001_views.sql`` from decoded domain events, one batch at a time.
+"""Writes the read models of ``billing/sql/001_views.sql`` from decoded domain events, one batch at a time.
 
 :class:`ViewWriter` works on one connection inside the caller's transaction (the caller also locks and
 moves the tracking record, see :mod:`billing.projections.views`):
@@ -24,6 +24,7 @@ caller can record it and go on with the rest of the batch.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,6 +38,8 @@ from psycopg.types.json import Jsonb
 from billing.domain.apikey import ApiKey
 from billing.domain.campaign import Campaign
 from billing.domain.contact import Contact
+from billing.domain.conversation import Conversation
+from billing.domain.engagement import Engagement
 from billing.domain.queue import Queue
 from billing.domain.template import MessageTemplate
 from billing.domain.tenant import Tenant
@@ -46,13 +49,14 @@ CONTACT_COLUMNS = (
     "contact_id", "tenant_id", "campaign_id", "queue_id", "idx", "template_type", "external_id", "nome",
     "telefone", "phone", "status", "attempts", "message_text", "gateway_message_id", "remote_jid",
     "template_id", "template_version", "variation", "sent_at", "error_code", "error_message",
-    "not_before", "lease_until", "created_at", "updated_at",
+    "not_before", "lease_until", "created_at", "updated_at", "jid_asked", "delivered_at", "read_at",
+    "replied_at", "deferred_reason",
 )  # fmt: skip
 #: Columns contact events after creation may change.
 CONTACT_MUTABLE = (
     "status", "attempts", "message_text", "gateway_message_id", "remote_jid", "template_id",
     "template_version", "variation", "sent_at", "error_code", "error_message", "not_before",
-    "lease_until", "updated_at",
+    "lease_until", "updated_at", "jid_asked", "delivered_at", "read_at", "replied_at", "deferred_reason",
 )  # fmt: skip
 
 #: Contact statuses counted in ``outcome_counts`` when a contact reaches them.
@@ -65,6 +69,23 @@ _INSERT_CONTACT = sql.SQL("INSERT INTO campaign_contacts ({}) VALUES ({})").form
 _UPDATE_CONTACT = sql.SQL("UPDATE campaign_contacts SET {} WHERE contact_id = %s").format(
     sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in CONTACT_MUTABLE)
 )
+_FULL_ROW = operator.itemgetter(*CONTACT_COLUMNS)
+COPY_THRESHOLD = 200
+"""From this many rows on, :meth:`ViewWriter.flush` writes contacts with ``COPY`` (else ``executemany``)."""
+_COPY_CONTACTS = sql.SQL("COPY campaign_contacts ({}) FROM STDIN").format(
+    sql.SQL(", ").join(map(sql.Identifier, CONTACT_COLUMNS))
+)
+_CHANGED_COLUMNS = ("contact_id", *CONTACT_MUTABLE)
+_CHANGED_ROW = operator.itemgetter(*_CHANGED_COLUMNS)
+_CREATE_CHANGED = sql.SQL(  # the columns' types follow the view's, without its constraints
+    "CREATE TEMP TABLE changed_contacts ON COMMIT DROP AS SELECT {} FROM campaign_contacts WITH NO DATA"
+).format(sql.SQL(", ").join(map(sql.Identifier, _CHANGED_COLUMNS)))
+_COPY_CHANGED = sql.SQL("COPY changed_contacts ({}) FROM STDIN").format(
+    sql.SQL(", ").join(map(sql.Identifier, _CHANGED_COLUMNS))
+)
+_UPDATE_FROM_CHANGED = sql.SQL(
+    "UPDATE campaign_contacts c SET {} FROM changed_contacts n WHERE c.contact_id = n.contact_id"
+).format(sql.SQL(", ").join(sql.SQL("{0} = n.{0}").format(sql.Identifier(col)) for col in CONTACT_MUTABLE))
 _SELECT_CONTACTS = sql.SQL("SELECT {} FROM campaign_contacts WHERE contact_id = ANY(%s)").format(
     sql.SQL(", ").join(map(sql.Identifier, CONTACT_COLUMNS))
 )
@@ -81,13 +102,15 @@ WITH touched AS (
            count(*) FILTER (WHERE c.status = 'failed') AS failed,
            count(*) FILTER (WHERE c.status = 'skipped') AS skipped,
            count(*) FILTER (WHERE c.status = 'rejected') AS rejected,
-           count(*) FILTER (WHERE c.status = 'cancelled') AS cancelled
+           count(*) FILTER (WHERE c.status = 'cancelled') AS cancelled,
+           count(c.delivered_at) AS delivered, count(c.read_at) AS read, count(c.replied_at) AS replied
     FROM touched t LEFT JOIN campaign_contacts c ON c.queue_id = t.queue_id
     GROUP BY t.queue_id, t.last_at, t.last_contact_at, t.first_dispatch_at
 )
 UPDATE queue_status q
 SET pending = n.pending, sent = n.sent, failed = n.failed, skipped = n.skipped,
     rejected = n.rejected, cancelled = n.cancelled,
+    delivered = n.delivered, read = n.read, replied = n.replied,
     started_at = COALESCE(q.started_at, n.first_dispatch_at),
     completed_at = CASE
         WHEN n.pending = 0 AND n.counted >= q.total AND q.cancelled_at IS NULL
@@ -162,14 +185,33 @@ class ViewWriter:
             handler(event)
 
     def flush(self) -> None:
-        """Write the folded contacts and recompute the touched queues' counters."""
-        inserts = [tuple(self.contacts[c][k] for k in CONTACT_COLUMNS) for c in self._new]
-        updates = [(*(self.contacts[c][k] for k in CONTACT_MUTABLE), c) for c in self._changed - self._new]
+        """Write the folded contacts and recompute the touched queues' counters.
+
+        Many rows (a 10,000-contact POST, a rebuild's large batches) go through ``COPY``: new rows
+        straight into ``campaign_contacts``, changed rows into a transaction-local copy of its shape that
+        one ``UPDATE … FROM`` applies; a few rows keep ``executemany``.
+        """
+        contacts, full_row = self.contacts, _FULL_ROW
+        inserts = [full_row(contacts[c]) for c in self._new]
+        changed = self._changed - self._new
         with self.conn.cursor() as cur:
-            if inserts:
+            if len(inserts) >= COPY_THRESHOLD:
+                with cur.copy(_COPY_CONTACTS) as copy:
+                    for row in inserts:
+                        copy.write_row(row)
+            elif inserts:
                 cur.executemany(_INSERT_CONTACT, inserts)
-            if updates:
-                cur.executemany(_UPDATE_CONTACT, updates)
+            if len(changed) >= COPY_THRESHOLD:
+                cur.execute(_CREATE_CHANGED)
+                with cur.copy(_COPY_CHANGED) as copy:
+                    for c in changed:
+                        copy.write_row(_CHANGED_ROW(contacts[c]))
+                cur.execute(_UPDATE_FROM_CHANGED)
+                cur.execute("DROP TABLE changed_contacts")
+            elif changed:
+                cur.executemany(
+                    _UPDATE_CONTACT, [(*(self.contacts[c][k] for k in CONTACT_MUTABLE), c) for c in changed]
+                )
             if self._queues:
                 ids = list(self._queues)
                 touches = [self._queues[q] for q in ids]
@@ -373,12 +415,13 @@ class ViewWriter:
         current = self.contacts.get(e.originator_id)
         if current is None:
             raise NotApplicable(f"contact {e.originator_id} was never projected")
-        row = {**current, **values, "updated_at": e.timestamp}
-        if row["status"] != current["status"] and row["status"] in FINAL_OUTCOMES:
-            self._count_outcome(row["tenant_id"], e.timestamp, row["status"])
-        self.contacts[e.originator_id] = row
+        before = current["status"]
+        current.update(values)  # the writer's own copy of the row (nothing below can fail)
+        current["updated_at"] = e.timestamp
+        if current["status"] != before and current["status"] in FINAL_OUTCOMES:
+            self._count_outcome(current["tenant_id"], e.timestamp, current["status"])
         self._changed.add(e.originator_id)
-        self._touch_queue(row["queue_id"], e.timestamp, contact=True, dispatched=dispatched)
+        self._touch_queue(current["queue_id"], e.timestamp, contact=True, dispatched=dispatched)
 
     def _contact_added(self, e: Contact.Added) -> None:
         self._create_contact(e, phone=e.phone, status="pending")
@@ -389,27 +432,32 @@ class ViewWriter:
 
     def _contact_dispatched(self, e: Contact.Dispatched) -> None:
         self._update_contact(
-            e, dispatched=True, status="dispatched", attempts=e.attempt, lease_until=e.lease_until
-        )
+            e, dispatched=True, status="dispatched", attempts=e.attempt, lease_until=e.lease_until,
+            not_before=None, deferred_reason=None,
+        )  # fmt: skip
 
     def _contact_sent(self, e: Contact.Sent) -> None:
         self._update_contact(
             e, status="sent", message_text=e.text, gateway_message_id=e.gateway_message_id,
             remote_jid=e.remote_jid, template_id=e.template_id, template_version=e.template_version,
             variation=e.variation, sent_at=e.timestamp, error_code=None, error_message=None,
-            lease_until=None,
+            lease_until=None, not_before=None, deferred_reason=None, jid_asked=e.jid_asked,
         )  # fmt: skip
 
     def _contact_failed(self, e: Contact.Failed) -> None:
-        values: dict[str, Any] = {"status": "failed", "error_code": e.code, "error_message": e.message}
+        values: dict[str, Any] = {
+            "status": "failed", "error_code": e.code, "error_message": e.message, "not_before": None,
+            "deferred_reason": None,
+        }  # fmt: skip
         if e.retry_at is not None:  # waits (pending) for its retry
             values.update(status="pending", not_before=e.retry_at)
         self._update_contact(e, lease_until=None, **values)
 
     def _contact_skipped(self, e: Contact.Skipped) -> None:
         self._update_contact(
-            e, status="skipped", error_code=e.code, error_message=e.message, lease_until=None
-        )
+            e, status="skipped", error_code=e.code, error_message=e.message, lease_until=None,
+            not_before=None, deferred_reason=None,
+        )  # fmt: skip
 
     def _contact_deferred(self, e: Contact.Deferred) -> None:
         current = self.contacts.get(e.originator_id)
@@ -417,11 +465,50 @@ class ViewWriter:
         if current and current["status"] == "dispatched":  # the claim is released, not spent
             attempts -= 1
         self._update_contact(
-            e, status="pending", attempts=attempts, lease_until=None, not_before=e.not_before
-        )
+            e, status="pending", attempts=attempts, lease_until=None, not_before=e.not_before,
+            deferred_reason=e.reason,
+        )  # fmt: skip
 
     def _contact_cancelled(self, e: Contact.Cancelled) -> None:
-        self._update_contact(e, status="cancelled", lease_until=None)
+        self._update_contact(e, status="cancelled", lease_until=None, not_before=None, deferred_reason=None)
+
+    def _contact_delivered(self, e: Contact.Delivered) -> None:
+        self._update_contact(e, delivered_at=e.timestamp)
+
+    def _contact_read(self, e: Contact.Read) -> None:
+        self._update_contact(e, read_at=e.timestamp)
+
+    def _contact_replied(self, e: Contact.Replied) -> None:
+        current = self.contacts.get(e.originator_id)
+        first = current["replied_at"] if current and current["replied_at"] is not None else e.timestamp
+        self._update_contact(e, replied_at=first)
+
+    def _ignored(self, e: Any) -> None:
+        """An event no view shows (its aggregate's history has it)."""
+
+    # --- opt-outs --------------------------------------------------------------------------------------
+
+    def _conversation_opened(self, e: Conversation.Opened) -> None:
+        self._write(
+            """INSERT INTO opt_outs (conversation_id, tenant_id, phone, opted_out, updated_at)
+               VALUES (%s, %s, %s, false, %s)""",
+            (e.originator_id, e.tenant_id, e.phone, e.timestamp),
+        )
+
+    def _opted_out(self, e: Conversation.OptedOut) -> None:
+        self._write(
+            """UPDATE opt_outs SET opted_out = true, opted_out_at = %s, message_id = %s, stop_word = %s,
+                                   contact_id = %s, lifted_at = NULL, lifted_by = NULL, updated_at = %s
+               WHERE conversation_id = %s""",
+            (e.timestamp, e.message_id, e.stop_word, e.contact_id, e.timestamp, e.originator_id),
+        )
+
+    def _opt_out_lifted(self, e: Conversation.OptOutLifted) -> None:
+        self._write(
+            """UPDATE opt_outs SET opted_out = false, lifted_at = %s, lifted_by = %s, updated_at = %s
+               WHERE conversation_id = %s""",
+            (e.timestamp, e.by, e.timestamp, e.originator_id),
+        )
 
 
 #: Topics of the events :class:`ViewWriter` applies.
@@ -452,6 +539,20 @@ HANDLERS: dict[Any, str] = {  # keys: event classes (each has a TOPIC)
     Contact.Skipped: "_contact_skipped",
     Contact.Deferred: "_contact_deferred",
     Contact.Cancelled: "_contact_cancelled",
+    Contact.Delivered: "_contact_delivered",
+    Contact.Read: "_contact_read",
+    Contact.Played: "_ignored",
+    Contact.Replied: "_contact_replied",
+    Conversation.Opened: "_conversation_opened",
+    Conversation.Replied: "_ignored",
+    Conversation.OptedOut: "_opted_out",
+    Conversation.ConfirmationSent: "_ignored",
+    Conversation.OptOutLifted: "_opt_out_lifted",
+    Engagement.Started: "_ignored",
+    Engagement.GatewaySecretSet: "_ignored",
+    Engagement.SettingsChanged: "_ignored",
+    Engagement.EndpointAdded: "_ignored",
+    Engagement.EndpointRemoved: "_ignored",
 }
 """Event class → the ViewWriter method that applies it: the one list; the topic sets derive from it."""
 HANDLED_TOPICS = frozenset(cls.TOPIC for cls in HANDLERS)
@@ -461,3 +562,5 @@ CONTACT_UPDATE_TOPICS = frozenset(
     for cls in HANDLERS
     if cls.__qualname__.startswith("Contact.") and cls not in (Contact.Added, Contact.Rejected)
 )
+#: Contact topics whose events create the row.
+CONTACT_CREATE_TOPICS = frozenset({Contact.Added.TOPIC, Contact.Rejected.TOPIC})

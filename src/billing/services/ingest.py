@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
-from zoneinfo import ZoneInfo
 
 import msgspec
 from eventsourcing.persistence import IntegrityError
@@ -23,14 +21,14 @@ from billing.domain.campaign import Campaign
 from billing.domain.contact import Contact
 from billing.domain.errors import Conflict, InvalidValue, NotFound
 from billing.domain.ingestion import (
-    MAX_FIELD_NAME_LENGTH,
-    MAX_FIELDS,
     AcceptedContact,
     RejectedContact,
+    reject_duplicate_phones,
     screen_contact,
 )
+from billing.domain.policy import SendingPolicy
 from billing.domain.queue import Queue
-from billing.domain.templating import parse_template
+from billing.domain.templating import Template, parse_template
 from billing.domain.tenant import Tenant
 from billing.domain.types import TemplateType
 from billing.domain.variables import choose_variation, message_variables
@@ -38,22 +36,18 @@ from billing.eventstore import EventStore, get_owned
 from billing.services.clock import Clock
 from billing.services.queries import Queries
 
-MAX_CONTACTS = 10_000
-MAX_EXTERNAL_ID = 200
 MAX_IDEMPOTENCY_KEY = 255
-SCALARS = (str, int, float, Decimal, bool, type(None))
 
 
-class SendRequest(msgspec.Struct, kw_only=True):
-    """Body of ``POST /send/{type}`` (DESIGN.md; field names are the integration's own)."""
+class BatchRequest(Protocol):
+    """What a send carries (the API's ``SendRequest`` Struct, already checked for shape and limits):
+    ``contacts`` are objects of scalars (numbers as exact ``Decimal`` or ``int``)."""
 
     contacts: list[dict[str, Any]]
-    template_type: str | None = None
-    external_id: str | None = None
-    template_id: UUID | None = None  # a template of the type other than its default
-
-
-_decoder = msgspec.json.Decoder(SendRequest, float_hook=Decimal)
+    template_type: str | None
+    external_id: str | None
+    allow_duplicate_phones: bool
+    template_id: UUID | None  # a template of the type other than its default
 
 
 @dataclass(frozen=True)
@@ -108,61 +102,7 @@ def _rejection(outcome: RejectedContact) -> dict[str, Any]:
     }
 
 
-def decode_send_request(body: bytes) -> SendRequest:
-    """Decode and structurally check a request body.
-
-    Raises:
-        InvalidValue: ``invalid_json`` (not JSON) or ``invalid_request`` naming the field (no contacts, too
-            many, a contact that is not an object, a value that is not a scalar, wrong types).
-    """
-    try:
-        request = _decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        field = text.rpartition("at `$.")[2].rstrip("`") if "at `$." in text else None
-        raise InvalidValue(f"invalid request: {text}", code="invalid_request", field=field) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidValue(f"body is not valid JSON: {exc}", code="invalid_json") from None
-    if not request.contacts:
-        raise InvalidValue(
-            "contacts must hold at least one contact", code="invalid_request", field="contacts"
-        )
-    if len(request.contacts) > MAX_CONTACTS:
-        raise InvalidValue(
-            f"contacts holds {len(request.contacts)} contacts; at most {MAX_CONTACTS} per request",
-            code="too_many_contacts",
-            field="contacts",
-        )
-    if request.external_id is not None and len(request.external_id) > MAX_EXTERNAL_ID:
-        raise InvalidValue(
-            f"external_id is longer than {MAX_EXTERNAL_ID} characters",
-            code="invalid_request",
-            field="external_id",
-        )
-    for i, contact in enumerate(request.contacts):
-        if len(contact) > MAX_FIELDS:
-            raise InvalidValue(
-                f"contacts[{i}] has {len(contact)} fields; at most {MAX_FIELDS}",
-                code="invalid_request",
-                field=f"contacts[{i}]",
-            )
-        for key, value in contact.items():
-            if not key or len(key) > MAX_FIELD_NAME_LENGTH:
-                raise InvalidValue(
-                    f"contacts[{i}] has a field name of {len(key)} characters; 1 to {MAX_FIELD_NAME_LENGTH}",
-                    code="invalid_request",
-                    field=f"contacts[{i}]",
-                )
-            if not isinstance(value, SCALARS):
-                raise InvalidValue(
-                    f"contacts[{i}].{key} must be a string, number, boolean or null",
-                    code="invalid_request",
-                    field=f"contacts[{i}].{key}",
-                )
-    return request
-
-
-def request_hash(request: SendRequest) -> str:
+def request_hash(request: BatchRequest) -> str:
     """SHA-256 of the canonical JSON of a request (sorted keys)."""
     return hashlib.sha256(msgspec.json.encode(request, order="sorted")).hexdigest()
 
@@ -177,10 +117,10 @@ class IngestService:
 
     def sending_template(
         self, tenant_id: UUID, template_type: TemplateType, template_id: UUID | None = None
-    ) -> tuple[UUID, frozenset[str]]:
-        """The template a batch will be sent with — the named one, else the type's default — and the names
-        its variations use outside conditionals (a contact must have them all, since any variation may be
-        chosen). A template that is neither is never used.
+    ) -> tuple[UUID, list[Template]]:
+        """The template a batch will be sent with — the named one, else the type's default — and its
+        variations, parsed (a contact must satisfy them all, since any variation may be chosen). A template
+        that is neither is never used.
 
         Raises:
             InvalidValue (naming ``template_id`` or ``template_type``): ``template_not_found``,
@@ -209,21 +149,14 @@ class IngestService:
                 code="no_active_template",
                 field="template_type",
             )
-        names: set[str] = set()
-        for text in row["variations"]:
-            names |= parse_template(text).required_variables
-        return row["template_id"], frozenset(names)
-
-    def required_variables(self, tenant_id: UUID, template_type: TemplateType) -> frozenset[str]:
-        """The names the type's default template needs (see :meth:`sending_template`)."""
-        return self.sending_template(tenant_id, template_type)[1]
+        return row["template_id"], [parse_template(text) for text in row["variations"]]
 
     def submit(
         self,
         *,
         tenant_id: UUID,
         path_type: TemplateType,
-        request: SendRequest,
+        request: BatchRequest,
         idempotency_key: str | None = None,
     ) -> SubmitResult:
         """Store a batch atomically and return the 202 answer.
@@ -254,15 +187,26 @@ class IngestService:
                 return replay
         else:
             campaign_id, queue_id = uuid4(), uuid4()
-        template_id, required = self.sending_template(tenant_id, path_type, request.template_id)
+        template_id, templates = self.sending_template(tenant_id, path_type, request.template_id)
         now = self.clock.now()
-        today = now.astimezone(self._tenant_zone(tenant_id)).date()
+        policy = self._tenant_policy(tenant_id)
+        today = now.astimezone(policy.calendar.tz).date()
+        outcomes = [
+            screen_contact(
+                raw,
+                index=index,
+                template_type=path_type,
+                templates=templates,
+                allowed_countries=policy.allowed_countries,
+                today=today,
+            )
+            for index, raw in enumerate(request.contacts)
+        ]
+        if not request.allow_duplicate_phones:
+            outcomes = reject_duplicate_phones(outcomes)
         contacts: list[Contact] = []
         rejections: list[dict[str, Any]] = []
-        for index, raw in enumerate(request.contacts):
-            outcome = screen_contact(
-                raw, index=index, template_type=path_type, required_variables=required, today=today
-            )
+        for index, outcome in enumerate(outcomes):
             common: dict[str, Any] = {
                 "id": uuid5(campaign_id, str(index)),
                 "tenant_id": tenant_id,
@@ -343,7 +287,7 @@ class IngestService:
         )
 
     def preview(
-        self, *, tenant_id: UUID, path_type: TemplateType, request: SendRequest, messages: int = 3
+        self, *, tenant_id: UUID, path_type: TemplateType, request: BatchRequest, messages: int = 3
     ) -> BatchPreview:
         """What :meth:`submit` would do with ``request`` now, storing nothing: the rejections (same
         screening, same codes) and the first ``messages`` accepted contacts' texts as they would read if
@@ -352,20 +296,28 @@ class IngestService:
         Raises:
             InvalidValue: as :meth:`submit` (template and request checks).
         """
-        template_id, required = self.sending_template(tenant_id, path_type, request.template_id)
-        row = self.queries.sending_template(tenant_id, path_type.value, template_id)
-        assert row is not None  # sending_template just found it
-        parsed = [parse_template(text) for text in row["variations"]]
+        template_id, parsed = self.sending_template(tenant_id, path_type, request.template_id)
         now = self.clock.now()
-        zone = self._tenant_zone(tenant_id)
+        policy = self._tenant_policy(tenant_id)
+        zone = policy.calendar.tz
         today = now.astimezone(zone).date()
         rejections: list[dict[str, Any]] = []
         texts: list[dict[str, Any]] = []
         ordinal = 0
-        for index, raw in enumerate(request.contacts):
-            outcome = screen_contact(
-                raw, index=index, template_type=path_type, required_variables=required, today=today
+        outcomes = [
+            screen_contact(
+                raw,
+                index=index,
+                template_type=path_type,
+                templates=parsed,
+                allowed_countries=policy.allowed_countries,
+                today=today,
             )
+            for index, raw in enumerate(request.contacts)
+        ]
+        if not request.allow_duplicate_phones:
+            outcomes = reject_duplicate_phones(outcomes)
+        for index, outcome in enumerate(outcomes):
             if not isinstance(outcome, AcceptedContact):
                 rejections.append(_rejection(outcome))
                 continue
@@ -389,12 +341,12 @@ class IngestService:
             messages=texts,
         )
 
-    def _tenant_zone(self, tenant_id: UUID) -> ZoneInfo:
-        """The tenant's IANA zone (its policy's ``timezone``). Raises NotFound for an unknown tenant."""
+    def _tenant_policy(self, tenant_id: UUID) -> SendingPolicy:
+        """The tenant's sending policy (zone, allowed countries). Raises NotFound for an unknown tenant."""
         tenant = get_owned(self.store, tenant_id, Tenant)
         if tenant is None:
             raise NotFound("tenant not found", code="tenant_not_found")
-        return tenant.sending_policy.calendar.tz
+        return tenant.sending_policy
 
     def _replay(
         self, tenant_id: UUID, campaign_id: UUID, digest: str, path_type: TemplateType

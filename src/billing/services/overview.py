@@ -1,5 +1,5 @@
 """Reads of the tenant dashboard over the projections' views (``sql/001_views.sql``,
-``sql/003_dashboard.sql``): the overview (from ``outcome_counts``, never counting contacts), campaign
+``sql/005_dashboard.sql``): the overview (from ``outcome_counts``, never counting contacts), campaign
 lists with filters, a campaign's contacts with search, history by phone, API key last use. Every query is
 scoped to the tenant, so another tenant's id reads as absent. Synchronous (psycopg pool, dict rows)."""
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from billing.db import ViewsPool
+from billing.db import ViewsPool, read_retrying
 from billing.domain.types import ContactStatus, QueueStatus
 
 MAX_PAGE = 500
@@ -48,6 +48,7 @@ class Queries:
     def __init__(self, pool: ViewsPool) -> None:
         self.pool = pool
 
+    @read_retrying
     def active_templates(self, tenant_id: UUID, template_type: str) -> list[dict[str, Any]]:
         """Active templates of a type, oldest first: ``[{template_id, version, variations}]``."""
         with self.pool.connection() as conn:
@@ -57,6 +58,7 @@ class Queries:
                 (tenant_id, template_type),
             ).fetchall()
 
+    @read_retrying
     def sending_template(
         self, tenant_id: UUID, template_type: str, template_id: UUID | None = None
     ) -> dict[str, Any] | None:
@@ -76,6 +78,7 @@ class Queries:
                 (tenant_id, template_type),
             ).fetchone()
 
+    @read_retrying
     def default_template_ids(self, tenant_id: UUID) -> dict[str, str]:
         """``{template_type: template_id}`` of the tenant's default templates."""
         with self.pool.connection() as conn:
@@ -84,6 +87,7 @@ class Queries:
             ).fetchall()
         return {r["template_type"]: str(r["template_id"]) for r in rows}
 
+    @read_retrying
     def queue_status(self, tenant_id: UUID, queue_id: UUID) -> dict[str, Any] | None:
         """The public status document of a queue (DESIGN.md "Queue status"), or None."""
         with self.pool.connection() as conn:
@@ -114,6 +118,9 @@ class Queries:
                 "skipped": row["skipped"],
                 "rejected": row["rejected"],
                 "cancelled": row["cancelled"],
+                "delivered": row["delivered"],
+                "read": row["read"],
+                "replied": row["replied"],
             },
             "progress": round(100.0 * done / total, 2) if total else 100.0,
             "paused_reason": None if ended else row["paused_reason"],
@@ -125,6 +132,7 @@ class Queries:
             "updated_at": _iso(row["updated_at"]),
         }
 
+    @read_retrying
     def campaign_exists(self, tenant_id: UUID, campaign_id: UUID) -> bool:
         """True when the campaign is the tenant's and projected."""
         with self.pool.connection() as conn:
@@ -136,6 +144,7 @@ class Queries:
                 is not None
             )
 
+    @read_retrying
     def campaign_contacts(
         self,
         tenant_id: UUID,
@@ -171,6 +180,7 @@ class Queries:
     def contact_document(row: dict[str, Any]) -> dict[str, Any]:
         """Shape a campaign_contacts row as the public item."""
         error = None
+        pending = row["status"] == ContactStatus.PENDING.value
         if row["error_code"] is not None and row["status"] != ContactStatus.SENT.value:
             error = {"code": row["error_code"], "message": row["error_message"]}
         return {
@@ -184,9 +194,16 @@ class Queries:
             "message_text": row["message_text"],
             "gateway_message_id": row["gateway_message_id"],
             "sent_at": _iso(row["sent_at"]),
+            "delivered_at": _iso(row["delivered_at"]),
+            "read_at": _iso(row["read_at"]),
+            "replied_at": _iso(row["replied_at"]),
             "error": error,
+            # a pending contact's next attempt (retry backoff or deferral) and why it waits; else null
+            "next_attempt_at": _iso(row["not_before"]) if pending else None,
+            "deferred_reason": row.get("deferred_reason") if pending else None,
         }
 
+    @read_retrying
     def list_campaigns(self, tenant_id: UUID, *, limit: int = 50) -> list[dict[str, Any]]:
         """The tenant's latest campaigns with their queue status."""
         with self.pool.connection() as conn:
@@ -201,6 +218,7 @@ class Queries:
             for r in rows
         ]
 
+    @read_retrying
     def list_api_keys(self, tenant_id: UUID) -> list[dict[str, Any]]:
         """The tenant's keys (never their text): ``[{key_id, name, prefix, created_at, revoked_at}]``."""
         with self.pool.connection() as conn:
@@ -220,6 +238,7 @@ class Queries:
             for r in rows
         ]
 
+    @read_retrying
     def list_templates(self, tenant_id: UUID) -> list[dict[str, Any]]:
         """The tenant's templates, active and inactive; ``default`` marks each type's default."""
         with self.pool.connection() as conn:
@@ -247,6 +266,7 @@ class Queries:
             "updated_at": _iso(row["updated_at"]),
         }
 
+    @read_retrying
     def stats(self, tenant_id: UUID) -> dict[str, Any]:
         """Per-status contact counts of the tenant, all queues together."""
         with self.pool.connection() as conn:

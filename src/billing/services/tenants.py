@@ -7,12 +7,13 @@ import hashlib
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID, uuid4
 
 from billing.domain.apikey import ApiKey, api_key_id
 from billing.domain.default_templates import DEFAULT_TEMPLATES
-from billing.domain.errors import NotFound
+from billing.domain.errors import InvalidValue, NotFound
 from billing.domain.policy import default_policy_spec
 from billing.domain.template import MessageTemplate
 from billing.domain.tenant import Tenant
@@ -36,9 +37,15 @@ def generate_api_key() -> str:
 class TenantService:
     """Use cases on Tenant and ApiKey aggregates. Synchronous (the event store is)."""
 
-    def __init__(self, store: EventStore, clock: Clock) -> None:
+    def __init__(
+        self, store: EventStore, clock: Clock, *, gateway_url_guard: Callable[[str], None] | None = None
+    ) -> None:
+        """``gateway_url_guard``: the save-time SSRF check of a gateway base URL (raises
+        ``billing.netguard.UnsafeAddressError``; the composition root passes
+        :meth:`~billing.bootstrap.Container.check_gateway_url`); None: no check."""
         self.store = store
         self.clock = clock
+        self._gateway_url_guard = gateway_url_guard
         self._auth_cache: dict[str, tuple[float, UUID | None]] = {}
         self._auth_generation = 0  # bumped by revocations, so a lookup racing one never re-caches
         self._lock = threading.Lock()
@@ -57,6 +64,7 @@ class TenantService:
         Raises:
             InvalidValue / PolicyError naming the field.
         """
+        self._guard_gateway(gateway)
         now = self.clock.now()
         tenant = Tenant.register(
             tenant_id=tenant_id or uuid4(),
@@ -96,6 +104,20 @@ class TenantService:
             raise NotFound("tenant not found", code="tenant_not_found")
         return tenant
 
+    def _guard_gateway(self, gateway: dict[str, Any]) -> None:
+        """Run the SSRF guard on ``gateway.base_url``. Raises InvalidValue naming the field."""
+        from billing.netguard import UnsafeAddressError
+
+        url = gateway.get("base_url")
+        if self._gateway_url_guard is None or not isinstance(url, str):
+            return
+        try:
+            self._gateway_url_guard(url)
+        except UnsafeAddressError as exc:
+            raise InvalidValue(
+                f"gateway.base_url refused: {exc}", code="gateway_address_refused", field="gateway.base_url"
+            ) from None
+
     def issue_api_key(self, tenant_id: UUID, name: str = "default", key: str | None = None) -> str:
         """Issue an API key for the tenant and return its clear text (shown once, never stored).
 
@@ -133,6 +155,18 @@ class TenantService:
             self._auth_generation += 1
             self._auth_cache.clear()
 
+    def cached_tenant(self, key: str) -> tuple[bool, UUID | None]:
+        """``(True, tenant or None)`` when :meth:`authenticate` answered ``key`` less than 10 s ago, else
+        ``(False, None)``: no I/O, so an async caller can skip the thread hop on a hit."""
+        if not key or len(key) > 256:
+            return True, None
+        digest = hash_api_key(key)
+        with self._lock:
+            hit = self._auth_cache.get(digest)
+        if hit is not None and time.monotonic() - hit[0] < AUTH_CACHE_TTL_S:
+            return True, hit[1]
+        return False, None
+
     def authenticate(self, key: str) -> UUID | None:
         """The tenant of a clear-text API key, or None (unknown, revoked). Answers are cached 10 s."""
         if not key or len(key) > 256:
@@ -167,7 +201,8 @@ class TenantService:
         gateway is invalid leaves its policy unapplied too.
 
         Raises:
-            NotFound; PolicyError / InvalidValue naming the field.
+            NotFound; PolicyError / InvalidValue naming the field (``gateway_address_refused`` on
+            ``gateway.base_url`` when the URL is, or resolves to, an address the operator does not allow).
         """
         tenant = self.get_tenant(tenant_id)
         now = self.clock.now()
@@ -175,5 +210,6 @@ class TenantService:
             tenant.change_policy(policy, at=now)
         if gateway is not None:
             tenant.configure_gateway(gateway, at=now)
+            self._guard_gateway(gateway)
         self.store.save(tenant)
         return tenant

@@ -1,6 +1,6 @@
 """Gateway health per tenant, as seen by one worker process (issue 4, "Gateway health").
 
-Two signals (``shared/evolution-api.md``, "Instance health"): the advisory ``connectionState`` (cached
+Two signals (``docs/evolution-api.md``, "Instance health"): the advisory ``connectionState`` (cached
 :attr:`GatewayHealth.cache_s` seconds per tenant and gateway generation), and send outcomes flagged
 ``connection_problem`` ("Connection Closed", instance not loaded) — the gateway has been seen reporting
 ``open`` while sends fail, so :attr:`GatewayHealth.problem_threshold` consecutive problems count as
@@ -23,7 +23,6 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from urllib.parse import quote
 from uuid import UUID
 
@@ -31,21 +30,16 @@ import httpx
 import msgspec
 
 from billing.domain.delivery import OutcomeKind, classify_send_response
+from billing.domain.sending import GatewayVerdict
+from billing.netguard import refused_by_guard
 
 __all__ = ["GatewayHealth", "Probe", "Verdict", "probe_connection_state"]
 
 OPEN = "open"
 
 
-class Verdict(StrEnum):
-    """What the worker may do with a tenant's gateway now."""
-
-    OPEN = "open"
-    """Send."""
-    DOWN = "down"
-    """Not connected (state not ``open``, no answer, or tripped by failures): pause with backoff."""
-    MISCONFIGURED = "misconfigured"
-    """401/403/404/redirect on the probe: pause until the gateway settings change."""
+Verdict = GatewayVerdict
+"""What the worker may do with a tenant's gateway now (the domain's :class:`GatewayVerdict`)."""
 
 
 @dataclass(frozen=True)
@@ -64,14 +58,17 @@ async def probe_connection_state(
 
     200 ``{"instance": {"instanceName", "state"?}}`` → the state; an answer that
     :func:`~billing.domain.delivery.classify_send_response` calls MISCONFIGURED (401, 403, 404, 3xx) → its
-    code; anything else (5xx, transport error, timeout, odd body) → state None. Never raises.
+    code; a connection the SSRF guard refused → ``gateway_address_refused``; anything else (5xx, transport
+    error, timeout, odd body) → state None. Never raises.
     """
     url = f"{gateway['base_url'].rstrip('/')}/instance/connectionState/{quote(gateway['instance'], safe='')}"
     headers = {"apikey": gateway["api_key"], "accept": "application/json"}
     try:
         async with asyncio.timeout(timeout_s):
             response = await http.get(url, headers=headers, timeout=timeout_s)
-    except (httpx.HTTPError, TimeoutError):
+    except (httpx.HTTPError, TimeoutError) as exc:
+        if refused_by_guard(exc) is not None:  # the URL points at a refused address (billing.netguard)
+            return Probe(None, misconfigured="gateway_address_refused")
         return Probe(None)
     try:
         body: object = msgspec.json.decode(response.content) if response.content else None

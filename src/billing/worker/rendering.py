@@ -5,13 +5,14 @@ send named, else the type's default at ingestion; contacts stored before that fi
 type's current default). Its variations form the rotation — no other template is ever used; the contact
 at position ``ordinal`` among its batch's accepted contacts gets variation ``choose_variation(ordinal, n)``
 (:mod:`billing.domain.variables`), so consecutive messages differ and a redelivery renders the same text
-(anti-ban rotation, ``shared/evolution-api.md``, "Sending politely"). Variables come from
+(anti-ban rotation, ``docs/evolution-api.md``, "Sending politely"). Variables come from
 ``message_variables`` at ``now`` in the tenant's zone (DESIGN.md: days are counted at the moment of
 sending).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -54,13 +55,22 @@ class RenderError(Exception):
 class Renderer:
     """Reads the ``templates`` view and renders; parsed templates are cached by ``(template_id, version)``.
 
+    **Invalidation rule:** the list of a tenant's active templates of a type is kept ``ttl_s`` real seconds
+    (default 5): a template created, changed or deactivated is used by every worker within ``ttl_s`` plus
+    the projection's lag; ``ttl_s = 0`` reads the view for every message.
+
     Args:
         pool: sync psycopg pool with dict rows.
+        ttl_s: seconds a tenant's active template list is reused.
     """
 
-    def __init__(self, pool: ConnectionPool[Any]) -> None:
+    def __init__(self, pool: ConnectionPool[Any], *, ttl_s: float = 5.0) -> None:
         self._pool = pool
+        self.ttl_s = ttl_s
         self._parsed: dict[tuple[UUID, int], list[Template]] = {}
+        self._active: dict[
+            tuple[UUID, str, UUID | None], tuple[float, list[tuple[UUID, int, int, Template]]]
+        ] = {}
 
     def variations_of(
         self, tenant_id: UUID, template_type: str, template_id: UUID | None
@@ -72,6 +82,19 @@ class Renderer:
             RenderError: ``template_error`` when a stored variation does not parse (it was valid when saved,
                 so this means a bug).
         """
+        key = (tenant_id, template_type, template_id)
+        cached = self._active.get(key)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self.ttl_s:
+            return cached[1]
+        result = self._read_active(tenant_id, template_type, template_id)
+        if self.ttl_s > 0 and result:  # an empty list (a fresh tenant, a lagging view) is read again
+            self._active[key] = (now, result)
+        return result
+
+    def _read_active(
+        self, tenant_id: UUID, template_type: str, template_id: UUID | None
+    ) -> list[tuple[UUID, int, int, Template]]:
         with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             if template_id is not None:
                 row = cur.execute(

@@ -1,0 +1,115 @@
+"""Benchmark: what refusing a hostile body costs, over real HTTP against the real PostgreSQL.
+
+Prints, each as the median of ``--runs``:
+
+* a 9 MB batch whose names have 1,000 characters (over the 500 limit) → 422 ``value_too_long``;
+* a 17 MB body (over the 16 MiB limit of a send) → 413 ``body_too_large``;
+* a 10,000-level nested contact value → 422;
+* baseline in the same run: a valid POST of the same number of contacts with ordinary names → 202.
+
+Run: ``.venv/bin/python bench/hostile.py [--contacts 8500] [--runs 3]`` (PostgreSQL at 127.0.0.1:5432).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import threading
+import time
+import uuid
+
+import httpx
+import psycopg
+import uvicorn
+
+from billing.api.app import create_app
+from billing.bootstrap import build_container
+from billing.db import migrate
+from billing.projections.views import project_pending
+from billing.services.tenants import TenantService
+from billing.settings import Settings
+
+ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
+GATEWAY = {"base_url": "http://127.0.0.1:9", "instance": "bench", "api_key": "k", "api_version": "v2"}
+SEND = "/api/billing/v1/billing/send/notification"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def batch(n: int, name_length: int, seed: int) -> bytes:
+    rows = ",".join(
+        f'{{"nome": "{"n" * name_length}", "telefone": "+55119{(87000000 + seed * n + i) % 100000000:08d}"}}'
+        for i in range(n)
+    )
+    return f'{{"contacts": [{rows}]}}'.encode()
+
+
+def timed(client: httpx.Client, body: bytes, key: str, status: int) -> float:
+    started = time.perf_counter()
+    response = client.post(
+        SEND, content=body, headers={"X-Billing-API-Key": key, "Content-Type": "application/json"}
+    )
+    elapsed = time.perf_counter() - started
+    assert response.status_code == status, response.text[:300]
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--contacts", type=int, default=8_500)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    dbname = f"billing_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+    url = ADMIN_URL.rsplit("/", 1)[0] + "/" + dbname
+    try:
+        migrate(url)
+        container = build_container(Settings.from_env({}, database_url=url, jwt_secret="b" * 32))
+        tenants = TenantService(container.store, container.clock)
+        tenant_id = tenants.create_tenant(name="Bench", gateway=GATEWAY)
+        key = tenants.issue_api_key(tenant_id, "bench")
+        project_pending(container)
+        port = free_port()
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(container), host="127.0.0.1", port=port, log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.05)
+        hostile = batch(args.contacts, 1000, 0)
+        huge = hostile + b" " * (17 * 1024 * 1024 - len(hostile))
+        deep = b'{"contacts": [{"nome": "x", "v": ' + b"[" * 10_000 + b"]" * 10_000 + b"}]}"
+        figures: dict[str, list[float]] = {"9mb": [], "17mb": [], "deep": [], "valid": []}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            for run in range(args.runs):
+                figures["9mb"].append(timed(client, hostile, key, 422))
+                figures["17mb"].append(timed(client, huge, key, 413))
+                figures["deep"].append(timed(client, deep, key, 422))
+                figures["valid"].append(timed(client, batch(args.contacts, 20, run + 1), key, 202))
+        server.should_exit = True
+        thread.join(timeout=10)
+        container.store.close()
+        container.pool.close()
+        median = {name: statistics.median(values) for name, values in figures.items()}
+        print(
+            f"{len(hostile) / 1e6:.1f} MB, {args.contacts} names of 1,000 chars → 422: "
+            f"{median['9mb'] * 1000:.0f} ms"
+        )
+        print(f"17 MB body → 413: {median['17mb'] * 1000:.0f} ms")
+        print(f"10,000-level nesting → 422: {median['deep'] * 1000:.0f} ms")
+        print(f"baseline: valid POST of {args.contacts} contacts → 202: {median['valid'] * 1000:.0f} ms")
+        print(f"ratio: the 9 MB refusal costs {median['9mb'] / median['valid']:.3f}x the valid batch")
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Per-API-key rate limit of the public API: litestar's ``RateLimitMiddleware`` and its stores.
+
+What litestar gives: the window bookkeeping (``CacheObject`` history in a litestar ``Store``),
+the ``RateLimit-Limit/-Remaining/-Reset/-Policy`` headers, the stores (``MemoryStore``; ``RedisStore``
+shared by every ``api`` process when ``BILLING_REDIS_URL`` is set). What this subclass adds:
+
+- the identity is the API key (its SHA-256, never the clear text), not the client address; requests
+  without ``X-Billing-API-Key`` (admin, health, schema) are not counted here;
+- the limit is per key: ``BILLING_RATE_LIMITS`` overrides (by key prefix or tenant id) over the default
+  ``BILLING_RATE_LIMIT_PER_MINUTE`` (:func:`parse_overrides`);
+- the read-check-write of a key's window runs under a Redis lock when the store is shared (the library's
+  lock is per process, so two processes could both admit the last request of a window);
+- a refusal is 429 ``{code: "rate_limited", message, field: "X-Billing-API-Key"}`` with ``Retry-After``
+  (seconds until the window resets) beside the ``RateLimit-*`` headers.
+
+If the shared store is unreachable the request is let through (logged): the limit protects the service,
+it must not stop it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import anyio
+from litestar.datastructures import MutableScopeHeaders
+from litestar.exceptions import TooManyRequestsException
+from litestar.middleware.rate_limit import (
+    DURATION_VALUES,
+    CacheObject,
+    DurationUnit,
+    RateLimitConfig,
+    RateLimitMiddleware,
+)
+from litestar.stores.base import Store
+from litestar.stores.memory import MemoryStore
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from billing.api.auth import API_KEY_HEADER
+from billing.logging import get_logger
+
+STORE_NAME = "rate_limit"
+WINDOW: DurationUnit = "minute"
+WINDOW_S = DURATION_VALUES[WINDOW]
+log = get_logger(__name__)
+
+
+def parse_overrides(text: str) -> dict[str, int]:
+    """``BILLING_RATE_LIMITS``: comma-separated ``<who>=<requests per minute>``, where ``who`` is an API
+    key's prefix (its first 8 characters, as ``GET /api-keys/`` lists them) or a tenant id; a key's own
+    entry wins over its tenant's. Example: ``bk_AbCdE=3000,6f1c1f0e-0000-4000-8000-000000000001=120``.
+
+    Raises:
+        ValueError: an entry is not ``who=N`` with N a positive integer.
+    """
+    limits: dict[str, int] = {}
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        who, sep, value = entry.partition("=")
+        who = who.strip()
+        if not sep or not who or not value.strip().isdigit() or int(value) <= 0:
+            raise ValueError(f"{entry!r} is not <key prefix or tenant id>=<positive requests per minute>")
+        limits[who.lower() if len(who) == 36 else who] = int(value)
+    return limits
+
+
+class KeyRateLimitMiddleware(RateLimitMiddleware):
+    """litestar's rate limit middleware, keyed and sized per API key (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, config: KeyRateLimitConfig) -> None:
+        """Wrap ``app`` (litestar builds this from :attr:`KeyRateLimitConfig.middleware`)."""
+        super().__init__(app, config)
+        self.key_config = config
+        self._key_locks: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Count the request against its key's window; 429 when the window is full."""
+        app = scope["litestar_app"]
+        request = app.request_class(scope)
+        key = request.headers.get(API_KEY_HEADER)
+        if not key:
+            await self.app(scope, receive, send)
+            return
+        limit = await self.key_config.limit_for(request, key)
+        cache_key = f"{type(self).__name__}::{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+        store = self.config.get_store_from_app(app)
+        try:
+            async with self._window_lock(cache_key):
+                window = await self.retrieve_cached_history(cache_key, store)
+                if len(window.history) >= limit:
+                    headers = self._headers(window, limit)
+                    headers["Retry-After"] = headers[self.config.rate_limit_reset_header_key]
+                    raise TooManyRequestsException(
+                        detail=f"rate limit of {limit} requests per {WINDOW_S} s for this API key reached; "
+                        f"retry after {headers['Retry-After']} s",
+                        headers=headers,
+                    )
+                await self.set_cached_history(key=cache_key, cache_object=window, store=store)
+        except TooManyRequestsException:
+            raise
+        except Exception as exc:  # the shared store is down: serve, and say so
+            log.warning("rate limit store unavailable; request not counted", error=type(exc).__name__)
+            await self.app(scope, receive, send)
+            return
+        headers = self._headers(window, limit)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                scope_headers = MutableScopeHeaders.from_message(message)
+                for name, value in headers.items():
+                    scope_headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    @contextlib.asynccontextmanager
+    async def _window_lock(self, cache_key: str) -> AsyncIterator[None]:
+        """The key's lock in this process (one per key, so keys do not wait for each other; the library
+        has one lock for all), then — with the shared store — the key's Redis lock, so only one request
+        of one process at a time reads and writes the key's window."""
+        local = self._key_locks.get(cache_key)
+        if local is None:
+            local = self._key_locks[cache_key] = anyio.Lock()
+        async with local:
+            redis = self.key_config.redis
+            if redis is None:
+                yield
+                return
+            lock = redis.lock(
+                f"billing:rate_limit_lock:{cache_key}", timeout=5, sleep=0.002, blocking_timeout=10
+            )
+            async with lock:
+                yield
+
+    def _headers(self, window: CacheObject, limit: int) -> dict[str, str]:
+        used = len(window.history)
+        return {
+            self.config.rate_limit_policy_header_key: f"{limit}; w={WINDOW_S}",
+            self.config.rate_limit_limit_header_key: str(limit),
+            self.config.rate_limit_remaining_header_key: str(max(0, limit - used)),
+            self.config.rate_limit_reset_header_key: str(max(0, window.reset - int(time.time()))),
+        }
+
+
+@dataclass
+class KeyRateLimitConfig(RateLimitConfig):
+    """``RateLimitConfig`` with the per-key limits (see :func:`build_rate_limit`)."""
+
+    default_limit: int = 1200
+    overrides: dict[str, int] = field(default_factory=dict)
+    redis: Any = None
+    """The ``redis.asyncio.Redis`` client of the shared store (its locks), or None (memory store)."""
+    tenant_of: Callable[[str], Awaitable[UUID | None]] | None = None
+
+    async def limit_for(self, request: Any, key: str) -> int:
+        """The requests per minute allowed to ``key``: its prefix's override, its tenant's, the default."""
+        if key[:8] in self.overrides:
+            return self.overrides[key[:8]]
+        if self.overrides and self.tenant_of is not None:
+            tenant = await self.tenant_of(key)
+            if tenant is not None and str(tenant) in self.overrides:
+                return self.overrides[str(tenant)]
+        return self.default_limit
+
+
+def build_rate_limit(
+    *,
+    default_limit: int,
+    overrides: dict[str, int],
+    redis_url: str,
+    tenant_of: Callable[[str], Awaitable[UUID | None]] | None,
+) -> tuple[KeyRateLimitConfig, dict[str, Store]]:
+    """The middleware config and the ``stores`` mapping of the app.
+
+    Args:
+        default_limit: requests per minute of a key without an override (``BILLING_RATE_LIMIT_PER_MINUTE``).
+        overrides: :func:`parse_overrides` of ``BILLING_RATE_LIMITS``.
+        redis_url: ``BILLING_REDIS_URL``; empty: a per-process ``MemoryStore``.
+        tenant_of: ``async (key) -> tenant id | None`` (only called when there are overrides).
+    """
+    redis = None
+    store: Store
+    if redis_url:
+        from litestar.stores.redis import RedisStore
+        from redis.asyncio import Redis
+
+        redis = Redis.from_url(redis_url)
+        store = RedisStore(redis, namespace="billing_rate_limit", handle_client_shutdown=True)
+    else:
+        store = MemoryStore()
+    config = KeyRateLimitConfig(
+        rate_limit=(WINDOW, default_limit),
+        store=STORE_NAME,
+        middleware_class=KeyRateLimitMiddleware,
+        default_limit=default_limit,
+        overrides=overrides,
+        redis=redis,
+        tenant_of=tenant_of,
+    )
+    return config, {STORE_NAME: store}

@@ -1,0 +1,195 @@
+"""Before the claim, about the person: opted out? which WhatsApp account? over the per-debtor cap?
+
+The worker gathers the facts here and the pure domain decides:
+
+1. **Opt-out** — the phone's Conversation (event store) says opted out → skip ``opted_out``, no send.
+2. **Account** — :func:`billing.domain.whatsapp.lookup_candidates` gives both forms of a Brazilian
+   mobile; the answer is read from ``whatsapp_accounts`` while :func:`~billing.domain.whatsapp.is_fresh`,
+   else asked from the gateway (``/chat/whatsappNumbers``) together with the other pending contacts of the
+   same queue that have no fresh answer, at most 50 numbers a call and one call per tenant per
+   :data:`LOOKUP_INTERVAL_S` in this process (bulk checks get accounts flagged). No account → skip
+   ``not_on_whatsapp``. A lookup that fails (gateway error) falls back to sending to the bare number.
+3. **Per-debtor cap** — :func:`billing.domain.debtor_cap.decide_cap` on today's ``debtor_sends`` of the
+   phone, under an advisory lock per (tenant, phone); refused → defer to the next opening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import structlog
+
+from billing.db import ViewsPool
+from billing.domain.calendar import BusinessCalendar
+from billing.domain.contact import Contact
+from billing.domain.conversation import Conversation, conversation_id
+from billing.domain.debtor_cap import CapDecision, capped, decide_cap, local_day_bounds
+from billing.domain.engagement import Engagement, EngagementSettings, engagement_id
+from billing.domain.sending import RecipientFacts
+from billing.domain.whatsapp import (
+    ABSENT_TTL,
+    LOOKUP_BATCH,
+    Account,
+    choose_account,
+    is_fresh,
+    lookup_candidates,
+)
+from billing.eventstore import EventStore, get_owned
+from billing.gateway.client import GatewayError
+
+__all__ = ["LOOKUP_INTERVAL_S", "Recipient"]
+
+log = structlog.get_logger(__name__)
+
+LOOKUP_INTERVAL_S = 1.0
+"""Least real seconds between two lookup calls of one tenant from one process."""
+_LOCK_CLASS = 0x62696C6C  # 'bill', as the send ledger's
+_PEERS = """
+SELECT DISTINCT c.phone FROM campaign_contacts c
+LEFT JOIN whatsapp_accounts a ON a.tenant_id = c.tenant_id AND a.phone = c.phone
+WHERE c.queue_id = %s AND c.status IN ('pending', 'dispatched') AND c.phone IS NOT NULL AND c.phone <> %s
+  AND (a.checked_at IS NULL OR a.checked_at < %s)
+LIMIT %s
+"""
+
+
+class Recipient:
+    """See the module docstring. One per worker process."""
+
+    def __init__(self, store: EventStore, pool: ViewsPool) -> None:
+        self.store = store
+        self.pool = pool
+        self.lookups = 0
+        """Lookup calls made (``/chat/whatsappNumbers`` requests) by this process."""
+        self._last_call: dict[UUID, float] = {}
+        self._locks: dict[UUID, asyncio.Lock] = {}
+
+    async def gather(
+        self, contact: Contact, client: Any, calendar: BusinessCalendar, now: datetime
+    ) -> RecipientFacts:
+        """The facts about the contact's phone at ``now`` (pending, due, queue running, inside business
+        hours). Stops at the first that settles it: an opt-out needs no lookup, no account needs no cap."""
+        assert contact.phone is not None
+        allowed = CapDecision(allowed=True)
+        conversation = await asyncio.to_thread(
+            get_owned, self.store, conversation_id(contact.tenant_id, contact.phone), Conversation
+        )
+        if conversation is not None and conversation.opted_out:
+            return RecipientFacts(opted_out=True, account=None, cap=allowed)
+        account = await self.account(contact, client, now)
+        if account is not None and not account.exists:
+            return RecipientFacts(opted_out=False, account=account, cap=allowed)
+        engagement = await asyncio.to_thread(
+            get_owned, self.store, engagement_id(contact.tenant_id), Engagement
+        )
+        settings = engagement.typed if engagement else EngagementSettings()
+        cap = allowed
+        if capped(contact.template_type, cap_notices=settings.cap_notices):
+            cap = await asyncio.to_thread(self._cap, contact, settings, calendar, now)
+        return RecipientFacts(opted_out=False, account=account, cap=cap)
+
+    # ---- account lookup ------------------------------------------------------------------------------
+
+    def _cached(self, tenant_id: UUID, phones: list[str]) -> dict[str, tuple[str | None, datetime]]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT phone, jid, checked_at FROM whatsapp_accounts "
+                "WHERE tenant_id = %s AND phone = ANY(%s)",
+                (tenant_id, phones),
+            ).fetchall()
+        return {r["phone"]: (r["jid"], r["checked_at"]) for r in rows}
+
+    def _peers(self, contact: Contact, now: datetime, room: int) -> list[str]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(_PEERS, (contact.queue_id, contact.phone, now - ABSENT_TTL, room)).fetchall()
+        return [r["phone"] for r in rows]
+
+    def _remember(self, tenant_id: UUID, accounts: dict[str, Account], now: datetime) -> None:
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            for phone, account in accounts.items():
+                cur.execute(
+                    """INSERT INTO whatsapp_accounts (tenant_id, phone, jid, checked_at)
+                       VALUES (%s, %s, %s, %s)
+                       ON CONFLICT (tenant_id, phone)
+                       DO UPDATE SET jid = EXCLUDED.jid, checked_at = EXCLUDED.checked_at""",
+                    (tenant_id, phone, account.jid, now),
+                )
+
+    async def account(self, contact: Contact, client: Any, now: datetime) -> Account | None:
+        """The account of the contact's phone (cached or looked up now, with peers of its queue), or None
+        when the lookup failed (send to the bare number)."""
+        assert contact.phone is not None
+        tenant_id = contact.tenant_id
+        cached = await asyncio.to_thread(self._cached, tenant_id, [contact.phone])
+        hit = cached.get(contact.phone)
+        if hit is not None and is_fresh(Account(hit[0]), hit[1], now):
+            return Account(hit[0])
+        lock = self._locks.setdefault(tenant_id, asyncio.Lock())
+        async with lock:
+            cached = await asyncio.to_thread(self._cached, tenant_id, [contact.phone])  # another task asked?
+            hit = cached.get(contact.phone)
+            if hit is not None and is_fresh(Account(hit[0]), hit[1], now):
+                return Account(hit[0])
+            own = list(lookup_candidates(contact.phone))
+            peers = await asyncio.to_thread(self._peers, contact, now, (LOOKUP_BATCH - len(own)) // 2)
+            phones = [contact.phone]
+            numbers = list(own)
+            for phone in peers:
+                candidates = lookup_candidates(phone)
+                if len(numbers) + len(candidates) > LOOKUP_BATCH:
+                    break
+                phones.append(phone)
+                numbers.extend(candidates)
+            wait = self._last_call.get(tenant_id, 0.0) + LOOKUP_INTERVAL_S - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._last_call[tenant_id] = time.monotonic()
+            self.lookups += 1
+            try:
+                answers = await client.lookup_accounts(numbers)
+            except GatewayError as exc:
+                log.warning("whatsapp_lookup_failed", code=exc.outcome.code)
+                return None
+            accounts: dict[str, Account] = {}
+            for phone in phones:
+                candidates = lookup_candidates(phone)
+                if all(c in answers for c in candidates) or any(answers.get(c) for c in candidates):
+                    accounts[phone] = choose_account(candidates, answers)
+            await asyncio.to_thread(self._remember, tenant_id, accounts, now)
+            return accounts.get(contact.phone)
+
+    # ---- per-debtor cap ------------------------------------------------------------------------------
+
+    def _cap(
+        self, contact: Contact, settings: EngagementSettings, calendar: BusinessCalendar, now: datetime
+    ) -> Any:
+        start, end = local_day_bounds(calendar, now)
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                (_LOCK_CLASS, f"{contact.tenant_id}:{contact.phone}"),
+            )
+            row = conn.execute(
+                """SELECT count(*) AS n FROM debtor_sends
+                   WHERE tenant_id = %s AND phone = %s AND at >= %s AND at < %s AND contact_id <> %s""",
+                (contact.tenant_id, contact.phone, start, end, contact.id),
+            ).fetchone()
+            decision = decide_cap(
+                sent_today=int(row["n"]) if row else 0,
+                cap=settings.daily_cap,
+                template_type=contact.template_type,
+                cap_notices=settings.cap_notices,
+                calendar=calendar,
+                now=now,
+            )
+            if decision.allowed:
+                conn.execute(
+                    """INSERT INTO debtor_sends (contact_id, tenant_id, phone, at) VALUES (%s, %s, %s, %s)
+                       ON CONFLICT (contact_id) DO UPDATE SET at = EXCLUDED.at""",
+                    (contact.id, contact.tenant_id, contact.phone, now),
+                )
+        return decision
