@@ -177,6 +177,12 @@ class QueueCounts(Struct):
     skipped: int
     rejected: int
     cancelled: int
+    delivered: int
+    """Sent contacts whose delivery receipt came back (gateway webhook)."""
+    read: int
+    """Sent contacts the debtor read (read receipt)."""
+    replied: int
+    """Sent contacts the debtor replied to."""
 
 
 class QueueStatusDoc(Struct, kw_only=True):
