@@ -42,6 +42,7 @@ COMMANDS = """commands:
   tenant list                   list tenants
   api-key create                issue an API key for a tenant (prints the key once)
   admin token                   mint an admin JWT for a tenant (needs BILLING_JWT_SECRET)
+  user create                   create a dashboard user of a tenant (prompts for the password)
   api                           serve the public API (uvicorn)
   relay                         publish new events to RabbitMQ (outbox relay)
   projections                   keep the read models up to date
@@ -123,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", required=True, type=_uuid, help="tenant id")
     p.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     p.set_defaults(handler=cmd_admin_token)
+
+    group = sub.add_parser("user", description="dashboard users")
+    group.set_defaults(handler=_usage_of(group))
+    users = group.add_subparsers(metavar="ACTION")
+    p = users.add_parser("create", help="create a dashboard user (prompts for the password; or reads stdin)")
+    p.add_argument("--tenant", required=True, type=_uuid, help="tenant id")
+    p.add_argument("--email", required=True)
+    p.add_argument("--role", choices=("admin", "viewer"), default="admin")
+    p.set_defaults(handler=cmd_user_create)
 
     sub.add_parser("api", description="serve the public API").set_defaults(handler=cmd_api)
     sub.add_parser("relay", description="outbox relay to RabbitMQ").set_defaults(handler=cmd_relay)
@@ -301,6 +311,36 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
     from billing.api.auth import mint_token
 
     print(mint_token(secret, str(args.tenant), args.ttl))
+    return 0
+
+
+def cmd_user_create(args: argparse.Namespace) -> int:
+    """``billing user create``: a dashboard user; the password is prompted twice on a terminal, or read
+    as the first line of standard input otherwise (scripts, tests). Prints the user id."""
+    import getpass
+    import sys
+
+    from billing.domain.errors import InvalidValue, NotFound
+    from billing.services.users import UserService
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise CliError("the passwords differ", code=2)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    container = _admin_container()
+    try:
+        user = UserService(container.store, container.pool, container.clock).create(
+            args.tenant, email=args.email, password=password, role=args.role
+        )
+    except NotFound as exc:
+        raise CliError(f"tenant {args.tenant}: {exc}") from None
+    except InvalidValue as exc:
+        raise CliError(f"{exc.field}: {exc.message}", code=2) from None
+    finally:
+        _close_sync(container)
+    print(user.id)
     return 0
 
 

@@ -177,6 +177,7 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
             _seed_demo, container, state, gateway, args.api_key, DevSecrets(args.data_dir)
         )
         state.save(tenant_id=str(tenant_id), gateway_key=gateway_key, gateway_port=gateway_port)
+        login = await asyncio.to_thread(_seed_demo_user, container, state, tenant_id)
         await asyncio.to_thread(_wire_gateway_webhook, container, simulator, tenant_id, args)
 
         gateway_server = _uvicorn_server(simulator.asgi_app, "127.0.0.1", gateway_port, interface="asgi3")
@@ -197,6 +198,7 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
                 args,
                 api_key=api_key,
                 tenant_id=tenant_id,
+                login=login,
                 extra={
                     "Admin JWT": _admin_token(settings, tenant_id),
                     "Operator": f"{settings.operator_token}   (Bearer token of /health/detail)",
@@ -262,6 +264,30 @@ def _seed_demo(
     key = service.issue_api_key(tenant_id, "dev")
     kept.put("api_key", key)
     return tenant_id, key
+
+
+DEMO_EMAIL = "demo@empresa.demo"
+
+
+def _seed_demo_user(container: Any, state: _DevState, tenant_id: UUID) -> tuple[str, str]:
+    """The demo tenant's dashboard admin (email, password): created once, its password kept in the data
+    directory's state file so it stays the same across runs."""
+    import secrets
+
+    from billing.domain.user import User, user_id_for
+    from billing.eventstore import get_owned
+    from billing.services.users import UserService
+
+    password = str(state.values.get("dashboard_password") or secrets.token_urlsafe(12))
+    user = get_owned(container.store, user_id_for(DEMO_EMAIL), User)
+    if user is None or user.tenant_id != tenant_id or user.removed:
+        if user is not None and user.tenant_id != tenant_id:
+            raise CliError("the demo user belongs to another tenant: reset the data directory")
+        UserService(container.store, container.pool, container.clock).create(
+            tenant_id, email=DEMO_EMAIL, password=password, role="admin"
+        )
+    state.save(dashboard_password=password)
+    return DEMO_EMAIL, password
 
 
 def _wire_gateway_webhook(container: Any, simulator: Any, tenant_id: UUID, args: argparse.Namespace) -> None:
@@ -342,6 +368,7 @@ async def _announce(
     *,
     api_key: str,
     tenant_id: UUID,
+    login: tuple[str, str],
     extra: dict[str, str],
 ) -> None:
     """Once ``/health/ready`` answers 200 (never before: "running" means a request would work), print where
@@ -354,6 +381,7 @@ async def _announce(
     lines = [
         "",
         "billing dev is running (Ctrl-C to stop).",
+        f"  Dashboard:  {base}/dashboard/   (e-mail {login[0]}, senha {login[1]})",
         f"  API:        {base}   (OpenAPI: {base}/schema)",
         f"  API key:    {api_key}",
         f"  Tenant:     {tenant_id}",

@@ -43,6 +43,10 @@ class Settings:
         poll_interval_s: seconds between polls of the notification log when no NOTIFY arrives.
         gateway_timeout_s: seconds an Evolution API call may take (on top of its typing delay).
         broker_prefix: prefix of every exchange and queue name (tests isolate themselves with it).
+        public_url: ``BILLING_PUBLIC_URL``, the address tenants reach the API at (the dashboard's curl
+            examples use it; an ``https://`` one makes the dashboard's session cookie ``Secure``). Empty:
+            the address of each request. The gateway's webhook is configured to call it; empty:
+            ``POST /gateway/webhook/setup`` must be given one.
         operator_token: ``BILLING_OPERATOR_TOKEN`` (at least 32 characters): the bearer token of
             ``GET /health/detail`` (event counts, projection lag and errors); empty: it answers 401.
         redis_url: ``BILLING_REDIS_URL``, e.g. ``redis://127.0.0.1:6379/0``: the store of the per-API-key rate
@@ -61,8 +65,6 @@ class Settings:
             (:class:`~billing.services.clock.ScaledClock`), so several processes share one fast clock.
         webhooks_allow_private: ERP webhook endpoints may be loopback or private addresses
             (``BILLING_WEBHOOKS_ALLOW_PRIVATE=1``; link-local and metadata addresses never are).
-        public_url: the API's public base URL (``https://billing.example``), which the gateway's webhook
-            is configured to call; empty: ``POST /gateway/webhook/setup`` must be given one.
     """
 
     database_url: str
@@ -155,6 +157,8 @@ class Settings:
         for name in ("pool_size", "worker_prefetch", "api_port", "rate_limit_per_minute"):
             if int(getattr(self, name)) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise SettingsError(f"{PREFIX}PUBLIC_URL must be an http(s) URL, got {self.public_url!r}")
         self.scaled_clock()
 
     def scaled_clock(self) -> ScaledClock | None:

@@ -119,3 +119,29 @@ def test_billing_dev_sends_the_demo_batch_and_reaches_completed(dev_server: str)
     assert items[2]["message_text"] == "Ana Reis, temos um aviso para você. Seu boleto está disponível."
     assert items[1]["error"]["code"] == "invalid_phone"
     assert all(i["gateway_message_id"] for i in (items[0], items[2]))
+
+
+def test_billing_dev_prints_the_dashboard_url_and_a_demo_login_that_works(
+    dev_server: str, tmp_path: Path
+) -> None:
+    import re
+
+    deadline = time.monotonic() + 10
+    line = None
+    while line is None and time.monotonic() < deadline:
+        line = re.search(
+            r"Dashboard:\s+(\S+)\s+\(e-mail (\S+), senha (\S+)\)", (tmp_path / "dev.log").read_text()
+        )
+        time.sleep(0.2)
+    assert line, (tmp_path / "dev.log").read_text()
+    url, email, password = line.groups()
+    assert url == f"{dev_server}/dashboard/"
+    with httpx.Client(timeout=10, follow_redirects=True) as client:
+        login = client.get(f"{dev_server}/dashboard/login")
+        token = re.search(r'name="_csrf_token" value="([^"]+)"', login.text).group(1)  # type: ignore[union-attr]
+        answer = client.post(
+            f"{dev_server}/dashboard/login",
+            data={"email": email, "password": password, "_csrf_token": token, "next": "/dashboard/"},
+        )
+        assert answer.status_code == 200, answer.text
+        assert "Empresa Demo" in answer.text and "Visão geral" in answer.text

@@ -99,6 +99,7 @@ def test_billing_migrate_from_the_wheel_applies_the_packaged_ddl(
         "applied 002_worker.sql",
         "applied 003_contact_deferral.sql",
         "applied 004_after_send.sql",
+        "applied 005_dashboard.sql",
     ]
     with psycopg.connect(empty_database) as conn:
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}

@@ -132,7 +132,7 @@ async def test_a_two_variation_template_from_the_admin_api_alternates_in_the_sen
     client, public, admin = system["client"], system["public"], system["admin"]
     simulator: EvolutionSimulator = system["simulator"]
 
-    # 1. the admin creates the template and retires the default overdue one
+    # 1. the admin creates the template, makes it the overdue default and retires the built-in one
     created = await client.post(
         f"{BASE}/templates/",
         json={
@@ -149,6 +149,12 @@ async def test_a_two_variation_template_from_the_admin_api_alternates_in_the_sen
     default = next(
         t for t in templates if t["template_type"] == "overdue" and t["template_id"] != template_id
     )
+    refused = await client.delete(f"{BASE}/templates/{default['template_id']}/", headers=admin)
+    assert refused.status_code == 409  # still the default: another must be chosen first
+    assert refused.json()["code"] == "default_template"
+    chosen = await client.post(f"{BASE}/templates/{template_id}/default", headers=admin)
+    assert chosen.status_code == 200, chosen.text
+    assert chosen.json()["default"] is True
     retired = await client.delete(f"{BASE}/templates/{default['template_id']}/", headers=admin)
     assert retired.status_code == 200
     assert retired.json()["active"] is False
@@ -156,7 +162,8 @@ async def test_a_two_variation_template_from_the_admin_api_alternates_in_the_sen
     async def only_mine_active() -> list[str] | None:
         listed = (await client.get(f"{BASE}/templates/", headers=admin)).json()
         active = [t["template_id"] for t in listed if t["template_type"] == "overdue" and t["active"]]
-        return active if active == [template_id] else None
+        defaults = [t["template_id"] for t in listed if t["template_type"] == "overdue" and t["default"]]
+        return active if active == [template_id] and defaults == [template_id] else None
 
     await eventually(only_mine_active, "the templates view to show only the new overdue template active")
 

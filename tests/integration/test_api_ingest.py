@@ -76,7 +76,7 @@ async def test_post_stores_campaign_and_rejects_bad_phone_alone(api: Any, databa
     assert event_count(database_url) - BASELINE_EVENTS == 5
 
 
-BASELINE_EVENTS = 5  # tenant + 3 default templates + 1 api key
+BASELINE_EVENTS = 8  # tenant + 3 default templates + their 3 default choices + 1 api key
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ from billing.domain.contact import Contact
 from billing.domain.queue import Queue
 from billing.domain.template import MessageTemplate
 from billing.domain.tenant import Tenant
+from billing.domain.user import AdminAction, User
 from billing.projections.views import VIEW_TABLES, project_pending, rebuild_projections, run_projections
 from billing.services.queries import Queries
 from billing.settings import Settings
@@ -216,7 +217,18 @@ def full_scenario(container: Container) -> tuple[UUID, Posted, Posted]:
         active=True,
         at=at(0),
     )
-    store.save(tenant, key, template)
+    tenant.choose_default_template(
+        template_id=template.id, template_tenant=tenant_id, template_type="overdue", active=True, at=at(0)
+    )
+    user = User.create(
+        tenant_id=tenant_id, email="ana@acme.example", password_hash="x", role="admin", by=None, at=at(0)
+    )
+    store.save(tenant, key, template, user)
+    action = AdminAction.record(
+        action_id=uuid.uuid4(), tenant_id=tenant_id, user_id=user.id, email=user.email,
+        action="user.remove", target="bia@acme.example", at=at(1),
+    )  # fmt: skip
+    store.save(action)
     tenant.configure_gateway({**gateway, "api_key": "k2"}, at=at(1))
     key.revoke(at=at(2))
     template.change(variations=["Oi {{nome_cliente}}", "Olá {{nome_cliente}}"], at=at(3))
@@ -513,15 +525,27 @@ def test_every_event_topic_of_the_domain_is_projected_or_knowingly_ignored() -> 
     from billing.domain.queue import Queue
     from billing.domain.template import MessageTemplate
     from billing.domain.tenant import Tenant
+    from billing.domain.user import AdminAction, User
     from billing.projections.writers import HANDLED_TOPICS
 
     bases = {  # never recorded
         "billing.Contact.Created", "billing.ApiKey.Created", "billing.Tenant.Created",
-        "billing.Conversation.Created", "billing.Engagement.Created",
+        "billing.Conversation.Created", "billing.Engagement.Created", "billing.AdminAction.Created",
     }  # fmt: skip
     topics = {
         value.TOPIC
-        for aggregate in (ApiKey, Campaign, Contact, Queue, MessageTemplate, Tenant, Conversation, Engagement)
+        for aggregate in (
+            ApiKey,
+            Campaign,
+            Contact,
+            Queue,
+            MessageTemplate,
+            Tenant,
+            Conversation,
+            Engagement,
+            User,
+            AdminAction,
+        )
         for value in vars(aggregate).values()
         if isinstance(value, type) and issubclass(value, CanMutateAggregate) and getattr(value, "TOPIC", None)
     }

@@ -294,6 +294,14 @@ def create_tenant(
         )
         for kind in TemplateType
     ]
+    for template in templates:
+        tenant.choose_default_template(
+            template_id=template.id,
+            template_tenant=tenant.id,
+            template_type=template.template_type,
+            active=True,
+            at=now,
+        )
     world.store.save(tenant, *templates)
     return tenant.id
 

@@ -36,11 +36,16 @@ def test_a_new_tenant_gets_the_default_templates_in_one_save(store: EventStore, 
     stored = store.recorder.select_notifications(start=None, limit=100)
     assert [n.topic for n in stored] == [
         "billing.Tenant.Registered",
+        *["billing.Tenant.DefaultTemplateChosen"] * 3,  # each built-in template is its type's default
         *["billing.Template.Created"] * 3,
     ]
-    templates = [store.repository.get(n.originator_id) for n in stored[1:]]
+    templates = [store.repository.get(n.originator_id) for n in stored[4:]]
     assert all(isinstance(t, MessageTemplate) and t.tenant_id == tenant_id for t in templates)
     assert sorted(t.template_type for t in templates) == ["notification", "overdue", "upcoming"]
+    tenant = TenantService(store, clock).get_tenant(tenant_id)
+    assert {t.template_type: tenant.default_template(t.template_type) for t in templates} == {
+        t.template_type: t.id for t in templates
+    }
 
 
 def test_an_issued_key_authenticates_until_revoked(store: EventStore, clock: FakeClock) -> None:

@@ -81,7 +81,7 @@ TEMPLATE_EXAMPLE = {
 }
 
 
-def _template_doc(template: Any) -> TemplateDoc:
+def _template_doc(template: Any, *, default: bool = False) -> TemplateDoc:
     return TemplateDoc(
         template_id=template.id,
         name=template.name,
@@ -90,6 +90,7 @@ def _template_doc(template: Any) -> TemplateDoc:
         variations=list(template.variations),
         active=template.active,
         version=template.version,
+        default=default,
     )
 
 
@@ -215,13 +216,24 @@ class AdminController(Controller):
         """Change a template; every change is an event."""
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
         template = await run_sync(services.templates.change, request.user.tenant_id, template_id, **changes)
-        return _template_doc(template)
+        return _template_doc(template, default=await _is_default(services, template))
 
     @delete("/templates/{template_id:uuid}/", status_code=200, responses=_ops(s404=("template_not_found",)))
     async def deactivate_template(self, request: Req, template_id: UUID, services: Services) -> TemplateDoc:
         """Deactivate a template; its history stays."""
         template = await run_sync(services.templates.deactivate, request.user.tenant_id, template_id)
-        return _template_doc(template)
+        return _template_doc(template, default=False)
+
+    @post(
+        "/templates/{template_id:uuid}/default",
+        status_code=200,
+        responses=_ops(s404=("template_not_found",), s422=("template_inactive", "template_not_found")),
+    )
+    async def make_default_template(self, request: Req, template_id: UUID, services: Services) -> TemplateDoc:
+        """Make the template its type's default (the one sends without ``template_id`` use); 422
+        ``template_inactive`` for an inactive one, 404 for another tenant's."""
+        template = await run_sync(services.templates.make_default, request.user.tenant_id, template_id)
+        return _template_doc(template, default=True)
 
     @post(
         "/templates/{template_id:uuid}/preview",
@@ -350,6 +362,11 @@ class AdminController(Controller):
             _history, services, request.user.tenant_id, template_id, MessageTemplate, "template"
         )
         return TemplateHistory(template_id=template_id, events=[_event_doc(e) for e in events])
+
+
+async def _is_default(services: Services, template: Any) -> bool:
+    tenant = await run_sync(services.tenants.get_tenant, template.tenant_id)
+    return bool(tenant.default_template(template.template_type) == template.id)
 
 
 def _history(services: Services, tenant_id: UUID, aggregate_id: UUID, kind: type, name: str) -> list[Any]:

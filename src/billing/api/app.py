@@ -21,6 +21,7 @@ from billing.api.hooks import GatewayWebhookController, HooksAdminController, Qu
 from billing.api.public import PublicController
 from billing.api.ratelimit import build_rate_limit, parse_overrides
 from billing.bootstrap import Container
+from billing.dashboard import dashboard_middleware, dashboard_routers, template_config
 from billing.projections.tracking import load_position
 from billing.projections.views import PROJECTION
 
@@ -109,7 +110,9 @@ def create_app(container: Container) -> Litestar:
     """Build the API over ``container`` (needs ``settings.jwt_secret`` for the admin API)."""
     services = Services.build(container)
     settings = container.settings
-    auth = jwt_auth(settings.require_jwt_secret())
+    secret = settings.require_jwt_secret()
+    auth = jwt_auth(secret)
+    secure = settings.public_url.startswith("https://")
 
     async def tenant_of(key: str) -> Any:
         return await run_sync(services.tenants.authenticate, key)
@@ -131,9 +134,11 @@ def create_app(container: Container) -> Litestar:
             ready,
             health_detail,
             assets_router(),
+            *dashboard_routers(secret, secure_cookies=secure),
         ],
+        template_config=template_config(),
         before_send=[_security_headers],
-        middleware=[rate_limit.middleware],
+        middleware=[rate_limit.middleware, *dashboard_middleware(secret, secure_cookies=secure)],
         stores=stores,
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=BillingRequest,

@@ -15,12 +15,15 @@ from litestar.handlers import BaseRouteHandler
 from billing.api.auth import API_KEY_HEADER
 from billing.api.errors import Unauthorized
 from billing.bootstrap import Container
+from billing.domain.apikey import api_key_id
 from billing.services.cancel import CancelService
 from billing.services.engagement import EngagementService
 from billing.services.ingest import IngestService
 from billing.services.queries import Queries
 from billing.services.templates import TemplateService
-from billing.services.tenants import TenantService
+from billing.services.tenants import TenantService, hash_api_key
+from billing.services.usage import KeyUsage
+from billing.services.users import UserService
 
 T = TypeVar("T")
 
@@ -35,6 +38,8 @@ class Services:
     templates: TemplateService
     queries: Queries
     cancel: CancelService
+    users: UserService
+    key_usage: KeyUsage
     engagement: EngagementService
 
     @classmethod
@@ -50,6 +55,8 @@ class Services:
             templates=TemplateService(container.store, container.clock),
             queries=queries,
             cancel=CancelService(container.store, container.pool, container.clock),
+            users=UserService(container.store, container.pool, container.clock),
+            key_usage=KeyUsage(container.pool),
             engagement=EngagementService(
                 container.store,
                 container.pool,
@@ -86,6 +93,9 @@ async def api_key_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseR
         tenant_id = await run_sync(services.tenants.authenticate, key)
     if tenant_id is None:
         raise Unauthorized("unknown or revoked API key", field=API_KEY_HEADER)
+    key_id = api_key_id(hash_api_key(key))
+    if services.key_usage.due(key_id):
+        await run_sync(services.key_usage.touch, key_id, services.container.clock.now())
     connection.state.tenant_id = tenant_id
 
 

@@ -103,12 +103,20 @@ class SendRequest(Struct, kw_only=True, forbid_unknown_fields=True):
 
     ``allow_duplicate_phones``: by default a contact whose phone (normalised) an earlier contact of the
     batch already has is rejected ``duplicate_phone``; ``true`` sends to both.
+
+    ``template_id``: send with this template of the type (active, the tenant's) instead of the type's
+    default; absent: the default (422 ``template_not_found``, ``template_type_mismatch``,
+    ``template_inactive`` or ``no_active_template``).
     """
 
     contacts: Annotated[list[ContactFields], Meta(min_length=1, max_length=MAX_CONTACTS)]
     template_type: TemplateTypeName | None = None
     external_id: ExternalId | None = None
     allow_duplicate_phones: bool = False
+    template_id: Annotated[
+        UUID | None,
+        Meta(description="a template of the type to send with instead of the type's default"),
+    ] = None
 
 
 class CancelContactsRequest(Struct, forbid_unknown_fields=True):
@@ -172,7 +180,9 @@ class QueueCounts(Struct):
     delivered: int = 0
     """Sent contacts with a delivery receipt (a read receipt implies delivery)."""
     read: int = 0
+    """Sent contacts the debtor read (read receipt)."""
     replied: int = 0
+    """Sent contacts the debtor replied to."""
 
 
 class QueueStatusDoc(Struct, kw_only=True):
@@ -380,6 +390,8 @@ class TemplateDoc(Struct, omit_defaults=True):
     variations: list[str]
     active: bool
     version: int
+    default: bool
+    """The template is its type's default: the one a send without ``template_id`` uses."""
     updated_at: str | UnsetType | None = UNSET
 
 

@@ -48,6 +48,7 @@ class Contact(Aggregate):
         not_before: datetime | None
         error_code: str | None
         cancelled_in_flight: bool
+        template_id: UUID | None
         deferred_for: str | None
         delivered_at: datetime | None
         read_at: datetime | None
@@ -80,10 +81,12 @@ class Contact(Aggregate):
         amount_total: Decimal | None
         due_date: date | None
         ordinal: int = 0
+        template_id: UUID | None = None  # the template the send named; None: the type's default
 
         def apply(self, aggregate: Contact) -> None:
             aggregate._init_common(self.tenant_id, self.campaign_id, self.queue_id, self.index)
             aggregate.ordinal = self.ordinal
+            aggregate.template_id = self.template_id
             aggregate.template_type = self.template_type
             aggregate.external_id = self.external_id
             aggregate.fields = dict(self.fields)
@@ -271,6 +274,7 @@ class Contact(Aggregate):
         self.not_before = None
         self.error_code = None
         self.cancelled_in_flight = False
+        self.template_id: UUID | None = None
         self.delivered_at = self.read_at = self.played_at = self.replied_at = None
         self.deferred_for = None
         self.cancel_reason = None

@@ -49,6 +49,7 @@ class Tenant(Aggregate):
         gateway: dict[str, str]
         policy: dict[str, Any]
         gateway_generation: int
+        default_templates: dict[str, UUID]
 
     class Created(Aggregate.Created):
         """Base of the creation event; never recorded itself."""
@@ -68,6 +69,7 @@ class Tenant(Aggregate):
             aggregate.gateway = dict(self.gateway)
             aggregate.policy = dict(self.policy)
             aggregate.gateway_generation = 1
+            aggregate.default_templates = {}
 
     class GatewayConfigured(Aggregate.Event):
         """The admin changed the gateway settings (lifts a ``gateway_misconfigured`` pause)."""
@@ -87,6 +89,20 @@ class Tenant(Aggregate):
 
         def apply(self, aggregate: Tenant) -> None:
             aggregate.policy = dict(self.policy)
+
+    class DefaultTemplateChosen(Aggregate.Event):
+        """The admin made ``template_id`` the default of ``template_type``: its variations rotate for
+        every send of that type that names no template."""
+
+        TOPIC = "billing.Tenant.DefaultTemplateChosen"
+        template_type: str
+        template_id: UUID
+
+        def apply(self, aggregate: Tenant) -> None:
+            aggregate.default_templates = {
+                **aggregate.default_templates,
+                self.template_type: self.template_id,
+            }
 
     @classmethod
     def register(
@@ -124,6 +140,33 @@ class Tenant(Aggregate):
         parse_policy(merged)
         if merged != self.policy:
             self.trigger_event(self.PolicyChanged, policy=merged, timestamp=at)
+
+    def default_template(self, template_type: str) -> UUID | None:
+        """The id of the type's default template, or None when none was chosen."""
+        return self.default_templates.get(template_type)
+
+    def choose_default_template(
+        self, *, template_id: UUID, template_tenant: UUID, template_type: str, active: bool, at: datetime
+    ) -> None:
+        """Make a template the default of its type (one default per type: the previous one stops being
+        used by sends that name no template). Records nothing when it already is.
+
+        Raises:
+            InvalidValue: ``template_inactive`` (an inactive template cannot be the default) or
+                ``template_not_found`` (another tenant's template), naming ``template_id``.
+        """
+        if template_tenant != self.id:
+            raise InvalidValue("template not found", code="template_not_found", field="template_id")
+        if not active:
+            raise InvalidValue(
+                "an inactive template cannot be the default: activate it first",
+                code="template_inactive",
+                field="template_id",
+            )
+        if self.default_templates.get(template_type) != template_id:
+            self.trigger_event(
+                self.DefaultTemplateChosen, template_type=template_type, template_id=template_id, timestamp=at
+            )
 
 
 @lru_cache(maxsize=1024)

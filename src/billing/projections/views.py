@@ -64,6 +64,7 @@ REBUILD_BATCH_SIZE = 50_000
 """Notifications per batch of a rebuild (one transaction each; ~1 KB each in memory while folded)."""
 VIEW_TABLES = (
     "tenants", "api_keys", "templates", "campaigns", "queue_status", "campaign_contacts", "opt_outs",
+    "default_templates", "outcome_counts", "users", "admin_actions",
 )  # fmt: skip
 
 

@@ -43,6 +43,7 @@ from billing.domain.engagement import Engagement
 from billing.domain.queue import Queue
 from billing.domain.template import MessageTemplate
 from billing.domain.tenant import Tenant
+from billing.domain.user import AdminAction, User
 
 CONTACT_COLUMNS = (
     "contact_id", "tenant_id", "campaign_id", "queue_id", "idx", "template_type", "external_id", "nome",
@@ -57,6 +58,9 @@ CONTACT_MUTABLE = (
     "template_version", "variation", "sent_at", "error_code", "error_message", "not_before",
     "lease_until", "updated_at", "jid_asked", "delivered_at", "read_at", "replied_at", "deferred_reason",
 )  # fmt: skip
+
+#: Contact statuses counted in ``outcome_counts`` when a contact reaches them.
+FINAL_OUTCOMES = frozenset({"sent", "failed", "skipped", "rejected", "cancelled"})
 
 _INSERT_CONTACT = sql.SQL("INSERT INTO campaign_contacts ({}) VALUES ({})").format(
     sql.SQL(", ").join(map(sql.Identifier, CONTACT_COLUMNS)),
@@ -118,6 +122,13 @@ WHERE q.queue_id = n.queue_id
 """
 
 
+_ADD_OUTCOMES = """
+INSERT INTO outcome_counts (tenant_id, hour, outcome, n)
+SELECT * FROM unnest(%s::uuid[], %s::timestamptz[], %s::text[], %s::bigint[])
+ON CONFLICT (tenant_id, hour, outcome) DO UPDATE SET n = outcome_counts.n + EXCLUDED.n
+"""
+
+
 class NotApplicable(LookupError):
     """The event refers to a row the views do not have (its creation was never projected)."""
 
@@ -142,6 +153,7 @@ class ViewWriter:
         self._new: set[UUID] = set()
         self._changed: set[UUID] = set()
         self._queues: dict[UUID, _QueueTouch] = {}
+        self._outcomes: dict[tuple[UUID, datetime, str], int] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             cls: getattr(self, name) for cls, name in HANDLERS.items()
         }
@@ -212,11 +224,28 @@ class ViewWriter:
                         [t.first_dispatch_at for t in touches],
                     ),
                 )
+            if self._outcomes:
+                keys = list(self._outcomes)
+                cur.execute(
+                    _ADD_OUTCOMES,
+                    (
+                        [k[0] for k in keys],
+                        [k[1] for k in keys],
+                        [k[2] for k in keys],
+                        [self._outcomes[k] for k in keys],
+                    ),
+                )
+        self._outcomes.clear()
         self._new.clear()
         self._changed.clear()
         self._queues.clear()
 
     # --- helpers ---------------------------------------------------------------------------------------
+
+    def _count_outcome(self, tenant_id: UUID, at: datetime, outcome: str) -> None:
+        """One more contact reached ``outcome`` in the UTC hour of ``at`` (the overview's read model)."""
+        key = (tenant_id, at.replace(minute=0, second=0, microsecond=0), outcome)
+        self._outcomes[key] = self._outcomes.get(key, 0) + 1
 
     def _touch_queue(
         self, queue_id: UUID, at: datetime, *, contact: bool = False, dispatched: bool = False
@@ -279,6 +308,40 @@ class ViewWriter:
                 e.timestamp, e.originator_id,
             ),
         )  # fmt: skip
+
+    def _default_template_chosen(self, e: Tenant.DefaultTemplateChosen) -> None:
+        self._write(
+            """INSERT INTO default_templates (tenant_id, template_type, template_id, chosen_at)
+               VALUES (%s, %s, %s, %s)
+               ON CONFLICT (tenant_id, template_type)
+               DO UPDATE SET template_id = EXCLUDED.template_id, chosen_at = EXCLUDED.chosen_at""",
+            (e.originator_id, e.template_type, e.template_id, e.timestamp),
+        )
+        self._tenant_touched(e)
+
+    def _user_created(self, e: User.Created) -> None:
+        self._write(
+            "INSERT INTO users (user_id, tenant_id, email, role, created_at) VALUES (%s, %s, %s, %s, %s)",
+            (e.originator_id, e.tenant_id, e.email, e.role, e.timestamp),
+        )
+
+    def _user_removed(self, e: User.Removed) -> None:
+        self._write("UPDATE users SET removed_at = %s WHERE user_id = %s", (e.timestamp, e.originator_id))
+
+    def _user_restored(self, e: User.Restored) -> None:
+        self._write(
+            "UPDATE users SET removed_at = NULL, role = %s WHERE user_id = %s", (e.role, e.originator_id)
+        )
+
+    def _user_rehashed(self, e: User.PasswordRehashed) -> None:
+        """Nothing of a hash is in the views."""
+
+    def _admin_action(self, e: AdminAction.Recorded) -> None:
+        self._write(
+            """INSERT INTO admin_actions (action_id, tenant_id, user_id, email, action, target, at)
+               VALUES (%s, %s, %s, %s, %s, %s, %s)""",
+            (e.originator_id, e.tenant_id, e.user_id, e.email, e.action, e.target, e.timestamp),
+        )
 
     def _campaign_created(self, e: Campaign.Created) -> None:
         self._write(
@@ -352,8 +415,11 @@ class ViewWriter:
         current = self.contacts.get(e.originator_id)
         if current is None:
             raise NotApplicable(f"contact {e.originator_id} was never projected")
+        before = current["status"]
         current.update(values)  # the writer's own copy of the row (nothing below can fail)
         current["updated_at"] = e.timestamp
+        if current["status"] != before and current["status"] in FINAL_OUTCOMES:
+            self._count_outcome(current["tenant_id"], e.timestamp, current["status"])
         self._changed.add(e.originator_id)
         self._touch_queue(current["queue_id"], e.timestamp, contact=True, dispatched=dispatched)
 
@@ -362,6 +428,7 @@ class ViewWriter:
 
     def _contact_rejected(self, e: Contact.Rejected) -> None:
         self._create_contact(e, status="rejected", error_code=e.code, error_message=e.message)
+        self._count_outcome(e.tenant_id, e.timestamp, "rejected")
 
     def _contact_dispatched(self, e: Contact.Dispatched) -> None:
         self._update_contact(
@@ -449,6 +516,12 @@ HANDLERS: dict[Any, str] = {  # keys: event classes (each has a TOPIC)
     Tenant.Registered: "_tenant_registered",
     Tenant.GatewayConfigured: "_tenant_touched",
     Tenant.PolicyChanged: "_tenant_touched",
+    Tenant.DefaultTemplateChosen: "_default_template_chosen",
+    User.Created: "_user_created",
+    User.Removed: "_user_removed",
+    User.Restored: "_user_restored",
+    User.PasswordRehashed: "_user_rehashed",
+    AdminAction.Recorded: "_admin_action",
     ApiKey.Issued: "_key_issued",
     ApiKey.Revoked: "_key_revoked",
     MessageTemplate.Created: "_template_created",

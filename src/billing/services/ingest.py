@@ -20,12 +20,18 @@ from eventsourcing.persistence import IntegrityError
 from billing.domain.campaign import Campaign
 from billing.domain.contact import Contact
 from billing.domain.errors import Conflict, InvalidValue, NotFound
-from billing.domain.ingestion import AcceptedContact, reject_duplicate_phones, screen_contact
+from billing.domain.ingestion import (
+    AcceptedContact,
+    RejectedContact,
+    reject_duplicate_phones,
+    screen_contact,
+)
 from billing.domain.policy import SendingPolicy
 from billing.domain.queue import Queue
 from billing.domain.templating import Template, parse_template
 from billing.domain.tenant import Tenant
 from billing.domain.types import TemplateType
+from billing.domain.variables import choose_variation, message_variables
 from billing.eventstore import EventStore, get_owned
 from billing.services.clock import Clock
 from billing.services.queries import Queries
@@ -41,6 +47,7 @@ class BatchRequest(Protocol):
     template_type: str | None
     external_id: str | None
     allow_duplicate_phones: bool
+    template_id: UUID | None  # a template of the type other than its default
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,29 @@ class SubmitResult:
         }
 
 
+@dataclass(frozen=True)
+class BatchPreview:
+    """A dry run of a batch (the dashboard's new-campaign preview): ``rejections`` as the 202 would list
+    them, ``messages`` ``[{index, phone, text}]`` of the first accepted contacts."""
+
+    template_id: UUID
+    total: int
+    accepted: int
+    rejections: list[dict[str, Any]]
+    messages: list[dict[str, Any]]
+
+
+def _rejection(outcome: RejectedContact) -> dict[str, Any]:
+    """The public rejection item of a refused contact."""
+    return {
+        "index": outcome.index,
+        "code": outcome.code,
+        "message": outcome.message,
+        "field": outcome.field,
+        **outcome.details,
+    }
+
+
 def request_hash(request: BatchRequest) -> str:
     """SHA-256 of the canonical JSON of a request (sorted keys)."""
     return hashlib.sha256(msgspec.json.encode(request, order="sorted")).hexdigest()
@@ -85,21 +115,41 @@ class IngestService:
         self.queries = queries
         self.clock = clock
 
-    def active_variations(self, tenant_id: UUID, template_type: TemplateType) -> list[Template]:
-        """Every active variation of the type, parsed (a contact must satisfy them all, since any
-        variation may be chosen).
+    def sending_template(
+        self, tenant_id: UUID, template_type: TemplateType, template_id: UUID | None = None
+    ) -> tuple[UUID, list[Template]]:
+        """The template a batch will be sent with — the named one, else the type's default — and its
+        variations, parsed (a contact must satisfy them all, since any variation may be chosen). A template
+        that is neither is never used.
 
         Raises:
-            InvalidValue: ``no_active_template`` when the tenant has no active template of the type.
+            InvalidValue (naming ``template_id`` or ``template_type``): ``template_not_found``,
+                ``template_type_mismatch``, ``template_inactive`` for a named template;
+                ``no_active_template`` when the type has no default.
         """
-        rows = self.queries.active_templates(tenant_id, template_type.value)
-        if not rows:
+        row = self.queries.sending_template(tenant_id, template_type.value, template_id)
+        if template_id is not None:
+            if row is None:
+                raise InvalidValue(
+                    "template_id names no template", code="template_not_found", field="template_id"
+                )
+            if row["template_type"] != template_type.value:
+                raise InvalidValue(
+                    f"template_id names a {row['template_type']} template, not {template_type.value}",
+                    code="template_type_mismatch",
+                    field="template_id",
+                )
+        if row is None or not row["active"]:
+            if template_id is not None:
+                raise InvalidValue(
+                    "template_id names an inactive template", code="template_inactive", field="template_id"
+                )
             raise InvalidValue(
-                f"no active {template_type.value} template: create one first",
+                f"no default {template_type.value} template: create one and make it the default",
                 code="no_active_template",
                 field="template_type",
             )
-        return [parse_template(text) for row in rows for text in row["variations"]]
+        return row["template_id"], [parse_template(text) for text in row["variations"]]
 
     def submit(
         self,
@@ -112,7 +162,8 @@ class IngestService:
         """Store a batch atomically and return the 202 answer.
 
         Raises:
-            InvalidValue: ``template_type_mismatch``, ``no_active_template``, ``invalid_request``.
+            InvalidValue: ``template_type_mismatch``, ``no_active_template``, ``invalid_request``, and for
+                a named ``template_id`` ``template_not_found`` / ``template_inactive``.
             Conflict: ``idempotency_key_reused`` (same key, different body).
         """
         if request.template_type is not None and request.template_type != path_type.value:
@@ -136,7 +187,7 @@ class IngestService:
                 return replay
         else:
             campaign_id, queue_id = uuid4(), uuid4()
-        templates = self.active_variations(tenant_id, path_type)
+        template_id, templates = self.sending_template(tenant_id, path_type, request.template_id)
         now = self.clock.now()
         policy = self._tenant_policy(tenant_id)
         today = now.astimezone(policy.calendar.tz).date()
@@ -178,17 +229,12 @@ class IngestService:
                         amount_total=outcome.amount_total,
                         due_date=outcome.due_date,
                         ordinal=len(contacts) - len(rejections),
+                        template_id=template_id,
                         **common,
                     )
                 )
             else:
-                rejection = {
-                    "index": index,
-                    "code": outcome.code,
-                    "message": outcome.message,
-                    "field": outcome.field,
-                    **outcome.details,
-                }
+                rejection = _rejection(outcome)
                 rejections.append(rejection)
                 contacts.append(
                     Contact._create(
@@ -238,6 +284,61 @@ class IngestService:
             external_id=request.external_id,
             accepted=accepted,
             rejections=rejections,
+        )
+
+    def preview(
+        self, *, tenant_id: UUID, path_type: TemplateType, request: BatchRequest, messages: int = 3
+    ) -> BatchPreview:
+        """What :meth:`submit` would do with ``request`` now, storing nothing: the rejections (same
+        screening, same codes) and the first ``messages`` accepted contacts' texts as they would read if
+        sent now (the worker renders again at send time: days overdue may have moved by then).
+
+        Raises:
+            InvalidValue: as :meth:`submit` (template and request checks).
+        """
+        template_id, parsed = self.sending_template(tenant_id, path_type, request.template_id)
+        now = self.clock.now()
+        policy = self._tenant_policy(tenant_id)
+        zone = policy.calendar.tz
+        today = now.astimezone(zone).date()
+        rejections: list[dict[str, Any]] = []
+        texts: list[dict[str, Any]] = []
+        ordinal = 0
+        outcomes = [
+            screen_contact(
+                raw,
+                index=index,
+                template_type=path_type,
+                templates=parsed,
+                allowed_countries=policy.allowed_countries,
+                today=today,
+            )
+            for index, raw in enumerate(request.contacts)
+        ]
+        if not request.allow_duplicate_phones:
+            outcomes = reject_duplicate_phones(outcomes)
+        for index, outcome in enumerate(outcomes):
+            if not isinstance(outcome, AcceptedContact):
+                rejections.append(_rejection(outcome))
+                continue
+            if len(texts) < messages:
+                variables = message_variables(
+                    outcome.fields,
+                    amount=outcome.amount,
+                    amount_total=outcome.amount_total,
+                    due_date=outcome.due_date,
+                    now=now,
+                    tz=zone,
+                )
+                template = parsed[choose_variation(ordinal, len(parsed))]
+                texts.append({"index": index, "phone": outcome.phone, "text": template.render(variables)})
+            ordinal += 1
+        return BatchPreview(
+            template_id=template_id,
+            total=len(request.contacts),
+            accepted=len(request.contacts) - len(rejections),
+            rejections=rejections,
+            messages=texts,
         )
 
     def _tenant_policy(self, tenant_id: UUID) -> SendingPolicy:

@@ -59,6 +59,35 @@ class Queries:
             ).fetchall()
 
     @read_retrying
+    def sending_template(
+        self, tenant_id: UUID, template_type: str, template_id: UUID | None = None
+    ) -> dict[str, Any] | None:
+        """The template a send uses: the named one (any state, the caller checks ``active`` and type), or
+        the type's default. ``{template_id, version, variations, active, template_type}`` or None."""
+        with self.pool.connection() as conn:
+            if template_id is not None:
+                return conn.execute(
+                    "SELECT template_id, version, variations, active, template_type FROM templates "
+                    "WHERE tenant_id = %s AND template_id = %s",
+                    (tenant_id, template_id),
+                ).fetchone()
+            return conn.execute(
+                "SELECT t.template_id, t.version, t.variations, t.active, t.template_type "
+                "FROM default_templates d JOIN templates t ON t.template_id = d.template_id "
+                "WHERE d.tenant_id = %s AND d.template_type = %s",
+                (tenant_id, template_type),
+            ).fetchone()
+
+    @read_retrying
+    def default_template_ids(self, tenant_id: UUID) -> dict[str, str]:
+        """``{template_type: template_id}`` of the tenant's default templates."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT template_type, template_id FROM default_templates WHERE tenant_id = %s", (tenant_id,)
+            ).fetchall()
+        return {r["template_type"]: str(r["template_id"]) for r in rows}
+
+    @read_retrying
     def queue_status(self, tenant_id: UUID, queue_id: UUID) -> dict[str, Any] | None:
         """The public status document of a queue (DESIGN.md "Queue status"), or None."""
         with self.pool.connection() as conn:
@@ -211,10 +240,13 @@ class Queries:
 
     @read_retrying
     def list_templates(self, tenant_id: UUID) -> list[dict[str, Any]]:
-        """The tenant's templates, active and inactive."""
+        """The tenant's templates, active and inactive; ``default`` marks each type's default."""
         with self.pool.connection() as conn:
             rows = conn.execute(
-                "SELECT * FROM templates WHERE tenant_id = %s ORDER BY template_type, created_at",
+                "SELECT t.*, (d.template_id IS NOT NULL) AS is_default FROM templates t "
+                "LEFT JOIN default_templates d "
+                "ON d.template_id = t.template_id AND d.tenant_id = t.tenant_id "
+                "WHERE t.tenant_id = %s ORDER BY t.template_type, t.created_at",
                 (tenant_id,),
             ).fetchall()
         return [self.template_document(r) for r in rows]
@@ -229,6 +261,7 @@ class Queries:
             "description": row["description"],
             "variations": list(row["variations"]),
             "active": row["active"],
+            "default": bool(row.get("is_default", False)),
             "version": row["version"],
             "updated_at": _iso(row["updated_at"]),
         }

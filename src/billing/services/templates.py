@@ -10,7 +10,7 @@ from uuid import UUID, uuid4
 from zoneinfo import ZoneInfo
 
 from billing.domain.dates import parse_due_date
-from billing.domain.errors import InvalidValue, NotFound
+from billing.domain.errors import Conflict, InvalidValue, NotFound
 from billing.domain.money import parse_amount
 from billing.domain.sanitize import sanitize_text
 from billing.domain.template import MessageTemplate, parse_variations
@@ -71,11 +71,42 @@ class TemplateService:
         """Change name, description, variations or active.
 
         Raises:
-            NotFound, InvalidValue, TemplateSyntaxError (naming the field).
+            NotFound, InvalidValue, TemplateSyntaxError (naming the field); Conflict ``default_template``
+            when deactivating the type's default.
         """
         template = self.get(tenant_id, template_id)
+        if changes.get("active") is False and template.active:
+            tenant = get_owned(self.store, tenant_id, Tenant)
+            if tenant is not None and tenant.default_template(template.template_type) == template.id:
+                raise Conflict(
+                    "the default template of its type cannot be deactivated: make another one the default "
+                    "first",
+                    code="default_template",
+                    field="active",
+                )
         template.change(at=self.clock.now(), **changes)
         self.store.save(template)
+        return template
+
+    def make_default(self, tenant_id: UUID, template_id: UUID) -> MessageTemplate:
+        """Make the template the default of its type: sends of that type that name no ``template_id``
+        rotate its variations (and only its). One default per type, kept by the Tenant aggregate.
+
+        Raises:
+            NotFound (unknown or another tenant's template); InvalidValue ``template_inactive``.
+        """
+        template = self.get(tenant_id, template_id)
+        tenant = get_owned(self.store, tenant_id, Tenant)
+        if tenant is None:
+            raise NotFound("tenant not found", code="tenant_not_found")
+        tenant.choose_default_template(
+            template_id=template.id,
+            template_tenant=template.tenant_id,
+            template_type=template.template_type,
+            active=template.active,
+            at=self.clock.now(),
+        )
+        self.store.save(tenant)
         return template
 
     def deactivate(self, tenant_id: UUID, template_id: UUID) -> MessageTemplate:

@@ -58,7 +58,8 @@ class TenantService:
         policy: dict[str, Any] | None = None,
         tenant_id: UUID | None = None,
     ) -> UUID:
-        """Register a tenant with the default pt-BR templates of the three types, in one save.
+        """Register a tenant with the default pt-BR templates of the three types (each its type's
+        default), in one save.
 
         Raises:
             InvalidValue / PolicyError naming the field.
@@ -85,6 +86,14 @@ class TenantService:
             )
             for ttype, (tname, description, variations) in DEFAULT_TEMPLATES.items()
         ]
+        for template in templates:  # each type's built-in template is its default until the admin chooses
+            tenant.choose_default_template(
+                template_id=template.id,
+                template_tenant=tenant.id,
+                template_type=template.template_type,
+                active=True,
+                at=now,
+            )
         self.store.save(tenant, *templates)
         return tenant.id
 

@@ -1,8 +1,9 @@
 """Render a contact's message at send time from the tenant's active templates (the ``templates`` view).
 
-The variations of every active template of the contact's type, in the view's order (templates oldest
-first, then each template's own order), form one rotation; the contact at position ``ordinal`` among its
-batch's accepted contacts gets variation ``choose_variation(ordinal, n)``
+The contact's template is the one its batch was accepted with (``Contact.template_id``: the template the
+send named, else the type's default at ingestion; contacts stored before that field fall back to the
+type's current default). Its variations form the rotation — no other template is ever used; the contact
+at position ``ordinal`` among its batch's accepted contacts gets variation ``choose_variation(ordinal, n)``
 (:mod:`billing.domain.variables`), so consecutive messages differ and a redelivery renders the same text
 (anti-ban rotation, ``docs/evolution-api.md``, "Sending politely"). Variables come from
 ``message_variables`` at ``now`` in the tenant's zone (DESIGN.md: days are counted at the moment of
@@ -67,45 +68,58 @@ class Renderer:
         self._pool = pool
         self.ttl_s = ttl_s
         self._parsed: dict[tuple[UUID, int], list[Template]] = {}
-        self._active: dict[tuple[UUID, str], tuple[float, list[tuple[UUID, int, int, Template]]]] = {}
+        self._active: dict[
+            tuple[UUID, str, UUID | None], tuple[float, list[tuple[UUID, int, int, Template]]]
+        ] = {}
 
-    def active_variations(self, tenant_id: UUID, template_type: str) -> list[tuple[UUID, int, int, Template]]:
-        """``[(template_id, version, index within the template, parsed)]`` of every active template of the
-        type, oldest template first.
+    def variations_of(
+        self, tenant_id: UUID, template_type: str, template_id: UUID | None
+    ) -> list[tuple[UUID, int, int, Template]]:
+        """``[(template_id, version, index within the template, parsed)]`` of the template ``template_id``
+        (when active) or, for None, of the type's default template; empty when there is none.
 
         Raises:
             RenderError: ``template_error`` when a stored variation does not parse (it was valid when saved,
                 so this means a bug).
         """
-        key = (tenant_id, template_type)
+        key = (tenant_id, template_type, template_id)
         cached = self._active.get(key)
         now = time.monotonic()
         if cached is not None and now - cached[0] < self.ttl_s:
             return cached[1]
-        result = self._read_active(tenant_id, template_type)
+        result = self._read_active(tenant_id, template_type, template_id)
         if self.ttl_s > 0 and result:  # an empty list (a fresh tenant, a lagging view) is read again
             self._active[key] = (now, result)
         return result
 
-    def _read_active(self, tenant_id: UUID, template_type: str) -> list[tuple[UUID, int, int, Template]]:
+    def _read_active(
+        self, tenant_id: UUID, template_type: str, template_id: UUID | None
+    ) -> list[tuple[UUID, int, int, Template]]:
         with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            rows: list[dict[str, Any]] = cur.execute(
-                "SELECT template_id, version, variations FROM templates "
-                "WHERE tenant_id = %s AND template_type = %s AND active ORDER BY created_at, template_id",
-                (tenant_id, template_type),
-            ).fetchall()
-        result: list[tuple[UUID, int, int, Template]] = []
-        for row in rows:
-            key = (row["template_id"], int(row["version"]))
-            parsed = self._parsed.get(key)
-            if parsed is None:
-                try:
-                    parsed = [parse_template(text) for text in row["variations"]]
-                except TemplateSyntaxError as exc:
-                    raise RenderError("template_error", f"template {key[0]} does not parse: {exc}") from None
-                self._parsed[key] = parsed
-            result.extend((key[0], key[1], i, template) for i, template in enumerate(parsed))
-        return result
+            if template_id is not None:
+                row = cur.execute(
+                    "SELECT template_id, version, variations FROM templates "
+                    "WHERE tenant_id = %s AND template_id = %s AND active",
+                    (tenant_id, template_id),
+                ).fetchone()
+            else:
+                row = cur.execute(
+                    "SELECT t.template_id, t.version, t.variations FROM default_templates d "
+                    "JOIN templates t ON t.template_id = d.template_id "
+                    "WHERE d.tenant_id = %s AND d.template_type = %s AND t.active",
+                    (tenant_id, template_type),
+                ).fetchone()
+        if row is None:
+            return []
+        key = (row["template_id"], int(row["version"]))
+        parsed = self._parsed.get(key)
+        if parsed is None:
+            try:
+                parsed = [parse_template(text) for text in row["variations"]]
+            except TemplateSyntaxError as exc:
+                raise RenderError("template_error", f"template {key[0]} does not parse: {exc}") from None
+            self._parsed[key] = parsed
+        return [(key[0], key[1], i, template) for i, template in enumerate(parsed)]
 
     def render(self, contact: Contact, *, now: datetime, tz: ZoneInfo) -> Rendered:
         """The message for ``contact`` at ``now`` (aware) in the tenant zone ``tz``.
@@ -113,10 +127,14 @@ class Renderer:
         Raises:
             RenderError: see its ``code``s.
         """
-        variations = self.active_variations(contact.tenant_id, contact.template_type)
+        variations = self.variations_of(
+            contact.tenant_id, contact.template_type, getattr(contact, "template_id", None)
+        )
         if not variations:
             raise RenderError(
-                "no_active_template", f"no active {contact.template_type} template", retryable=True
+                "no_active_template",
+                f"the contact's {contact.template_type} template is inactive or there is no default",
+                retryable=True,
             )
         template_id, version, variation, template = variations[
             choose_variation(contact.ordinal, len(variations))

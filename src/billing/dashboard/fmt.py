@@ -1,0 +1,99 @@
+"""pt-BR formatting of the dashboard's values (babel's CLDR data): money ``R$ 1.234,56``, dates
+``dd/mm/aaaa``, instants in the tenant's time zone, numbers ``1.234``, percentages ``97,5%``."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from babel.dates import format_date, format_datetime
+from babel.numbers import format_decimal, format_percent
+
+from billing.domain.money import format_brl
+
+LOCALE = "pt_BR"
+
+STATUS_LABELS = {
+    "queued": "na fila",
+    "running": "enviando",
+    "paused": "pausada",
+    "completed": "concluída",
+    "cancelled": "cancelada",
+    "pending": "pendente",
+    "dispatched": "em envio",
+    "sent": "enviada",
+    "failed": "falhou",
+    "skipped": "ignorada",
+    "rejected": "rejeitada",
+}
+TYPE_LABELS = {"overdue": "Cobrança atrasada", "upcoming": "A vencer", "notification": "Aviso"}
+PAUSE_LABELS = {
+    "outside_business_hours": "fora do horário comercial",
+    "daily_limit_reached": "limite diário atingido",
+    "gateway_disconnected": "WhatsApp desconectado",
+    "gateway_misconfigured": "gateway mal configurado",
+    "throttled": "limite por minuto",
+}
+
+ERROR_LABELS = {
+    "invalid_phone": "telefone inválido",
+    "invalid_amount": "valor inválido",
+    "ambiguous_amount": "valor ambíguo (use 1.234,56 ou 1234.56)",
+    "non_positive_amount": "o valor deve ser maior que zero",
+    "invalid_date": "data de vencimento inválida",
+    "not_yet_due": "a fatura ainda não venceu (use o tipo 'a vencer')",
+    "already_due": "a fatura já venceu (use o tipo 'cobrança atrasada')",
+    "missing_variable": "falta um campo que o template usa",
+    "duplicate_phone": "telefone repetido no lote",
+    "not_on_whatsapp": "o número não tem WhatsApp",
+    "template_error": "erro de sintaxe no template",
+    "opted_out": "o cliente pediu para não receber",
+}
+
+
+def money(value: Decimal | int | float | str | None) -> str:
+    """``R$ 1.234,56`` (empty for None)."""
+    if value is None or value == "":
+        return ""
+    return format_brl(Decimal(str(value)))
+
+
+def day(value: date | datetime | str | None, tz: ZoneInfo | None = None) -> str:
+    """``dd/mm/aaaa``; an instant is first moved to ``tz``."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value) if "T" in value else date.fromisoformat(value)
+    if isinstance(value, datetime) and tz is not None:
+        value = value.astimezone(tz)
+    return format_date(value, "dd/MM/yyyy", locale=LOCALE)
+
+
+def instant(value: datetime | str | None, tz: ZoneInfo) -> str:
+    """``dd/mm/aaaa HH:MM`` in the tenant's zone ``tz`` (empty for None)."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return format_datetime(value.astimezone(tz), "dd/MM/yyyy HH:mm", tzinfo=tz, locale=LOCALE)
+
+
+def number(value: int | float | None) -> str:
+    """``1.234`` (pt-BR grouping)."""
+    return format_decimal(value or 0, locale=LOCALE)
+
+
+def percent(value: float | None) -> str:
+    """``97,5%`` (``—`` for None)."""
+    if value is None:
+        return "—"
+    return format_percent(value, "#,##0.0%", locale=LOCALE)
+
+
+def label(value: str | None, table: str = "status") -> str:
+    """The Portuguese label of a status, template type or pause reason (the code itself when unknown)."""
+    labels = {"status": STATUS_LABELS, "type": TYPE_LABELS, "pause": PAUSE_LABELS, "error": ERROR_LABELS}[
+        table
+    ]
+    return labels.get(value or "", value or "")
