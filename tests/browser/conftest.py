@@ -155,6 +155,7 @@ def site(template_database: str, tmp_path_factory: pytest.TempPathFactory) -> It
         BILLING_LOG_FORMAT="json",
         BILLING_POLL_INTERVAL_S="0.2",
         BILLING_POOL_SIZE="4",
+        BILLING_GATEWAY_ALLOW_PRIVATE="1",  # the simulator listens on 127.0.0.1
     )
     tmp = tmp_path_factory.mktemp("browser")
     stack = Stack(tmp, env, f"http://127.0.0.1:{port}")
