@@ -4,11 +4,11 @@ sending configuration and the audit history of a contact."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import msgspec
-from litestar import Controller, Request, delete, get, patch, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import Provide
 
 from billing.api.auth import Admin
@@ -18,11 +18,13 @@ from billing.domain.apikey import api_key_id
 from billing.domain.contact import Contact
 from billing.domain.errors import DomainError, InvalidValue, NotFound
 from billing.domain.ingestion import missing_variables
+from billing.domain.phone import normalize_phone
 from billing.domain.sanitize import sanitize_text
 from billing.domain.template import MessageTemplate
 from billing.domain.templating import parse_template
 from billing.domain.tenant import Tenant
 from billing.eventstore import get_owned
+from billing.services.history import MAX_ENTRIES, HistoryFilter, HistoryQueries, to_csv
 from billing.services.tenants import hash_api_key
 
 Req = Request[Admin, Any, Any]
@@ -222,10 +224,45 @@ class AdminController(Controller):
         return _config_doc(tenant)
 
     @get("/history/contact/{contact_id:uuid}")
-    async def contact_history(self, request: Req, contact_id: UUID, services: Services) -> dict[str, Any]:
-        """Every event of one contact, oldest first: what was sent, when, with which template version."""
-        events = await run_sync(_history, services, request.user.tenant_id, contact_id, Contact, "contact")
+    async def contact_history(
+        self, request: Req, contact_id: UUID, services: Services, format: HistoryFormat = "json"
+    ) -> Any:
+        """Every event of one contact, oldest first: what was sent, when, with which template version
+        and the rule that allowed each attempt (``allowed_by`` of its claim). ``?format=csv`` for CSV."""
+        tenant_id = request.user.tenant_id
+        if format == "csv":
+            what = HistoryFilter(tenant_id, contact_id=contact_id)
+            return await _history_answer(services, what, "contact", str(contact_id), format)
+        events = await run_sync(_history, services, tenant_id, contact_id, Contact, "contact")
         return {"contact_id": str(contact_id), "events": [_event_doc(e) for e in events]}
+
+    @get("/history/invoice/{ref:str}")
+    async def invoice_history(
+        self, request: Req, ref: str, services: Services, format: HistoryFormat = "json"
+    ) -> Any:
+        """Every event of every contact about invoice ``ref`` (a contact's own ``external_id``, else its
+        batch's), across campaigns, in time order, each attempt with the rule that allowed it; the
+        contacts themselves under ``contacts``. ``?format=csv`` for the evidence as CSV. 404 when the
+        tenant has no contact about that invoice."""
+        ref = ref.strip()
+        if not ref:
+            raise InvalidValue("the invoice reference is empty", code="invalid_request", field="ref")
+        what = HistoryFilter(request.user.tenant_id, invoice=ref)
+        return await _history_answer(services, what, "invoice", ref, format)
+
+    @get("/history/phone/{e164:str}")
+    async def phone_history(
+        self, request: Req, e164: str, services: Services, format: HistoryFormat = "json"
+    ) -> Any:
+        """Every event of every contact sent to one phone (E.164, or any Brazilian way of writing it),
+        across campaigns, in time order. 404 when the tenant never had a contact with that phone."""
+        try:
+            phone = normalize_phone(e164, field="e164").e164
+        except InvalidValue as exc:
+            exc.field = "e164"
+            raise
+        what = HistoryFilter(request.user.tenant_id, phone=phone)
+        return await _history_answer(services, what, "phone", phone, format)
 
     @get("/history/template/{template_id:uuid}")
     async def template_history(self, request: Req, template_id: UUID, services: Services) -> dict[str, Any]:
@@ -234,6 +271,29 @@ class AdminController(Controller):
             _history, services, request.user.tenant_id, template_id, MessageTemplate, "template"
         )
         return {"template_id": str(template_id), "events": [_event_doc(e) for e in events]}
+
+
+HistoryFormat = Literal["json", "csv"]
+
+
+async def _history_answer(
+    services: Services, what: HistoryFilter, kind: str, key: str, format: HistoryFormat
+) -> Any:
+    """The history document (or CSV) of ``what``; NotFound when no contact matches."""
+    history = HistoryQueries(services.container.pool)
+    contacts = await run_sync(history.contacts, what)
+    if not contacts:
+        raise NotFound(f"no contact of this tenant matches this {kind}", code=f"{kind}_not_found", field=kind)
+    entries = await run_sync(history.entries, what, limit=MAX_ENTRIES + 1)
+    truncated = len(entries) > MAX_ENTRIES
+    entries = entries[:MAX_ENTRIES]
+    if format == "csv":
+        return Response(
+            to_csv(entries),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="history-{kind}.csv"'},
+        )
+    return {kind: key, "contacts": contacts, "events": entries, "truncated": truncated}
 
 
 def _history(services: Services, tenant_id: UUID, aggregate_id: UUID, kind: type, name: str) -> list[Any]:

@@ -15,6 +15,7 @@ from billing.api.errors import error_body
 from billing.domain.errors import InvalidValue, NotFound
 from billing.domain.types import ContactStatus, TemplateType
 from billing.services.cancel import ProjectionsBehind
+from billing.services.history import HistoryFilter, HistoryQueries
 from billing.services.ingest import decode_send_request
 
 BASE = "/api/billing/v1/billing"
@@ -136,6 +137,16 @@ class PublicController(Controller):
         if page is None:
             raise NotFound("campaign not found", code="campaign_not_found", field="campaign_id")
         return page
+
+    @get("/contacts", summary="The contacts of one invoice, across batches and campaigns")
+    async def invoice_contacts(
+        self, services: Services, tenant_id: UUID, external_id: Annotated[str, Parameter(min_length=1)]
+    ) -> dict[str, Any]:
+        """``{external_id, items}``: every contact about invoice ``external_id`` (its own reference, else
+        its batch's), oldest first, with campaign, status, attempts, text sent and error."""
+        history = HistoryQueries(services.container.pool)
+        items = await run_sync(history.contacts, HistoryFilter(tenant_id, invoice=external_id))
+        return {"external_id": external_id, "items": items}
 
     @post("/queue/{queue_id:uuid}/cancel", status_code=200, summary="Cancel a queue's unsent contacts")
     async def cancel_queue(self, queue_id: UUID, services: Services, tenant_id: UUID) -> dict[str, Any]:

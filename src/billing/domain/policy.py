@@ -65,7 +65,10 @@ def _number(spec: Mapping[str, Any], key: str, default: float, *, integer: bool 
     return value
 
 
-_POLICY_KEYS = {"messages_per_minute", "max_messages_per_day", "pause_min_s", "pause_max_s", "retry"}
+POLICY_KEYS = frozenset(
+    {"messages_per_minute", "max_messages_per_day", "pause_min_s", "pause_max_s", "retry"}
+)
+"""The policy keys that are not the business-hours calendar's."""
 
 
 def parse_policy(spec: Mapping[str, Any]) -> SendingPolicy:
@@ -76,7 +79,7 @@ def parse_policy(spec: Mapping[str, Any]) -> SendingPolicy:
             or zero rates, pause_min_s > pause_max_s, bad retry settings).
     """
     defaults = default_policy_spec()
-    calendar_spec = {k: v for k, v in spec.items() if k not in _POLICY_KEYS}
+    calendar_spec = {k: v for k, v in spec.items() if k not in POLICY_KEYS}
     calendar = parse_calendar(calendar_spec)
     mpm = _number(spec, "messages_per_minute", defaults["messages_per_minute"], integer=True)
     per_day = _number(spec, "max_messages_per_day", defaults["max_messages_per_day"], integer=True)

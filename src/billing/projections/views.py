@@ -46,6 +46,7 @@ from eventsourcing.utils import resolve_topic
 from psycopg import sql
 
 from billing.db import ViewsPool
+from billing.projections import history
 from billing.projections.follower import DEFAULT_BATCH_SIZE, Backoff, NotificationFollower, read_after
 from billing.projections.tracking import load_position, lock_position, record_error, save_position
 from billing.projections.writers import CONTACT_UPDATE_TOPICS, ViewWriter
@@ -60,7 +61,9 @@ PROJECTION = "projections"
 ATTEMPTS = 3
 """Tries of a batch on transient database errors before the follower's own backoff takes over."""
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
-VIEW_TABLES = ("tenants", "api_keys", "templates", "campaigns", "queue_status", "campaign_contacts")
+VIEW_TABLES = (
+    "tenants", "api_keys", "templates", "campaigns", "queue_status", "campaign_contacts", "contact_history",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -156,13 +159,14 @@ def _apply(
     decoded: list[tuple[Notification, Any]] = []
     for n in notifications:
         try:
-            if writer.handles(n.topic):
+            if writer.handles(n.topic) or history.handles(n.topic):
                 decoded.append((n, mapper.to_domain_event(n)))
             else:
                 resolve_topic(n.topic)  # a known event that no view needs is skipped, an unknown one is not
         except Exception as exc:
             failures.append((n, exc))
     writer.preload(event.originator_id for n, event in decoded if n.topic in CONTACT_UPDATE_TOPICS)
+    applied: list[tuple[int, Any]] = []
     for n, event in decoded:
         try:
             writer.apply(event)
@@ -170,7 +174,10 @@ def _apply(
             raise
         except Exception as exc:
             failures.append((n, exc))
+        else:
+            applied.append((n.id, event))
     writer.flush()
+    history.write_history(conn, applied)
     return failures
 
 

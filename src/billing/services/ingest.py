@@ -77,6 +77,13 @@ class SubmitResult:
         }
 
 
+def invoice_ref(fields: dict[str, str], request_external_id: str | None) -> str | None:
+    """The invoice a contact is about: its own ``external_id`` field (sanitised, blank = absent), else the
+    request's ``external_id``; None when neither is given."""
+    own = (fields.get("external_id") or "").strip()
+    return own or request_external_id
+
+
 def decode_send_request(body: bytes) -> SendRequest:
     """Decode and structurally check a request body.
 
@@ -109,6 +116,13 @@ def decode_send_request(body: bytes) -> SendRequest:
             field="external_id",
         )
     for i, contact in enumerate(request.contacts):
+        own = contact.get("external_id")
+        if own is not None and (not isinstance(own, str | int) or len(str(own)) > MAX_EXTERNAL_ID):
+            raise InvalidValue(
+                f"contacts[{i}].external_id must be a string of at most {MAX_EXTERNAL_ID} characters",
+                code="invalid_request",
+                field=f"contacts[{i}].external_id",
+            )
         if len(contact) > MAX_FIELDS:
             raise InvalidValue(
                 f"contacts[{i}] has {len(contact)} fields; at most {MAX_FIELDS}",
@@ -216,6 +230,7 @@ class IngestService:
                 "index": index,
                 "template_type": path_type.value,
                 "external_id": request.external_id,
+                "invoice_ref": invoice_ref(outcome.fields, request.external_id),
                 "fields": outcome.fields,
                 "telefone": outcome.telefone,
                 "timestamp": now,

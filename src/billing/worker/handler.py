@@ -41,6 +41,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from billing.bootstrap import Container
+from billing.domain.audit import allowed_by
 from billing.domain.contact import Contact
 from billing.domain.errors import Conflict
 from billing.domain.queue import Queue
@@ -252,7 +253,9 @@ class JobHandler:
             return await self._defer(contact, Handled.THROTTLED, reason, retry_at, now)
         assert grant.ledger_id is not None
         try:
-            attempt = contact.dispatch(at=now, lease=self.lease)
+            attempt = contact.dispatch(
+                at=now, lease=self.lease, allowed_by=_allowed_by(tenant, contact, grant, now)
+            )
             await save(self.store, contact)
         except (Conflict, IntegrityError):
             await asyncio.to_thread(self.ledger.release, grant.ledger_id)
@@ -313,6 +316,21 @@ class JobHandler:
         except IntegrityError:
             return Result(Handled.CONTENDED, wanted=Handled.CANCELLED.value)
         return Result(Handled.CANCELLED)
+
+
+def _allowed_by(tenant: Tenant, contact: Contact, grant: Any, now: datetime) -> dict[str, Any]:
+    """The rule that allowed this claim, for the auditor (:func:`billing.domain.audit.allowed_by`)."""
+    policy = tenant.sending_policy
+    return allowed_by(
+        at=now,
+        respects_business_hours=TemplateType(contact.template_type).respects_business_hours,
+        calendar=policy.calendar,
+        calendar_version=tenant.calendar_version,
+        policy_version=tenant.policy_version,
+        limits=policy.limits,
+        sent_in_window=grant.sent_in_window,
+        sent_today=grant.sent_today,
+    )
 
 
 _WARN = frozenset({Handled.POISON, Handled.FAILED, Handled.GATEWAY_MISCONFIGURED})

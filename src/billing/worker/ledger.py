@@ -82,10 +82,14 @@ class Grant:
     Attributes:
         decision: the throttle's decision (``allowed``, ``retry_at``, ``reason``).
         ledger_id: id of the ledger row recorded for an allowed send, else None.
+        sent_in_window / sent_today: the tenant's sends counted in the per-minute window and on its local
+            day before this decision (recorded in the claim's ``allowed_by`` for auditors).
     """
 
     decision: ThrottleDecision
     ledger_id: int | None = None
+    sent_in_window: int = 0
+    sent_today: int = 0
 
     @property
     def allowed(self) -> bool:
@@ -171,7 +175,8 @@ class SendLedger:
                 (tenant_id, now, contact_id),
             ).fetchone()
         assert row is not None
-        return Grant(decision, ledger_id=int(row["id"]))
+        today = int(counted["n"]) if counted else 0
+        return Grant(decision, ledger_id=int(row["id"]), sent_in_window=len(recent_sends), sent_today=today)
 
     def minute_room(self, tenant_id: UUID, limits: ThrottleLimits, now: datetime) -> int:
         """How many more sends the per-minute rule allows the tenant at ``now`` (its window widened by
