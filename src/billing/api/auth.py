@@ -46,7 +46,7 @@ PUBLIC_PATHS = [
     "^/api/billing/v1/billing/send/",
     "^/api/billing/v1/billing/queue/",
     "^/api/billing/v1/billing/campaign/",
-    "^/api/billing/v1/billing/contacts/",
+    "^/api/billing/v1/billing/contacts(/|$)",
     "^/dashboard",
 ]
 
