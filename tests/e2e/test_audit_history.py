@@ -12,15 +12,21 @@ RabbitMQ (the whole system in this event loop, see :mod:`tests.e2e.harness`):
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from billing.api.auth import mint_token
+from billing.services.history import CSV_COLUMNS
 from tests.e2e.harness import BASE, NO_PAUSE_POLICY, SP, contact, counters, eventually, running_system
 
 pytestmark = pytest.mark.e2e
@@ -89,8 +95,22 @@ async def test_cancelling_one_invoice_cancels_its_reminders_in_two_batches_and_n
         assert done["contacts"] == counters(total=2, cancelled=2)
 
 
+def billing_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``billing`` command with only ``BILLING_DATABASE_URL`` set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    env.update(BILLING_DATABASE_URL=database_url, BILLING_LOG_FORMAT="console", COLUMNS="120")
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("billing")), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 async def test_history_of_an_invoice_across_two_campaigns_names_the_rule_that_allowed_each_send(
-    database_url: str, amqp_url: str
+    database_url: str, amqp_url: str, tmp_path: Path
 ) -> None:
     async with running_system(database_url, amqp_url, start=MONDAY_10_00, policy=NO_PAUSE_POLICY) as system:
         first = await system.post("overdue", "lote-1", [with_invoice(1, "NF-9"), with_invoice(2, "NF-10")])
@@ -192,6 +212,37 @@ async def test_history_of_an_invoice_across_two_campaigns_names_the_rule_that_al
         assert rows[2]["text"] == events[2]["data"]["text"]
         assert rows[2]["gateway_message_id"] == events[2]["data"]["gateway_message_id"]
         assert json.loads(rows[4]["allowed_by"]) == second_claim["allowed_by"]
+
+        # the same evidence from the CLI, to a file, for a date range and one invoice
+        out = tmp_path / "evidence.csv"
+        export = await asyncio.to_thread(
+            billing_cli,
+            database_url,
+            "history", "export", "--tenant", str(system.tenant_id), "--from", "2025-01-20",
+            "--to", "2025-01-20", "--invoice", "NF-9", "--output", str(out),
+        )  # fmt: skip
+        assert export.returncode == 0, export.stderr
+        assert export.stdout.startswith(f"{out}\t6 entries (csv;")
+        assert "exporting to" in export.stderr  # the progress bar
+        assert out.read_bytes().decode() == csv_answer.text
+        as_json = tmp_path / "evidence.json"
+        export = await asyncio.to_thread(
+            billing_cli,
+            database_url,
+            "history", "export", "--tenant", str(system.tenant_id), "--from", "2025-01-19",
+            "--to", "2025-01-21", "--phone", "11 98765-4301", "--output", str(as_json),
+        )  # fmt: skip
+        assert export.returncode == 0, export.stderr
+        assert json.loads(as_json.read_text()) == events
+        empty = tmp_path / "none.csv"
+        export = await asyncio.to_thread(
+            billing_cli,
+            database_url,
+            "history", "export", "--tenant", str(system.tenant_id), "--from", "2025-01-21",
+            "--to", "2025-01-22", "--output", str(empty),
+        )  # fmt: skip
+        assert export.returncode == 0, export.stderr
+        assert empty.read_text().splitlines() == [",".join(CSV_COLUMNS)]
 
         by_phone = await system.client.get(f"{BASE}/history/phone/(11) 98765-4301", headers=admin)
         assert by_phone.status_code == 200
