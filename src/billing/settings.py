@@ -43,6 +43,8 @@ class Settings:
         poll_interval_s: seconds between polls of the notification log when no NOTIFY arrives.
         gateway_timeout_s: seconds an Evolution API call may take (on top of its typing delay).
         broker_prefix: prefix of every exchange and queue name (tests isolate themselves with it).
+        metrics_port / metrics_host: where ``worker``, ``relay`` and ``projections`` serve their Prometheus
+            metrics (0, the default: not served; the API serves ``/metrics`` on its own port).
         clock: ``BILLING_CLOCK`` — **tests and demos only; never in production.** Empty (the default): the
             machine's clock. Otherwise ``<ISO start with offset>@<anchor unix seconds>x<scale>``, e.g.
             ``2025-01-20T07:58:00-03:00@1764400000.5x30``: every process reads ``start`` at Unix time
@@ -64,6 +66,8 @@ class Settings:
     gateway_timeout_s: float = 30.0
     broker_prefix: str = "billing"
     clock: str = ""
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -121,6 +125,8 @@ class Settings:
         for name in ("pool_size", "worker_prefetch", "api_port"):
             if int(getattr(self, name)) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
+        if not 0 <= int(self.metrics_port) <= 65535:
+            raise SettingsError(f"{PREFIX}METRICS_PORT must be a TCP port (0 = off), got {self.metrics_port}")
         self.scaled_clock()
 
     def scaled_clock(self) -> ScaledClock | None:
@@ -160,4 +166,6 @@ _FIELDS: dict[str, type] = {
     "gateway_timeout_s": float,
     "broker_prefix": str,
     "clock": str,
+    "metrics_port": int,
+    "metrics_host": str,
 }

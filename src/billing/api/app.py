@@ -7,6 +7,7 @@ from typing import Any
 from litestar import Litestar, Response, get
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from billing.api.admin import AdminController
 from billing.api.auth import jwt_auth
@@ -16,6 +17,24 @@ from billing.api.public import PublicController
 from billing.bootstrap import Container
 from billing.projections.tracking import load_position
 from billing.projections.views import PROJECTION
+
+PROMETHEUS = PrometheusConfig(
+    app_name="billing",
+    prefix="billing_http",
+    group_path=True,
+    exclude_unhandled_paths=True,
+    exclude="^/metrics",
+)
+"""HTTP metrics of litestar's Prometheus plugin: requests, durations and in-progress by method, route
+template (``group_path``: bounded, no ids) and status; unmatched paths are not counted (see
+:mod:`billing.metrics`)."""
+
+
+class MetricsController(PrometheusController):
+    """``GET /metrics``: this process's Prometheus metrics (text format)."""
+
+    path = "/metrics"
+    include_in_schema = False
 
 
 @get("/health/live", tags=["health"], sync_to_thread=False)
@@ -57,7 +76,8 @@ def create_app(container: Container) -> Litestar:
     services = Services.build(container)
     auth = jwt_auth(container.settings.require_jwt_secret())
     return Litestar(
-        route_handlers=[PublicController, AdminController, live, ready],
+        route_handlers=[PublicController, AdminController, live, ready, MetricsController],
+        middleware=[PROMETHEUS.middleware],
         exception_handlers=EXCEPTION_HANDLERS,
         on_app_init=[auth.on_app_init],
         openapi_config=OpenAPIConfig(

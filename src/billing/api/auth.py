@@ -42,6 +42,7 @@ async def _retrieve_admin(token: Token, _: ASGIConnection[Any, Any, Any, Any]) -
 
 PUBLIC_PATHS = [
     "^/health/",
+    "^/metrics",
     "^/schema",
     "^/api/billing/v1/billing/send/",
     "^/api/billing/v1/billing/queue/",

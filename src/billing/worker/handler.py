@@ -40,6 +40,7 @@ import msgspec
 import structlog
 from structlog.contextvars import bound_contextvars
 
+from billing import metrics
 from billing.bootstrap import Container
 from billing.domain.audit import allowed_by
 from billing.domain.contact import Contact
@@ -126,6 +127,7 @@ class JobHandler:
                 message_id=delivery.message_id,
                 queue=delivery.queue,
             )
+            metrics.DEAD_LETTERED.labels("malformed").inc()
             await delivery.reject()
             return
         with bound_contextvars(
@@ -144,6 +146,7 @@ class JobHandler:
                     log.warning("requeue_failed", exc_info=True)
                 return
             _log_result(result, job)
+            metrics.record_job(result)
             if result.outcome is Handled.POISON:
                 await delivery.reject()
             else:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from billing import metrics
 from billing.domain.contact import Contact
 from billing.domain.delivery import OutcomeKind, SendOutcome
 from billing.domain.errors import Conflict
@@ -145,7 +146,8 @@ class OutcomeRecorder:
         if not self._call_fits_lease(contact, typing_ms):
             await asyncio.to_thread(h.ledger.release, ledger_id)  # nothing reached the gateway
             return await self._give_back(contact, base)
-        sent = await client.send_text(contact.gateway_number, rendered.text, delay_ms=typing_ms)
+        with metrics.GATEWAY_LATENCY.time():
+            sent = await client.send_text(contact.gateway_number, rendered.text, delay_ms=typing_ms)
         done = h.clock.now()
         base.update(code=sent.code, http_status=sent.http_status)
         if sent.kind is OutcomeKind.SENT:
