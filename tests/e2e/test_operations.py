@@ -13,6 +13,7 @@ simulator served over HTTP from this test process:
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -300,29 +301,44 @@ def test_sigterm_on_each_process_mid_batch_loses_nothing(stack_of: Any) -> None:
     took["worker-2"] = terminate(stack, "worker-2")
     stack.start("worker-2")
 
-    answers: list[httpx.Response] = []
+    # a POST whose body is still arriving when the API is told to stop: it is answered, then the API exits
     contacts = [
         {"nome": f"C{i}", "telefone": phone(i), "valor": "R$ 1,00", "data_vencimento": "2025-01-10"}
         for i in range(20, 30)
     ]
-    poster = threading.Thread(
-        target=lambda: answers.append(
-            httpx.post(
-                f"{stack.api_url}{BASE}/send/notification",
-                json={"contacts": contacts},
-                headers=headers,
-                timeout=30,
+    body = json.dumps({"contacts": contacts}).encode()
+    reading = threading.Event()
+    answers: list[httpx.Response | BaseException] = []
+
+    def slow_body() -> Iterator[bytes]:
+        yield body[: len(body) // 2]
+        reading.set()
+        time.sleep(1.0)
+        yield body[len(body) // 2 :]
+
+    def send() -> None:
+        try:
+            answers.append(
+                httpx.post(
+                    f"{stack.api_url}{BASE}/send/notification",
+                    content=slow_body(),
+                    headers={**headers, "Content-Type": "application/json"},
+                    timeout=30,
+                )
             )
-        )
-    )
+        except BaseException as exc:
+            answers.append(exc)
+
+    poster = threading.Thread(target=send)
     poster.start()
-    time.sleep(0.05)  # the POST is in flight when the API is told to stop
+    assert reading.wait(10), "the POST did not start"
     took["api"] = terminate(stack, "api")
     poster.join(30)
+    assert len(answers) == 1 and isinstance(answers[0], httpx.Response), answers
+    assert answers[0].status_code == 202, answers[0].text
+    accepted.append(answers[0].json())
     stack.start("api")
     stack.wait_ready()
-    if answers and answers[0].status_code == 202:
-        accepted.append(answers[0].json())
 
     world = World(stack, sim, ScaledClock(datetime(2025, 1, 21, 10, 0, tzinfo=SP), time.time(), 1.0), headers)
     for batch in accepted:
