@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -335,11 +336,13 @@ def cmd_projections_rebuild(args: argparse.Namespace) -> int:
     """``billing projections rebuild``: rebuild the read models from the event log, then exit."""
     settings = load_settings()
     rebuild = _entry("billing.projections.views", "rebuild_projections")
+    from billing.progress import replay_progress
 
     async def run() -> Any:
         container = await _open_container(settings, broker=False)
         try:
-            return await _call(rebuild, container)
+            with replay_progress("rebuilding projections") as progress:
+                return await _call(functools.partial(rebuild, progress=progress), container)
         finally:
             await container.aclose()
 

@@ -59,18 +59,20 @@ class _Bar:
 def cmd_projections_verify(args: argparse.Namespace) -> int:
     """``billing projections rebuild --verify``: rebuild into a scratch schema, compare with the live
     views row by row; exit 1 printing the first differences, 0 when they are equal."""
-    from billing.projections.verify import verify_projections
+    from billing.progress import replay_progress
+    from billing.projections.verify import REBUILD_BATCH_SIZE, verify_projections
 
     settings = load_settings()
     container = _admin_container()
     try:
-        with _progress("replaying into a scratch schema") as progress:
+        with replay_progress("replaying into a scratch schema") as progress:
             result = verify_projections(
                 container.store,
                 container.pool,
                 settings.database_url,
                 limit=args.max_differences,
-                progress=_Bar(progress, "events"),
+                batch_size=REBUILD_BATCH_SIZE,
+                progress=progress,
             )
     finally:
         _close_sync(container)

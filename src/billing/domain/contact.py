@@ -48,6 +48,7 @@ class Contact(Aggregate):
         not_before: datetime | None
         error_code: str | None
         cancelled_in_flight: bool
+        cancel_reason: str | None
 
     class Created(Aggregate.Created):
         """Base of the two ways a contact comes to exist (added, rejected); never recorded itself."""
@@ -213,6 +214,7 @@ class Contact(Aggregate):
 
         def apply(self, aggregate: Contact) -> None:
             aggregate.cancelled_in_flight = aggregate.status is ContactStatus.DISPATCHED
+            aggregate.cancel_reason = self.reason
             aggregate.status = ContactStatus.CANCELLED
             aggregate.lease_until = None
 
@@ -226,6 +228,7 @@ class Contact(Aggregate):
         self.not_before = None
         self.error_code = None
         self.cancelled_in_flight = False
+        self.cancel_reason = None
 
     # --- commands -------------------------------------------------------------------------------------
 

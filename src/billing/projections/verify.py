@@ -27,14 +27,22 @@ from billing.db import ViewsPool, open_pool
 from billing.eventstore import EventStore
 from billing.projections.follower import DEFAULT_BATCH_SIZE, read_after
 from billing.projections.tracking import load_position
-from billing.projections.views import PROJECTION, VIEW_TABLES, apply_batch
+from billing.projections.views import PROJECTION, REBUILD_BATCH_SIZE, VIEW_TABLES, apply_batch
 
-__all__ = ["Difference", "FollowerStatus", "VerifyResult", "follower_status", "verify_projections"]
+__all__ = [
+    "REBUILD_BATCH_SIZE",
+    "Difference",
+    "FollowerStatus",
+    "VerifyResult",
+    "follower_status",
+    "verify_projections",
+]
 
 ROUNDS = 5
 """Times the comparison is retried while the live projection keeps moving."""
-Progress = Callable[[int, int], None]
-"""``progress(done, total)``: notifications replayed so far out of the ones to replay."""
+Progress = Callable[[int, int, int], None]
+"""``progress(handled, position, target)``: notifications replayed so far, the position reached and the
+position to reach (the shape of :func:`billing.progress.replay_progress`)."""
 
 
 @dataclass(frozen=True)
@@ -83,15 +91,17 @@ def _replay(
 ) -> None:
     """Apply the log into the scratch views (``pool``) from its position up to ``upto``."""
     position = load_position(pool, PROJECTION)
+    handled = 0
     while position < upto:
         batch, end = read_after(store.recorder, position, batch_size)
         batch = [n for n in batch if n.id <= upto]
         end = min(end, upto)
         if end <= position:
             return
-        position = apply_batch(pool, store.mapper, batch, position, end).position
+        result = apply_batch(pool, store.mapper, batch, position, end)
+        position, handled = result.position, handled + result.applied
         if progress is not None:
-            progress(position, upto)
+            progress(handled, position, upto)
 
 
 def _primary_key(conn: psycopg.Connection[Any], schema: str, table: str) -> str:
@@ -156,7 +166,7 @@ def verify_projections(
     Args:
         store / pool / database_url: the live event store, views pool and its URL.
         limit: the most differences to report.
-        progress: called after each replayed batch with ``(position, target)``.
+        progress: called after each replayed batch with ``(handled, position, target)``.
 
     Raises:
         psycopg.Error: the database is unreachable (the scratch schema is dropped when possible).

@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +49,7 @@ from billing.db import ViewsPool
 from billing.projections import history
 from billing.projections.follower import DEFAULT_BATCH_SIZE, Backoff, NotificationFollower, read_after
 from billing.projections.tracking import load_position, lock_position, record_error, save_position
-from billing.projections.writers import CONTACT_UPDATE_TOPICS, ViewWriter
+from billing.projections.writers import CONTACT_CREATE_TOPICS, CONTACT_UPDATE_TOPICS, ViewWriter
 
 if TYPE_CHECKING:
     from billing.bootstrap import Container
@@ -61,6 +61,8 @@ PROJECTION = "projections"
 ATTEMPTS = 3
 """Tries of a batch on transient database errors before the follower's own backoff takes over."""
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+REBUILD_BATCH_SIZE = 50_000
+"""Notifications per batch of a rebuild (one transaction each; ~1 KB each in memory while folded)."""
 VIEW_TABLES = (
     "tenants", "api_keys", "templates", "campaigns", "queue_status", "campaign_contacts", "contact_history",
 )  # fmt: skip
@@ -165,7 +167,12 @@ def _apply(
                 resolve_topic(n.topic)  # a known event that no view needs is skipped, an unknown one is not
         except Exception as exc:
             failures.append((n, exc))
-    writer.preload(event.originator_id for n, event in decoded if n.topic in CONTACT_UPDATE_TOPICS)
+    created = {event.originator_id for n, event in decoded if n.topic in CONTACT_CREATE_TOPICS}
+    writer.preload(
+        event.originator_id
+        for n, event in decoded
+        if n.topic in CONTACT_UPDATE_TOPICS and event.originator_id not in created
+    )
     applied: list[tuple[int, Any]] = []
     for n, event in decoded:
         try:
@@ -181,10 +188,18 @@ def _apply(
     return failures
 
 
-def project_pending(container: Container, *, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+Progress = Callable[[int, int, int], None]
+"""``progress(handled, position, head)``: notifications handled so far, the position reached and the
+log's last notification id (ids have gaps, so ``position``/``head`` is the fraction done)."""
+
+
+def project_pending(
+    container: Container, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None
+) -> int:
     """Apply everything the notification log holds now, synchronously, in batches of ``batch_size``.
 
     Returns how many notifications this call handled (0 when another process had applied them all).
+    ``progress``, when given, is called after each batch.
 
     Raises:
         psycopg.Error: the database is unreachable (transient errors were retried first).
@@ -199,10 +214,16 @@ def project_pending(container: Container, *, batch_size: int = DEFAULT_BATCH_SIZ
         result = apply_batch(pool, store.mapper, batch, position, upto)
         handled += result.applied
         position = result.position
+        if progress is not None:
+            progress(handled, position, store.recorder.max_notification_id() or position)
 
 
-def rebuild_projections(container: Container, *, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
-    """Empty every view, this projection's errors and its position in one transaction, then replay the log.
+def rebuild_projections(
+    container: Container, *, batch_size: int = REBUILD_BATCH_SIZE, progress: Progress | None = None
+) -> int:
+    """Empty every view, this projection's errors and its position in one transaction, then replay the log
+    in batches of ``batch_size`` (large: each batch recomputes the counters of the queues it touches
+    once, and writes its contacts with ``COPY``), reporting to ``progress`` after each batch.
 
     Returns the number of notifications replayed. Safe while ``billing projections`` runs: the truncate
     waits for its current batch, and its next batch follows the position back to 0 (the two processes
@@ -217,7 +238,7 @@ def rebuild_projections(container: Container, *, batch_size: int = DEFAULT_BATCH
         conn.execute("DELETE FROM projection_errors WHERE projection = %s", (PROJECTION,))
         conn.execute("UPDATE tracking SET position = 0, updated_at = now() WHERE name = %s", (PROJECTION,))
     log.info("projections truncated; replaying the notification log")
-    return project_pending(container, batch_size=batch_size)
+    return project_pending(container, batch_size=batch_size, progress=progress)
 
 
 def projection_follower(

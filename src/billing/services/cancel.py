@@ -6,20 +6,22 @@ Which contacts are cancelled must not depend on how far the projections got (the
 event store):
 
 - a queue's contacts are known without the views: ingestion gives contact ``i`` of a campaign the id
-  ``uuid5(campaign_id, str(i))`` and the queue records its ``total``. Every such contact that the views do
-  not already show as final is loaded from the event store (plus any open one the views show);
+  ``uuid5(campaign_id, str(i))`` and the queue records its ``total``: all of them are loaded from the
+  event store in one query;
 - an invoice's contacts can only be found through the views, so the call first waits (bounded) until the
   projections have applied every event stored before it; when they stay behind it answers
   :class:`ProjectionsBehind` rather than a short count.
 
-A worker may change a contact while it is being cancelled (a deferral, a claim): the save then conflicts on
-the aggregate's version, and the contact is re-loaded and cancelled again if it is still not final.
+The cancellations are one save (:meth:`CancelService.cancel_contacts`). A worker may change a contact while
+it is being cancelled (a deferral, a claim): that contact is left out of the save (its version moved), then
+re-loaded and cancelled again if it is still not final.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -30,19 +32,32 @@ from billing.db import ViewsPool
 from billing.domain.contact import Contact
 from billing.domain.errors import DomainError, InvalidValue, NotFound
 from billing.domain.queue import Queue
-from billing.eventstore import EventStore, get_owned
+from billing.domain.types import ContactStatus
+from billing.eventstore import EventStore, get_owned, load_many, save_unless_moved
 from billing.projections.tracking import load_position
 from billing.projections.views import PROJECTION
 from billing.services.clock import Clock
 
-SAVE_CHUNK = 500
 SAVE_ATTEMPTS = 10
-"""Tries to save one cancellation that keeps conflicting with other writers before giving up."""
+"""Rounds of re-loading contacts that other writers keep changing while they are cancelled."""
 CATCH_UP_TIMEOUT_S = 10.0
 """Seconds :meth:`CancelService.cancel_by_external_id` waits for the projections to catch up."""
 
 OPEN_STATUSES = ("pending", "dispatched")
 """Statuses of the contacts that may still be sent (the views' ``campaign_contacts.status``)."""
+
+
+@dataclass
+class Cancellation:
+    """What :meth:`CancelService.cancel_contacts` did.
+
+    Attributes:
+        cancelled: ids of the contacts this call cancelled.
+        found: ids found already cancelled with the same reason (not by this call).
+    """
+
+    cancelled: set[UUID] = field(default_factory=set)
+    found: set[UUID] = field(default_factory=set)
 
 
 class ProjectionsBehind(DomainError):
@@ -71,49 +86,43 @@ class CancelService:
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             return cur.execute(sql, params).fetchall()
 
-    def _load_contact(self, contact_id: UUID, tenant_id: UUID) -> Contact | None:
-        return get_owned(self.store, contact_id, Contact, tenant_id)
+    def cancel_contacts(self, tenant_id: UUID, contact_ids: Iterable[UUID], reason: str) -> Cancellation:
+        """Cancel every contact of ``contact_ids`` that belongs to the tenant and is not final yet, with
+        ``reason`` (``queue_cancelled``, ``paid``...). The one fast path of every cancellation.
 
-    def _cancel_contacts(self, tenant_id: UUID, contact_ids: Iterable[UUID], reason: str) -> int:
-        """Cancel the contacts not final yet, saving them in chunks; returns how many were cancelled."""
-        ids = list(dict.fromkeys(contact_ids))
-        now = self.clock.now()
-        cancelled = 0
-        for start in range(0, len(ids), SAVE_CHUNK):
-            batch: list[Contact] = []
-            for contact_id in ids[start : start + SAVE_CHUNK]:
-                contact = self._load_contact(contact_id, tenant_id)
-                if contact is not None and contact.cancel(reason=reason, at=now):
-                    batch.append(contact)
-            if not batch:
-                continue
-            try:
-                self.store.save(*batch)
-            except IntegrityError:  # a worker changed one of them meanwhile: one by one, re-loaded
-                cancelled += sum(self._cancel_one(tenant_id, c.id, reason) for c in batch)
-            else:
-                cancelled += len(batch)
-        return cancelled
+        The contacts are loaded with one query (:func:`~billing.eventstore.load_many`) and their
+        ``Cancelled`` events written with one save under the event store's table lock, skipping any
+        contact another writer (a worker's claim, outcome or own cancellation) changed since it was
+        loaded (:func:`~billing.eventstore.save_unless_moved`); those are re-loaded and decided again, up
+        to :data:`SAVE_ATTEMPTS` rounds. Unknown ids and other tenants' contacts are ignored.
 
-    def _cancel_one(self, tenant_id: UUID, contact_id: UUID, reason: str) -> int:
-        """Cancel one contact, re-loading it after each conflict; 1 when a cancellation was recorded.
+        Returns the ids this call cancelled and the ids found already cancelled with the same reason
+        (e.g. by a worker that saw the queue's cancellation first).
 
         Raises:
-            IntegrityError: it still conflicted after :data:`SAVE_ATTEMPTS` tries.
+            IntegrityError: some contacts still kept changing after :data:`SAVE_ATTEMPTS` rounds.
         """
+        todo = list(dict.fromkeys(contact_ids))
+        result = Cancellation()
         for attempt in range(SAVE_ATTEMPTS):
-            contact = self._load_contact(contact_id, tenant_id)
-            if contact is None or not contact.cancel(reason=reason, at=self.clock.now()):
-                return 0
-            try:
-                self.store.save(contact)
-            except IntegrityError:
-                if attempt == SAVE_ATTEMPTS - 1:
-                    raise
-                time.sleep(0.01 * (attempt + 1))
-            else:
-                return 1
-        raise AssertionError("unreachable")
+            now = self.clock.now()
+            loaded = load_many(self.store, todo)
+            batch: list[Contact] = []
+            for contact_id in todo:
+                contact = loaded.get(contact_id)
+                if not isinstance(contact, Contact) or contact.tenant_id != tenant_id:
+                    continue
+                if contact.cancel(reason=reason, at=now):
+                    batch.append(contact)
+                elif contact.status is ContactStatus.CANCELLED and contact.cancel_reason == reason:
+                    result.found.add(contact_id)
+            moved = save_unless_moved(self.store, batch) if batch else set()
+            result.cancelled.update(c.id for c in batch if c.id not in moved)
+            if not moved:
+                return result
+            todo = [contact_id for contact_id in todo if contact_id in moved]
+            time.sleep(0.01 * (attempt + 1))
+        raise IntegrityError(f"{len(todo)} contacts kept changing while being cancelled")
 
     def _get_queue(self, tenant_id: UUID, queue_id: UUID) -> Queue:
         queue = get_owned(self.store, queue_id, Queue, tenant_id)
@@ -121,9 +130,10 @@ class CancelService:
             raise NotFound("queue not found", code="queue_not_found", field="queue_id")
         return queue
 
-    def _cancel_queue_itself(self, tenant_id: UUID, queue_id: UUID) -> Queue:
+    def _cancel_queue_itself(self, tenant_id: UUID, queue_id: UUID) -> tuple[Queue, bool]:
         """Record the queue's ``Cancelled`` (nothing when it already is), re-loading it after a conflict
-        with a worker that paused or resumed it meanwhile.
+        with a worker that paused or resumed it meanwhile. Returns the queue and whether this call
+        recorded the cancellation.
 
         Raises:
             NotFound: unknown queue or another tenant's.
@@ -131,6 +141,8 @@ class CancelService:
         """
         for attempt in range(SAVE_ATTEMPTS):
             queue = self._get_queue(tenant_id, queue_id)
+            if queue.cancelled:
+                return queue, False
             queue.cancel(reason="cancelled_by_client", at=self.clock.now())
             try:
                 self.store.save(queue)
@@ -139,14 +151,16 @@ class CancelService:
                     raise
                 time.sleep(0.01 * (attempt + 1))
             else:
-                return queue
+                return queue, True
         raise AssertionError("unreachable")
 
     def cancel_queue(self, tenant_id: UUID, queue_id: UUID) -> int:
         """Cancel the queue and its unsent contacts. Returns how many contacts were cancelled.
 
         The queue's own ``Cancelled`` event is saved first, so a worker that takes a job of this queue
-        from then on cancels the contact itself.
+        from then on cancels the contact itself; such contacts are counted too, so the answer is exactly
+        the number of contacts this request stopped (the status's ``cancelled`` counter, less any contact
+        cancelled earlier for its invoice).
 
         A queue already completed (every contact final) is left as it is: nothing could be stopped, and
         its status stays ``completed`` rather than turning ``cancelled``.
@@ -159,16 +173,14 @@ class CancelService:
             (queue_id, tenant_id),
         ):
             return 0  # completed_at is set only once no contact can be sent any more: it is final
-        queue = self._cancel_queue_itself(tenant_id, queue_id)
-        rows = self._rows(
-            "SELECT contact_id, status FROM campaign_contacts WHERE queue_id = %s AND tenant_id = %s",
-            (queue_id, tenant_id),
-        )
-        final = {row["contact_id"] for row in rows if row["status"] not in OPEN_STATUSES}
-        open_in_views = [row["contact_id"] for row in rows if row["status"] in OPEN_STATUSES]
+        queue, recorded = self._cancel_queue_itself(tenant_id, queue_id)
+        # Ingestion gives contact i of a campaign the id uuid5(campaign_id, str(i)): every contact of the
+        # queue is known without the (lagging) views.
         derived = [uuid5(queue.campaign_id, str(index)) for index in range(queue.total)]
-        candidates = [cid for cid in (*open_in_views, *derived) if cid not in final]
-        return self._cancel_contacts(tenant_id, candidates, "queue_cancelled")
+        result = self.cancel_contacts(tenant_id, derived, "queue_cancelled")
+        # A worker that took a job of this queue after its Cancelled was saved cancels the contact itself
+        # (same reason): that contact was cancelled by this request too.
+        return len(result.cancelled) + (len(result.found) if recorded else 0)
 
     def _wait_for_projections(self) -> None:
         """Return once the projections applied every event stored before this call.
@@ -203,4 +215,4 @@ class CancelService:
             "AND (invoice_ref = %s OR external_id = %s) AND status = ANY(%s)",
             (tenant_id, external_id, external_id, list(OPEN_STATUSES)),
         )
-        return self._cancel_contacts(tenant_id, (row["contact_id"] for row in rows), "paid")
+        return len(self.cancel_contacts(tenant_id, (row["contact_id"] for row in rows), "paid").cancelled)

@@ -1,0 +1,44 @@
+"""``rebuild_projections`` in large batches gives the same views as the live projection, and reports its
+progress after each batch (the CLI's progress bar)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import psycopg
+
+from billing.bootstrap import build_container
+from billing.projections.views import VIEW_TABLES, project_pending, rebuild_projections
+from billing.settings import Settings
+from tests.integration.test_cancel_batch import T0, posted
+
+
+def dump(database_url: str) -> dict[str, list[tuple[object, ...]]]:
+    with psycopg.connect(database_url) as conn:
+        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in VIEW_TABLES}
+
+
+def test_rebuild_in_batches_reports_progress_and_gives_the_same_views(database_url: str) -> None:
+    container = build_container(Settings(database_url=database_url))
+    try:
+        store, tenant_id = container.store, uuid.uuid4()
+        for accepted in (450, 300):
+            campaign, queue, contacts = posted(tenant_id, accepted=accepted, rejected=1)
+            store.save(campaign, queue, *contacts)
+            for contact in contacts[:accepted:2]:
+                contact.dispatch(at=T0, lease=timedelta(minutes=2))
+            store.save(*contacts[:accepted:2])
+        project_pending(container, batch_size=100)  # the live follower's way, in small batches
+        live = dump(database_url)
+        head = store.recorder.max_notification_id()
+        assert head == 2 * 2 + 451 + 301 + 225 + 150
+
+        calls: list[tuple[int, int, int]] = []
+        replayed = rebuild_projections(container, batch_size=400, progress=lambda *a: calls.append(a))
+        assert replayed == head
+        assert calls == [(400, 400, head), (800, 800, head), (1_131, head, head)]
+        assert dump(database_url) == live
+    finally:
+        container.pool.close()
+        container.store.close()
