@@ -253,7 +253,7 @@ def test_metrics_move_as_a_batch_is_sent_by_two_worker_processes(stack_of: Any) 
 
 # --- graceful shutdown ---------------------------------------------------------------------------------
 
-PAUSED_POLICY_PAUSE_S = 0.3
+SEND_PAUSE_S = 0.3
 
 
 def terminate(stack: MetricStack, name: str) -> float:
@@ -281,7 +281,7 @@ def test_sigterm_on_each_process_mid_batch_loses_nothing(stack_of: Any) -> None:
     ).stdout.strip()  # fmt: skip
     answer = httpx.patch(
         f"{stack.api_url}{BASE}/config/",
-        json={"policy": {"pause_min_s": PAUSED_POLICY_PAUSE_S, "pause_max_s": PAUSED_POLICY_PAUSE_S}},
+        json={"policy": {"pause_min_s": SEND_PAUSE_S, "pause_max_s": SEND_PAUSE_S}},
         headers={"Authorization": f"Bearer {token}"},
         timeout=10,
     )
