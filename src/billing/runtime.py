@@ -221,7 +221,9 @@ def _run_process(command: str, entry: tuple[str, str] | None, *, broker: bool) -
         _install_stop_signals(stop)
         container = await _open_container(settings, broker=broker)
         if command != "api":  # the API serves /metrics on its own port
-            _entry("billing.metrics", "serve")(container, command)
+            from billing.metrics import serve as serve_metrics
+
+            serve_metrics(container, command)
         log.info("process started", command=command)
         try:
             if fn is None:
