@@ -49,7 +49,7 @@ import psycopg
 import uvicorn
 
 from billing.api.app import create_app
-from billing.bootstrap import Container, build_container
+from billing.bootstrap import Container, build_container, run_worker_process
 from billing.db import migrate
 from billing.domain.policy import default_policy_spec
 from billing.logging import configure_logging
@@ -59,7 +59,6 @@ from billing.outbox.relay import run_relay
 from billing.projections.views import project_pending, run_projections
 from billing.services.tenants import TenantService
 from billing.settings import Settings
-from billing.worker.runner import run_worker
 
 ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -505,7 +504,7 @@ async def run(args: argparse.Namespace, url: str, sim_port: int, logs: Path, met
             for proc in workers:
                 meter.add(proc.pid, "workers")
         else:
-            tasks.append(asyncio.create_task(run_worker(container, stop), name="worker"))
+            tasks.append(asyncio.create_task(run_worker_process(container, stop), name="worker"))
         queue = broker.topology.queue("notification")
         deadline = time.monotonic() + 60
         while not api.started or await consumers(queue) < max(1, args.workers):

@@ -1,12 +1,16 @@
 """The composition root: builds pools, the event store, the broker, the clock and gateway clients from one
-:class:`~billing.settings.Settings` and hands them to the processes. Nothing connects at import time.
+:class:`~billing.settings.Settings`, and from them each process's parts — every part gets exactly the
+dependencies it uses (the worker's handler and scheduler: :func:`build_handler`, :func:`build_scheduler`).
+Nothing connects at import time.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -17,7 +21,32 @@ from billing.outbox.broker import Broker
 from billing.services.clock import Clock, SystemClock
 from billing.settings import Settings
 
+if TYPE_CHECKING:
+    from billing.worker.handler import JobHandler
+    from billing.worker.scheduler import Scheduler
+
 GatewayFactory = Callable[[Mapping[str, str]], EvolutionClient]
+
+
+class GatewayClients:
+    """Builds a tenant's Evolution API client on the one shared HTTP client (``http``).
+
+    ``config`` is ``{base_url, instance, api_key, api_version}`` (see :mod:`billing.domain.tenant`);
+    ``timeout_s`` is each call's timeout on top of its typing delay (``BILLING_GATEWAY_TIMEOUT_S``)."""
+
+    def __init__(self, http: httpx.AsyncClient, *, timeout_s: float) -> None:
+        self.http = http
+        self.timeout_s = timeout_s
+
+    def __call__(self, config: Mapping[str, str]) -> EvolutionClient:
+        return EvolutionClient(
+            self.http,
+            base_url=config["base_url"],
+            api_key=config["api_key"],
+            instance=config["instance"],
+            api_version=config["api_version"],  # type: ignore[arg-type]
+            timeout_s=self.timeout_s,
+        )
 
 
 @dataclass
@@ -39,23 +68,12 @@ class Container:
     broker: Broker | None
     clock: Clock = field(default_factory=SystemClock)
     http: httpx.AsyncClient | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
-    def gateway(self, config: Mapping[str, str]) -> EvolutionClient:
-        """An Evolution API client for a tenant's gateway config.
-
-        ``config`` is ``{base_url, instance, api_key, api_version}`` (see :mod:`billing.domain.tenant`).
-        """
+    def gateways(self) -> GatewayClients:
+        """The gateway client factory on this process's shared HTTP client (created on first use)."""
         if self.http is None:
             self.http = httpx.AsyncClient()
-        return EvolutionClient(
-            self.http,
-            base_url=config["base_url"],
-            api_key=config["api_key"],
-            instance=config["instance"],
-            api_version=config["api_version"],  # type: ignore[arg-type]
-            timeout_s=self.settings.gateway_timeout_s,
-        )
+        return GatewayClients(self.http, timeout_s=self.settings.gateway_timeout_s)
 
     async def aclose(self) -> None:
         """Close what this container opened."""
@@ -74,3 +92,75 @@ def build_container(
     store = open_event_store(settings.database_url, pool_size=settings.pool_size, create_table=False)
     pool = open_pool(settings.database_url, size=settings.pool_size)
     return Container(settings=settings, store=store, pool=pool, broker=broker, clock=clock or SystemClock())
+
+
+def build_handler(
+    container: Container, *, rng: random.Random | None = None, tenant_ttl_s: float = 5.0
+) -> JobHandler:
+    """The worker's job handler over the container's store, pool, clock and HTTP client."""
+    from billing.worker.handler import JobHandler, TenantCache
+    from billing.worker.health import GatewayHealth
+    from billing.worker.ledger import SendLedger, margin_for
+    from billing.worker.rendering import Renderer
+
+    return JobHandler(
+        store=container.store,
+        tenants=TenantCache(container.store, ttl_s=tenant_ttl_s),
+        ledger=SendLedger(container.pool, margin=margin_for(container.clock)),
+        renderer=Renderer(container.pool),
+        health=GatewayHealth(),
+        gateways=container.gateways(),
+        clock=container.clock,
+        lease_s=container.settings.dispatch_lease_s,
+        gateway_timeout_s=container.settings.gateway_timeout_s,
+        rng=rng,
+    )
+
+
+def build_scheduler(container: Container) -> Scheduler:
+    """The worker's scheduler: the views pool, the store, a publisher of the container's broker.
+
+    Raises:
+        ValueError: the container has no broker.
+    """
+    from billing.worker.ledger import SendLedger, margin_for
+    from billing.worker.scheduler import Scheduler
+
+    if container.broker is None:
+        raise ValueError("the scheduler needs a broker")
+    return Scheduler(
+        pool=container.pool,
+        store=container.store,
+        publisher=container.broker.publisher(),
+        topology=container.broker.topology,
+        ledger=SendLedger(container.pool, margin=margin_for(container.clock)),
+        clock=container.clock,
+    )
+
+
+async def run_worker_process(
+    container: Container,
+    stop: asyncio.Event,
+    *,
+    handler: JobHandler | None = None,
+    scheduler_interval_s: float = 2.0,
+) -> None:
+    """The ``billing worker`` process body: its handler and scheduler built from the container, run until
+    ``stop`` (:func:`billing.worker.runner.run_worker`).
+
+    Raises:
+        ValueError: the container has no broker.
+    """
+    from billing.worker.runner import run_worker
+
+    if container.broker is None:
+        raise ValueError("the worker needs a broker")
+    await run_worker(
+        container.broker,
+        stop,
+        handler=handler or build_handler(container),
+        scheduler=build_scheduler(container),
+        prefetch=container.settings.worker_prefetch,
+        drain_s=container.settings.dispatch_lease_s,
+        scheduler_interval_s=scheduler_interval_s,
+    )

@@ -28,7 +28,6 @@ from billing.runtime import (
     _admin_container,
     _call,
     _close_sync,
-    _entry,
     _open_container,
     _run_process,
     _safe_url,
@@ -309,7 +308,8 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
             "`billing dev` prints a ready admin token instead",
             code=2,
         )
-    mint_token = _entry("billing.api.auth", "mint_token")
+    from billing.api.auth import mint_token
+
     print(mint_token(secret, str(args.tenant), args.ttl))
     return 0
 
@@ -324,19 +324,23 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_relay(args: argparse.Namespace) -> int:
     """``billing relay``: follow the event log and publish jobs to RabbitMQ."""
-    return _run_process("relay", ("billing.outbox.relay", "run_relay"), broker=True)
+    from billing.outbox.relay import run_relay
+
+    return _run_process("relay", run_relay, broker=True)
 
 
 def cmd_projections(args: argparse.Namespace) -> int:
     """``billing projections``: keep the read models up to date."""
-    return _run_process("projections", ("billing.projections.views", "run_projections"), broker=False)
+    from billing.projections.views import run_projections
+
+    return _run_process("projections", run_projections, broker=False)
 
 
 def cmd_projections_rebuild(args: argparse.Namespace) -> int:
     """``billing projections rebuild``: rebuild the read models from the event log, then exit."""
     settings = load_settings()
-    rebuild = _entry("billing.projections.views", "rebuild_projections")
     from billing.progress import replay_progress
+    from billing.projections.views import rebuild_projections as rebuild
 
     async def run() -> Any:
         container = await _open_container(settings, broker=False)
@@ -353,7 +357,9 @@ def cmd_projections_rebuild(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """``billing worker``: consume jobs and send messages."""
-    return _run_process("worker", ("billing.worker.runner", "run_worker"), broker=True)
+    from billing.bootstrap import run_worker_process
+
+    return _run_process("worker", run_worker_process, broker=True)
 
 
 def cmd_gateway_simulator(args: argparse.Namespace) -> int:

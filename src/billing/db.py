@@ -5,14 +5,20 @@ The event store opens its own pool (the ``eventsourcing`` library's); the views 
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from billing.eventstore import open_event_store
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 ViewsPool = ConnectionPool[psycopg.Connection[DictRow]]
 """A sync pool whose connections return rows as dicts (the views, the operational tables)."""
@@ -44,10 +50,15 @@ def migrate(database_url: str) -> list[str]:
 
 
 def open_pool(database_url: str, *, size: int = 5, name: str = "views") -> ViewsPool:
-    """A sync pool of dict-row connections (autocommit off), opened and waited for."""
+    """A sync pool of dict-row connections (autocommit off), opened and waited for.
+
+    Every connection is checked before it is lent (``ConnectionPool.check_connection``: a dead one — the
+    server restarted, ``pg_terminate_backend`` — is replaced instead of failing the caller's first query),
+    as the event store's pool is (``POSTGRES_PRE_PING``)."""
     pool = ViewsPool(
         database_url,
         connection_class=psycopg.Connection[DictRow],
+        check=ViewsPool.check_connection,
         min_size=1,
         max_size=size,
         kwargs={"row_factory": dict_row},
@@ -56,3 +67,19 @@ def open_pool(database_url: str, *, size: int = 5, name: str = "views") -> Views
     )
     pool.open(wait=True, timeout=30)
     return pool
+
+
+def read_retrying(read: Callable[P, R]) -> Callable[P, R]:
+    """Run a read-only query function again, once, when its connection died under it
+    (:class:`psycopg.OperationalError`: the server restarted, ``pg_terminate_backend``). The pool checks
+    connections before lending them, but one can still die between the check and the query; a read is
+    safe to repeat, a write is not (never decorate one)."""
+
+    @functools.wraps(read)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return read(*args, **kwargs)
+        except psycopg.OperationalError:
+            return read(*args, **kwargs)
+
+    return wrapper

@@ -14,7 +14,6 @@ from billing.cli_errors import CliError
 from billing.runtime import (
     _build_app,
     _call,
-    _entry,
     _install_stop_signals,
     _open_container_sync,
     _uvicorn_server,
@@ -106,13 +105,12 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
     """The one-process system: in-memory broker, simulator, demo tenant, then the four components."""
     import secrets
 
+    from billing.api.app import create_app
+    from billing.bootstrap import run_worker_process
     from billing.gateway.simulator import EvolutionSimulator
     from billing.outbox.memory import InMemoryBroker
-
-    run_projections = _entry("billing.projections.views", "run_projections")
-    run_relay = _entry("billing.outbox.relay", "run_relay")
-    run_worker = _entry("billing.worker.runner", "run_worker")
-    create_app = _entry("billing.api.app", "create_app")
+    from billing.outbox.relay import run_relay
+    from billing.projections.views import run_projections
 
     stop = asyncio.Event()
     _install_stop_signals(stop)
@@ -141,7 +139,7 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
             "api": serve_until(api_server, stop, f"the API on {args.host}:{args.port}"),
             "projections": _call(run_projections, container, stop),
             "relay": _call(run_relay, container, stop),
-            "worker": _call(run_worker, container, stop),
+            "worker": _call(run_worker_process, container, stop),
             "simulator-log": _log_simulator(simulator, stop),
         }
         banner = asyncio.ensure_future(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import inspect
 import signal
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,14 +25,6 @@ def load_settings(**overrides: object) -> Settings:
 
     configure_logging(settings.log_format, settings.log_level)
     return settings
-
-
-def _entry(module: str, name: str) -> Any:
-    """``module.name``, imported now (parts of the system are built separately)."""
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise CliError(f"{module}.{name} is not available: {exc}") from None
 
 
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -202,18 +193,20 @@ def _build_app(create_app: Callable[[Any], Any], container: Any) -> Any:
 
 
 async def _run_api(container: Any, stop: asyncio.Event, host: str, port: int) -> None:
-    create_app = _entry("billing.api.app", "create_app")
+    from billing.api.app import create_app
+
     server = _uvicorn_server(_build_app(create_app, container), host, port)
     await serve_until(server, stop, f"the API on {host}:{port}")
 
 
-def _run_process(command: str, entry: tuple[str, str] | None, *, broker: bool) -> int:
-    """Settings, one container, stop signals; run the entry point ``(module, name)`` as
-    ``fn(container, stop)`` (None: the API) until a signal; close the container."""
+def _run_process(
+    command: str, fn: Callable[[Any, asyncio.Event], Awaitable[Any]] | None, *, broker: bool
+) -> int:
+    """Settings, one container, stop signals; run the process body ``fn(container, stop)`` (None: the
+    API) until a signal; close the container."""
     from billing.logging import get_logger
 
     settings = load_settings()
-    fn = _entry(*entry) if entry is not None else None
     log = get_logger("billing.cli")
 
     async def run() -> int:

@@ -24,8 +24,9 @@ from litestar import Litestar
 from billing.api.app import create_app
 from billing.api.auth import mint_token
 from billing.api.deps import Services
-from billing.bootstrap import Container, build_container
+from billing.bootstrap import Container, build_container, build_handler, run_worker_process
 from billing.domain.policy import default_policy_spec
+from billing.domain.sending import Handled
 from billing.gateway.simulator import EvolutionSimulator
 from billing.outbox.jobs import SendJob
 from billing.outbox.rabbitmq import RabbitBroker
@@ -34,9 +35,7 @@ from billing.projections.views import project_pending, run_projections
 from billing.services.clock import FakeClock
 from billing.services.tenants import TenantService
 from billing.settings import Settings
-from billing.worker.handler import JobHandler
-from billing.worker.outcomes import Handled, Result
-from billing.worker.runner import run_worker
+from billing.worker.handler import JobHandler, Result
 from tests.integration.test_broker_contract import delete_topology, queue_depth
 
 BASE = "/api/billing/v1/billing"
@@ -91,7 +90,8 @@ class RecordingHandler(JobHandler):
     """The production handler, recording ``(contact_id, job reason, outcome)`` of every job it handled."""
 
     def __init__(self, container: Container) -> None:
-        super().__init__(container)
+        built = build_handler(container)
+        super().__init__(**_parts(built))
         self.handled: list[tuple[UUID, str, Handled]] = []
 
     async def handle(self, job: SendJob) -> Result:
@@ -101,6 +101,22 @@ class RecordingHandler(JobHandler):
 
     def outcomes(self, contact_ids: set[UUID]) -> list[Handled]:
         return [outcome for cid, _, outcome in self.handled if cid in contact_ids]
+
+
+def _parts(handler: JobHandler) -> dict[str, Any]:
+    """The constructor arguments of a built handler (to subclass it with the same parts)."""
+    return {
+        "store": handler.store,
+        "tenants": handler.tenants,
+        "ledger": handler.ledger,
+        "renderer": handler.renderer,
+        "health": handler.health,
+        "gateways": handler.gateways,
+        "clock": handler.clock,
+        "lease_s": handler.lease.total_seconds(),
+        "gateway_timeout_s": handler.gateway_timeout_s,
+        "rng": handler.rng,
+    }
 
 
 class System:
@@ -144,7 +160,7 @@ class System:
         assert self._worker is None
         stop = asyncio.Event()
         task = asyncio.create_task(
-            run_worker(self.container, stop, handler=self.handler, scheduler_interval_s=0.1)
+            run_worker_process(self.container, stop, handler=self.handler, scheduler_interval_s=0.1)
         )
         self._worker = (stop, task)
 
@@ -218,7 +234,7 @@ class System:
     async def depth(self, kind: str) -> int:
         broker = self.container.broker
         assert broker is not None
-        return sum([await queue_depth(broker, q) for q in broker.topology.shard_queues(kind)])
+        return sum([await queue_depth(broker, q) for q in broker.topology.kind_queues(kind)])
 
     def sent_numbers(self) -> list[str]:
         return sorted(m.number for m in self.simulator.sent)

@@ -16,7 +16,7 @@ from uuid import UUID
 import pytest
 
 from billing.domain.policy import default_policy_spec
-from billing.worker.outcomes import Handled
+from billing.domain.sending import Handled
 from tests.e2e.harness import BASE, SP, WAIT, contact, contact_ids, counters, number, running_system
 
 pytestmark = pytest.mark.e2e

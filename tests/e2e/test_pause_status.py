@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from billing.domain.policy import default_policy_spec
-from billing.worker.outcomes import Handled
+from billing.domain.sending import Handled
 from tests.cases import load_cases
 from tests.e2e.harness import SP, System, contact, contact_ids, counters, number, running_system
 

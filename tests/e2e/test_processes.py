@@ -92,6 +92,7 @@ class Stack:
     tmp_path: Path
     env: dict[str, str]
     api_url: str
+    names: tuple[str, ...] = PROCESSES
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     incarnation: dict[str, int] = field(default_factory=dict)
 
@@ -108,7 +109,7 @@ class Stack:
             )
 
     def start_all(self) -> None:
-        for name in PROCESSES:
+        for name in self.names:
             self.start(name)
         self.wait_ready()
 
@@ -139,10 +140,10 @@ class Stack:
     def wait_ready(self) -> None:
         """Until the API answers ready and every other process logged that it runs."""
         marks = {
-            name: "worker_started" if name.startswith("worker") else "process started" for name in PROCESSES
+            name: "worker_started" if name.startswith("worker") else "process started" for name in self.names
         }
         deadline = time.monotonic() + READY_S
-        waiting = set(PROCESSES)
+        waiting = set(self.names)
         while waiting:
             self.assert_alive()
             assert time.monotonic() < deadline, f"not ready in {READY_S} s: {sorted(waiting)}\n{self.logs()}"
@@ -187,13 +188,14 @@ class World:
 
 @pytest.fixture
 def launch(database_url: str, amqp_url: str, tmp_path: Path) -> Iterator[Any]:
-    """``launch(clock, policy)`` → a :class:`World`: a tenant with ``policy`` and an API key set up in
-    process, the simulator serving, the five processes started and ready. Everything stops in teardown."""
+    """``launch(clock, policy, workers=2)`` → a :class:`World`: a tenant with ``policy`` and an API key set
+    up in process, the simulator serving, api, projections, relay and the workers started and ready.
+    Everything stops in teardown."""
     prefix = f"e2e-proc-{uuid.uuid4().hex[:8]}"
     simulator = SimulatorServer()
     stacks: list[Stack] = []
 
-    def start(clock: ScaledClock, policy: dict[str, Any]) -> World:
+    def start(clock: ScaledClock, policy: dict[str, Any], workers: int = 2) -> World:
         settings = Settings.from_env({}, database_url=database_url, broker_prefix=prefix)
         container = build_container(settings, clock=clock)
         try:
@@ -223,7 +225,8 @@ def launch(database_url: str, amqp_url: str, tmp_path: Path) -> Iterator[Any]:
             BILLING_POLL_INTERVAL_S="0.2",
             BILLING_POOL_SIZE="4",
         )
-        stack = Stack(tmp_path, env, f"http://127.0.0.1:{api_port}")
+        names = (*PROCESSES[:3], *(f"worker-{n}" for n in range(1, workers + 1)))
+        stack = Stack(tmp_path, env, f"http://127.0.0.1:{api_port}", names)
         stacks.append(stack)
         stack.start_all()
         return World(stack, simulator.sim, clock, {"X-Billing-API-Key": api_key})
@@ -311,6 +314,47 @@ def test_two_workers_never_exceed_messages_per_minute_in_any_60_s_window_at_the_
     }
     assert sum(per_worker.values()) == 24, per_worker
     assert all(per_worker.values()), per_worker
+
+
+ARRIVAL_SCALE = 4.0
+
+
+def test_three_workers_with_default_pauses_never_let_7_messages_reach_the_gateway_in_60_s(
+    launch: Any,
+) -> None:
+    # Given a tenant allowed 6 messages per minute with the default 1–3 s typing pause, three worker
+    # processes, and a gateway that spends the pause before it sends (on a clock 4× real time, so the
+    # throttle's one real second of margin is 4 clock seconds: about the spread of the pauses)
+    policy = {**default_policy_spec(), "messages_per_minute": RATE}
+    assert (policy["pause_min_s"], policy["pause_max_s"]) == (1.0, 3.0)
+    world: World = launch(ScaledClock(TUESDAY_10, time.time(), ARRIVAL_SCALE), policy, workers=3)
+    world.sim.time_scale = 1.0  # the worker passes the pause in real milliseconds
+
+    # When 13 notifications are posted at once
+    contacts = [{"nome": f"Cliente {i}", "telefone": phone(i), "mensagem": "Aviso."} for i in range(13)]
+    with world.client() as client:
+        response = client.post(
+            f"{BASE}/send/notification", json={"external_id": "aviso", "contacts": contacts}
+        )
+    assert response.status_code == 202, response.text
+    status = poll_status(world, response.json()["queue_id"], "completed", timeout=120)
+
+    # Then each is sent once, and no 60 s window (clock time) holds more than 6 messages as they leave the
+    # gateway after its typing pause — the instant the throttle counts
+    sent = world.sim.sent
+    assert status["contacts"]["sent"] == 13
+    assert sorted(m.number for m in sent) == sorted(phone(i).lstrip("+") for i in range(13))
+    assert all(m.delay_ms for m in sent)
+    delivered = [world.clock.at(m.received_at.timestamp() + (m.delay_ms or 0) / 1000) for m in sent]
+    assert busiest_window(delivered) == RATE, sorted(delivered)
+    assert max(delivered) - min(delivered) >= timedelta(minutes=2)
+    handled = [
+        e
+        for name in ("worker-1", "worker-2", "worker-3")
+        for e in world.stack.events(name)
+        if e.get("event") == "job_handled" and e.get("outcome") == "sent"
+    ]
+    assert len(handled) == 13
 
 
 # --- kill and restart every process while a queue is paused ----------------------------------------------

@@ -170,7 +170,11 @@ async def test_default_topology_names() -> None:
     t = Topology()
     assert t.exchange == "billing"
     assert t.dead_letter_exchange == "billing.dlx"
-    assert t.job_queues == tuple(f"billing.{kind}.{n}" for kind in JOB_KINDS for n in range(8))
+    assert t.job_queues == tuple(
+        q for kind in JOB_KINDS for q in (*(f"billing.{kind}.{n}" for n in range(8)), f"billing.{kind}.retry")
+    )
+    assert t.retry_queue("upcoming") == "billing.upcoming.retry"
+    assert dead_letter_queue("billing.upcoming.retry") == "billing.upcoming.dead"
     assert t.queue("overdue") == "billing.overdue.0"
     assert t.queue_for("overdue", uuid.UUID(int=8 * 1000 + 3)) == "billing.overdue.3"
     assert t.dead_letter_queues == (

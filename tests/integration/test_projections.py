@@ -30,6 +30,7 @@ from billing.domain.queue import Queue
 from billing.domain.template import MessageTemplate
 from billing.domain.tenant import Tenant
 from billing.projections.views import VIEW_TABLES, project_pending, rebuild_projections, run_projections
+from billing.services.queries import Queries
 from billing.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -274,6 +275,13 @@ def test_projects_every_view(container: Container, database_url: str) -> None:
     assert pick(c1, "status attempts not_before error_code") == ("pending", 1, at(40), "gateway_down")
     assert pick(c2, "status error_code error_message") == ("skipped", "not_on_whatsapp", "no WhatsApp")
     assert pick(c3, "status attempts not_before lease_until") == ("pending", 0, at(60), None)
+    assert pick(c3, "deferred_reason") == ("outside_business_hours",)
+    assert pick(c1, "deferred_reason") == (None,)  # a retry: its error says why
+    # the contacts list shows why a pending contact waits and until when (kept current below)
+    items = {d["index"]: d for d in map(Queries.contact_document, (c0, c1, c3))}
+    assert [(items[i]["next_attempt_at"], items[i]["deferred_reason"]) for i in (0, 1, 3)] == [
+        (None, None), (at(40).isoformat(), None), (at(60).isoformat(), "outside_business_hours"),
+    ]  # fmt: skip
     assert pick(c4, "status phone error_code telefone") == ("rejected", None, "invalid_phone", "123")
     paused = queue_row(database_url, other.queue.id)
     assert pick(paused, "paused_reason resume_at pending") == ("outside_business_hours", at(90), 2)
@@ -292,6 +300,8 @@ def test_projects_every_view(container: Container, database_url: str) -> None:
     project_pending(container)
     q = queue_row(database_url, main.queue.id)
     assert counters(q) == counts(total=5, sent=2, failed=1, skipped=1, rejected=1)
+    _, c1, _, c3, _ = rows(database_url, query, main.queue.id)
+    assert [pick(c, "not_before deferred_reason") for c in (c1, c3)] == [(None, None), (None, None)]
     done = at(61) + timedelta(seconds=5)
     assert pick(q, "started_at completed_at updated_at") == (at(20), done, done)
 

@@ -125,14 +125,14 @@ async def test_one_job_per_added_contact_in_log_order(
 
     recorder = await consume(broker, 7)
     assert len(recorder.deliveries) == 7
-    overdue = broker.topology.queue_for("overdue", tenant_id)
-    notification = broker.topology.queue_for("notification", tenant_id)
-    assert [d.message_id for d in recorder.deliveries if d.queue == overdue] == [
-        i for i in expected if i.split(":")[0] in {str(c.id) for c in first.contacts + last.contacts}
-    ]
-    assert [d.message_id for d in recorder.deliveries if d.queue == notification] == [
-        i for i in expected if i.split(":")[0] in {str(c.id) for c in notices.contacts}
-    ]
+    # each batch's jobs go to its own shard (Topology.queue_for(kind, queue_id)), in log order
+    for batch, kind in ((first, "overdue"), (notices, "notification"), (last, "overdue")):
+        shard = broker.topology.queue_for(kind, batch.queue.id)
+        ids = {str(c.id) for c in batch.contacts}
+        assert [d.message_id for d in recorder.deliveries if d.message_id.split(":")[0] in ids] == [
+            i for i in expected if i.split(":")[0] in ids
+        ]
+        assert {d.queue for d in recorder.deliveries if d.message_id.split(":")[0] in ids} == {shard}
     by_contact = {c.id: c for c in first.contacts + notices.contacts + last.contacts}
     for delivery in recorder.deliveries:
         job = decode_job(delivery.body)
@@ -146,15 +146,16 @@ async def test_one_job_per_added_contact_in_log_order(
         assert delivery.headers["tenant_id"] == str(tenant_id)
 
     assert await relay_pending(container) == 0  # nothing twice
-    assert await queue_depth(broker, overdue) == 0
+    assert await queue_depth(broker, broker.topology.queue_for("overdue", first.queue.id)) == 0
 
 
 async def test_position_moves_only_after_the_confirm(
     container: Container, broker: Broker, database_url: str
 ) -> None:
     tenant_id = uuid.uuid4()
-    queue = broker.topology.queue_for("overdue", tenant_id)
-    await save(container, *post(tenant_id, accepted=2).aggregates())
+    batch = post(tenant_id, accepted=2)
+    queue = broker.topology.queue_for("overdue", batch.queue.id)
+    await save(container, *batch.aggregates())
     relay = OutboxRelay(container, publisher=FlakyPublisher(broker.publisher(), failures=1))
 
     with pytest.raises(PublishError):

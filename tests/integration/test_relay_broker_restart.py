@@ -121,8 +121,8 @@ async def test_q03_relay_publishes_1000_jobs_through_a_broker_restart(
 
     started = time.monotonic()
     stop = asyncio.Event()
-    queue = broker.topology.queue_for("notification", tenant_id)
-    consumer = asyncio.create_task(broker.consumer().run([queue], handler, prefetch=100))
+    queues = broker.topology.shard_queues("notification")  # each batch goes to its own shard
+    consumer = asyncio.create_task(broker.consumer().run(queues, handler, prefetch=100))
     relay = asyncio.create_task(run_relay(container, stop))
     try:
         async with asyncio.timeout(TIME_LIMIT):

@@ -17,12 +17,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from billing.domain.sending import Handled
 from billing.outbox.broker import Broker, Delivery, OutgoingMessage
 from billing.outbox.memory import InMemoryBroker
 from billing.outbox.rabbitmq import RabbitBroker
 from billing.outbox.relay import relay_pending
 from billing.services.clock import FakeClock
-from billing.worker.outcomes import Handled
 from tests.integration.test_broker_contract import Recorder, consuming, delete_topology
 from tests.integration.test_worker import WEDNESDAY_10, World, create_batch, create_tenant
 
@@ -66,14 +66,15 @@ async def test_a_tenants_backlog_does_not_delay_another_tenants_sends(
     world = World(database_url, broker, FakeClock(WEDNESDAY_10))
     await world.add_worker(worker_prefetch=2)
     try:
-        # Given tenant A (2 messages per minute) and tenant B, whose jobs land on different shards
+        # Given tenant A (2 messages per minute) and tenant B, whose batches land on different shards
         topology = broker.topology
         a = create_tenant(world, messages_per_minute=2)
         b = create_tenant(world)
-        while topology.queue_for("overdue", b) == topology.queue_for("overdue", a):
-            b = create_tenant(world)
-        await asyncio.to_thread(create_batch, world, a, BACKLOG)
-        few = create_batch(world, b, FEW, first=BACKLOG)
+        queue_a, queue_b = uuid.uuid4(), uuid.uuid4()
+        while topology.queue_for("overdue", queue_b) == topology.queue_for("overdue", queue_a):
+            queue_b = uuid.uuid4()
+        await asyncio.to_thread(create_batch, world, a, BACKLOG, queue_id=queue_a)
+        few = create_batch(world, b, FEW, first=BACKLOG, queue_id=queue_b)
         await world.project()
 
         # When the relay publishes A's 2,000 jobs, then B's 5, and one worker consumes

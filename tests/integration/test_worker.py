@@ -25,11 +25,12 @@ import httpx
 import pytest
 from psycopg.rows import dict_row
 
-from billing.bootstrap import Container, build_container
+from billing.bootstrap import Container, build_container, build_handler, build_scheduler
 from billing.domain.campaign import Campaign
 from billing.domain.contact import Contact
 from billing.domain.policy import default_policy_spec
 from billing.domain.queue import Queue
+from billing.domain.sending import Handled
 from billing.domain.template import MessageTemplate
 from billing.domain.tenant import Tenant
 from billing.domain.types import ContactStatus, TemplateType
@@ -41,10 +42,10 @@ from billing.outbox.rabbitmq import RabbitBroker
 from billing.projections.views import project_pending
 from billing.services.clock import FakeClock
 from billing.settings import Settings
-from billing.worker.handler import JobHandler
-from billing.worker.outcomes import Handled, Result
+from billing.worker.handler import JobHandler, Result
 from billing.worker.runner import run_worker
-from billing.worker.scheduler import Scheduler, TickReport
+from billing.worker.scheduler import TickReport
+from tests.e2e.harness import _parts as parts
 from tests.integration.test_broker_contract import delete_topology
 
 TZ = ZoneInfo("America/Sao_Paulo")
@@ -65,7 +66,7 @@ class RecordingHandler(JobHandler):
     """The real handler, recording each job's result and how long each delivery took to settle."""
 
     def __init__(self, container: Container) -> None:
-        super().__init__(container, rng=random.Random(7))
+        super().__init__(**parts(build_handler(container, rng=random.Random(7), tenant_ttl_s=0)))
         self.results: list[tuple[SendJob, Result]] = []
         self.settle_s: list[float] = []
         self.calls = 0
@@ -91,7 +92,7 @@ class Worker:
     def __init__(self, container: Container) -> None:
         self.container = container
         self.handler = RecordingHandler(container)
-        self.scheduler = Scheduler(container)
+        self.scheduler = build_scheduler(container)
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -99,10 +100,12 @@ class Worker:
         """Run the worker (consumer + scheduler loop) in a task."""
         self.task = asyncio.create_task(
             run_worker(
-                self.container,
+                self.container.broker,
                 self.stop,
                 handler=self.handler,
                 scheduler=self.scheduler,
+                prefetch=self.container.settings.worker_prefetch,
+                drain_s=self.container.settings.dispatch_lease_s,
                 scheduler_interval_s=3600,  # the test ticks by hand
             )
         )
@@ -260,7 +263,9 @@ async def world(database_url: str) -> AsyncIterator[World]:
 # --- data: tenants, campaigns and jobs, made the way the api makes them -----------------------------
 
 
-def create_tenant(world: World, *, api_key: str = KEY, instance: str = INSTANCE, **policy: Any) -> UUID:
+def create_tenant(
+    world: World, *, api_key: str = KEY, instance: str = INSTANCE, base_url: str = "http://sim", **policy: Any
+) -> UUID:
     """A tenant open Mon–Fri 08:00–18:00 (São Paulo, BR holidays), no pause between messages, one active
     template per type, all saved in one transaction."""
     spec = default_policy_spec()
@@ -270,7 +275,7 @@ def create_tenant(world: World, *, api_key: str = KEY, instance: str = INSTANCE,
     tenant = Tenant.register(
         tenant_id=uuid4(),
         name="Loja Exemplo",
-        gateway={"base_url": "http://sim", "instance": instance, "api_key": api_key, "api_version": "v2"},
+        gateway={"base_url": base_url, "instance": instance, "api_key": api_key, "api_version": "v2"},
         policy=spec,
         at=now,
     )
@@ -329,10 +334,18 @@ class Batch:
         return messages
 
 
-def create_batch(world: World, tenant_id: UUID, n: int, *, kind: str = "overdue", first: int = 0) -> Batch:
+def create_batch(
+    world: World,
+    tenant_id: UUID,
+    n: int,
+    *,
+    kind: str = "overdue",
+    first: int = 0,
+    queue_id: UUID | None = None,
+) -> Batch:
     """A campaign of ``n`` valid contacts (Brazilian mobiles), saved with its queue in one transaction."""
     now = world.clock.now()
-    campaign_id, queue_id = uuid4(), uuid4()
+    campaign_id, queue_id = uuid4(), queue_id or uuid4()
     contacts: list[Contact] = []
     phones: list[tuple[UUID, str]] = []
     for index in range(n):
@@ -556,15 +569,15 @@ async def test_unexpected_error_requeues_the_delivery_and_the_retry_sends_once(
     tenant_id = create_tenant(world)
     batch = create_batch(world, tenant_id, 1)
     ledger = world.main.handler.ledger
-    real_acquire = ledger.acquire
+    real_locked = ledger.locked
     failures = [RuntimeError("connection lost")]
 
-    def flaky_acquire(**kwargs: Any) -> Any:
+    def flaky_locked(tenant_id: UUID) -> Any:
         if failures:
             raise failures.pop()
-        return real_acquire(**kwargs)
+        return real_locked(tenant_id)
 
-    monkeypatch.setattr(ledger, "acquire", flaky_acquire)
+    monkeypatch.setattr(ledger, "locked", flaky_locked)
 
     # When the job is handled: the first delivery fails and is requeued, the redelivery succeeds
     await world.publish(batch.jobs())
@@ -831,9 +844,10 @@ async def test_throttled_backlog_is_republished_no_faster_than_the_tenants_budge
     assert count(world.outcomes(), Handled.THROTTLED) == 25
 
     # Then each minute the scheduler republishes only what can go out, shared between the queues
+    # (steps of 62 s: the window is 60 s + the 1 s margin, closed at both ends)
     reports = []
     for _ in range(12):
-        reports.append(await world.at(world.clock.now() + timedelta(seconds=61)))
+        reports.append(await world.at(world.clock.now() + timedelta(seconds=62)))
         if len(world.sim.sent) == 30:
             break
     assert [r.due for r in reports] == [5, 5, 5, 5, 5]

@@ -16,6 +16,7 @@ clock that records send instants.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
@@ -31,6 +32,7 @@ __all__ = [
     "ThrottleDecision",
     "ThrottleLimits",
     "decide",
+    "decide_arrival",
 ]
 
 WINDOW = timedelta(seconds=60)
@@ -139,3 +141,77 @@ def decide(
         return ThrottleDecision(allowed=False, retry_at=retry_at, reason=RATE_LIMITED)
 
     return ThrottleDecision(allowed=True)
+
+
+def _busiest_with(arrival: datetime, others: Sequence[datetime], window: timedelta) -> int:
+    """How many of ``others`` (sorted) plus ``arrival`` the fullest half-open window ``[start, start +
+    window)`` that contains ``arrival`` holds (the worst such window starts at ``arrival`` or at one of the
+    others). Two sends exactly ``window`` apart never share one."""
+    lo = bisect_right(others, arrival - window)
+    hi = bisect_right(others, arrival)
+    best = 0
+    for start in (arrival, *others[lo:hi]):
+        inside = bisect_left(others, start + window) - bisect_left(others, start)
+        best = max(best, inside)
+    return best + 1
+
+
+def decide_arrival(
+    limits: ThrottleLimits,
+    *,
+    arrival: datetime,
+    arrivals: Sequence[datetime],
+    arrivals_that_day: int,
+    calendar: BusinessCalendar,
+    window: timedelta = WINDOW,
+) -> ThrottleDecision:
+    """Whether one more message may *reach the gateway* at ``arrival`` (promise 5, counted where the
+    tenant's sends are seen: at the gateway, not at the decision).
+
+    Unlike :func:`decide`, the instants are the planned arrivals of already granted sends, which need not
+    be in order (a send decided earlier with a longer typing pause arrives later). The new arrival is
+    allowed when no window ``[t, t + window)`` (60 s, widened by the caller's safety margin) that
+    contains it would then hold more than ``messages_per_minute`` arrivals — whether the others lie before
+    or after it.
+
+    Args:
+        limits: the tenant's limits.
+        arrival: aware instant the message would reach the gateway (decision + typing pause).
+        arrivals: aware planned arrivals of the tenant's granted sends near ``arrival`` (any order; at
+            least those within ``2 × window`` of it, more are ignored).
+        arrivals_that_day: granted sends whose arrival falls on the tenant's local day of ``arrival``.
+        calendar: the tenant's calendar (zone of "day", opening after the daily cap).
+        window: the sliding window, at least 60 s.
+
+    Returns:
+        allowed; or refused with ``reason`` :data:`DAILY_LIMIT_REACHED` (``retry_at``: next opening after
+        the start of the next local day) or :data:`RATE_LIMITED` (``retry_at``: the earliest arrival
+        instant at which the new send would fit, tenant zone).
+
+    Raises:
+        InvalidValue: a naive instant, a negative count or a window shorter than 60 s.
+    """
+    arrival = _aware(arrival, "arrival")
+    if isinstance(arrivals_that_day, bool) or not isinstance(arrivals_that_day, int) or arrivals_that_day < 0:
+        raise InvalidValue(
+            f"arrivals_that_day must be a whole number >= 0, got {arrivals_that_day!r}",
+            field="arrivals_that_day",
+        )
+    if window < WINDOW:
+        raise InvalidValue("window must be at least 60 seconds", field="window")
+    if arrivals_that_day >= limits.max_messages_per_day:
+        next_day = calendar.local_date(arrival) + timedelta(days=1)
+        retry_at = calendar.next_opening(calendar.local_datetime(next_day, time(0, 0)))
+        return ThrottleDecision(allowed=False, retry_at=retry_at, reason=DAILY_LIMIT_REACHED)
+    others = sorted(_aware(t, "arrivals") for t in arrivals)
+    limit = limits.messages_per_minute
+    candidates = [arrival, *(t + window for t in others if t + window > arrival)]
+    for candidate in candidates:
+        if _busiest_with(candidate, others, window) <= limit:
+            if candidate == arrival:
+                return ThrottleDecision(allowed=True)
+            return ThrottleDecision(
+                allowed=False, retry_at=candidate.astimezone(calendar.tz), reason=RATE_LIMITED
+            )
+    # unreachable: past the last arrival + window nothing shares a window with the candidate
+    raise AssertionError("no arrival instant fits")  # pragma: no cover

@@ -67,6 +67,8 @@ DEFAULT_DELIVERY_LIMIT: Final = 5
 DEFAULT_SHARDS: Final = 8
 
 DEAD_LETTER_SUFFIX: Final = ".dead"
+RETRY_SUFFIX: Final = "retry"
+"""Last part of a kind's retry queue, ``<prefix>.<kind>.retry`` (see :meth:`Topology.retry_queue`)."""
 
 
 def dead_letter_queue(queue: str) -> str:
@@ -74,7 +76,7 @@ def dead_letter_queue(queue: str) -> str:
     (``"billing.overdue.3"`` -> ``"billing.overdue.dead"``; an unsharded name gets the suffix:
     ``"billing.overdue"`` -> ``"billing.overdue.dead"``)."""
     base, _, last = queue.rpartition(".")
-    if last.isdigit() and base.rpartition(".")[2] in JOB_KINDS:
+    if (last.isdigit() or last == RETRY_SUFFIX) and base.rpartition(".")[2] in JOB_KINDS:
         queue = base
     return f"{queue}{DEAD_LETTER_SUFFIX}"
 
@@ -118,10 +120,23 @@ class Topology:
         """The direct, durable exchange the job queues dead-letter to."""
         return f"{self.prefix}.dlx"
 
-    def queue_for(self, kind: str, tenant_id: UUID) -> str:
-        """The job queue (and routing key) of a job of ``kind`` (one of :data:`JOB_KINDS`) for tenant
-        ``tenant_id``: shard ``tenant_id.int % shards``, stable across processes and restarts."""
-        return self._shard(kind, tenant_id.int % self.shards)
+    def queue_for(self, kind: str, key: UUID) -> str:
+        """The job queue (and routing key) of a fresh job of ``kind`` (one of :data:`JOB_KINDS`) whose
+        routing ``key`` is ``key`` (the relay uses the contact's queue id: one batch → one shard, so a
+        tenant's next batch is not behind its first): shard ``key.int % shards``, stable across processes
+        and restarts."""
+        return self._shard(kind, key.int % self.shards)
+
+    def retry_queue(self, kind: str) -> str:
+        """The queue of ``kind``'s republished jobs (retries, deferrals come due, expired leases): consumed
+        beside the shards, so a retry never waits behind a fresh backlog."""
+        if kind not in JOB_KINDS:
+            raise ValueError(f"unknown job kind {kind!r}; expected one of {JOB_KINDS}")
+        return f"{self.prefix}.{kind}.{RETRY_SUFFIX}"
+
+    def kind_queues(self, kind: str) -> tuple[str, ...]:
+        """Every queue jobs of ``kind`` wait in: its shards, then its retry queue."""
+        return (*self.shard_queues(kind), self.retry_queue(kind))
 
     def queue(self, kind: str) -> str:
         """Shard 0 of ``kind``'s job queues — a valid queue and routing key for callers that do not
@@ -139,8 +154,8 @@ class Topology:
 
     @property
     def job_queues(self) -> tuple[str, ...]:
-        """Every job queue: each kind's shards, in :data:`JOB_KINDS` order."""
-        return tuple(q for kind in JOB_KINDS for q in self.shard_queues(kind))
+        """Every job queue: each kind's shards and retry queue, in :data:`JOB_KINDS` order."""
+        return tuple(q for kind in JOB_KINDS for q in self.kind_queues(kind))
 
     def dead_letter_queue(self, kind: str) -> str:
         """The dead-letter queue of ``kind`` (shared by its shards)."""

@@ -54,11 +54,14 @@ def job_message_id(job: SendJob, nonce: str) -> str:
 
 
 def job_message(job: SendJob, nonce: str, topology: Topology) -> OutgoingMessage:
-    """The broker message of ``job``: routed to its tenant's shard of its type's job queues, message id
-    ``<contact_id>:<nonce>``, headers ``tenant_id`` and ``reason`` (the relay and the scheduler both
-    publish through this)."""
+    """The broker message of ``job``, message id ``<contact_id>:<nonce>``, headers ``tenant_id`` and
+    ``reason`` (the relay and the scheduler both publish through this). A fresh job (reason ``added``)
+    goes to its batch's shard of its type's job queues (``Topology.queue_for(kind, queue_id)``); a
+    republished one (``due``, ``lease``) to the type's retry queue, ahead of any backlog."""
+    kind = job.template_type.value
+    fresh = job.reason == "added"
     return OutgoingMessage(
-        routing_key=topology.queue_for(job.template_type.value, job.tenant_id),
+        routing_key=topology.queue_for(kind, job.queue_id) if fresh else topology.retry_queue(kind),
         body=encode_job(job),
         message_id=job_message_id(job, nonce),
         headers={"tenant_id": str(job.tenant_id), "reason": job.reason},

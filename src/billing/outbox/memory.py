@@ -213,7 +213,7 @@ class InMemoryBroker:
             dead = self._queues.setdefault(
                 dead_name, _Queue(dead_name, delivery_limit=None, dead_letter=None)
             )
-            for name in t.shard_queues(kind):
+            for name in t.kind_queues(kind):
                 if name not in self._queues:
                     queue = _Queue(name, delivery_limit=t.delivery_limit, dead_letter=dead)
                     self._queues[name] = queue

@@ -145,7 +145,7 @@ class RabbitBroker:
                     dead_name, durable=True, arguments=t.dead_letter_queue_arguments(), robust=False
                 )
                 await dead.bind(dlx, routing_key=dead_name, robust=False)
-                for name in t.shard_queues(kind):
+                for name in t.kind_queues(kind):
                     queue = await channel.declare_queue(
                         name, durable=True, arguments=t.job_queue_arguments(name), robust=False
                     )

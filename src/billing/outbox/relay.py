@@ -1,8 +1,8 @@
 """The outbox relay (``billing relay``): each ``Contact.Added`` event becomes a ``SendJob`` on the broker.
 
 It follows the notification log filtered to the topic ``billing.Contact.Added`` (the database skips the
-other events), builds one job per event, routed to the tenant's shard of the job queues of the contact's
-template type (``broker.topology.queue_for(kind, tenant_id)``: tenant fairness, see
+other events), builds one job per event, routed to the batch's shard of the job queues of the contact's
+template type (``broker.topology.queue_for(kind, queue_id)``: tenant fairness, see
 :mod:`billing.outbox.broker`), with message id ``<contact_id>:<notification_id>``
 (:func:`~billing.outbox.jobs.job_message_id`), and publishes each batch with publisher confirms.
 
@@ -191,10 +191,4 @@ async def relay_pending(container: Container) -> int:
         ValueError: the container has no broker.
         PublishError: the broker did not confirm a batch (the position stays before it).
     """
-    publisher = container.extras.get("relay_publisher")
-    if publisher is None:  # one publisher (RabbitMQ: one confirm channel) per container, not per call
-        relay = OutboxRelay(container)
-        container.extras["relay_publisher"] = relay.publisher
-    else:
-        relay = OutboxRelay(container, publisher=publisher)
-    return await relay.publish_pending()
+    return await OutboxRelay(container).publish_pending()

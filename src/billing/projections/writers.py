@@ -46,13 +46,13 @@ CONTACT_COLUMNS = (
     "contact_id", "tenant_id", "campaign_id", "queue_id", "idx", "template_type", "external_id", "nome",
     "telefone", "phone", "status", "attempts", "message_text", "gateway_message_id", "remote_jid",
     "template_id", "template_version", "variation", "sent_at", "error_code", "error_message",
-    "not_before", "lease_until", "created_at", "updated_at", "invoice_ref",
+    "not_before", "lease_until", "created_at", "updated_at", "deferred_reason", "invoice_ref",
 )  # fmt: skip
 #: Columns contact events after creation may change.
 CONTACT_MUTABLE = (
     "status", "attempts", "message_text", "gateway_message_id", "remote_jid", "template_id",
     "template_version", "variation", "sent_at", "error_code", "error_message", "not_before",
-    "lease_until", "updated_at",
+    "lease_until", "updated_at", "deferred_reason",
 )  # fmt: skip
 
 _INSERT_CONTACT = sql.SQL("INSERT INTO campaign_contacts ({}) VALUES ({})").format(
@@ -357,27 +357,32 @@ class ViewWriter:
 
     def _contact_dispatched(self, e: Contact.Dispatched) -> None:
         self._update_contact(
-            e, dispatched=True, status="dispatched", attempts=e.attempt, lease_until=e.lease_until
-        )
+            e, dispatched=True, status="dispatched", attempts=e.attempt, lease_until=e.lease_until,
+            not_before=None, deferred_reason=None,
+        )  # fmt: skip
 
     def _contact_sent(self, e: Contact.Sent) -> None:
         self._update_contact(
             e, status="sent", message_text=e.text, gateway_message_id=e.gateway_message_id,
             remote_jid=e.remote_jid, template_id=e.template_id, template_version=e.template_version,
             variation=e.variation, sent_at=e.timestamp, error_code=None, error_message=None,
-            lease_until=None,
+            lease_until=None, not_before=None, deferred_reason=None,
         )  # fmt: skip
 
     def _contact_failed(self, e: Contact.Failed) -> None:
-        values: dict[str, Any] = {"status": "failed", "error_code": e.code, "error_message": e.message}
+        values: dict[str, Any] = {
+            "status": "failed", "error_code": e.code, "error_message": e.message, "not_before": None,
+            "deferred_reason": None,
+        }  # fmt: skip
         if e.retry_at is not None:  # waits (pending) for its retry
             values.update(status="pending", not_before=e.retry_at)
         self._update_contact(e, lease_until=None, **values)
 
     def _contact_skipped(self, e: Contact.Skipped) -> None:
         self._update_contact(
-            e, status="skipped", error_code=e.code, error_message=e.message, lease_until=None
-        )
+            e, status="skipped", error_code=e.code, error_message=e.message, lease_until=None,
+            not_before=None, deferred_reason=None,
+        )  # fmt: skip
 
     def _contact_deferred(self, e: Contact.Deferred) -> None:
         current = self.contacts.get(e.originator_id)
@@ -385,11 +390,12 @@ class ViewWriter:
         if current and current["status"] == "dispatched":  # the claim is released, not spent
             attempts -= 1
         self._update_contact(
-            e, status="pending", attempts=attempts, lease_until=None, not_before=e.not_before
-        )
+            e, status="pending", attempts=attempts, lease_until=None, not_before=e.not_before,
+            deferred_reason=e.reason,
+        )  # fmt: skip
 
     def _contact_cancelled(self, e: Contact.Cancelled) -> None:
-        self._update_contact(e, status="cancelled", lease_until=None)
+        self._update_contact(e, status="cancelled", lease_until=None, not_before=None, deferred_reason=None)
 
 
 #: Topics of the events :class:`ViewWriter` applies.

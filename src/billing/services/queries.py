@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from billing.db import ViewsPool
+from billing.db import ViewsPool, read_retrying
 from billing.domain.types import ContactStatus, QueueStatus
 
 MAX_PAGE = 500
@@ -48,6 +48,7 @@ class Queries:
     def __init__(self, pool: ViewsPool) -> None:
         self.pool = pool
 
+    @read_retrying
     def active_templates(self, tenant_id: UUID, template_type: str) -> list[dict[str, Any]]:
         """Active templates of a type, oldest first: ``[{template_id, version, variations}]``."""
         with self.pool.connection() as conn:
@@ -57,6 +58,7 @@ class Queries:
                 (tenant_id, template_type),
             ).fetchall()
 
+    @read_retrying
     def queue_status(self, tenant_id: UUID, queue_id: UUID) -> dict[str, Any] | None:
         """The public status document of a queue (DESIGN.md "Queue status"), or None."""
         with self.pool.connection() as conn:
@@ -98,6 +100,7 @@ class Queries:
             "updated_at": _iso(row["updated_at"]),
         }
 
+    @read_retrying
     def campaign_exists(self, tenant_id: UUID, campaign_id: UUID) -> bool:
         """True when the campaign is the tenant's and projected."""
         with self.pool.connection() as conn:
@@ -109,6 +112,7 @@ class Queries:
                 is not None
             )
 
+    @read_retrying
     def campaign_contacts(
         self,
         tenant_id: UUID,
@@ -144,6 +148,7 @@ class Queries:
     def contact_document(row: dict[str, Any]) -> dict[str, Any]:
         """Shape a campaign_contacts row as the public item."""
         error = None
+        pending = row["status"] == ContactStatus.PENDING.value
         if row["error_code"] is not None and row["status"] != ContactStatus.SENT.value:
             error = {"code": row["error_code"], "message": row["error_message"]}
         return {
@@ -158,8 +163,12 @@ class Queries:
             "gateway_message_id": row["gateway_message_id"],
             "sent_at": _iso(row["sent_at"]),
             "error": error,
+            # a pending contact's next attempt (retry backoff or deferral) and why it waits; else null
+            "next_attempt_at": _iso(row["not_before"]) if pending else None,
+            "deferred_reason": row.get("deferred_reason") if pending else None,
         }
 
+    @read_retrying
     def list_campaigns(self, tenant_id: UUID, *, limit: int = 50) -> list[dict[str, Any]]:
         """The tenant's latest campaigns with their queue status."""
         with self.pool.connection() as conn:
@@ -174,6 +183,7 @@ class Queries:
             for r in rows
         ]
 
+    @read_retrying
     def list_api_keys(self, tenant_id: UUID) -> list[dict[str, Any]]:
         """The tenant's keys (never their text): ``[{key_id, name, prefix, created_at, revoked_at}]``."""
         with self.pool.connection() as conn:
@@ -193,6 +203,7 @@ class Queries:
             for r in rows
         ]
 
+    @read_retrying
     def list_templates(self, tenant_id: UUID) -> list[dict[str, Any]]:
         """The tenant's templates, active and inactive."""
         with self.pool.connection() as conn:
@@ -216,6 +227,7 @@ class Queries:
             "updated_at": _iso(row["updated_at"]),
         }
 
+    @read_retrying
     def stats(self, tenant_id: UUID) -> dict[str, Any]:
         """Per-status contact counts of the tenant, all queues together."""
         with self.pool.connection() as conn:

@@ -1,121 +1,222 @@
-"""Handle one SendJob delivery: decide, claim, render, send, record, then settle (issues 2 and 4).
+"""Handle one SendJob delivery: gather facts, let :func:`billing.domain.sending.decide` decide, carry the
+decision out, send, record the outcome (:func:`billing.domain.sending.settle`), then settle the delivery.
 
-Order of the checks, each with its source:
+- Body → :func:`~billing.outbox.jobs.decode_job`; malformed → ``reject`` (dead-letter, case Q02).
+- The decision's REJECT → ``reject``; everything else → ``ack`` once every state change is saved.
+- An unexpected exception → ``requeue``: transient by assumption; the quorum queue's delivery limit bounds
+  the retries, then dead-letters.
+- **The handling runs shielded from the consumer.** When the broker connection drops, aio-pika cancels the
+  consumer's callbacks; a call that already reached the gateway must still get its outcome saved, or the
+  claim's lease expires and the contact is sent again. So each delivery's work runs in its own task that
+  the consumer's cancellation does not reach; the delivery is settled afterwards if its channel still
+  lives (else the broker redelivers it and the redelivery finds the contact final: a no-op).
+  :meth:`JobHandler.drain` waits for that work on shutdown.
 
-1. Body → :func:`~billing.outbox.jobs.decode_job`; malformed, unknown contact/queue/tenant, or a job
-   naming another tenant → ``reject`` (dead-letter at once, never requeued: case Q02).
-2. Contact terminal (sent, failed, skipped, rejected, cancelled) → ``ack``, nothing else (promise 3,
-   case Q04). Queue cancelled → cancel the contact (issue 4 §6). Contact pending with ``not_before`` in
-   the future (a retry backoff, a deferral) → ``ack``: the scheduler republishes it when due. Contact
-   dispatched under a lease still in force → ``ack``: another attempt is in flight.
-3. Queue paused → unless its pause is over (``resume_at`` passed; for ``gateway_misconfigured`` the
-   tenant's gateway generation moved past the block), defer the contact to ``resume_at`` and ``ack``.
-4. Business hours (overdue and upcoming only, DESIGN.md promise 4): outside → pause the queue with
-   ``outside_business_hours`` until the next opening, defer the contact to it, ``ack`` — never hold a
-   delivery (case Q01, the broker's ``consumer_timeout``).
-5. Gateway: blocked after a 401/403/404 → pause ``gateway_misconfigured`` (no ``resume_at``);
-   ``connectionState`` not open (or tripped by repeated connection problems) → pause
-   ``gateway_disconnected`` with backoff (:mod:`billing.worker.health`).
-6. Throttle (promise 5): :meth:`~billing.worker.ledger.SendLedger.acquire`; refused → defer to the
-   throttle's ``retry_at``; the daily cap also pauses the queue with ``daily_limit_reached``.
-7. Claim: :meth:`Contact.dispatch` with the settings' lease, **saved before the gateway call**; a version
-   conflict means another worker got it first → ``ack``.
-8. Render (:mod:`billing.worker.rendering`), send, record the outcome (:mod:`billing.worker.outcomes`),
-   save, **then** ``ack``.
-
-An unexpected exception → ``requeue``: transient by assumption; the quorum queue's delivery limit bounds
-the retries, then dead-letters. Logs: ``tenant_id``, ``queue_id``, ``contact_id`` and ``message_id`` are
-bound to structlog's context; one line per delivery; phone numbers masked; message text never logged.
+Logs: ``tenant_id``, ``queue_id``, ``contact_id`` and ``message_id`` are bound to structlog's context;
+one line per delivery; phone numbers masked; message text never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+from uuid import UUID
+from zoneinfo import ZoneInfo
 
 import msgspec
 import structlog
 from structlog.contextvars import bound_contextvars
 
 from billing import metrics
-from billing.bootstrap import Container
-from billing.domain.audit import allowed_by
 from billing.domain.contact import Contact
+from billing.domain.delivery import OutcomeKind, SendOutcome
 from billing.domain.errors import Conflict
+from billing.domain.phone import mask_phone
+from billing.domain.policy import SendingPolicy
 from billing.domain.queue import Queue
+from billing.domain.sending import (
+    Action,
+    Decision,
+    GatewayBlock,
+    GatewayState,
+    GatewayVerdict,
+    Handled,
+    JobFacts,
+    Need,
+    Record,
+    Settlement,
+    call_fits_lease,
+    decide,
+    settle,
+    settle_render_error,
+)
 from billing.domain.template import MessageTemplate  # noqa: F401  (registers the template topics)
 from billing.domain.tenant import Tenant
-from billing.domain.throttle import DAILY_LIMIT_REACHED
-from billing.domain.types import ContactStatus, PauseReason, TemplateType
+from billing.domain.types import ContactStatus, PauseReason
+from billing.eventstore import EventStore
 from billing.outbox.broker import Delivery
 from billing.outbox.jobs import SendJob, decode_job
-from billing.worker.health import GatewayHealth, Verdict
-from billing.worker.ledger import SendLedger, margin_for
-from billing.worker.outcomes import Handled, OutcomeRecorder, Result
+from billing.services.clock import Clock
+from billing.worker.ledger import LedgerSession
 from billing.worker.persistence import IntegrityError, load, pause_queue, resume_queue, save
-from billing.worker.rendering import Renderer
+from billing.worker.rendering import Rendered, RenderError
 
-__all__ = [
-    "GATEWAY_DISCONNECTED",
-    "GATEWAY_MISCONFIGURED",
-    "OUTSIDE_BUSINESS_HOURS",
-    "Handled",
-    "JobHandler",
-    "Result",
-]
+__all__ = ["Handled", "JobHandler", "Result", "TenantCache"]
 
 log = structlog.get_logger(__name__)
 
-OUTSIDE_BUSINESS_HOURS = PauseReason.OUTSIDE_BUSINESS_HOURS.value
-GATEWAY_DISCONNECTED = PauseReason.GATEWAY_DISCONNECTED.value
-GATEWAY_MISCONFIGURED = PauseReason.GATEWAY_MISCONFIGURED.value
+SAVE_ATTEMPTS = 3
+"""Version conflicts tolerated while storing one outcome (each reloads the contact and re-applies it)."""
+SAVE_SAFETY_S = 5.0
+"""Transient save failures are retried until this many real seconds before the claim's lease ends: past
+the lease the scheduler republishes the contact and another worker would send the message again."""
 
 
-@dataclass
-class _Context:
-    """What the checks after the contact's own state need."""
+class Result:
+    """The outcome of one job and the facts worth logging (ids, codes, instants; never text or a clear
+    phone number): ``Result(Handled.SENT, attempt=1, ...)``."""
 
-    contact: Contact
-    queue: Queue
-    tenant: Tenant
-    now: datetime
+    __slots__ = ("fields", "outcome")
+
+    def __init__(self, outcome: Handled, **fields: Any) -> None:
+        self.outcome = outcome
+        self.fields: dict[str, Any] = fields
+
+    def __repr__(self) -> str:
+        return f"Result({self.outcome.value}, {self.fields})"
+
+
+class LedgerPort(Protocol):
+    """What the handler uses of :class:`~billing.worker.ledger.SendLedger`."""
+
+    def locked(self, tenant_id: UUID) -> AbstractContextManager[LedgerSession]: ...
+    def release(self, ledger_id: int) -> None: ...
+    def blocked_generation(self, tenant_id: UUID) -> int | None: ...
+    def block_gateway(self, *, tenant_id: UUID, generation: int, code: str, at: datetime) -> None: ...
+    def unblock(self, tenant_id: UUID, *, below_generation: int) -> None: ...
+
+
+class RendererPort(Protocol):
+    """What the handler uses of :class:`~billing.worker.rendering.Renderer`."""
+
+    def render(self, contact: Contact, *, now: datetime, tz: ZoneInfo) -> Rendered: ...
+
+
+class HealthPort(Protocol):
+    """What the handler uses of :class:`~billing.worker.health.GatewayHealth`."""
+
+    async def check(
+        self,
+        tenant_id: UUID,
+        generation: int,
+        *,
+        http: Any,
+        gateway: Mapping[str, str],
+        timeout_s: float,
+        now: datetime,
+    ) -> tuple[GatewayVerdict, str | None]: ...
+    def trip(self, tenant_id: UUID, generation: int, *, now: datetime) -> datetime: ...
+    def record_problem(self, tenant_id: UUID, generation: int) -> bool: ...
+    def record_success(self, tenant_id: UUID, generation: int) -> None: ...
+
+
+class GatewayClient(Protocol):
+    """What the handler uses of :class:`~billing.gateway.client.EvolutionClient`."""
+
+    async def send_text(self, number: str, text: str, *, delay_ms: int | None = None) -> SendOutcome: ...
+
+
+class GatewayFactory(Protocol):
+    """Builds the Evolution API client of a tenant's gateway config; ``http`` is the shared HTTP client."""
+
+    http: Any
+
+    def __call__(self, config: Mapping[str, str]) -> GatewayClient: ...
+
+
+class TenantCache:
+    """Tenants by id, each kept at most ``ttl_s`` real seconds (policy and gateway settings are read by
+    every job; they change rarely). **Invalidation rule:** an entry older than ``ttl_s`` is loaded again, so
+    a policy or gateway change takes effect in every worker within ``ttl_s`` (default 5 s); ``ttl_s = 0``
+    disables the cache."""
+
+    def __init__(self, store: EventStore, *, ttl_s: float = 5.0) -> None:
+        self._store = store
+        self.ttl_s = ttl_s
+        self._entries: dict[UUID, tuple[float, Tenant | None]] = {}
+
+    async def get(self, tenant_id: UUID) -> Tenant | None:
+        """The tenant, or None when unknown.
+
+        Raises:
+            Exception: the database failed.
+        """
+        entry = self._entries.get(tenant_id)
+        now = time.monotonic()
+        if entry is not None and now - entry[0] < self.ttl_s:
+            return entry[1]
+        tenant = await load(self._store, tenant_id, Tenant)
+        if self.ttl_s > 0:
+            self._entries[tenant_id] = (now, tenant)
+        return tenant
 
 
 class JobHandler:
-    """The broker handler of the three job queues (``await handler(delivery)``; one instance per process).
+    """The broker handler of the job queues (``await handler(delivery)``; one instance per process).
 
     Args:
-        container: settings, event store, views pool, clock and gateway factory.
-        health: per-process gateway health (shared by every delivery of the process).
-        rng: randomness of retry jitter and of the typing pause (seed it in tests).
-        ledger / renderer: adapters, built from ``container.pool`` when not given.
+        store: the event store (contacts, queues).
+        tenants: tenant reads (cached).
+        ledger: send ledger and gateway blocks (:class:`~billing.worker.ledger.SendLedger`).
+        renderer: renders a contact's message (:class:`~billing.worker.rendering.Renderer`).
+        health: per-process gateway health (:class:`~billing.worker.health.GatewayHealth`).
+        gateways: builds a tenant's gateway client (its ``http`` is the shared HTTP client).
+        clock: the time source.
+        lease_s: a claim's lease (``BILLING_DISPATCH_LEASE_S``).
+        gateway_timeout_s: one gateway call's timeout, on top of its typing delay.
+        rng: draws for the typing pause and the retry jitter (seed it in tests).
     """
 
     def __init__(
         self,
-        container: Container,
         *,
-        health: GatewayHealth | None = None,
+        store: EventStore,
+        tenants: TenantCache,
+        ledger: LedgerPort,
+        renderer: RendererPort,
+        health: HealthPort,
+        gateways: GatewayFactory,
+        clock: Clock,
+        lease_s: float,
+        gateway_timeout_s: float,
         rng: random.Random | None = None,
-        ledger: SendLedger | None = None,
-        renderer: Renderer | None = None,
     ) -> None:
-        self.container = container
-        self.store = container.store
-        self.clock = container.clock
-        self.health = health or GatewayHealth()
+        self.store = store
+        self.tenants = tenants
+        self.ledger = ledger
+        self.renderer = renderer
+        self.health = health
+        self.gateways = gateways
+        self.clock = clock
+        self.lease = timedelta(seconds=lease_s)
+        self.gateway_timeout_s = gateway_timeout_s
         self.rng = rng or random.Random()  # jitter, not security
-        self.ledger = ledger or SendLedger(container.pool, margin=margin_for(container.clock))
-        self.renderer = renderer or Renderer(container.pool)
-        self.lease = timedelta(seconds=container.settings.dispatch_lease_s)
-        self.recorder = OutcomeRecorder(self)
+        self.rate = float(getattr(clock, "scale", 1.0)) or 1.0
+        """Clock seconds per real second (a ``BILLING_CLOCK`` runs faster; tests and demos only)."""
+        self._running: set[asyncio.Task[Any]] = set()
+
+    # --- the delivery ---------------------------------------------------------------------------------
 
     async def __call__(self, delivery: Delivery) -> None:
         """Handle and settle one delivery: ``reject`` for poison, ``requeue`` on an unexpected error,
-        ``ack`` otherwise (after every state change is saved). Never raises for the job's own problems."""
+        ``ack`` otherwise (after every state change is saved). Never raises for the job's own problems;
+        a cancellation of this call does not stop the handling (module docstring)."""
         try:
             job = decode_job(delivery.body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -136,8 +237,14 @@ class JobHandler:
             contact_id=str(job.contact_id),
             message_id=delivery.message_id,
         ):
+            work = asyncio.ensure_future(self._handle_logged(job))
+            self._running.add(work)
+            work.add_done_callback(self._running.discard)
             try:
-                result = await self.handle(job)
+                result = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                log.warning("delivery_cancelled_handling_continues")
+                raise
             except Exception:
                 log.exception("job_failed_requeued", delivery_count=delivery.delivery_count)
                 try:
@@ -145,12 +252,26 @@ class JobHandler:
                 except Exception:  # the channel is gone: the broker redelivers it anyway
                     log.warning("requeue_failed", exc_info=True)
                 return
-            _log_result(result, job)
-            metrics.record_job(result)
             if result.outcome is Handled.POISON:
                 await delivery.reject()
             else:
                 await delivery.ack()
+
+    async def _handle_logged(self, job: SendJob) -> Result:
+        result = await self.handle(job)
+        _log_result(result, job)
+        metrics.record_job(result)
+        return result
+
+    async def drain(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` real seconds for handlings whose delivery was cancelled; returns how
+        many were still running then."""
+        if not self._running:
+            return 0
+        _, pending = await asyncio.wait(set(self._running), timeout=timeout_s)
+        return len(pending)
+
+    # --- facts → decision → execution -----------------------------------------------------------------
 
     async def handle(self, job: SendJob) -> Result:
         """Do everything one job asks and return what happened (the delivery is not settled here).
@@ -158,182 +279,328 @@ class JobHandler:
         Raises:
             Exception: an unexpected (transient) failure, e.g. the database is unreachable.
         """
-        now = self.clock.now()
         contact = await load(self.store, job.contact_id, Contact)
-        if contact is None or contact.tenant_id != job.tenant_id:
-            return Result(Handled.POISON, reason="unknown_contact")
-        if contact.status.is_terminal:
-            return Result(Handled.ALREADY_FINAL, status=contact.status.value)
-        queue = await load(self.store, contact.queue_id, Queue)
-        if queue is None:
-            return Result(Handled.POISON, reason="unknown_queue")
-        if queue.cancelled:
-            return await self._cancel(contact, now)
-        if (
-            contact.status is ContactStatus.PENDING
-            and contact.not_before is not None
-            and contact.not_before > now
-        ):
-            return Result(Handled.NOT_DUE, not_before=contact.not_before.isoformat())
-        if contact.status is ContactStatus.DISPATCHED and contact.lease_until and now < contact.lease_until:
-            return Result(Handled.IN_FLIGHT, lease_until=contact.lease_until.isoformat())
-        tenant = await load(self.store, contact.tenant_id, Tenant)
-        if tenant is None:
-            return Result(Handled.POISON, reason="unknown_tenant")
-        return await self._check_and_send(_Context(contact, queue, tenant, now))
+        queue: Queue | None = None
+        tenant: Tenant | None = None
+        if contact is not None and contact.tenant_id == job.tenant_id and not contact.status.is_terminal:
+            queue = await load(self.store, contact.queue_id, Queue)
+            tenant = await self.tenants.get(contact.tenant_id)
+        facts = JobFacts(
+            job_tenant_id=job.tenant_id,
+            contact=contact,
+            queue=queue,
+            policy=tenant.sending_policy if tenant is not None else None,
+            policy_versions=(tenant.policy_version, tenant.calendar_version) if tenant is not None else None,
+            now=self.clock.now(),
+            lease=self.lease,
+            pause_draw=self.rng.random(),
+        )
+        decision = decide(facts)
+        while decision.action is Action.GATHER:
+            assert tenant is not None and decision.need is not None
+            if decision.need is Need.THROTTLE:
+                decision, ledger_id = await asyncio.to_thread(self._decide_under_lock, facts, tenant)
+                if decision.action is Action.CLAIM:
+                    assert contact is not None and queue is not None and ledger_id is not None
+                    await self._side_effects(decision, queue, tenant, facts.now)
+                    return await self._claim_and_send(decision, contact, tenant, ledger_id)
+                break
+            facts = await self._gather(decision.need, facts, tenant)
+            decision = decide(facts)
+        return await self._execute(decision, facts, tenant)
 
-    async def _check_and_send(self, ctx: _Context) -> Result:
-        contact, queue, tenant, now = ctx.contact, ctx.queue, ctx.tenant, ctx.now
-        if queue.paused and not await self._pause_over(queue, tenant, now):
-            reason = queue.paused_reason or "paused"
-            until = queue.resume_at or now
-            return await self._defer(contact, Handled.QUEUE_PAUSED, reason, until, now, paused_reason=reason)
-        policy = tenant.sending_policy
-        calendar = policy.calendar
-        if TemplateType(contact.template_type).respects_business_hours and not calendar.is_open(now):
-            opening = calendar.next_opening(now).astimezone(UTC)
-            await pause_queue(
-                self.store, queue.id, loaded=queue, reason=OUTSIDE_BUSINESS_HOURS, resume_at=opening, at=now
-            )
-            return await self._defer(
-                contact, Handled.OUTSIDE_BUSINESS_HOURS, OUTSIDE_BUSINESS_HOURS, opening, now
-            )
-        generation = tenant.gateway_generation
-        blocked = await asyncio.to_thread(self.ledger.blocked_generation, tenant.id)
-        if blocked is not None and blocked >= generation:
-            await pause_queue(
-                self.store, queue.id, loaded=queue, reason=GATEWAY_MISCONFIGURED, resume_at=None, at=now
-            )
-            return await self._defer(contact, Handled.GATEWAY_MISCONFIGURED, GATEWAY_MISCONFIGURED, now, now)
-        client = self.container.gateway(tenant.gateway)
-        assert self.container.http is not None  # created by container.gateway()
+    async def _gather(self, need: Need, facts: JobFacts, tenant: Tenant) -> JobFacts:
+        if need is Need.BLOCK:
+            blocked = await asyncio.to_thread(self.ledger.blocked_generation, tenant.id)
+            return replace(facts, block=GatewayBlock(tenant.gateway_generation, blocked))
         verdict, code = await self.health.check(
             tenant.id,
-            generation,
-            http=self.container.http,
+            tenant.gateway_generation,
+            http=self.gateways.http,
             gateway=tenant.gateway,
-            timeout_s=self.container.settings.gateway_timeout_s,
-            now=now,
+            timeout_s=self.gateway_timeout_s,
+            now=facts.now,
         )
-        if verdict is Verdict.MISCONFIGURED:
+        down_until = None
+        if verdict is GatewayVerdict.DOWN:
+            down_until = self.health.trip(tenant.id, tenant.gateway_generation, now=facts.now)
+        return replace(facts, health=GatewayState(verdict, code, down_until))
+
+    def _decide_under_lock(self, facts: JobFacts, tenant: Tenant) -> tuple[Decision, int | None]:
+        """The throttle step, in one ledger transaction under the tenant's lock: the clock is read again
+        there (the wait for the lock must not make the planned arrival stale), the state read, the
+        decision taken, and a CLAIM's grant recorded at its planned arrival."""
+        with self.ledger.locked(tenant.id) as session:
+            now = self.clock.now()
+            facts = replace(facts, now=now)
+            policy = tenant.sending_policy
+            near = now + timedelta(seconds=policy.pause_max_s)
+            facts = replace(facts, throttle=session.state(near=near, calendar=policy.calendar))
+            decision = decide(facts)
+            if decision.action is not Action.CLAIM:
+                return decision, None
+            assert decision.arrival is not None and facts.contact is not None
+            return decision, session.record(arrival=decision.arrival, contact_id=facts.contact.id)
+
+    async def _side_effects(self, decision: Decision, queue: Queue, tenant: Tenant, now: datetime) -> None:
+        """The decision's effects on the tenant's gateway block and the queue (class :class:`Decision`)."""
+        if decision.unblock_below is not None:
+            await asyncio.to_thread(self.ledger.unblock, tenant.id, below_generation=decision.unblock_below)
+        if decision.resume:
+            misconfigured = PauseReason.GATEWAY_MISCONFIGURED.value
+
+            def still_due(q: Queue) -> bool:
+                if q.resume_at is not None:
+                    return q.resume_at <= now
+                return q.paused_reason == misconfigured and decision.unblock_below is not None
+
+            await resume_queue(self.store, queue.id, loaded=queue, at=now, when=still_due)
+        if decision.block_gateway is not None:
+            generation, code = decision.block_gateway
             await asyncio.to_thread(
-                self.ledger.block_gateway, tenant_id=tenant.id, generation=generation, code=code or "", at=now
+                self.ledger.block_gateway, tenant_id=tenant.id, generation=generation, code=code, at=now
             )
+        if decision.pause is not None:
             await pause_queue(
-                self.store, queue.id, loaded=queue, reason=GATEWAY_MISCONFIGURED, resume_at=None, at=now
+                self.store,
+                queue.id,
+                reason=decision.pause.reason,
+                resume_at=decision.pause.resume_at,
+                at=now,
             )
-            return await self._defer(
-                contact, Handled.GATEWAY_MISCONFIGURED, GATEWAY_MISCONFIGURED, now, now, code=code
-            )
-        if verdict is Verdict.DOWN:
-            resume_at = self.health.trip(tenant.id, generation, now=now)
-            await pause_queue(
-                self.store, queue.id, loaded=queue, reason=GATEWAY_DISCONNECTED, resume_at=resume_at, at=now
-            )
-            return await self._defer(
-                contact, Handled.GATEWAY_DISCONNECTED, GATEWAY_DISCONNECTED, resume_at, now
-            )
-        grant = await asyncio.to_thread(
-            self.ledger.acquire,
-            tenant_id=tenant.id,
-            contact_id=contact.id,
-            limits=policy.limits,
-            calendar=calendar,
-            now=now,
-        )
-        if not grant.allowed:
-            retry_at = grant.decision.retry_at
-            assert retry_at is not None
-            retry_at = retry_at.astimezone(UTC)
-            if grant.decision.reason == DAILY_LIMIT_REACHED:
-                await pause_queue(
-                    self.store, queue.id, loaded=queue, reason=DAILY_LIMIT_REACHED, resume_at=retry_at, at=now
-                )
-                return await self._defer(
-                    contact, Handled.DAILY_LIMIT_REACHED, DAILY_LIMIT_REACHED, retry_at, now
-                )
-            reason = grant.decision.reason or "throttled"
-            return await self._defer(contact, Handled.THROTTLED, reason, retry_at, now)
-        assert grant.ledger_id is not None
+
+    async def _execute(self, decision: Decision, facts: JobFacts, tenant: Tenant | None) -> Result:
+        contact, now = facts.contact, facts.now
+        if decision.action is Action.REJECT:
+            return Result(Handled.POISON, reason=decision.reason)
+        if decision.action is Action.ACK:
+            return Result(decision.handled, **decision.fields)
+        assert contact is not None and facts.queue is not None
+        if decision.action is Action.CANCEL:
+            try:
+                contact.cancel(reason=decision.reason or "queue_cancelled", at=now)
+                await save(self.store, contact)
+            except IntegrityError:
+                return Result(Handled.CONTENDED, wanted=Handled.CANCELLED.value)
+            return Result(Handled.CANCELLED)
+        assert decision.action is Action.DEFER and tenant is not None
+        await self._side_effects(decision, facts.queue, tenant, now)
+        assert decision.not_before is not None and decision.reason is not None
         try:
-            attempt = contact.dispatch(
-                at=now, lease=self.lease, allowed_by=_allowed_by(tenant, contact, grant, now)
-            )
+            contact.defer(reason=decision.reason, not_before=decision.not_before, at=now)
             await save(self.store, contact)
         except (Conflict, IntegrityError):
-            await asyncio.to_thread(self.ledger.release, grant.ledger_id)
+            return Result(Handled.CONTENDED, wanted=decision.handled.value)
+        return Result(decision.handled, not_before=decision.not_before.isoformat(), **decision.fields)
+
+    # --- after the claim ------------------------------------------------------------------------------
+
+    async def _claim_and_send(
+        self, decision: Decision, contact: Contact, tenant: Tenant, ledger_id: int
+    ) -> Result:
+        """Save the claim, render, call the gateway, record the outcome. The grant is given back when
+        nothing reached the gateway."""
+        now = self.clock.now()
+        try:
+            attempt = contact.dispatch(at=now, lease=self.lease, allowed_by=decision.allowed_by)
+            await save(self.store, contact)
+        except (Conflict, IntegrityError):
+            await asyncio.to_thread(self.ledger.release, ledger_id)
             return Result(Handled.CLAIMED_ELSEWHERE)
-        except Exception:  # transient: nothing reached the gateway, so the grant must not count
-            await asyncio.to_thread(self.ledger.release, grant.ledger_id)
-            raise
-        return await self.recorder.send(
-            contact, tenant, policy, client, attempt=attempt, ledger_id=grant.ledger_id
+        except Exception:  # transient; the claim may still have committed (the connection died after)
+            claimed = await self._own_claim(contact.id, attempt=contact.attempts, at=now)
+            if claimed is None:  # nothing reached the gateway, so the grant must not count
+                await asyncio.to_thread(self.ledger.release, ledger_id)
+                raise
+            log.warning("claim_save_uncertain_but_committed", exc_info=True)
+            contact, attempt = claimed, claimed.attempts
+        policy = tenant.sending_policy
+        base: dict[str, Any] = {"attempt": attempt, "phone": mask_phone(contact.phone or "")}
+        try:
+            rendered = await asyncio.to_thread(self.renderer.render, contact, now=now, tz=policy.calendar.tz)
+        except RenderError as exc:
+            await asyncio.to_thread(self.ledger.release, ledger_id)  # nothing reached the gateway
+            settlement = settle_render_error(
+                exc.code,
+                exc.message,
+                retryable=exc.retryable,
+                attempt=attempt,
+                policy=policy,
+                retry_draw=self.rng.random(),
+                now=now,
+            )
+            return await self._record(contact, settlement, None, now, base)
+        assert contact.gateway_number is not None
+        typing = decision.typing_ms
+        if not call_fits_lease(
+            contact.lease_until, now=self.clock.now(), typing=typing, timeout_s=self.gateway_timeout_s
+        ):
+            await asyncio.to_thread(self.ledger.release, ledger_id)  # nothing reached the gateway
+            return await self._give_back(contact, base)
+        real_delay = None if typing is None else round(typing / self.rate)
+        client = self.gateways(tenant.gateway)
+        with metrics.GATEWAY_LATENCY.time():
+            sent = await client.send_text(contact.gateway_number, rendered.text, delay_ms=real_delay)
+        done = self.clock.now()
+        base.update(code=sent.code, http_status=sent.http_status)
+        settlement = self._settle(sent, attempt, tenant, policy, done)
+        if settlement.healthy:
+            self.health.record_success(tenant.id, tenant.gateway_generation)
+        if settlement.block_gateway is not None:
+            await asyncio.to_thread(
+                self.ledger.block_gateway,
+                tenant_id=tenant.id,
+                generation=tenant.gateway_generation,
+                code=settlement.block_gateway,
+                at=done,
+            )
+        if settlement.pause is not None:
+            await pause_queue(
+                self.store,
+                contact.queue_id,
+                reason=settlement.pause.reason,
+                resume_at=settlement.pause.resume_at,
+                at=done,
+            )
+        if sent.kind is OutcomeKind.SENT:
+            base["gateway_message_id"] = sent.message_id
+        elif sent.kind in (OutcomeKind.RETRYABLE, OutcomeKind.PERMANENT):
+            base["outcome_unknown"] = sent.outcome_unknown
+        return await self._record(contact, settlement, (sent, rendered), done, base)
+
+    async def _own_claim(self, contact_id: UUID, *, attempt: int, at: datetime) -> Contact | None:
+        """After a claim save that failed without an answer: the contact as stored when the claim did
+        commit (attempt ``attempt`` dispatched at ``at`` with this worker's lease), else None. Tries a few
+        reads (the database may still be coming back); a read that keeps failing counts as not claimed."""
+        for pause in (0.1, 0.5, 1.0):
+            await asyncio.sleep(pause)
+            try:
+                fresh = await load(self.store, contact_id, Contact)
+            except Exception:
+                log.debug("claim_check_read_failed", exc_info=True)
+                continue
+            if (
+                fresh is not None
+                and fresh.status is ContactStatus.DISPATCHED
+                and fresh.attempts == attempt
+                and fresh.lease_until == at + self.lease
+            ):
+                return fresh
+            return None
+        return None
+
+    def _settle(
+        self, sent: SendOutcome, attempt: int, tenant: Tenant, policy: SendingPolicy, done: datetime
+    ) -> Settlement:
+        tripped_until = None
+        if sent.connection_problem and self.health.record_problem(tenant.id, tenant.gateway_generation):
+            tripped_until = self.health.trip(tenant.id, tenant.gateway_generation, now=done)
+        return settle(
+            sent,
+            attempt=attempt,
+            policy=policy,
+            retry_draw=self.rng.random(),
+            now=done,
+            tripped_until=tripped_until,
         )
 
-    async def _pause_over(self, queue: Queue, tenant: Tenant, now: datetime) -> bool:
-        """True (and the queue resumed) when the pause in force no longer applies at ``now``."""
-        if queue.resume_at is not None:
-            if queue.resume_at > now:
-                return False
-            await resume_queue(self.store, queue.id, loaded=queue, at=now)
-            return True
-        if queue.paused_reason != GATEWAY_MISCONFIGURED:
-            return False  # paused until told (no resume_at): only an explicit resume lifts it
-        generation = tenant.gateway_generation
-        blocked = await asyncio.to_thread(self.ledger.blocked_generation, tenant.id)
-        if blocked is not None and blocked >= generation:
-            return False
-        await asyncio.to_thread(self.ledger.unblock, tenant.id, below_generation=generation)
-        await resume_queue(
-            self.store,
-            queue.id,
-            loaded=queue,
-            at=now,
-            when=lambda q: q.paused_reason == GATEWAY_MISCONFIGURED,
-        )
-        return True
+    async def _give_back(self, contact: Contact, base: dict[str, Any]) -> Result:
+        """Release a claim that is too late to use (``Deferred`` until now, not an attempt). If another
+        worker claimed the contact meanwhile, that worker owns it and nothing is written."""
+        now = self.clock.now()
+        try:
+            contact.defer(reason=Handled.LEASE_TOO_SHORT.value, not_before=now, at=now)
+            await save(self.store, contact)
+        except (Conflict, IntegrityError):
+            return Result(Handled.CLAIMED_ELSEWHERE, **base)
+        return Result(Handled.LEASE_TOO_SHORT, **base)
 
-    async def _defer(
+    async def _record(
         self,
         contact: Contact,
-        outcome: Handled,
-        reason: str,
-        not_before: datetime,
-        now: datetime,
-        **extra: Any,
+        settlement: Settlement,
+        sent: tuple[SendOutcome, Any] | None,
+        at: datetime,
+        base: dict[str, Any],
     ) -> Result:
-        """Put the contact back to wait until ``not_before`` (UTC) and save. A version conflict means
-        another writer (a claim, a cancellation, a twin job) changed it meanwhile: that writer owns it."""
-        not_before = not_before.astimezone(UTC)
-        try:
-            contact.defer(reason=reason, not_before=not_before, at=now)
-            await save(self.store, contact)
-        except (Conflict, IntegrityError):
-            return Result(Handled.CONTENDED, wanted=outcome.value)
-        return Result(outcome, not_before=not_before.isoformat(), **extra)
+        """Apply the settlement's record to the contact and save it. Transient errors are retried until
+        shortly before the lease ends; a version conflict (someone else wrote the contact meanwhile, e.g.
+        a cancellation during the call) reloads the contact and applies the record again, so what reached
+        WhatsApp is recorded; only when the domain then refuses it is the result reported as not recorded."""
+        record = _command(settlement.record, sent, at)
+        result = Result(settlement.handled, retry_at=_iso(settlement.record.retry_at), **base)
+        if settlement.record.kind != "failed":
+            result.fields.pop("retry_at")
+        deadline = time.monotonic() + self._real_seconds_left(contact)
+        conflicts = 0
+        pause = 0.2
+        while True:
+            try:
+                record(contact)
+                await save(self.store, contact)
+            except Conflict:
+                return _unrecorded(result)
+            except IntegrityError:
+                conflicts += 1
+                fresh = await load(self.store, contact.id, Contact)
+                if fresh is None or conflicts >= SAVE_ATTEMPTS:
+                    return _unrecorded(result)
+                contact = fresh
+            except Exception:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("outcome_save_retry", exc_info=True, retry_in_s=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+                fresh = await load(self.store, contact.id, Contact)
+                if fresh is None:
+                    raise
+                contact = fresh
+            else:
+                return result
 
-    async def _cancel(self, contact: Contact, now: datetime) -> Result:
-        try:
-            contact.cancel(reason="queue_cancelled", at=now)
-            await save(self.store, contact)
-        except IntegrityError:
-            return Result(Handled.CONTENDED, wanted=Handled.CANCELLED.value)
-        return Result(Handled.CANCELLED)
+    def _real_seconds_left(self, contact: Contact) -> float:
+        """Real seconds until the claim's lease ends, less :data:`SAVE_SAFETY_S` (at least 1 s)."""
+        if contact.lease_until is None:
+            return 1.0
+        left = (contact.lease_until - self.clock.now()).total_seconds() / self.rate
+        return max(1.0, left - SAVE_SAFETY_S)
 
 
-def _allowed_by(tenant: Tenant, contact: Contact, grant: Any, now: datetime) -> dict[str, Any]:
-    """The rule that allowed this claim, for the auditor (:func:`billing.domain.audit.allowed_by`)."""
-    policy = tenant.sending_policy
-    return allowed_by(
-        at=now,
-        respects_business_hours=TemplateType(contact.template_type).respects_business_hours,
-        calendar=policy.calendar,
-        calendar_version=tenant.calendar_version,
-        policy_version=tenant.policy_version,
-        limits=policy.limits,
-        sent_in_window=grant.sent_in_window,
-        sent_today=grant.sent_today,
+def _command(record: Record, sent: tuple[SendOutcome, Any] | None, at: datetime) -> Callable[[Contact], None]:
+    """The Contact command of a :class:`~billing.domain.sending.Record`."""
+    if record.kind == "sent":
+        assert sent is not None
+        outcome, rendered = sent
+        assert outcome.message_id is not None
+
+        def sent_command(c: Contact) -> None:
+            c.record_sent(
+                gateway_message_id=outcome.message_id or "",
+                remote_jid=outcome.remote_jid,
+                text=rendered.text,
+                at=at,
+                template_id=rendered.template_id,
+                template_version=rendered.template_version,
+                variation=rendered.variation,
+            )
+
+        return sent_command
+    if record.kind == "skipped":
+        return lambda c: c.record_skipped(code=record.code, message=record.message, at=at)
+    return lambda c: c.record_failure(
+        code=record.code, message=record.message, retryable=record.retryable, retry_at=record.retry_at, at=at
     )
+
+
+def _unrecorded(result: Result) -> Result:
+    result.fields["wanted"] = result.outcome.value
+    result.outcome = Handled.UNRECORDED
+    return result
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
 
 
 _WARN = frozenset({Handled.POISON, Handled.FAILED, Handled.GATEWAY_MISCONFIGURED})

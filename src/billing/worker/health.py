@@ -23,7 +23,6 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from urllib.parse import quote
 from uuid import UUID
 
@@ -31,21 +30,15 @@ import httpx
 import msgspec
 
 from billing.domain.delivery import OutcomeKind, classify_send_response
+from billing.domain.sending import GatewayVerdict
 
 __all__ = ["GatewayHealth", "Probe", "Verdict", "probe_connection_state"]
 
 OPEN = "open"
 
 
-class Verdict(StrEnum):
-    """What the worker may do with a tenant's gateway now."""
-
-    OPEN = "open"
-    """Send."""
-    DOWN = "down"
-    """Not connected (state not ``open``, no answer, or tripped by failures): pause with backoff."""
-    MISCONFIGURED = "misconfigured"
-    """401/403/404/redirect on the probe: pause until the gateway settings change."""
+Verdict = GatewayVerdict
+"""What the worker may do with a tenant's gateway now (the domain's :class:`GatewayVerdict`)."""
 
 
 @dataclass(frozen=True)

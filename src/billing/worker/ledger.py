@@ -2,34 +2,22 @@
 
 Synchronous (psycopg pool of :class:`~billing.bootstrap.Container`); async callers use ``asyncio.to_thread``.
 
-**Send ledger (promise 5).** The throttle (:func:`billing.domain.throttle.decide`) is pure; keeping it
-across any number of worker processes is this adapter's job: :meth:`SendLedger.acquire` takes
-``pg_advisory_xact_lock(LOCK_CLASS, hashtext(tenant_id))`` and, in that one transaction, reads the
-tenant's sends of the last 60 s and of its local day, decides, and inserts the granted send. Two processes
-deciding for one tenant are therefore serialised, and each sees the other's grant. One row is one gateway
-attempt granted (counted whatever the gateway answers: the call reached WhatsApp's side); a grant that
-never reached the gateway (the claim was lost, nothing to render) is :meth:`SendLedger.release`\\ d.
-Rows older than the local day are no longer read; :meth:`SendLedger.prune` deletes them.
+**Send ledger (promise 5).** The throttle (:func:`billing.domain.throttle.decide_arrival`, called by
+:func:`billing.domain.sending.decide`) is pure; keeping it across any number of worker processes is this
+adapter's job: :meth:`SendLedger.locked` takes ``pg_advisory_xact_lock(LOCK_CLASS, hashtext(tenant_id))``
+and, in that one transaction, the caller reads the tenant's planned arrivals (:meth:`LedgerSession.state`),
+decides, and records the grant (:meth:`LedgerSession.record`). Two processes deciding for one tenant are
+therefore serialised, and each sees the other's grant. One row is one gateway attempt granted, at the
+instant the message is planned to *reach the gateway's recipient* (decision + typing pause): counted
+whatever the gateway answers; a grant that never reached the gateway (the claim was lost, nothing to
+render) is given back (:meth:`SendLedger.release`). Rows older than the local day are no longer read;
+:meth:`SendLedger.prune` deletes them.
 
-**Safety margin.** A row's ``sent_at`` is the instant of the *decision*; the message reaches the gateway a
-little later (claim saved, text rendered, HTTP call), and that delay varies between processes and sends.
-If the throttle allowed the next send at exactly "oldest + 60 s", a send decided at that boundary could
-reach the gateway less than 60 s after the oldest one arrived there (the oldest one was slow, the new one
-fast), and the gateway would see ``messages_per_minute + 1`` in 60 s of its own clock. So the adapter
-counts the sends of the last ``60 s + margin`` and allows the next one only at
-``oldest + 60 s + margin`` (:data:`THROTTLE_MARGIN`, 1 s): any spread of latencies below the margin
-stays within the limit as the gateway measures it. The daily cap is unaffected. The cost is at most
-``margin`` seconds of throughput per minute at full speed.
-
-The latency is real time, so the margin is one *real* second: a process whose clock runs faster
-(``BILLING_CLOCK``, tests and demos only) uses ``scale`` clock seconds (:func:`margin_for`, called by the
-worker's handler with the container's clock).
-
-**Stale instants.** The caller reads ``now`` before it gets the lock; meanwhile another process may have
-recorded a grant with a later instant. A window ending at the stale ``now`` would not see that grant and
-both would go out. So the decision is taken at ``max(now, latest grant of the tenant)`` and that instant
-is recorded: the ledger stays ordered and every grant counts. (Grants more than 60 s after ``now`` are
-ignored: only a clock moved back, as in tests, produces them.)
+**Safety margin.** The planned arrival is a little earlier than the real one (claim saved, text rendered,
+HTTP call), by a delay that varies between processes and sends. So the per-minute window is widened by
+:data:`THROTTLE_MARGIN` (1 real second): any spread of those latencies below the margin stays within the
+limit as the gateway measures it. A process whose clock runs faster (``BILLING_CLOCK``, tests and demos
+only) uses ``scale`` clock seconds (:func:`margin_for`).
 
 **Gateway blocks.** A 401/403/404 from a tenant's gateway blocks sending for that tenant until its gateway
 settings change: the row holds ``Tenant.gateway_generation`` at the time of the failure.
@@ -37,7 +25,8 @@ settings change: the row holds ``Tenant.gateway_generation`` at the time of the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, time, timedelta
 from typing import Any
 from uuid import UUID
@@ -46,16 +35,11 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from billing.domain.calendar import BusinessCalendar
-from billing.domain.throttle import (
-    DAILY_LIMIT_REACHED,
-    RATE_LIMITED,
-    WINDOW,
-    ThrottleDecision,
-    ThrottleLimits,
-    decide,
-)
+from billing.domain.policy import MAX_PAUSE_S
+from billing.domain.sending import ThrottleState
+from billing.domain.throttle import WINDOW, ThrottleLimits
 
-__all__ = ["LOCK_CLASS", "THROTTLE_MARGIN", "Grant", "SendLedger", "margin_for"]
+__all__ = ["LOCK_CLASS", "THROTTLE_MARGIN", "LedgerSession", "SendLedger", "margin_for"]
 
 LOCK_CLASS = 0x62696C6C & 0x7FFFFFFF
 """First key of the two-key advisory lock (``'bill'``), so our locks never collide with other users'."""
@@ -75,26 +59,43 @@ def margin_for(clock: object) -> timedelta:
     return THROTTLE_MARGIN * rate
 
 
-@dataclass(frozen=True)
-class Grant:
-    """The answer of :meth:`SendLedger.acquire`.
+class LedgerSession:
+    """The tenant's ledger inside :meth:`SendLedger.locked` (its lock held)."""
 
-    Attributes:
-        decision: the throttle's decision (``allowed``, ``retry_at``, ``reason``).
-        ledger_id: id of the ledger row recorded for an allowed send, else None.
-        sent_in_window / sent_today: the tenant's sends counted in the per-minute window and on its local
-            day before this decision (recorded in the claim's ``allowed_by`` for auditors).
-    """
+    def __init__(self, cur: Any, tenant_id: UUID, window: timedelta) -> None:
+        self._cur = cur
+        self._tenant_id = tenant_id
+        self.window = window
 
-    decision: ThrottleDecision
-    ledger_id: int | None = None
-    sent_in_window: int = 0
-    sent_today: int = 0
+    def state(self, *, near: datetime, calendar: BusinessCalendar) -> ThrottleState:
+        """The planned arrivals within ``2 × window`` (+ the longest pause) of ``near`` and the count of
+        arrivals on the tenant's local day of ``near`` (:class:`~billing.domain.sending.ThrottleState`)."""
+        reach = 2 * self.window + timedelta(seconds=MAX_PAUSE_S)
+        rows = self._cur.execute(
+            "SELECT sent_at FROM send_ledger WHERE tenant_id = %s AND sent_at > %s AND sent_at < %s",
+            (self._tenant_id, near - reach, near + reach),
+        ).fetchall()
+        day = calendar.local_date(near)
+        day_start = calendar.local_datetime(day, time(0, 0))
+        next_start = calendar.local_datetime(day + timedelta(days=1), time(0, 0))
+        counted = self._cur.execute(
+            "SELECT count(*) AS n FROM send_ledger WHERE tenant_id = %s AND sent_at >= %s AND sent_at < %s",
+            (self._tenant_id, day_start, next_start),
+        ).fetchone()
+        return ThrottleState(
+            arrivals=tuple(row["sent_at"] for row in rows),
+            arrivals_that_day=int(counted["n"]) if counted else 0,
+            window=self.window,
+        )
 
-    @property
-    def allowed(self) -> bool:
-        """True when one send was granted (and recorded)."""
-        return self.decision.allowed
+    def record(self, *, arrival: datetime, contact_id: UUID) -> int:
+        """Record one granted send planned to reach the gateway at ``arrival``; returns its row id."""
+        row = self._cur.execute(
+            "INSERT INTO send_ledger (tenant_id, sent_at, contact_id) VALUES (%s, %s, %s) RETURNING id",
+            (self._tenant_id, arrival, contact_id),
+        ).fetchone()
+        assert row is not None
+        return int(row["id"])
 
 
 class SendLedger:
@@ -114,79 +115,32 @@ class SendLedger:
         self._pool = pool
         self.margin = margin
 
-    def acquire(
-        self,
-        *,
-        tenant_id: UUID,
-        contact_id: UUID,
-        limits: ThrottleLimits,
-        calendar: BusinessCalendar,
-        now: datetime,
-    ) -> Grant:
-        """Decide, under the tenant's advisory lock, whether one more message may go out at ``now``, and
-        record it if so. The per-minute rule counts the last ``60 s +`` :attr:`margin`; a refusal's
-        ``retry_at`` is the instant the widened window has room again.
+    @contextmanager
+    def locked(self, tenant_id: UUID) -> Iterator[LedgerSession]:
+        """One transaction holding the tenant's advisory lock: read the throttle state, decide, record.
 
-        Args:
-            now: aware instant from the worker's clock, read before the call (recorded as ``sent_at``;
-                if another process already recorded a later grant for the tenant, that later instant is
-                used for the decision and recorded instead).
+        Two processes deciding for one tenant are serialised, and each sees the other's grants. Leaving
+        the block commits (an exception rolls back: nothing recorded).
 
         Raises:
-            psycopg.Error: the database failed (nothing recorded).
+            psycopg.Error: the database failed.
         """
-        window = WINDOW + self.margin
         with (
             self._pool.connection() as conn,
             conn.transaction(),
             conn.cursor(row_factory=dict_row) as cur,
         ):
             cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, str(tenant_id)))
-            recent = cur.execute(
-                "SELECT sent_at FROM send_ledger WHERE tenant_id = %s AND sent_at > %s AND sent_at < %s",
-                (tenant_id, now - window, now + WINDOW),
-            ).fetchall()
-            recent_sends = sorted(row["sent_at"] for row in recent)
-            if recent_sends and recent_sends[-1] > now:
-                now = recent_sends[-1]  # ``now`` went stale while we waited for the lock (docstring)
-            day_start = calendar.local_datetime(calendar.local_date(now), time(0, 0))
-            counted = cur.execute(
-                "SELECT count(*) AS n FROM send_ledger "
-                "WHERE tenant_id = %s AND sent_at >= %s AND sent_at <= %s",
-                (tenant_id, day_start, now),
-            ).fetchone()
-            decision = decide(
-                limits,
-                now=now,
-                recent_sends=recent_sends,
-                sent_today=int(counted["n"]) if counted else 0,
-                calendar=calendar,
-            )
-            excess = len(recent_sends) - limits.messages_per_minute
-            if decision.reason != DAILY_LIMIT_REACHED and excess >= 0:
-                # the widened window is full (decide() saw only its last 60 s): room again once the
-                # (excess+1)-th oldest of these leaves it
-                retry_at = (recent_sends[excess] + window).astimezone(calendar.tz)
-                decision = ThrottleDecision(allowed=False, retry_at=retry_at, reason=RATE_LIMITED)
-            if not decision.allowed:
-                return Grant(decision)
-            row = cur.execute(
-                "INSERT INTO send_ledger (tenant_id, sent_at, contact_id) VALUES (%s, %s, %s) RETURNING id",
-                (tenant_id, now, contact_id),
-            ).fetchone()
-        assert row is not None
-        today = int(counted["n"]) if counted else 0
-        return Grant(decision, ledger_id=int(row["id"]), sent_in_window=len(recent_sends), sent_today=today)
+            yield LedgerSession(cur, tenant_id, WINDOW + self.margin)
 
     def minute_room(self, tenant_id: UUID, limits: ThrottleLimits, now: datetime) -> int:
         """How many more sends the per-minute rule allows the tenant at ``now`` (its window widened by
-        :attr:`margin`, as :meth:`acquire` counts it); never negative. Advisory (no lock): the scheduler
-        uses it to republish no more due contacts than can go out, :meth:`acquire` still decides."""
+        :attr:`margin`, as the locked decision counts it); never negative. Advisory (no lock): the scheduler
+        uses it to republish no more due contacts than can go out, the locked decision still decides."""
         with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             row = cur.execute(
-                "SELECT count(*) AS n FROM send_ledger "
-                "WHERE tenant_id = %s AND sent_at > %s AND sent_at <= %s",
-                (tenant_id, now - (WINDOW + self.margin), now),
+                "SELECT count(*) AS n FROM send_ledger WHERE tenant_id = %s AND sent_at > %s",
+                (tenant_id, now - (WINDOW + self.margin)),
             ).fetchone()
         used = int(row["n"]) if row else 0
         return max(0, limits.messages_per_minute - used)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from billing.bootstrap import Container
+from billing.outbox.broker import Broker
 from billing.worker.handler import JobHandler
 from billing.worker.scheduler import Scheduler
 
@@ -18,36 +18,32 @@ log = structlog.get_logger(__name__)
 
 
 async def run_worker(
-    container: Container,
+    broker: Broker,
     stop: asyncio.Event,
     *,
+    handler: JobHandler,
+    scheduler: Scheduler,
+    prefetch: int,
+    drain_s: float,
     queues: Sequence[str] | None = None,
-    handler: JobHandler | None = None,
-    scheduler: Scheduler | None = None,
     scheduler_interval_s: float = 2.0,
 ) -> None:
-    """Consume ``queues`` (default: every job queue of the broker's topology, i.e. every shard of the
-    three kinds) with a :class:`~billing.worker.handler.JobHandler`, up to ``settings.worker_prefetch``
-    unsettled deliveries per queue — so up to ``shards × 3 × worker_prefetch`` per process (8 × 3 × 2 = 48
-    by default) — and tick a :class:`~billing.worker.scheduler.Scheduler` every ``scheduler_interval_s``
-    wall-clock seconds, until ``stop`` is set. Declares the broker topology first (idempotent).
+    """Consume ``queues`` (default: every job queue of the broker's topology: every shard and the retry
+    queue of the three kinds) with ``handler``, up to ``prefetch`` unsettled deliveries per queue — so up
+    to ``(shards + 1) × 3 × prefetch`` per process (27 × 2 = 54 by default) — and tick ``scheduler`` every
+    ``scheduler_interval_s`` wall-clock seconds, until ``stop`` is set. Declares the broker topology first
+    (idempotent).
 
     On ``stop`` the consumer is cancelled (in-flight handlers get the broker's drain grace, unsettled
-    deliveries return to their queues) and the scheduler finishes its tick.
+    deliveries return to their queues), the scheduler finishes its tick, and handlings whose delivery was
+    given up still get up to ``drain_s`` real seconds to save their outcome.
 
     Raises:
-        ValueError: the container has no broker.
         Exception: the consumer stopped by itself (e.g. the in-memory broker was closed, a queue is
             missing); the scheduler is stopped first.
     """
-    broker = container.broker
-    if broker is None:
-        raise ValueError("the worker needs a broker")
     await broker.declare_topology()
     names = list(queues) if queues is not None else list(broker.topology.job_queues)
-    handler = handler or JobHandler(container)
-    scheduler = scheduler or Scheduler(container)
-    prefetch = container.settings.worker_prefetch
     log.info("worker_started", queues=names, prefetch=prefetch, max_in_flight=prefetch * len(names))
     ticking = asyncio.Event()
     consuming = asyncio.create_task(broker.consumer().run(names, handler, prefetch=prefetch), name="consumer")
@@ -65,7 +61,9 @@ async def run_worker(
         with contextlib.suppress(asyncio.CancelledError):
             await scheduling
         results = await asyncio.gather(consuming, stopping, return_exceptions=True)
-        log.info("worker_stopped")
+        # handlings whose delivery the consumer gave up on still save their outcome (no double send)
+        left = await handler.drain(drain_s)
+        log.info("worker_stopped", unfinished=left)
     error = results[0]
     if (
         not stop.is_set()

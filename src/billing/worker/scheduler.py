@@ -18,9 +18,9 @@ writes them). Duplicate jobs are harmless — the handler is idempotent and re-c
 keep the broker quiet each ``(contact, not_before)`` or ``(contact, lease_until)`` is published once per
 :attr:`Scheduler.remember_s`; a contact deferred again has a new ``not_before`` and is published again
 when that comes. Fairness: at most :attr:`Scheduler.per_tenant` contacts per tenant per tick, so one
-tenant's backlog cannot crowd out another's; each job goes to its tenant's shard of the job queues
-(``Topology.queue_for``), as the relay's do. Several worker processes each run a scheduler; they publish
-some duplicates, nothing worse.
+tenant's backlog cannot crowd out another's; each job goes to its kind's retry queue
+(``Topology.retry_queue``), ahead of any fresh backlog. Several worker processes each run a scheduler;
+they publish some duplicates, nothing worse.
 """
 
 from __future__ import annotations
@@ -37,18 +37,21 @@ from uuid import UUID
 import structlog
 from psycopg.rows import dict_row
 
-from billing.bootstrap import Container
+from billing.db import ViewsPool
 from billing.domain.tenant import Tenant
-from billing.domain.types import TemplateType
+from billing.domain.types import PauseReason, TemplateType
+from billing.eventstore import EventStore
 from billing.outbox.broker import OutgoingMessage, Publisher, Topology
 from billing.outbox.jobs import SendJob, job_message
-from billing.worker.handler import GATEWAY_MISCONFIGURED
-from billing.worker.ledger import SendLedger, margin_for
+from billing.services.clock import Clock
+from billing.worker.ledger import SendLedger
 from billing.worker.persistence import load, resume_queue
 
 __all__ = ["Scheduler", "TickReport"]
 
 log = structlog.get_logger(__name__)
+
+GATEWAY_MISCONFIGURED = PauseReason.GATEWAY_MISCONFIGURED.value
 
 _PAUSED_SQL = """
 SELECT queue_id, tenant_id, paused_reason, resume_at FROM queue_status
@@ -107,8 +110,11 @@ class Scheduler:
     """Resumes queues and republishes jobs (see the module docstring).
 
     Args:
-        container: pool (views), store, broker (publisher), clock.
-        publisher: defaults to a new publisher of ``container.broker``.
+        pool: the views pool (read only).
+        store: the event store (queues, tenants).
+        publisher / topology: where republished jobs go.
+        ledger: the send ledger (per-minute room, pruning; gateway blocks).
+        clock: the time source.
         limit: most rows read per query per tick.
         per_tenant: most due contacts of one tenant published per tick.
         remember_s: seconds a published ``(contact, instant)`` is not published again (clock seconds).
@@ -118,26 +124,28 @@ class Scheduler:
 
     def __init__(
         self,
-        container: Container,
         *,
-        publisher: Publisher | None = None,
+        pool: ViewsPool,
+        store: EventStore,
+        publisher: Publisher,
+        topology: Topology,
+        ledger: SendLedger,
+        clock: Clock,
         limit: int = 1000,
         per_tenant: int = 200,
         remember_s: float = 300.0,
         stale_s: float = 600.0,
     ) -> None:
-        if publisher is None:
-            if container.broker is None:
-                raise ValueError("the scheduler needs a broker")
-            publisher = container.broker.publisher()
-        self.container = container
+        self.pool = pool
+        self.store = store
+        self.clock = clock
         self.publisher = publisher
         self.limit = limit
         self.per_tenant = per_tenant
         self.remember = timedelta(seconds=remember_s)
         self.stale = timedelta(seconds=stale_s)
-        self.topology = container.broker.topology if container.broker is not None else Topology()
-        self.ledger = SendLedger(container.pool, margin=margin_for(container.clock))
+        self.topology = topology
+        self.ledger = ledger
         self._published: dict[tuple[UUID, datetime], datetime] = {}
         self._last_prune: datetime | None = None
 
@@ -158,7 +166,7 @@ class Scheduler:
         Raises:
             Exception: the database or the broker failed (nothing is remembered as published then).
         """
-        now = self.container.clock.now()
+        now = self.clock.now()
         resumed = await self._resume(now)
         due = await self._publish(_DUE_SQL, "due", now, resumed=resumed, budgeted=True)
         stale = await self._publish(_STALE_SQL, "due", now, resumed=resumed)
@@ -176,7 +184,7 @@ class Scheduler:
         """Resume what is due; returns the queues resumed (the view may not show it yet)."""
         rows = await self._query(_PAUSED_SQL, now=now, misconf=GATEWAY_MISCONFIGURED, limit=self.limit)
         resumed: list[UUID] = []
-        store = self.container.store
+        store = self.store
         for row in rows:
             queue_id: UUID = row["queue_id"]
             if row["resume_at"] is not None:
@@ -194,7 +202,7 @@ class Scheduler:
 
     async def _gateway_fixed(self, tenant_id: UUID) -> bool:
         """True when the tenant's gateway settings changed since the block (and the stale block is gone)."""
-        tenant = await load(self.container.store, tenant_id, Tenant)
+        tenant = await load(self.store, tenant_id, Tenant)
         if tenant is None:
             return False
         blocked = await asyncio.to_thread(self.ledger.blocked_generation, tenant_id)
@@ -235,7 +243,7 @@ class Scheduler:
             by_tenant.setdefault(row["tenant_id"], {}).setdefault(row["queue_id"], []).append(row)
         kept: list[dict[str, Any]] = []
         for tenant_id, queues in by_tenant.items():
-            tenant = await load(self.container.store, tenant_id, Tenant)
+            tenant = await load(self.store, tenant_id, Tenant)
             if tenant is None:
                 continue
             room = await asyncio.to_thread(
@@ -264,7 +272,7 @@ class Scheduler:
 
     async def _query(self, sql: str, **params: Any) -> Sequence[dict[str, Any]]:
         def run() -> list[dict[str, Any]]:
-            with self.container.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
                 return cur.execute(sql, params).fetchall()
 
         return await asyncio.to_thread(run)

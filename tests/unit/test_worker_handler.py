@@ -1,0 +1,275 @@
+"""The job handler over in-memory fakes of its ports: the library's in-memory event store (``popo``), a
+fake send ledger, renderer, gateway health and gateway. No database, no broker, no network.
+
+What is checked: the handler gathers facts, carries out the sending core's decision and settles the
+delivery — a claim is recorded at the planned arrival and sent with the typing pause; a full minute defers
+without calling; a retryable answer schedules a retry; and a cancelled delivery (the broker connection
+dropped) does not stop the handling: the outcome is saved, the delivery is left unsettled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import UUID, uuid4, uuid5
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from billing.domain.contact import Contact
+from billing.domain.delivery import OutcomeKind, SendOutcome
+from billing.domain.policy import default_policy_spec
+from billing.domain.queue import Queue
+from billing.domain.sending import GatewayVerdict, Handled, ThrottleState
+from billing.domain.tenant import Tenant
+from billing.domain.types import ContactStatus
+from billing.eventstore import EventStore
+from billing.outbox.jobs import SendJob, encode_job
+from billing.services.clock import FakeClock
+from billing.worker.handler import JobHandler, TenantCache
+from billing.worker.rendering import Rendered
+
+MONDAY_10 = datetime(2025, 1, 20, 13, 0, tzinfo=UTC)  # 10:00 in São Paulo
+GATEWAY = {"base_url": "http://gw", "instance": "loja", "api_key": "k", "api_version": "v2"}
+WINDOW = timedelta(seconds=61)
+
+
+class FakeSession:
+    def __init__(self, ledger: FakeLedger, tenant_id: UUID) -> None:
+        self.ledger, self.tenant_id = ledger, tenant_id
+
+    def state(self, *, near: datetime, calendar: Any) -> ThrottleState:
+        arrivals = tuple(at for tenant, at, _ in self.ledger.rows.values() if tenant == self.tenant_id)
+        return ThrottleState(arrivals=arrivals, arrivals_that_day=len(arrivals), window=WINDOW)
+
+    def record(self, *, arrival: datetime, contact_id: UUID) -> int:
+        self.ledger.next_id += 1
+        self.ledger.rows[self.ledger.next_id] = (self.tenant_id, arrival, contact_id)
+        return self.ledger.next_id
+
+
+class FakeLedger:
+    """The send ledger in a dict: ``rows[id] = (tenant, arrival, contact)``."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, tuple[UUID, datetime, UUID]] = {}
+        self.next_id = 0
+        self.blocks: dict[UUID, int] = {}
+
+    @contextmanager
+    def locked(self, tenant_id: UUID) -> Iterator[FakeSession]:
+        yield FakeSession(self, tenant_id)
+
+    def release(self, ledger_id: int) -> None:
+        del self.rows[ledger_id]
+
+    def blocked_generation(self, tenant_id: UUID) -> int | None:
+        return self.blocks.get(tenant_id)
+
+    def block_gateway(self, *, tenant_id: UUID, generation: int, code: str, at: datetime) -> None:
+        self.blocks[tenant_id] = generation
+
+    def unblock(self, tenant_id: UUID, *, below_generation: int) -> None:
+        if self.blocks.get(tenant_id, below_generation) < below_generation:
+            del self.blocks[tenant_id]
+
+
+class FakeRenderer:
+    def render(self, contact: Contact, *, now: datetime, tz: ZoneInfo) -> Rendered:
+        return Rendered(
+            text=f"Olá {contact.fields['nome']}", template_id=UUID(int=9), template_version=1, variation=0
+        )
+
+
+class FakeHealth:
+    def __init__(self) -> None:
+        self.successes = 0
+
+    async def check(self, tenant_id: UUID, generation: int, **kw: Any) -> tuple[GatewayVerdict, str | None]:
+        return GatewayVerdict.OPEN, None
+
+    def trip(self, tenant_id: UUID, generation: int, *, now: datetime) -> datetime:
+        return now + timedelta(seconds=30)
+
+    def record_problem(self, tenant_id: UUID, generation: int) -> bool:
+        return False
+
+    def record_success(self, tenant_id: UUID, generation: int) -> None:
+        self.successes += 1
+
+
+class FakeGateway:
+    """Answers every send with ``answer``; with ``hold`` set, waits for it first (a slow gateway)."""
+
+    def __init__(self) -> None:
+        self.http = None
+        self.calls: list[tuple[str, str, int | None]] = []
+        self.answer = SendOutcome(
+            kind=OutcomeKind.SENT, code="sent", message="", retryable=False, message_id="3EB0AA"
+        )
+        self.hold: asyncio.Event | None = None
+        self.arrived = asyncio.Event()
+
+    def __call__(self, config: Mapping[str, str]) -> FakeGateway:
+        return self
+
+    async def send_text(self, number: str, text: str, *, delay_ms: int | None = None) -> SendOutcome:
+        self.calls.append((number, text, delay_ms))
+        self.arrived.set()
+        if self.hold is not None:
+            await self.hold.wait()
+        return self.answer
+
+
+class FakeDelivery:
+    def __init__(self, job: SendJob) -> None:
+        self.body = encode_job(job)
+        self.message_id = f"{job.contact_id}:1"
+        self.routing_key = self.queue = "billing.notification.0"
+        self.headers: dict[str, Any] = {}
+        self.redelivered = False
+        self.delivery_count = 0
+        self.settled: str | None = None
+
+    async def ack(self) -> None:
+        self.settled = "ack"
+
+    async def reject(self) -> None:
+        self.settled = "reject"
+
+    async def requeue(self) -> None:
+        self.settled = "requeue"
+
+
+class Fakes:
+    def __init__(self, **policy: Any) -> None:
+        self.store = EventStore(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+        self.clock = FakeClock(MONDAY_10)
+        self.ledger = FakeLedger()
+        self.health = FakeHealth()
+        self.gateway = FakeGateway()
+        self.handler = JobHandler(
+            store=self.store,
+            tenants=TenantCache(self.store, ttl_s=0),
+            ledger=self.ledger,
+            renderer=FakeRenderer(),
+            health=self.health,
+            gateways=self.gateway,
+            clock=self.clock,
+            lease_s=120,
+            gateway_timeout_s=30,
+            rng=random.Random(3),
+        )
+        spec = {**default_policy_spec(), **policy}
+        tenant = Tenant.register(tenant_id=uuid4(), name="Loja", gateway=GATEWAY, policy=spec, at=MONDAY_10)
+        self.tenant_id = tenant.id
+        self.queue = Queue.open(
+            queue_id=uuid4(), tenant_id=tenant.id, campaign_id=uuid4(), template_type="notification", total=3,
+            at=MONDAY_10,
+        )  # fmt: skip
+        self.contacts = [self._contact(i) for i in range(3)]
+        self.store.save(tenant, self.queue, *self.contacts)
+
+    def _contact(self, index: int) -> Contact:
+        phone = f"+55119876543{index:02d}"
+        return Contact._create(
+            Contact.Added,
+            id=uuid5(self.queue.id, str(index)),
+            tenant_id=self.tenant_id,
+            campaign_id=self.queue.campaign_id,
+            queue_id=self.queue.id,
+            index=index,
+            template_type="notification",
+            external_id=None,
+            fields={"nome": f"Cliente {index}"},
+            telefone=phone,
+            phone=phone,
+            gateway_number=phone[1:],
+            amount=Decimal("10.00"),
+            amount_total=None,
+            due_date=date(2025, 1, 10),
+            timestamp=MONDAY_10,
+        )
+
+    def job(self, index: int) -> SendJob:
+        return SendJob(
+            contact_id=self.contacts[index].id,
+            tenant_id=self.tenant_id,
+            queue_id=self.queue.id,
+            template_type="notification",  # type: ignore[arg-type]
+            reason="added",
+        )
+
+    def contact(self, index: int) -> Contact:
+        loaded = self.store.repository.get(self.contacts[index].id)
+        assert isinstance(loaded, Contact)
+        return loaded
+
+
+async def test_a_due_contact_is_claimed_at_its_arrival_sent_with_its_pause_and_recorded() -> None:
+    fakes = Fakes()
+    delivery = FakeDelivery(fakes.job(0))
+    await fakes.handler(delivery)
+    # random.Random(3): the first draw 0.2380 → a 1.476 s typing pause (policy 1..3 s)
+    assert fakes.gateway.calls == [("5511987654300", "Olá Cliente 0", 1476)]
+    assert [(at, cid) for _, at, cid in fakes.ledger.rows.values()] == [
+        (MONDAY_10 + timedelta(milliseconds=1476), fakes.contacts[0].id)
+    ]
+    contact = fakes.contact(0)
+    assert (contact.status, contact.attempts) == (ContactStatus.SENT, 1)
+    assert (delivery.settled, fakes.health.successes) == ("ack", 1)
+
+
+async def test_a_full_minute_defers_without_calling_the_gateway() -> None:
+    fakes = Fakes(messages_per_minute=1, pause_min_s=0, pause_max_s=0)
+    await fakes.handler(FakeDelivery(fakes.job(0)))
+    second = FakeDelivery(fakes.job(1))
+    await fakes.handler(second)
+    assert len(fakes.gateway.calls) == 1
+    contact = fakes.contact(1)
+    assert (contact.status, contact.not_before) == (ContactStatus.PENDING, MONDAY_10 + WINDOW)
+    assert second.settled == "ack"
+    assert len(fakes.ledger.rows) == 1
+
+
+async def test_a_retryable_answer_schedules_a_retry_and_keeps_the_grant() -> None:
+    fakes = Fakes(pause_min_s=0, pause_max_s=0)
+    fakes.gateway.answer = SendOutcome(
+        kind=OutcomeKind.RETRYABLE,
+        code="gateway_unavailable",
+        message="503",
+        retryable=True,
+        outcome_unknown=True,
+    )
+    result = await fakes.handler.handle(fakes.job(0))
+    assert result.outcome is Handled.RETRY_SCHEDULED
+    contact = fakes.contact(0)
+    # retry 1 of the default policy: 24..30 s; the second draw of random.Random(3), 0.5442, → 27.27 s
+    assert contact.status is ContactStatus.PENDING
+    assert contact.not_before == MONDAY_10 + timedelta(seconds=24 + 6 * 0.5442292252959519)
+    assert len(fakes.ledger.rows) == 1  # the call reached the gateway: it counts
+
+
+async def test_a_cancelled_delivery_still_saves_the_outcome_and_is_left_unsettled() -> None:
+    fakes = Fakes(pause_min_s=0, pause_max_s=0)
+    fakes.gateway.hold = asyncio.Event()
+    delivery = FakeDelivery(fakes.job(0))
+    consumer = asyncio.create_task(fakes.handler(delivery))
+    await fakes.gateway.arrived.wait()  # the message is at the gateway
+
+    consumer.cancel()  # the broker connection dropped: aio-pika cancels the consumer's callback
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    fakes.gateway.hold.set()  # the gateway answers
+    assert await fakes.handler.drain(5) == 0
+
+    assert fakes.contact(0).status is ContactStatus.SENT
+    assert delivery.settled is None  # the broker redelivers it; the redelivery finds it sent:
+    redelivery = FakeDelivery(fakes.job(0))
+    await fakes.handler(redelivery)
+    assert (redelivery.settled, len(fakes.gateway.calls)) == ("ack", 1)
