@@ -105,7 +105,7 @@ def _code(value: object) -> str:
 
 
 def record_job(result: Any) -> None:
-    """Count one handled delivery (a :class:`~billing.worker.outcomes.Result`: ``outcome`` and
+    """Count one handled delivery (a :class:`~billing.worker.handler.Result`: ``outcome`` and
     ``fields``): every outcome in ``billing_jobs_handled``; attempts that reached the gateway in
     ``billing_sends`` with their code; deferrals in ``billing_jobs_deferred``; poison in
     ``billing_jobs_dead_lettered``."""

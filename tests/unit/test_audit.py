@@ -154,3 +154,35 @@ def test_history_csv_pulls_the_usual_fields_out_of_the_event_data() -> None:
     assert (row["attempt"], row["template_id"], row["allowed_by"]) == ("", "", "")
     parsed = list(csv.reader(io.StringIO(to_csv([entry]))))
     assert parsed == rows
+
+
+def test_a_claim_decision_records_the_throttle_counts_and_versions_it_was_decided_on() -> None:
+    from dataclasses import replace
+
+    from billing.domain.sending import Action, ThrottleState, decide
+    from tests.unit.test_sending import MONDAY_10, WINDOW, facts
+
+    arrivals = (
+        MONDAY_10 - timedelta(seconds=50),
+        MONDAY_10 - timedelta(seconds=5),
+        MONDAY_10 - timedelta(minutes=5),
+    )
+    decision = decide(
+        replace(
+            facts(),
+            policy_versions=(4, 2),
+            throttle=ThrottleState(arrivals=arrivals, arrivals_that_day=7, window=WINDOW),
+        )
+    )
+    assert decision.action is Action.CLAIM
+    assert decision.allowed_by is not None
+    assert decision.allowed_by["policy_version"] == 4
+    assert decision.allowed_by["business_hours"]["calendar_version"] == 2
+    assert decision.allowed_by["throttle"] == {
+        "decision": "allowed",
+        "messages_per_minute": 3,
+        "sent_in_window": 2,  # arrival 2 s after now: the two of the last minute, not the one 5 min ago
+        "max_messages_per_day": 10,
+        "sent_today": 7,
+        "local_date": "2025-01-20",
+    }

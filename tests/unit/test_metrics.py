@@ -5,7 +5,8 @@ from __future__ import annotations
 from prometheus_client import REGISTRY
 
 from billing import metrics
-from billing.worker.outcomes import Handled, Result
+from billing.domain.sending import Handled
+from billing.worker.handler import Result
 
 
 def sample(name: str, **labels: str) -> float:
