@@ -18,7 +18,8 @@ ratio. Then the CPU each part used during the fleet phase (from ``/proc``: this 
 processes, the PostgreSQL backends of the bench database, RabbitMQ, the simulator), per message, which
 shows what limits throughput, and a warning when other processes took a noticeable share of the machine.
 
-Run: ``.venv/bin/python bench/fleet.py [--tenants 200] [--contacts 50] [--workers 0] [--prefetch 10]``
+Run: ``.venv/bin/python bench/fleet.py [--tenants 200] [--contacts 50] [--workers 0] [--prefetch 10]
+[--profile DIR]`` (``--profile``: each worker process under pyinstrument, its report in ``DIR``)
 (PostgreSQL at 127.0.0.1:5432, RabbitMQ at 127.0.0.1:5672). The database and the topology are removed at
 the end.
 """
@@ -456,11 +457,27 @@ def start_workers(args: argparse.Namespace, settings: Settings, logs: Path) -> l
     billing = Path(sys.executable).with_name("billing")
     procs = []
     for n in range(args.workers):
+        command = [str(billing), "worker"]
+        if args.profile:  # the same worker under pyinstrument; its text report is written at exit
+            out = Path(args.profile) / f"worker-{n}.txt"
+            command = [sys.executable, "-c", PROFILED_WORKER.format(out=str(out))]
         with open(logs / f"worker-{n}.log", "wb") as err:
-            procs.append(
-                subprocess.Popen([str(billing), "worker"], env=env, stdout=subprocess.DEVNULL, stderr=err)
-            )
+            procs.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err))
     return procs
+
+
+PROFILED_WORKER = """
+import pyinstrument, billing.cli
+profiler = pyinstrument.Profiler(interval=0.002, async_mode="disabled")
+profiler.start()
+try:
+    billing.cli.main(["worker"])
+except SystemExit:
+    pass
+finally:
+    profiler.stop()
+    open({out!r}, "w").write(profiler.output_text(unicode=True, show_all=False))
+"""
 
 
 async def run(args: argparse.Namespace, url: str, sim_port: int, logs: Path, meter: CpuMeter) -> None:
@@ -597,6 +614,9 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, default=5, help="BILLING_POOL_SIZE")
     parser.add_argument("--post-concurrency", type=int, default=4, help="POSTs in flight at once")
     parser.add_argument("--log-level", default="WARNING", help="BILLING_LOG_LEVEL of every component")
+    parser.add_argument(
+        "--profile", metavar="DIR", help="run the worker processes under pyinstrument; reports in DIR"
+    )
     parser.add_argument("--timeout", type=float, default=600, help="give up after this many seconds")
     args = parser.parse_args()
     args.concurrency = args.prefetch * max(1, args.workers)

@@ -95,9 +95,10 @@ def build_container(
 
 
 def build_handler(
-    container: Container, *, rng: random.Random | None = None, tenant_ttl_s: float = 5.0
+    container: Container, *, rng: random.Random | None = None, cache_ttl_s: float = 5.0
 ) -> JobHandler:
-    """The worker's job handler over the container's store, pool, clock and HTTP client."""
+    """The worker's job handler over the container's store, pool, clock and HTTP client. Tenants, active
+    templates and gateway blocks are reused for ``cache_ttl_s`` real seconds (0: read every time)."""
     from billing.worker.handler import JobHandler, TenantCache
     from billing.worker.health import GatewayHealth
     from billing.worker.ledger import SendLedger, margin_for
@@ -105,15 +106,16 @@ def build_handler(
 
     return JobHandler(
         store=container.store,
-        tenants=TenantCache(container.store, ttl_s=tenant_ttl_s),
+        tenants=TenantCache(container.store, ttl_s=cache_ttl_s),
         ledger=SendLedger(container.pool, margin=margin_for(container.clock)),
-        renderer=Renderer(container.pool),
+        renderer=Renderer(container.pool, ttl_s=cache_ttl_s),
         health=GatewayHealth(),
         gateways=container.gateways(),
         clock=container.clock,
         lease_s=container.settings.dispatch_lease_s,
         gateway_timeout_s=container.settings.gateway_timeout_s,
         rng=rng,
+        block_ttl_s=cache_ttl_s,
     )
 
 

@@ -66,7 +66,7 @@ class RecordingHandler(JobHandler):
     """The real handler, recording each job's result and how long each delivery took to settle."""
 
     def __init__(self, container: Container) -> None:
-        super().__init__(**parts(build_handler(container, rng=random.Random(7), tenant_ttl_s=0)))
+        super().__init__(**parts(build_handler(container, rng=random.Random(7), cache_ttl_s=0)))
         self.results: list[tuple[SendJob, Result]] = []
         self.settle_s: list[float] = []
         self.calls = 0

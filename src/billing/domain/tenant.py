@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -126,8 +128,8 @@ class Tenant(Aggregate):
 
     @property
     def sending_policy(self) -> SendingPolicy:
-        """The typed policy."""
-        return parse_policy(self.policy)
+        """The typed policy (parsed once per distinct spec and process: parsing loads holiday tables)."""
+        return _parsed_policy(json.dumps(self.policy, sort_keys=True))
 
     def configure_gateway(self, gateway: dict[str, Any], *, at: datetime) -> None:
         """Replace the gateway settings. Raises InvalidValue naming the field."""
@@ -139,3 +141,9 @@ class Tenant(Aggregate):
         parse_policy(merged)
         if merged != self.policy:
             self.trigger_event(self.PolicyChanged, policy=merged, timestamp=at)
+
+
+@lru_cache(maxsize=1024)
+def _parsed_policy(spec_json: str) -> SendingPolicy:
+    """:func:`parse_policy` of a canonical JSON spec (the policy is immutable: the cache never goes stale)."""
+    return parse_policy(json.loads(spec_json))

@@ -181,6 +181,9 @@ class JobHandler:
         lease_s: a claim's lease (``BILLING_DISPATCH_LEASE_S``).
         gateway_timeout_s: one gateway call's timeout, on top of its typing delay.
         rng: draws for the typing pause and the retry jitter (seed it in tests).
+        block_ttl_s: real seconds the tenant's gateway block row is reused (a block recorded by this
+            process is seen at once; one recorded by another process within ``block_ttl_s``, which only
+            lets that process's 401/404 repeat here a few times).
     """
 
     def __init__(
@@ -196,6 +199,7 @@ class JobHandler:
         lease_s: float,
         gateway_timeout_s: float,
         rng: random.Random | None = None,
+        block_ttl_s: float = 5.0,
     ) -> None:
         self.store = store
         self.tenants = tenants
@@ -210,6 +214,8 @@ class JobHandler:
         self.rate = float(getattr(clock, "scale", 1.0)) or 1.0
         """Clock seconds per real second (a ``BILLING_CLOCK`` runs faster; tests and demos only)."""
         self._running: set[asyncio.Task[Any]] = set()
+        self.block_ttl_s = block_ttl_s
+        self._blocks: dict[UUID, tuple[float, int | None]] = {}
 
     # --- the delivery ---------------------------------------------------------------------------------
 
@@ -311,7 +317,13 @@ class JobHandler:
 
     async def _gather(self, need: Need, facts: JobFacts, tenant: Tenant) -> JobFacts:
         if need is Need.BLOCK:
-            blocked = await asyncio.to_thread(self.ledger.blocked_generation, tenant.id)
+            cached = self._blocks.get(tenant.id)
+            if cached is not None and time.monotonic() - cached[0] < self.block_ttl_s:
+                blocked = cached[1]
+            else:
+                blocked = await asyncio.to_thread(self.ledger.blocked_generation, tenant.id)
+                if self.block_ttl_s > 0:
+                    self._blocks[tenant.id] = (time.monotonic(), blocked)
             return replace(facts, block=GatewayBlock(tenant.gateway_generation, blocked))
         verdict, code = await self.health.check(
             tenant.id,
@@ -345,6 +357,7 @@ class JobHandler:
     async def _side_effects(self, decision: Decision, queue: Queue, tenant: Tenant, now: datetime) -> None:
         """The decision's effects on the tenant's gateway block and the queue (class :class:`Decision`)."""
         if decision.unblock_below is not None:
+            self._blocks.pop(tenant.id, None)
             await asyncio.to_thread(self.ledger.unblock, tenant.id, below_generation=decision.unblock_below)
         if decision.resume:
             misconfigured = PauseReason.GATEWAY_MISCONFIGURED.value
@@ -357,6 +370,7 @@ class JobHandler:
             await resume_queue(self.store, queue.id, loaded=queue, at=now, when=still_due)
         if decision.block_gateway is not None:
             generation, code = decision.block_gateway
+            self._blocks.pop(tenant.id, None)
             await asyncio.to_thread(
                 self.ledger.block_gateway, tenant_id=tenant.id, generation=generation, code=code, at=now
             )
@@ -447,6 +461,7 @@ class JobHandler:
         if settlement.healthy:
             self.health.record_success(tenant.id, tenant.gateway_generation)
         if settlement.block_gateway is not None:
+            self._blocks.pop(tenant.id, None)
             await asyncio.to_thread(
                 self.ledger.block_gateway,
                 tenant_id=tenant.id,

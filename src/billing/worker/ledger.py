@@ -71,21 +71,21 @@ class LedgerSession:
         """The planned arrivals within ``2 × window`` (+ the longest pause) of ``near`` and the count of
         arrivals on the tenant's local day of ``near`` (:class:`~billing.domain.sending.ThrottleState`)."""
         reach = 2 * self.window + timedelta(seconds=MAX_PAUSE_S)
-        rows = self._cur.execute(
-            "SELECT sent_at FROM send_ledger WHERE tenant_id = %s AND sent_at > %s AND sent_at < %s",
-            (self._tenant_id, near - reach, near + reach),
-        ).fetchall()
         day = calendar.local_date(near)
         day_start = calendar.local_datetime(day, time(0, 0))
         next_start = calendar.local_datetime(day + timedelta(days=1), time(0, 0))
-        counted = self._cur.execute(
-            "SELECT count(*) AS n FROM send_ledger WHERE tenant_id = %s AND sent_at >= %s AND sent_at < %s",
-            (self._tenant_id, day_start, next_start),
+        lo, hi = near - reach, near + reach
+        row = self._cur.execute(  # one round trip for both facts
+            "SELECT coalesce(array_agg(sent_at) FILTER (WHERE sent_at > %(lo)s AND sent_at < %(hi)s),"
+            " '{}') AS near, count(*) FILTER (WHERE sent_at >= %(day)s AND sent_at < %(next)s) AS today "
+            "FROM send_ledger WHERE tenant_id = %(tenant)s "
+            "AND sent_at > least(%(lo)s, %(day)s - interval '1 microsecond') "
+            "AND sent_at < greatest(%(hi)s, %(next)s)",
+            {"tenant": self._tenant_id, "lo": lo, "hi": hi, "day": day_start, "next": next_start},
         ).fetchone()
+        assert row is not None
         return ThrottleState(
-            arrivals=tuple(row["sent_at"] for row in rows),
-            arrivals_that_day=int(counted["n"]) if counted else 0,
-            window=self.window,
+            arrivals=tuple(row["near"]), arrivals_that_day=int(row["today"]), window=self.window
         )
 
     def record(self, *, arrival: datetime, contact_id: UUID) -> int:

@@ -11,6 +11,7 @@ sending).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -53,13 +54,20 @@ class RenderError(Exception):
 class Renderer:
     """Reads the ``templates`` view and renders; parsed templates are cached by ``(template_id, version)``.
 
+    **Invalidation rule:** the list of a tenant's active templates of a type is kept ``ttl_s`` real seconds
+    (default 5): a template created, changed or deactivated is used by every worker within ``ttl_s`` plus
+    the projection's lag; ``ttl_s = 0`` reads the view for every message.
+
     Args:
         pool: sync psycopg pool with dict rows.
+        ttl_s: seconds a tenant's active template list is reused.
     """
 
-    def __init__(self, pool: ConnectionPool[Any]) -> None:
+    def __init__(self, pool: ConnectionPool[Any], *, ttl_s: float = 5.0) -> None:
         self._pool = pool
+        self.ttl_s = ttl_s
         self._parsed: dict[tuple[UUID, int], list[Template]] = {}
+        self._active: dict[tuple[UUID, str], tuple[float, list[tuple[UUID, int, int, Template]]]] = {}
 
     def active_variations(self, tenant_id: UUID, template_type: str) -> list[tuple[UUID, int, int, Template]]:
         """``[(template_id, version, index within the template, parsed)]`` of every active template of the
@@ -69,6 +77,17 @@ class Renderer:
             RenderError: ``template_error`` when a stored variation does not parse (it was valid when saved,
                 so this means a bug).
         """
+        key = (tenant_id, template_type)
+        cached = self._active.get(key)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self.ttl_s:
+            return cached[1]
+        result = self._read_active(tenant_id, template_type)
+        if self.ttl_s > 0 and result:  # an empty list (a fresh tenant, a lagging view) is read again
+            self._active[key] = (now, result)
+        return result
+
+    def _read_active(self, tenant_id: UUID, template_type: str) -> list[tuple[UUID, int, int, Template]]:
         with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             rows: list[dict[str, Any]] = cur.execute(
                 "SELECT template_id, version, variations FROM templates "
