@@ -1,4 +1,4 @@
-"""The auditor's history read model (table ``contact_history``, ``sql/003_history.sql``): one row per
+"""The auditor's history read model (table ``contact_history``, ``sql/010_history.sql``): one row per
 Contact event, written by the projection in the same transaction as the other views and its tracking
 record, so it is exactly once and a rebuild gives the same rows (promise 6).
 
