@@ -13,7 +13,7 @@ from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from billing.cli_errors import CliError
-from billing.runtime import _admin_container, _close_sync, _safe_url, load_settings
+from billing.runtime import _admin_container, _close_sync, load_settings
 
 __all__ = ["add_history_parser", "cmd_history_export", "cmd_projections_status", "cmd_projections_verify"]
 
@@ -195,7 +195,7 @@ def cmd_history_export(args: argparse.Namespace) -> int:
         raise CliError(f"cannot write {output}: {exc}") from None
     finally:
         _close_sync(container)
-    print(f"{output}\t{total} entries ({kind}; database {_safe_url(load_settings().database_url)})")
+    print(f"{output}\t{total} entries ({kind})")
     return 0
 
 

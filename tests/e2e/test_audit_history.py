@@ -222,7 +222,7 @@ async def test_history_of_an_invoice_across_two_campaigns_names_the_rule_that_al
             "--to", "2025-01-20", "--invoice", "NF-9", "--output", str(out),
         )  # fmt: skip
         assert export.returncode == 0, export.stderr
-        assert export.stdout.startswith(f"{out}\t6 entries (csv;")
+        assert export.stdout == f"{out}\t6 entries (csv)\n"
         assert "exporting to" in export.stderr  # the progress bar
         assert out.read_bytes().decode() == csv_answer.text
         as_json = tmp_path / "evidence.json"
