@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 from uuid import UUID
 
+from billing import cli_ops
 from billing.cli_errors import SHUTDOWN_GRACE_S, CliError  # noqa: F401
 from billing.devmode import cmd_dev
 from billing.runtime import (
@@ -47,6 +48,9 @@ COMMANDS = """commands:
   relay                         publish new events to RabbitMQ (outbox relay)
   projections                   keep the read models up to date
   projections rebuild           rebuild the read models from the event log
+  projections rebuild --verify  rebuild into a scratch schema and compare with the live views
+  projections status            each follower's position, lag and recorded errors
+  history export                write a tenant's history (evidence) to a CSV/JSON file
   worker                        consume jobs and send messages through the Evolution API
   gateway-simulator             serve a fake Evolution API
   dev                           everything in one process on embedded defaults (first run, demos)
@@ -138,9 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("relay", description="outbox relay to RabbitMQ").set_defaults(handler=cmd_relay)
     p = sub.add_parser("projections", description="run (or rebuild) the read models")
     p.set_defaults(handler=cmd_projections)
-    p.add_subparsers(title="optional action", metavar="[ACTION]").add_parser(
-        "rebuild", help="rebuild the read models from the event log"
-    ).set_defaults(handler=cmd_projections_rebuild)
+    actions = p.add_subparsers(title="optional action", metavar="[ACTION]")
+    rebuild = actions.add_parser("rebuild", help="rebuild the read models from the event log")
+    rebuild.set_defaults(handler=cmd_projections_rebuild)
+    rebuild.add_argument(
+        "--verify",
+        action="store_const",
+        const=cli_ops.cmd_projections_verify,
+        dest="handler",
+        help="rebuild into a scratch schema and compare with the live views (exit 1 on a difference)",
+    )
+    rebuild.add_argument("--max-differences", type=int, default=20, help="with --verify (default 20)")
+    status = actions.add_parser("status", help="each follower's position, lag and recorded errors")
+    status.add_argument("--json", action="store_true", help="as JSON")
+    status.set_defaults(handler=cli_ops.cmd_projections_status)
+    cli_ops.add_history_parser(sub)
     sub.add_parser("worker", description="send messages").set_defaults(handler=cmd_worker)
     sub.add_parser(
         "hooks", description="apply the gateway's webhooks (receipts, replies) and deliver the ERP's"

@@ -214,6 +214,10 @@ def _run_process(
         stop = asyncio.Event()
         _install_stop_signals(stop)
         container = await _open_container(settings, broker=broker)
+        if command != "api":  # the API serves /metrics on its own port
+            from billing.metrics import serve as serve_metrics
+
+            serve_metrics(container, command)
         log.info("process started", command=command)
         try:
             if fn is None:

@@ -58,6 +58,8 @@ class Settings:
         gateway_allow_private: ``BILLING_GATEWAY_ALLOW_PRIVATE``: gateway URLs may point at loopback and
             private addresses (a self-hosted Evolution API on the private network; ``billing dev``).
             Link-local and cloud-metadata addresses are refused regardless (:mod:`billing.netguard`).
+        metrics_port / metrics_host: where ``worker``, ``relay`` and ``projections`` serve their Prometheus
+            metrics (0, the default: not served; the API serves ``/metrics`` on its own port).
         clock: ``BILLING_CLOCK`` — **tests and demos only; never in production.** Empty (the default): the
             machine's clock. Otherwise ``<ISO start with offset>@<anchor unix seconds>x<scale>``, e.g.
             ``2025-01-20T07:58:00-03:00@1764400000.5x30``: every process reads ``start`` at Unix time
@@ -88,6 +90,8 @@ class Settings:
     clock: str = ""
     webhooks_allow_private: bool = False
     public_url: str = ""
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -159,6 +163,8 @@ class Settings:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             raise SettingsError(f"{PREFIX}PUBLIC_URL must be an http(s) URL, got {self.public_url!r}")
+        if not 0 <= int(self.metrics_port) <= 65535:
+            raise SettingsError(f"{PREFIX}METRICS_PORT must be a TCP port (0 = off), got {self.metrics_port}")
         self.scaled_clock()
 
     def scaled_clock(self) -> ScaledClock | None:
@@ -215,4 +221,6 @@ _FIELDS: dict[str, Callable[[str], object]] = {
     "clock": str,
     "webhooks_allow_private": boolean,
     "public_url": str,
+    "metrics_port": int,
+    "metrics_host": str,
 }

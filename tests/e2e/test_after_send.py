@@ -71,15 +71,15 @@ async def test_receipts_reply_opt_out_and_signed_erp_webhooks(database_url: str,
                 ("+5511987654301", "parar", str(min(contact_ids(first["campaign_id"], 1))))
             ]
             history = await system.client.get(f"{BASE}/history/phone/+5511987654301", headers=admin)
-            kinds = [e["type"] for e in history.json()["events"]]
+            kinds = [e["type"] for e in history.json()["conversation"]]
             assert kinds == [
                 "billing.Conversation.Opened",
                 "billing.Conversation.Replied",
                 "billing.Conversation.OptedOut",
             ]
             assert (
-                history.json()["events"][2]["data"]["message_id"]
-                == history.json()["events"][1]["data"]["message_id"]
+                history.json()["conversation"][2]["data"]["message_id"]
+                == history.json()["conversation"][1]["data"]["message_id"]
             )
 
             # The next batch skips the opted-out phone without a send

@@ -144,7 +144,7 @@ async def test_a_stop_reply_opts_the_phone_out_and_an_admin_lifts_it(api: Api) -
     api.project()
     assert (await api.client.get(f"{BASE}/opt-outs/", headers=api.admin)).json() == []
     history = (await api.client.get(f"{BASE}/history/phone/+5511987654301", headers=api.admin)).json()
-    assert [e["type"].rsplit(".", 1)[1] for e in history["events"]] == [
+    assert [e["type"].rsplit(".", 1)[1] for e in history["conversation"]] == [
         "Opened",
         "Replied",
         "OptedOut",
@@ -274,6 +274,6 @@ async def test_the_optional_confirmation_is_sent_once_and_recorded(api: Api) -> 
     assert await inbox.apply_pending() == 1
     assert sent == [(api.tenant_id, "+5575988251234", "Pronto, não enviaremos mais lembretes.")]
     history = (await api.client.get(f"{BASE}/history/phone/+5575988251234", headers=api.admin)).json()
-    assert [e["type"].rsplit(".", 1)[1] for e in history["events"]] == [
+    assert [e["type"].rsplit(".", 1)[1] for e in history["conversation"]] == [
         "Opened", "Replied", "OptedOut", "ConfirmationSent", "Replied",
     ]  # fmt: skip

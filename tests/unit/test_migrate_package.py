@@ -20,6 +20,7 @@ def test_the_ddl_is_package_data_read_through_importlib_resources() -> None:
         "003_contact_deferral.sql",
         "004_after_send.sql",
         "005_dashboard.sql",
+        "006_history.sql",
     ]
     assert all("IF NOT EXISTS" in f.read_text(encoding="utf-8") for f in sql_files())  # idempotent DDL
 
@@ -28,13 +29,7 @@ def test_no_ddl_folder_outside_the_package() -> None:
     """A ``sql/`` beside ``src/`` would not be in the wheel and would silently not be applied."""
     assert not (ROOT / "sql").exists()
     ddl = sorted(p.name for p in (ROOT / "src/billing/sql").glob("*.sql"))
-    assert ddl == [
-        "001_views.sql",
-        "002_worker.sql",
-        "003_contact_deferral.sql",
-        "004_after_send.sql",
-        "005_dashboard.sql",
-    ]
+    assert ddl == [f.name for f in sql_files()]
     assert '"sql/*.sql"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
 
 

@@ -120,6 +120,25 @@ def test_a_due_pending_contact_is_claimed_with_its_typing_pause_and_planned_arri
         typing_ms=2000,
         arrival=MONDAY_10 + timedelta(seconds=2),
         lease_until=MONDAY_10 + LEASE,
+        allowed_by={  # the rule that allowed it, for the auditor (policy versions unknown here: 0)
+            "policy_version": 0,
+            "business_hours": {
+                "applies": True,
+                "open": True,
+                "window_start": "2025-01-20T08:00:00-03:00",
+                "window_end": "2025-01-20T18:00:00-03:00",
+                "timezone": "America/Sao_Paulo",
+                "calendar_version": 0,
+            },
+            "throttle": {
+                "decision": "allowed",
+                "messages_per_minute": 3,
+                "sent_in_window": 0,
+                "max_messages_per_day": 10,
+                "sent_today": 0,
+                "local_date": "2025-01-20",
+            },
+        },
     )
 
 

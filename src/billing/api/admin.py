@@ -4,11 +4,11 @@ sending configuration and the audit history of a contact."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
-from litestar import Controller, Request, delete, get, patch, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import CacheControlHeader
 from litestar.di import Provide
 from litestar.openapi.spec import Example
@@ -19,6 +19,7 @@ from billing.api.deps import Services, provide_services, run_sync
 from billing.api.docs import BODY_ERRORS, VALIDATION_CODES, errors
 from billing.api.public import BASE
 from billing.api.schemas import (
+    MAX_EXTERNAL_ID,
     MAX_VALUE_LENGTH,
     ApiKeyCreate,
     ApiKeyIssued,
@@ -28,6 +29,8 @@ from billing.api.schemas import (
     ConfigPatch,
     ContactHistory,
     EventDoc,
+    InvoiceHistory,
+    PhoneHistory,
     PreviewDoc,
     PreviewRequest,
     StatsDoc,
@@ -43,6 +46,7 @@ from billing.domain.calendar import PolicyError
 from billing.domain.contact import Contact
 from billing.domain.errors import DomainError, InvalidValue, NotFound
 from billing.domain.ingestion import MAX_FIELD_NAME_LENGTH, MAX_FIELDS, branch_missing_variables
+from billing.domain.phone import normalize_phone
 from billing.domain.sanitize import sanitize_text
 from billing.domain.template import (
     MAX_DESCRIPTION_LENGTH,
@@ -54,6 +58,7 @@ from billing.domain.template import (
 from billing.domain.templating import parse_template
 from billing.domain.tenant import Tenant
 from billing.eventstore import get_owned
+from billing.services.history import MAX_ENTRIES, HistoryFilter, to_csv
 from billing.services.queries import MAX_PAGE
 from billing.services.tenants import hash_api_key
 
@@ -349,11 +354,85 @@ class AdminController(Controller):
         )
         return _config_doc(tenant)
 
-    @get("/history/contact/{contact_id:uuid}", responses=_ops(s404=("contact_not_found",)))
-    async def contact_history(self, request: Req, contact_id: UUID, services: Services) -> ContactHistory:
-        """Every event of one contact, oldest first: what was sent, when, with which template version."""
-        events = await run_sync(_history, services, request.user.tenant_id, contact_id, Contact, "contact")
+    @get(
+        "/history/contact/{contact_id:uuid}",
+        responses=_ops(s404=("contact_not_found",), s422=("invalid_request",)),
+    )
+    async def contact_history(
+        self, request: Req, contact_id: UUID, services: Services, format: HistoryFormat = "json"
+    ) -> ContactHistory | Response[str]:
+        """Every event of one contact, oldest first: what was sent, when, with which template version
+        and the rule that allowed each attempt (``allowed_by`` of its claim). ``?format=csv`` for the
+        history projection's entries as CSV."""
+        tenant_id = request.user.tenant_id
+        if format == "csv":
+            what = HistoryFilter(tenant_id, contact_id=contact_id)
+            _, entries, _ = await _history_entries(services, what, "contact")
+            return _csv(entries, "contact")
+        events = await run_sync(_history, services, tenant_id, contact_id, Contact, "contact")
         return ContactHistory(contact_id=contact_id, events=[_event_doc(e) for e in events])
+
+    @get(
+        "/history/invoice/{ref:str}",
+        responses=_ops(s404=("invoice_not_found",), s422=("invalid_request",)),
+    )
+    async def invoice_history(
+        self, request: Req, ref: str, services: Services, format: HistoryFormat = "json"
+    ) -> InvoiceHistory | Response[str]:
+        """Every event of every contact about invoice ``ref`` (a contact's own ``external_id``, else its
+        batch's), across campaigns, in time order, each attempt with the rule that allowed it; the
+        contacts themselves under ``contacts``. ``?format=csv`` for the evidence as CSV. 404 when the
+        tenant has no contact about that invoice."""
+        ref = ref.strip()
+        if not ref or len(ref) > MAX_EXTERNAL_ID:
+            raise InvalidValue(
+                f"the invoice reference must have 1 to {MAX_EXTERNAL_ID} characters",
+                code="invalid_request",
+                field="ref",
+            )
+        what = HistoryFilter(request.user.tenant_id, invoice=ref)
+        contacts, entries, truncated = await _history_entries(services, what, "invoice")
+        if format == "csv":
+            return _csv(entries, "invoice")
+        doc = {"invoice": ref, "contacts": contacts, "events": entries, "truncated": truncated}
+        answer: InvoiceHistory = as_struct(doc, InvoiceHistory)
+        return answer
+
+    @get(
+        "/history/phone/{e164:str}",
+        responses=_ops(s404=("phone_not_found",), s422=("invalid_phone", "invalid_request")),
+    )
+    async def phone_history(
+        self, request: Req, e164: str, services: Services, format: HistoryFormat = "json"
+    ) -> PhoneHistory | Response[str]:
+        """Every event of every contact sent to one phone (E.164, or any Brazilian way of writing it),
+        across campaigns, in time order, and the conversation with it (``conversation``: replies, the
+        opt-out with the message that caused it, lifts). 404 when the tenant never had a contact with
+        that phone nor a message from it."""
+        try:
+            phone = normalize_phone(e164, field="e164").e164
+        except InvalidValue as exc:
+            exc.field = "e164"
+            raise
+        tenant_id = request.user.tenant_id
+        conversation = await run_sync(services.engagement.conversation_events, tenant_id, phone)
+        what = HistoryFilter(tenant_id, phone=phone)
+        contacts, entries, truncated = await _history_entries(
+            services, what, "phone", found=bool(conversation)
+        )
+        if format == "csv":
+            return _csv(entries, "phone")
+        found: PhoneHistory = as_struct(
+            {
+                "phone": phone,
+                "contacts": contacts,
+                "events": entries,
+                "truncated": truncated,
+                "conversation": [msgspec.to_builtins(_event_doc(e)) for e in conversation],
+            },
+            PhoneHistory,
+        )
+        return found
 
     @get("/history/template/{template_id:uuid}", responses=_ops(s404=("template_not_found",)))
     async def template_history(self, request: Req, template_id: UUID, services: Services) -> TemplateHistory:
@@ -367,6 +446,30 @@ class AdminController(Controller):
 async def _is_default(services: Services, template: Any) -> bool:
     tenant = await run_sync(services.tenants.get_tenant, template.tenant_id)
     return bool(tenant.default_template(template.template_type) == template.id)
+
+
+HistoryFormat = Literal["json", "csv"]
+
+
+async def _history_entries(
+    services: Services, what: HistoryFilter, kind: str, *, found: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+    """``(contacts, entries, truncated)`` of ``what`` (at most MAX_ENTRIES entries). Raises NotFound
+    ``<kind>_not_found`` when no contact matches, unless ``found`` (something else was found)."""
+    contacts = await run_sync(services.history.contacts, what)
+    if not contacts and not found:
+        raise NotFound(f"no contact of this tenant matches this {kind}", code=f"{kind}_not_found", field=kind)
+    entries = await run_sync(services.history.entries, what, limit=MAX_ENTRIES + 1)
+    return contacts, entries[:MAX_ENTRIES], len(entries) > MAX_ENTRIES
+
+
+def _csv(entries: list[dict[str, Any]], kind: str) -> Response[str]:
+    """The entries as a CSV attachment (columns: ``billing.services.history.CSV_COLUMNS``)."""
+    return Response(
+        to_csv(entries),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="history-{kind}.csv"'},
+    )
 
 
 def _history(services: Services, tenant_id: UUID, aggregate_id: UUID, kind: type, name: str) -> list[Any]:

@@ -9,6 +9,7 @@ from litestar import Litestar, Response, get
 from litestar.datastructures import MutableScopeHeaders
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.types import Message, Scope
 
 from billing.api.admin import AdminController
@@ -28,6 +29,25 @@ from billing.projections.views import PROJECTION
 READY_ERROR_WINDOW_S = 300
 """Readiness is refused while ``projection_errors`` grows: a row recorded within this many seconds (the
 database's clock) makes ``/health/ready`` answer 503; see docs/architecture.md, "Health"."""
+
+
+PROMETHEUS = PrometheusConfig(
+    app_name="billing",
+    prefix="billing_http",
+    group_path=True,
+    exclude_unhandled_paths=True,
+    exclude="^/metrics",
+)
+"""HTTP metrics of litestar's Prometheus plugin: requests, durations and in-progress by method, route
+template (``group_path``: bounded, no ids) and status; unmatched paths are not counted (see
+:mod:`billing.metrics`)."""
+
+
+class MetricsController(PrometheusController):
+    """``GET /metrics``: this process's Prometheus metrics (text format)."""
+
+    path = "/metrics"
+    include_in_schema = False
 
 
 @get("/health/live", tags=["health"], sync_to_thread=False)
@@ -133,12 +153,17 @@ def create_app(container: Container) -> Litestar:
             live,
             ready,
             health_detail,
+            MetricsController,
             assets_router(),
             *dashboard_routers(secret, secure_cookies=secure),
         ],
         template_config=template_config(),
         before_send=[_security_headers],
-        middleware=[rate_limit.middleware, *dashboard_middleware(secret, secure_cookies=secure)],
+        middleware=[
+            PROMETHEUS.middleware,
+            rate_limit.middleware,
+            *dashboard_middleware(secret, secure_cookies=secure),
+        ],
         stores=stores,
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=BillingRequest,

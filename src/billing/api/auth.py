@@ -45,11 +45,12 @@ async def _retrieve_admin(token: Token, _: ASGIConnection[Any, Any, Any, Any]) -
 
 PUBLIC_PATHS = [
     "^/health/",
+    "^/metrics",
     "^/schema",
     "^/api/billing/v1/billing/send/",
     "^/api/billing/v1/billing/queue/",
     "^/api/billing/v1/billing/campaign/",
-    "^/api/billing/v1/billing/contacts/",
+    "^/api/billing/v1/billing/contacts(/|$)",
     "^/api/billing/v1/billing/gateway/events/",
     "^/dashboard",
 ]

@@ -18,6 +18,7 @@ from billing.bootstrap import Container
 from billing.domain.apikey import api_key_id
 from billing.services.cancel import CancelService
 from billing.services.engagement import EngagementService
+from billing.services.history import HistoryQueries
 from billing.services.ingest import IngestService
 from billing.services.queries import Queries
 from billing.services.templates import TemplateService
@@ -41,6 +42,7 @@ class Services:
     users: UserService
     key_usage: KeyUsage
     engagement: EngagementService
+    history: HistoryQueries
 
     @classmethod
     def build(cls, container: Container) -> Services:
@@ -63,6 +65,7 @@ class Services:
                 container.clock,
                 allow_private=container.settings.webhooks_allow_private,
             ),
+            history=HistoryQueries(container.pool),
         )
 
 

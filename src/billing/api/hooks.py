@@ -14,7 +14,6 @@ from litestar.openapi.spec import Example
 from litestar.params import Parameter
 from litestar.security.jwt import Token
 
-from billing.api.admin import _event_doc
 from billing.api.auth import ALGORITHM, API_KEY_HEADER, Admin
 from billing.api.deps import Services, provide_services, run_sync
 from billing.api.docs import BODY_ERRORS, errors
@@ -309,12 +308,6 @@ class HooksAdminController(Controller):
             reason=data.reason,
         )
         return {"phone": phone, "opted_out": False}
-
-    @get("/history/phone/{phone:str}", responses=HOOK_ERRORS)
-    async def phone_history(self, request: Req, phone: str, services: Services) -> dict[str, Any]:
-        """The conversation with a phone: replies, the opt-out (when, which message), lifts."""
-        events = await run_sync(services.engagement.conversation_history, request.user.tenant_id, phone)
-        return {"phone": phone, "events": [_event_doc(e) for e in events]}
 
     @get("/webhooks/", responses=HOOK_ERRORS)
     async def list_endpoints(self, request: Req, services: Services) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from billing.api.schemas import (
     CancelContactsRequest,
     ContactsCancelled,
     ContactsPage,
+    InvoiceContacts,
     QueueCancelled,
     QueueStatusDoc,
     SendAccepted,
@@ -28,6 +29,7 @@ from billing.api.schemas import (
 from billing.domain.errors import InvalidValue, NotFound
 from billing.domain.types import ContactStatus, TemplateType
 from billing.services.cancel import ProjectionsBehind
+from billing.services.history import HistoryFilter
 from billing.services.queries import MAX_PAGE
 
 BASE = "/api/billing/v1/billing"
@@ -205,6 +207,24 @@ class PublicController(Controller):
         if page is None:
             raise NotFound("campaign not found", code="campaign_not_found", field="campaign_id")
         result: ContactsPage = as_struct(page, ContactsPage)
+        return result
+
+    @get(
+        "/contacts",
+        summary="The contacts of one invoice, across batches and campaigns",
+        responses=with_common({422: ("invalid_request",)}),
+    )
+    async def invoice_contacts(
+        self,
+        services: Services,
+        tenant_id: UUID,
+        external_id: Annotated[str, Parameter(min_length=1, max_length=MAX_EXTERNAL_ID)],
+    ) -> InvoiceContacts:
+        """``{external_id, items}``: every contact about invoice ``external_id`` (a contact's own
+        ``external_id`` field, else its batch's), oldest first, with campaign, status, attempts, text sent
+        and error; ``items`` is empty when the tenant has none."""
+        items = await run_sync(services.history.contacts, HistoryFilter(tenant_id, invoice=external_id))
+        result: InvoiceContacts = as_struct({"external_id": external_id, "items": items}, InvoiceContacts)
         return result
 
     @post(

@@ -240,6 +240,36 @@ class ContactsPage(Struct):
     next_cursor: str | None
 
 
+class InvoiceContact(Struct, kw_only=True):
+    """One contact about an invoice, in whichever batch and campaign it came."""
+
+    contact_id: UUID
+    campaign_id: UUID
+    queue_id: UUID
+    index: int
+    template_type: TemplateTypeName
+    external_id: str | None
+    """The batch's ``external_id``."""
+    invoice: str | None
+    """The invoice the contact is about: its own ``external_id`` field, else the batch's."""
+    nome: str | None
+    telefone: str | None
+    phone: str | None
+    status: ContactStatusName
+    attempts: int
+    message_text: str | None
+    gateway_message_id: str | None
+    sent_at: str | None
+    error: ContactError | None
+
+
+class InvoiceContacts(Struct):
+    """Answer of ``GET /contacts?external_id=``: the invoice's contacts, oldest first."""
+
+    external_id: str
+    items: list[InvoiceContact]
+
+
 class QueueCancelled(Struct):
     """Answer of a queue cancellation."""
 
@@ -440,6 +470,47 @@ class ContactHistory(Struct):
 
     contact_id: UUID
     events: list[EventDoc]
+
+
+class HistoryEntry(Struct):
+    """One event of a contact as the history projection holds it: ``at`` (ISO 8601 with offset),
+    ``event`` (e.g. ``dispatched``, ``sent``), ``type`` (the event's topic), the contact's ids, invoice
+    and phone, and ``data``: the event's fields as recorded (text, template version and variation, JID,
+    gateway message id, error code, and on a claim ``allowed_by``: the rule that allowed the send)."""
+
+    at: str
+    event: str
+    type: str
+    version: int
+    contact_id: UUID
+    campaign_id: UUID
+    queue_id: UUID
+    template_type: TemplateTypeName
+    external_id: str | None
+    invoice: str | None
+    phone: str | None
+    data: dict[str, Any]
+
+
+class InvoiceHistory(Struct):
+    """``GET /history/invoice/{ref}``: the invoice's contacts and every event of theirs in time order;
+    ``truncated`` when more than 10,000 events matched (the CLI's ``billing history export`` has all)."""
+
+    invoice: str
+    contacts: list[InvoiceContact]
+    events: list[HistoryEntry]
+    truncated: bool
+
+
+class PhoneHistory(Struct):
+    """``GET /history/phone/{e164}``: as :class:`InvoiceHistory` for one phone, plus ``conversation``:
+    the events of the conversation with it (replies, the opt-out and its cause, lifts)."""
+
+    phone: str
+    contacts: list[InvoiceContact]
+    events: list[HistoryEntry]
+    truncated: bool
+    conversation: list[EventDoc]
 
 
 class TemplateHistory(Struct):

@@ -333,6 +333,16 @@ class BusinessCalendar:
         found = self._containing(_aware(at))
         return None if found is None else found[1].astimezone(self.tz)
 
+    def window_at(self, at: datetime) -> tuple[datetime, datetime] | None:
+        """The business-hours window ``(start, end)`` (tenant zone, end exclusive) containing the aware
+        instant ``at``, or None when closed at ``at`` (the auditor's "which window allowed this send").
+
+        Raises:
+            InvalidValue: ``at`` is naive.
+        """
+        found = self._containing(_aware(at))
+        return None if found is None else (found[0].astimezone(self.tz), found[1].astimezone(self.tz))
+
     def next_opening(self, at: datetime) -> datetime:
         """The first instant at or after ``at`` at which sending is allowed, in the tenant zone.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -35,6 +35,7 @@ class Contact(Aggregate):
         ordinal: int
         template_type: str
         external_id: str | None
+        invoice_ref: str | None
         fields: dict[str, str]
         telefone: str
         phone: str | None
@@ -64,7 +65,9 @@ class Contact(Aggregate):
     class Added(Created):
         """Accepted at ingestion. ``fields`` are the contact's values as sent (sanitised strings);
         ``phone`` is E.164, ``gateway_number`` its digits; amounts are exact decimals (reais); ``ordinal``
-        is the position among the batch's *accepted* contacts (variation rotation uses it)."""
+        is the position among the batch's *accepted* contacts (variation rotation uses it).
+        ``external_id`` is the request's reference; ``invoice_ref`` the invoice this contact is about: the
+        contact's own ``external_id`` field when it has one, else the request's (None when neither)."""
 
         TOPIC = "billing.Contact.Added"
         tenant_id: UUID
@@ -82,6 +85,7 @@ class Contact(Aggregate):
         due_date: date | None
         ordinal: int = 0
         template_id: UUID | None = None  # the template the send named; None: the type's default
+        invoice_ref: str | None = None
 
         def apply(self, aggregate: Contact) -> None:
             aggregate._init_common(self.tenant_id, self.campaign_id, self.queue_id, self.index)
@@ -89,6 +93,7 @@ class Contact(Aggregate):
             aggregate.template_id = self.template_id
             aggregate.template_type = self.template_type
             aggregate.external_id = self.external_id
+            aggregate.invoice_ref = self.invoice_ref
             aggregate.fields = dict(self.fields)
             aggregate.telefone = self.telefone
             aggregate.phone = self.phone
@@ -113,11 +118,13 @@ class Contact(Aggregate):
         code: str
         message: str
         field: str | None
+        invoice_ref: str | None = None
 
         def apply(self, aggregate: Contact) -> None:
             aggregate._init_common(self.tenant_id, self.campaign_id, self.queue_id, self.index)
             aggregate.template_type = self.template_type
             aggregate.external_id = self.external_id
+            aggregate.invoice_ref = self.invoice_ref
             aggregate.fields = dict(self.fields)
             aggregate.telefone = self.telefone
             aggregate.phone = None
@@ -129,11 +136,16 @@ class Contact(Aggregate):
             aggregate.error_code = self.code
 
     class Dispatched(Aggregate.Event):
-        """A worker claimed attempt number ``attempt`` and holds it until ``lease_until`` (UTC)."""
+        """A worker claimed attempt number ``attempt`` and holds it until ``lease_until`` (UTC).
+
+        ``allowed_by`` is the rule that allowed this attempt, as decided at the claim (business-hours
+        window and calendar version, throttle and daily-cap counts, policy version; the shape of
+        :func:`billing.domain.audit.allowed_by`), None on events recorded before it existed."""
 
         TOPIC = "billing.Contact.Dispatched"
         attempt: int
         lease_until: datetime
+        allowed_by: dict[str, Any] | None = None
 
         def apply(self, aggregate: Contact) -> None:
             aggregate.status = ContactStatus.DISPATCHED
@@ -281,8 +293,9 @@ class Contact(Aggregate):
 
     # --- commands -------------------------------------------------------------------------------------
 
-    def dispatch(self, *, at: datetime, lease: timedelta) -> int:
+    def dispatch(self, *, at: datetime, lease: timedelta, allowed_by: dict[str, Any] | None = None) -> int:
         """Claim the next attempt for ``lease`` (so a crashed worker's claim expires). Returns its number.
+        ``allowed_by`` records the rule that allowed it (:func:`billing.domain.audit.allowed_by`).
 
         Raises:
             Conflict: ``already_final`` when the contact is terminal (sent, failed, skipped, rejected,
@@ -293,7 +306,9 @@ class Contact(Aggregate):
         if self.status is ContactStatus.DISPATCHED and self.lease_until is not None and at < self.lease_until:
             raise Conflict("another attempt is in flight", code="in_flight")
         attempt = self.attempts + 1
-        self.trigger_event(self.Dispatched, attempt=attempt, lease_until=at + lease, timestamp=at)
+        self.trigger_event(
+            self.Dispatched, attempt=attempt, lease_until=at + lease, allowed_by=allowed_by, timestamp=at
+        )
         return attempt
 
     def record_sent(

@@ -114,14 +114,17 @@ def parse_allowed_countries(value: object) -> frozenset[str]:
     return frozenset(out)
 
 
-_POLICY_KEYS = {
-    "messages_per_minute",
-    "max_messages_per_day",
-    "pause_min_s",
-    "pause_max_s",
-    "retry",
-    "allowed_countries",
-}
+POLICY_KEYS = frozenset(
+    {
+        "messages_per_minute",
+        "max_messages_per_day",
+        "pause_min_s",
+        "pause_max_s",
+        "retry",
+        "allowed_countries",
+    }
+)
+"""The policy keys that are not the business-hours calendar's."""
 
 
 def parse_policy(spec: Mapping[str, Any]) -> SendingPolicy:
@@ -132,7 +135,7 @@ def parse_policy(spec: Mapping[str, Any]) -> SendingPolicy:
             or zero rates, pause_min_s > pause_max_s, bad retry settings).
     """
     defaults = default_policy_spec()
-    calendar_spec = {k: v for k, v in spec.items() if k not in _POLICY_KEYS}
+    calendar_spec = {k: v for k, v in spec.items() if k not in POLICY_KEYS}
     calendar = parse_calendar(calendar_spec)
     mpm = _number(
         spec,

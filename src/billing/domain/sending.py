@@ -39,6 +39,7 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
+from billing.domain.audit import allowed_by
 from billing.domain.contact import Contact
 from billing.domain.debtor_cap import CapDecision
 from billing.domain.delivery import OutcomeKind, SendOutcome
@@ -208,6 +209,8 @@ class JobFacts:
         now: aware instant of the decision.
         lease: how long a claim holds (``BILLING_DISPATCH_LEASE_S``).
         pause_draw: a uniform draw in ``[0, 1)`` choosing the typing pause within the policy's range.
+        policy_versions: the tenant's ``(policy_version, calendar_version)``, recorded in a claim's
+            ``allowed_by`` (None: unknown, recorded as 0).
         block / health / throttle: gathered on demand (:class:`Need`); None until then.
     """
 
@@ -218,6 +221,7 @@ class JobFacts:
     now: datetime
     lease: timedelta
     pause_draw: float = 0.0
+    policy_versions: tuple[int, int] | None = None
     block: GatewayBlock | None = None
     health: GatewayState | None = None
     throttle: ThrottleState | None = None
@@ -246,6 +250,8 @@ class Decision:
         typing_ms: CLAIM — the typing pause the gateway spends before sending (None: no pause).
         arrival: CLAIM — UTC instant the message is planned to reach the gateway (the throttle's count).
         lease_until: CLAIM — UTC end of the claim.
+        allowed_by: CLAIM — the rule that allowed it, for the claim's event
+            (:func:`billing.domain.audit.allowed_by`).
         fields: extra facts for the log line (ids, codes, instants; never text or phone).
     """
 
@@ -263,6 +269,7 @@ class Decision:
     lease_until: datetime | None = None
     jid: str | None = None
     """CLAIM — the JID the lookup found, sent to instead of the bare number (None: the number)."""
+    allowed_by: dict[str, Any] | None = None
     fields: dict[str, Any] = field(default_factory=dict)
 
 
@@ -411,6 +418,18 @@ def decide(facts: JobFacts) -> Decision:
         # the send fits when it *arrives* at retry_at: decide again that much earlier than the arrival
         not_before = verdict.retry_at - (arrival - now)
         return _defer(Handled.THROTTLED, verdict.reason or "throttled", max(now, not_before), **side)
+    versions = facts.policy_versions or (0, 0)
+    window_start = arrival - facts.throttle.window
+    rule = allowed_by(
+        at=now,
+        respects_business_hours=TemplateType(contact.template_type).respects_business_hours,
+        calendar=calendar,
+        calendar_version=versions[1],
+        policy_version=versions[0],
+        limits=policy.limits,
+        sent_in_window=sum(1 for a in facts.throttle.arrivals if window_start < a <= arrival),
+        sent_today=facts.throttle.arrivals_that_day,
+    )
     return Decision(
         Action.CLAIM,
         Handled.SENT,
@@ -418,6 +437,7 @@ def decide(facts: JobFacts) -> Decision:
         arrival=arrival,
         lease_until=_utc(now + facts.lease),
         jid=jid,
+        allowed_by=rule,
         **side,
     )
 

@@ -11,7 +11,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 
 from billing.domain.errors import InvalidValue
-from billing.domain.policy import SendingPolicy, parse_policy
+from billing.domain.policy import POLICY_KEYS, SendingPolicy, parse_policy
 
 GATEWAY_KEYS = ("base_url", "instance", "api_key", "api_version")
 
@@ -39,8 +39,19 @@ def validate_gateway(gateway: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def calendar_part(policy: dict[str, Any]) -> dict[str, Any]:
+    """The business-hours calendar's share of a policy spec (zone, windows, holidays): every key that is
+    not a throttle, pause or retry setting (:func:`billing.domain.policy.parse_policy` splits it so)."""
+    return {k: v for k, v in policy.items() if k not in POLICY_KEYS}
+
+
 class Tenant(Aggregate):
-    """A company. ``policy`` is the JSON-like spec (see :mod:`billing.domain.policy`), always valid."""
+    """A company. ``policy`` is the JSON-like spec (see :mod:`billing.domain.policy`), always valid.
+
+    ``policy_version`` is the aggregate version of the event that last set the policy (Registered or
+    PolicyChanged); ``calendar_version`` the version of the last one that changed its business-hours part.
+    A send records both (``Contact.Dispatched.allowed_by``), so an audit names the rules in force then.
+    """
 
     TOPIC = "billing.Tenant"
 
@@ -50,6 +61,8 @@ class Tenant(Aggregate):
         policy: dict[str, Any]
         gateway_generation: int
         default_templates: dict[str, UUID]
+        policy_version: int
+        calendar_version: int
 
     class Created(Aggregate.Created):
         """Base of the creation event; never recorded itself."""
@@ -70,6 +83,7 @@ class Tenant(Aggregate):
             aggregate.policy = dict(self.policy)
             aggregate.gateway_generation = 1
             aggregate.default_templates = {}
+            aggregate.policy_version = aggregate.calendar_version = self.originator_version
 
     class GatewayConfigured(Aggregate.Event):
         """The admin changed the gateway settings (lifts a ``gateway_misconfigured`` pause)."""
@@ -88,7 +102,10 @@ class Tenant(Aggregate):
         policy: dict[str, Any]
 
         def apply(self, aggregate: Tenant) -> None:
+            if calendar_part(self.policy) != calendar_part(aggregate.policy):
+                aggregate.calendar_version = self.originator_version
             aggregate.policy = dict(self.policy)
+            aggregate.policy_version = self.originator_version
 
     class DefaultTemplateChosen(Aggregate.Event):
         """The admin made ``template_id`` the default of ``template_type``: its variations rotate for

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventsourcing.persistence import Mapper, Notification
 
+from billing import metrics
 from billing.db import ViewsPool
 from billing.domain.contact import Contact
 from billing.domain.types import TemplateType
@@ -118,7 +119,7 @@ class OutboxRelay:
                 messages.append(to_message(self.container.store.mapper, notification, self.broker))
             except Exception as exc:
                 failures.append((notification, exc))
-        await self.publisher.publish(messages)  # returns only after every confirm
+        await metrics.timed_publish(self.publisher.publish(messages), len(messages))  # after every confirm
         return await asyncio.to_thread(self._record, upto, failures)
 
     def _record(self, upto: int, failures: Sequence[tuple[Notification, BaseException]]) -> int:

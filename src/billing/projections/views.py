@@ -46,6 +46,7 @@ from eventsourcing.utils import resolve_topic
 from psycopg import sql
 
 from billing.db import ViewsPool
+from billing.projections import history
 from billing.projections.follower import DEFAULT_BATCH_SIZE, Backoff, NotificationFollower, read_after
 from billing.projections.tracking import load_position, lock_position, record_error, save_position
 from billing.projections.writers import CONTACT_CREATE_TOPICS, CONTACT_UPDATE_TOPICS, ViewWriter
@@ -64,7 +65,7 @@ REBUILD_BATCH_SIZE = 50_000
 """Notifications per batch of a rebuild (one transaction each; ~1 KB each in memory while folded)."""
 VIEW_TABLES = (
     "tenants", "api_keys", "templates", "campaigns", "queue_status", "campaign_contacts", "opt_outs",
-    "default_templates", "outcome_counts", "users", "admin_actions",
+    "default_templates", "outcome_counts", "users", "admin_actions", "contact_history",
 )  # fmt: skip
 
 
@@ -161,7 +162,7 @@ def _apply(
     decoded: list[tuple[Notification, Any]] = []
     for n in notifications:
         try:
-            if writer.handles(n.topic):
+            if writer.handles(n.topic) or history.handles(n.topic):
                 decoded.append((n, mapper.to_domain_event(n)))
             else:
                 resolve_topic(n.topic)  # a known event that no view needs is skipped, an unknown one is not
@@ -173,6 +174,7 @@ def _apply(
         for n, event in decoded
         if n.topic in CONTACT_UPDATE_TOPICS and event.originator_id not in created
     )
+    applied: list[tuple[int, Any]] = []
     for n, event in decoded:
         try:
             writer.apply(event)
@@ -180,7 +182,10 @@ def _apply(
             raise
         except Exception as exc:
             failures.append((n, exc))
+        else:
+            applied.append((n.id, event))
     writer.flush()
+    history.write_history(conn, applied)
     return failures
 
 

@@ -50,7 +50,7 @@ CONTACT_COLUMNS = (
     "telefone", "phone", "status", "attempts", "message_text", "gateway_message_id", "remote_jid",
     "template_id", "template_version", "variation", "sent_at", "error_code", "error_message",
     "not_before", "lease_until", "created_at", "updated_at", "jid_asked", "delivered_at", "read_at",
-    "replied_at", "deferred_reason",
+    "replied_at", "deferred_reason", "invoice_ref",
 )  # fmt: skip
 #: Columns contact events after creation may change.
 CONTACT_MUTABLE = (
@@ -404,6 +404,7 @@ class ViewWriter:
         row.update(
             contact_id=cid, tenant_id=e.tenant_id, campaign_id=e.campaign_id, queue_id=e.queue_id,
             idx=e.index, template_type=str(e.template_type), external_id=e.external_id,
+            invoice_ref=e.invoice_ref,
             nome=e.fields.get("nome"), telefone=e.telefone, attempts=0, created_at=e.timestamp,
             updated_at=e.timestamp, **values,
         )  # fmt: skip

@@ -199,7 +199,9 @@ class CancelService:
             time.sleep(0.05)
 
     def cancel_by_external_id(self, tenant_id: UUID, external_id: str) -> int:
-        """Cancel every unsent contact of the tenant whose batch carried ``external_id``. Returns the count.
+        """Cancel every unsent contact of the tenant about invoice ``external_id`` — its own invoice
+        reference (``invoice_ref``) or its batch's ``external_id`` — across batches and campaigns.
+        Returns the count.
 
         Raises:
             InvalidValue: empty external_id.
@@ -209,8 +211,8 @@ class CancelService:
             raise InvalidValue("external_id is required", code="invalid_request", field="external_id")
         self._wait_for_projections()
         rows = self._rows(
-            "SELECT contact_id FROM campaign_contacts "
-            "WHERE tenant_id = %s AND external_id = %s AND status = ANY(%s)",
-            (tenant_id, external_id, list(OPEN_STATUSES)),
+            "SELECT contact_id FROM campaign_contacts WHERE tenant_id = %s "
+            "AND (invoice_ref = %s OR external_id = %s) AND status = ANY(%s)",
+            (tenant_id, external_id, external_id, list(OPEN_STATUSES)),
         )
         return len(self.cancel_contacts(tenant_id, (row["contact_id"] for row in rows), "paid").cancelled)

@@ -236,6 +236,11 @@ class EngagementService:
         conversation = self._conversation(tenant_id, phone)
         return list(self.store.events.get(conversation.id))
 
+    def conversation_events(self, tenant_id: UUID, e164: str) -> list[Any]:
+        """The events of the tenant's conversation with ``e164`` (normalised), or [] when there is none."""
+        conversation = get_owned(self.store, conversation_id(tenant_id, e164), Conversation, tenant_id)
+        return [] if conversation is None else list(self.store.events.get(conversation.id))
+
     def is_opted_out(self, tenant_id: UUID, phone: str) -> bool:
         """True when ``phone`` (E.164) opted out of the tenant's reminders (read from the event store)."""
         conversation = get_owned(self.store, conversation_id(tenant_id, phone), Conversation)

@@ -91,6 +91,13 @@ class BatchPreview:
     messages: list[dict[str, Any]]
 
 
+def invoice_ref(fields: dict[str, str], request_external_id: str | None) -> str | None:
+    """The invoice a contact is about: its own ``external_id`` field (sanitised, blank = absent), else the
+    request's ``external_id``; None when neither is given."""
+    own = (fields.get("external_id") or "").strip()
+    return own or request_external_id
+
+
 def _rejection(outcome: RejectedContact) -> dict[str, Any]:
     """The public rejection item of a refused contact."""
     return {
@@ -215,6 +222,7 @@ class IngestService:
                 "index": index,
                 "template_type": path_type.value,
                 "external_id": request.external_id,
+                "invoice_ref": invoice_ref(outcome.fields, request.external_id),
                 "fields": outcome.fields,
                 "telefone": outcome.telefone,
                 "timestamp": now,

@@ -33,6 +33,7 @@ import msgspec
 import structlog
 from structlog.contextvars import bound_contextvars
 
+from billing import metrics
 from billing.domain.calendar import BusinessCalendar
 from billing.domain.contact import Contact
 from billing.domain.delivery import OutcomeKind, SendOutcome
@@ -248,6 +249,7 @@ class JobHandler:
                 message_id=delivery.message_id,
                 queue=delivery.queue,
             )
+            metrics.DEAD_LETTERED.labels("malformed").inc()
             await delivery.reject()
             return
         with bound_contextvars(
@@ -279,6 +281,7 @@ class JobHandler:
     async def _handle_logged(self, job: SendJob) -> Result:
         result = await self.handle(job)
         _log_result(result, job)
+        metrics.record_job(result)
         return result
 
     async def drain(self, timeout_s: float) -> int:
@@ -308,6 +311,7 @@ class JobHandler:
             contact=contact,
             queue=queue,
             policy=tenant.sending_policy if tenant is not None else None,
+            policy_versions=(tenant.policy_version, tenant.calendar_version) if tenant is not None else None,
             now=self.clock.now(),
             lease=self.lease,
             pause_draw=self.rng.random(),
@@ -447,7 +451,7 @@ class JobHandler:
         nothing reached the gateway."""
         now = self.clock.now()
         try:
-            attempt = contact.dispatch(at=now, lease=self.lease)
+            attempt = contact.dispatch(at=now, lease=self.lease, allowed_by=decision.allowed_by)
             await save(self.store, contact)
         except (Conflict, IntegrityError):
             await asyncio.to_thread(self.ledger.release, ledger_id)
@@ -485,7 +489,8 @@ class JobHandler:
         real_delay = None if typing is None else round(typing / self.rate)
         client = self.gateways(tenant.gateway)
         number = decision.jid or contact.gateway_number  # the account the lookup found, when it did
-        sent = await client.send_text(number, rendered.text, delay_ms=real_delay)
+        with metrics.GATEWAY_LATENCY.time():
+            sent = await client.send_text(number, rendered.text, delay_ms=real_delay)
         done = self.clock.now()
         base.update(code=sent.code, http_status=sent.http_status)
         settlement = self._settle(sent, attempt, tenant, policy, done)

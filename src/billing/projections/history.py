@@ -1,0 +1,77 @@
+"""The auditor's history read model (table ``contact_history``, ``sql/006_history.sql``): one row per
+Contact event, written by the projection in the same transaction as the other views and its tracking
+record, so it is exactly once and a rebuild gives the same rows (promise 6).
+
+Every ``billing.Contact.*`` event is kept, including types added later (receipts, replies): the row
+holds the event's own fields as recorded, never a value looked up at read time. The tenant of events
+after the creation comes from the contact's creation row (``campaign_contacts``) or from the same batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import msgspec
+import psycopg
+
+__all__ = ["COLUMNS", "event_data", "handles", "history_row", "write_history"]
+
+COLUMNS = ("notification_id", "tenant_id", "contact_id", "version", "event_type", "at", "data")
+_PREFIX = "billing.Contact."
+_ENVELOPE = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
+_COPY = f"COPY contact_history ({', '.join(COLUMNS)}) FROM STDIN"
+
+
+def handles(topic: str) -> bool:
+    """True for the topics the history keeps (every Contact event)."""
+    return topic.startswith(_PREFIX)
+
+
+def event_data(event: Any) -> dict[str, Any]:
+    """The event's own fields as JSON-ready builtins (UUIDs, instants and amounts as strings)."""
+    data = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name not in _ENVELOPE}
+    result: dict[str, Any] = msgspec.to_builtins(data)
+    return result
+
+
+def history_row(notification_id: int, tenant_id: UUID, event: Any) -> tuple[Any, ...]:
+    """The ``contact_history`` row of one decoded Contact event (``data`` as a JSON string)."""
+    return (
+        notification_id,
+        tenant_id,
+        event.originator_id,
+        event.originator_version,
+        type(event).TOPIC,
+        event.timestamp,
+        msgspec.json.encode(event_data(event)).decode(),
+    )
+
+
+def write_history(conn: psycopg.Connection[Any], events: Sequence[tuple[int, Any]]) -> None:
+    """Append the history rows of ``events`` (``(notification id, decoded event)`` in log order; events of
+    other aggregates are ignored) with one COPY. A contact event whose contact was never projected is
+    skipped (its creation failed and is recorded in ``projection_errors``)."""
+    wanted = [(nid, e) for nid, e in events if handles(type(e).TOPIC)]
+    if not wanted:
+        return
+    tenants: dict[UUID, UUID] = {}
+    for _, e in wanted:
+        tenant = getattr(e, "tenant_id", None)
+        if tenant is not None:
+            tenants[e.originator_id] = tenant
+    unknown = list({e.originator_id for _, e in wanted} - tenants.keys())
+    if unknown:
+        rows = conn.execute(
+            "SELECT contact_id, tenant_id FROM campaign_contacts WHERE contact_id = ANY(%s)", (unknown,)
+        ).fetchall()
+        for row in rows:
+            cid, tid = (row["contact_id"], row["tenant_id"]) if isinstance(row, dict) else row
+            tenants[cid] = tid
+    with conn.cursor() as cur, cur.copy(_COPY) as copy:
+        for nid, e in wanted:
+            tenant = tenants.get(e.originator_id)
+            if tenant is not None:
+                copy.write_row(history_row(nid, tenant, e))
