@@ -145,6 +145,7 @@ def launch_stack(
         BILLING_LOG_FORMAT="json",
         BILLING_POLL_INTERVAL_S="0.2",
         BILLING_POOL_SIZE="4",
+        BILLING_GATEWAY_ALLOW_PRIVATE="1",  # the simulator listens on 127.0.0.1
     )
     stack = MetricStack(tmp_path, env, f"http://127.0.0.1:{api_port}")
     stack.start_all()
