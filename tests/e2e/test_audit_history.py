@@ -117,6 +117,9 @@ async def test_history_of_an_invoice_across_two_campaigns_names_the_rule_that_al
         await system.wait_status(first["queue_id"], lambda s: s["status"] == "completed", "first sent")
 
         admin = system.admin_headers()
+        # a second reminder to the same debtor on the same day: lift the per-debtor cap (default 1/day)
+        capped = await system.client.patch(f"{BASE}/engagement/", json={"daily_cap": 2}, headers=admin)
+        assert capped.status_code == 200, capped.text
         changed = await system.client.patch(
             f"{BASE}/config/", json={"policy": {"messages_per_minute": 7}}, headers=admin
         )
@@ -128,7 +131,7 @@ async def test_history_of_an_invoice_across_two_campaigns_names_the_rule_that_al
         await system.wait_status(second["queue_id"], lambda s: s["status"] == "completed", "second sent")
         await system.wait_for(lambda: len(system.simulator.sent) == 3, "three messages at the gateway")
         # the projection applies the last Sent after the status read it; wait for the history to have it
-        sent = {m.number + m.text: m for m in system.simulator.sent}
+        sent = {m.digits + m.text: m for m in system.simulator.sent}
 
         async def history() -> dict[str, Any] | None:
             r = await system.client.get(f"{BASE}/history/invoice/NF-9", headers=admin)
@@ -176,6 +179,11 @@ async def test_history_of_an_invoice_across_two_campaigns_names_the_rule_that_al
                 "sent_today": first_claim["allowed_by"]["throttle"]["sent_today"],
                 "local_date": "2025-01-20",
             },
+            "recipient": {  # not opted out, under the per-debtor cap, the account the lookup found
+                "opted_out": False,
+                "debtor_cap": "allowed",
+                "whatsapp_account": "5511987654301@s.whatsapp.net",
+            },
         }
         # NF-9 and NF-10 of the first batch went out in some order: this one saw 0 or 1 sends before it
         assert first_claim["allowed_by"]["throttle"]["sent_in_window"] in (0, 1)
@@ -184,7 +192,7 @@ async def test_history_of_an_invoice_across_two_campaigns_names_the_rule_that_al
             == first_claim["allowed_by"]["throttle"]["sent_in_window"]
         )
         assert second_claim["allowed_by"] == {
-            "policy_version": 2,  # the PATCH recorded PolicyChanged as the tenant's version 2
+            "policy_version": 5,  # Tenant v1 created it, v2–4 chose the default templates, v5 is the PATCH
             "business_hours": window,  # the calendar itself did not change
             "throttle": {
                 "decision": "allowed",
@@ -193,6 +201,11 @@ async def test_history_of_an_invoice_across_two_campaigns_names_the_rule_that_al
                 "max_messages_per_day": 1000,
                 "sent_today": 2,
                 "local_date": "2025-01-20",
+            },
+            "recipient": {  # not opted out, under the per-debtor cap, the account the lookup found
+                "opted_out": False,
+                "debtor_cap": "allowed",
+                "whatsapp_account": "5511987654301@s.whatsapp.net",
             },
         }
         for sent_event in (events[2]["data"], events[5]["data"]):

@@ -51,6 +51,7 @@ def test_allowed_by_records_window_versions_and_throttle_counts() -> None:
         limits=ThrottleLimits(messages_per_minute=20, max_messages_per_day=1000),
         sent_in_window=4,
         sent_today=57,
+        jid="5511987654321@s.whatsapp.net",
     )
     assert rule == {
         "policy_version": 5,
@@ -70,6 +71,11 @@ def test_allowed_by_records_window_versions_and_throttle_counts() -> None:
             "sent_today": 57,
             "local_date": "2025-01-20",
         },
+        "recipient": {
+            "opted_out": False,
+            "debtor_cap": "allowed",
+            "whatsapp_account": "5511987654321@s.whatsapp.net",
+        },
     }
     notice = allowed_by(
         at=at.replace(hour=22),
@@ -80,6 +86,7 @@ def test_allowed_by_records_window_versions_and_throttle_counts() -> None:
         limits=ThrottleLimits(messages_per_minute=20, max_messages_per_day=1000),
         sent_in_window=0,
         sent_today=0,
+        jid=None,
     )
     assert notice["business_hours"] == {
         "applies": False,  # a notice goes out at any hour; the record says it was outside every window

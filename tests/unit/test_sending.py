@@ -138,6 +138,7 @@ def test_a_due_pending_contact_is_claimed_with_its_typing_pause_and_planned_arri
                 "sent_today": 0,
                 "local_date": "2025-01-20",
             },
+            "recipient": {"opted_out": False, "debtor_cap": "allowed", "whatsapp_account": None},
         },
     )
 

@@ -26,6 +26,7 @@ def allowed_by(
     limits: ThrottleLimits,
     sent_in_window: int,
     sent_today: int,
+    jid: str | None,
 ) -> dict[str, Any]:
     """The JSON-like record of why a send was allowed at ``at`` (aware).
 
@@ -38,12 +39,16 @@ def allowed_by(
         sent_in_window / sent_today: sends the throttle counted in its per-minute window and on the local
             day *before* granting this one (so ``sent_in_window < messages_per_minute`` and
             ``sent_today < max_messages_per_day`` when granted).
+        jid: the WhatsApp account the gateway's lookup found for the phone (None: the lookup failed, the
+            bare number is sent to). A claim is only decided for a phone that has not opted out and is
+            within the per-debtor daily cap, so ``recipient`` records both as checked.
 
     Returns:
         ``{"policy_version": int, "business_hours": {"applies": bool, "open": bool, "window_start": ISO |
         None, "window_end": ISO | None, "timezone": str, "calendar_version": int}, "throttle": {"decision":
         "allowed", "messages_per_minute": int, "sent_in_window": int, "max_messages_per_day": int,
-        "sent_today": int, "local_date": "YYYY-MM-DD"}}`` — instants in the tenant's zone.
+        "sent_today": int, "local_date": "YYYY-MM-DD"}, "recipient": {"opted_out": False, "debtor_cap":
+        "allowed", "whatsapp_account": jid | None}}`` — instants in the tenant's zone.
     """
     window = calendar.window_at(at)
     return {
@@ -64,4 +69,5 @@ def allowed_by(
             "sent_today": sent_today,
             "local_date": calendar.local_date(at).isoformat(),
         },
+        "recipient": {"opted_out": False, "debtor_cap": "allowed", "whatsapp_account": jid},
     }

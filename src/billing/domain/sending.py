@@ -429,6 +429,7 @@ def decide(facts: JobFacts) -> Decision:
         limits=policy.limits,
         sent_in_window=sum(1 for a in facts.throttle.arrivals if window_start < a <= arrival),
         sent_today=facts.throttle.arrivals_that_day,
+        jid=jid,
     )
     return Decision(
         Action.CLAIM,
