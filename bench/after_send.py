@@ -17,18 +17,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
+import sys
 import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from uuid import uuid4, uuid5
 
 import httpx
-import psycopg
 import uvicorn
 
 import billing.worker.recipient as recipient_module
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import free_port, scratch_database
+
 from billing.api.app import create_app
 from billing.bootstrap import build_container
 from billing.db import migrate
@@ -41,15 +46,8 @@ from billing.services.engagement import EngagementService
 from billing.services.tenants import TenantService
 from billing.settings import Settings
 
-ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
 GATEWAY = {"base_url": "http://sim", "instance": "bench", "api_key": "k", "api_version": "v2"}
 NOW = datetime(2025, 1, 15, 13, 0, tzinfo=UTC)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def campaign(store: object, tenant_id: uuid.UUID, n: int) -> list[Contact]:
@@ -131,11 +129,7 @@ def main() -> None:
     args = parser.parse_args()
     recipient_module.LOOKUP_INTERVAL_S = 0.0
 
-    name = f"bench_after_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with scratch_database("bench_after") as url:
         migrate(url)
         settings = Settings.from_env({}, database_url=url, jwt_secret="b" * 32)
         container = build_container(settings, clock=FakeClock(NOW))
@@ -173,9 +167,6 @@ def main() -> None:
         server.should_exit = True
         container.pool.close()
         container.store.close()
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -21,15 +21,20 @@ import argparse
 import asyncio
 import random
 import statistics
+import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid5
 
 import httpx
 import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import GATEWAY, scratch_database
 
 from billing.api.app import create_app
 from billing.api.auth import mint_token
@@ -42,8 +47,6 @@ from billing.projections.writers import ViewWriter
 from billing.services.tenants import TenantService
 from billing.settings import Settings
 
-ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
-GATEWAY = {"base_url": "http://127.0.0.1:9", "instance": "bench", "api_key": "k", "api_version": "v2"}
 BASE = "/api/billing/v1/billing"
 SECRET = "b" * 32
 PER_CAMPAIGN = 1000
@@ -194,11 +197,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    name = f"billing_bench_history_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = ADMIN_URL.rpartition("/")[0] + "/" + name
-    try:
+    with scratch_database("billing_bench_history") as url:
         migrate(url)
         settings = Settings.from_env({}, database_url=url, jwt_secret=SECRET, log_level="WARNING")
         container = build_container(settings)
@@ -238,9 +237,6 @@ def main() -> None:
             )
         container.pool.close()
         container.store.close()
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

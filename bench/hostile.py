@@ -13,15 +13,18 @@ Run: ``.venv/bin/python bench/hostile.py [--contacts 8500] [--runs 3]`` (Postgre
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
+import sys
 import threading
 import time
-import uuid
+from pathlib import Path
 
 import httpx
-import psycopg
 import uvicorn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import GATEWAY, free_port, scratch_database
 
 from billing.api.app import create_app
 from billing.bootstrap import build_container
@@ -30,15 +33,7 @@ from billing.projections.views import project_pending
 from billing.services.tenants import TenantService
 from billing.settings import Settings
 
-ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
-GATEWAY = {"base_url": "http://127.0.0.1:9", "instance": "bench", "api_key": "k", "api_version": "v2"}
 SEND = "/api/billing/v1/billing/send/notification"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def batch(n: int, name_length: int, seed: int) -> bytes:
@@ -64,11 +59,7 @@ def main() -> None:
     parser.add_argument("--contacts", type=int, default=8_500)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    dbname = f"billing_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-    url = ADMIN_URL.rsplit("/", 1)[0] + "/" + dbname
-    try:
+    with scratch_database("billing_bench") as url:
         migrate(url)
         container = build_container(Settings.from_env({}, database_url=url, jwt_secret="b" * 32))
         tenants = TenantService(container.store, container.clock)
@@ -106,9 +97,6 @@ def main() -> None:
         print(f"10,000-level nesting → 422: {median['deep'] * 1000:.0f} ms")
         print(f"baseline: valid POST of {args.contacts} contacts → 202: {median['valid'] * 1000:.0f} ms")
         print(f"ratio: the 9 MB refusal costs {median['9mb'] / median['valid']:.3f}x the valid batch")
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -10,15 +10,20 @@ Run: ``.venv/bin/python bench/ingest.py [--contacts 10000] [--runs 3]`` (Postgre
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import psycopg
 import uvicorn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import GATEWAY, free_port, scratch_database
 
 from billing.api.app import create_app
 from billing.bootstrap import build_container
@@ -26,9 +31,6 @@ from billing.db import migrate
 from billing.projections.views import project_pending
 from billing.services.tenants import TenantService
 from billing.settings import Settings
-
-ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
-GATEWAY = {"base_url": "http://127.0.0.1:9", "instance": "bench", "api_key": "k", "api_version": "v2"}
 
 
 def contacts(n: int, seed: int) -> list[dict[str, object]]:
@@ -43,12 +45,6 @@ def contacts(n: int, seed: int) -> list[dict[str, object]]:
         }
         for i in range(n)
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def copy_baseline(url: str, n: int, row_size: int) -> float:
@@ -75,11 +71,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    dbname = f"billing_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-    url = ADMIN_URL.rsplit("/", 1)[0] + "/" + dbname
-    try:
+    with scratch_database("billing_bench") as url:
         migrate(url)
         settings = Settings.from_env({}, database_url=url, jwt_secret="b" * 32, pool_size=4)
         container = build_container(settings)
@@ -137,9 +129,6 @@ def main() -> None:
         print(
             f"ratio: POST takes {ratio:.1f}x the raw COPY; goal ≤ 5x -> {'met' if ratio <= 5 else 'NOT met'}"
         )
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -18,17 +18,22 @@ from __future__ import annotations
 
 import argparse
 import re
-import socket
 import statistics
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import psycopg
 import uvicorn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import GATEWAY, free_port, scratch_database
 
 from billing.api.app import create_app
 from billing.bootstrap import build_container
@@ -41,8 +46,6 @@ from billing.services.tenants import TenantService
 from billing.services.users import UserService
 from billing.settings import Settings
 
-ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
-GATEWAY = {"base_url": "http://127.0.0.1:9", "instance": "bench", "api_key": "k", "api_version": "v2"}
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 OUTCOMES = ("sent", "sent", "sent", "sent", "failed", "skipped", "rejected", "cancelled")
 
@@ -95,12 +98,6 @@ def fill(url: str, tenant_id: uuid.UUID, contacts: int) -> None:
         conn.execute("ANALYZE")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def p95(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=20)[18]
 
@@ -121,11 +118,7 @@ def main() -> None:
     parser.add_argument("--contacts", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=200)
     args = parser.parse_args()
-    name = f"billing_bench_overview_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with scratch_database("billing_bench_overview") as url:
         migrate(url)
         settings = Settings.from_env({}, database_url=url, jwt_secret="o" * 40)
         container = build_container(settings, clock=FakeClock(NOW))
@@ -193,9 +186,6 @@ def main() -> None:
         print(f"target: overview page p95 < 100 ms -> {verdict} ({page_p95:.1f} ms)")
         container.pool.close()
         container.store.close()
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -16,17 +16,16 @@ import asyncio
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import psycopg
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import scratch_database
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test helpers start the processes
 
 from billing.db import migrate
 from tests.e2e.test_rate_limit_processes import REDIS_URL, hammer, issue_key, two_api_processes
-
-ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
 
 
 def main() -> None:
@@ -35,11 +34,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--limit", type=int, default=1200)
     args = parser.parse_args()
-    dbname = f"billing_bench_rl_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{dbname}"
-    try:
+    with scratch_database("billing_bench_rl") as url:
         migrate(url)
         with tempfile.TemporaryDirectory() as tmp:
             for label, extra in (
@@ -56,9 +51,6 @@ def main() -> None:
                     f"{args.concurrency} over 2 processes: {admitted} admitted, {counts.get(429, 0)} refused "
                     f"(429) in {elapsed:.1f} s; statuses {dict(sorted(counts.items()))}"
                 )
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +26,6 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from billing.bootstrap import build_container
 from billing.domain.policy import default_policy_spec
-from billing.gateway.simulator import EvolutionSimulator
 from billing.outbox.broker import Topology
 from billing.projections.views import project_pending
 from billing.services.clock import ScaledClock
@@ -36,7 +33,7 @@ from billing.services.tenants import TenantService
 from billing.services.users import UserService
 from billing.settings import Settings
 from tests.conftest import ADMIN_URL, AMQP_URL, _url_for
-from tests.e2e.test_processes import Stack, free_port
+from tests.e2e.test_processes import GATEWAY_KEY, INSTANCE, SimulatorServer, Stack, free_port, process_env
 from tests.integration.test_broker_contract import delete_topology
 
 CHROMIUM = "/usr/bin/chromium"
@@ -45,34 +42,9 @@ AXE = Path(__file__).resolve().parents[2] / "node_modules" / "axe-core" / "axe.m
 SP = ZoneInfo("America/Sao_Paulo")
 TUESDAY_10 = datetime(2026, 12, 1, 10, 0, tzinfo=SP)  # inside the default business hours
 PASSWORD = "senha-do-teste-1"
-INSTANCE, GATEWAY_KEY = "loja", "gw-key-browser"
 PROCESSES = ("api", "projections", "relay", "worker-1")
 FAST = {**default_policy_spec(), "pause_min_s": 0, "pause_max_s": 0, "messages_per_minute": 600}
 SLOW = {**default_policy_spec(), "pause_min_s": 4, "pause_max_s": 4}  # the gateway "types" 4 s per message
-
-
-class Simulator:
-    """The Evolution API simulator on 127.0.0.1 in a thread; typing delays are really waited (scale 1)."""
-
-    def __init__(self) -> None:
-        self.sim = EvolutionSimulator(time_scale=1)
-        self.sim.add_instance(INSTANCE, api_key=GATEWAY_KEY)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self.sim.serve("127.0.0.1", self.port)), daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self.sim.started:
-            assert self._thread.is_alive() and time.monotonic() < deadline, "the simulator did not start"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.sim.shutdown()
-        self._thread.join(timeout=10)
 
 
 def off_loop(func: Any, *args: Any) -> Any:
@@ -98,7 +70,7 @@ class Site:
     url: str
     stack: Stack
     database_url: str
-    sim: Simulator
+    sim: SimulatorServer
     clock: ScaledClock
 
     def tenant(self, policy: dict[str, Any] | None = None) -> Tenant:
@@ -140,22 +112,16 @@ def site(template_database: str, tmp_path_factory: pytest.TempPathFactory) -> It
     database_url = _url_for(name)
     prefix = f"browser-{uuid.uuid4().hex[:8]}"
     clock = ScaledClock(TUESDAY_10, time.time(), 1.0)
-    sim = Simulator()
+    sim = SimulatorServer(time_scale=1)  # typing delays are really waited
     sim.start()
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
-    env.update(
-        BILLING_DATABASE_URL=database_url,
-        BILLING_AMQP_URL=AMQP_URL,
-        BILLING_BROKER_PREFIX=prefix,
-        BILLING_CLOCK=clock.spec(),
-        BILLING_JWT_SECRET="b" * 40,
-        BILLING_API_HOST="127.0.0.1",
-        BILLING_API_PORT=str(port),
-        BILLING_LOG_FORMAT="json",
-        BILLING_POLL_INTERVAL_S="0.2",
-        BILLING_POOL_SIZE="4",
-        BILLING_GATEWAY_ALLOW_PRIVATE="1",  # the simulator listens on 127.0.0.1
+    env = process_env(
+        database_url=database_url,
+        amqp_url=AMQP_URL,
+        prefix=prefix,
+        clock=clock,
+        api_port=port,
+        secret="b" * 40,
     )
     tmp = tmp_path_factory.mktemp("browser")
     stack = Stack(tmp, env, f"http://127.0.0.1:{port}")

@@ -53,6 +53,7 @@ from tests.e2e.test_processes import (
     free_port,
     phone,
     poll_status,
+    process_env,
 )
 from tests.integration.test_broker_contract import delete_topology
 
@@ -133,19 +134,8 @@ def launch_stack(
     finally:
         asyncio.run(container.aclose())
     api_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
-    env.update(
-        BILLING_DATABASE_URL=database_url,
-        BILLING_AMQP_URL=amqp_url,
-        BILLING_BROKER_PREFIX=prefix,
-        BILLING_CLOCK=clock.spec(),
-        BILLING_JWT_SECRET="p" * 40,
-        BILLING_API_HOST="127.0.0.1",
-        BILLING_API_PORT=str(api_port),
-        BILLING_LOG_FORMAT="json",
-        BILLING_POLL_INTERVAL_S="0.2",
-        BILLING_POOL_SIZE="4",
-        BILLING_GATEWAY_ALLOW_PRIVATE="1",  # the simulator listens on 127.0.0.1
+    env = process_env(
+        database_url=database_url, amqp_url=amqp_url, prefix=prefix, clock=clock, api_port=api_port
     )
     stack = MetricStack(tmp_path, env, f"http://127.0.0.1:{api_port}")
     stack.start_all()

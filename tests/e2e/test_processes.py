@@ -62,8 +62,8 @@ def free_port() -> int:
 class SimulatorServer:
     """The Evolution API simulator served by uvicorn on 127.0.0.1 from a thread of this process."""
 
-    def __init__(self) -> None:
-        self.sim = EvolutionSimulator(time_scale=0)
+    def __init__(self, time_scale: float = 0) -> None:
+        self.sim = EvolutionSimulator(time_scale=time_scale)
         self.sim.add_instance(INSTANCE, api_key=GATEWAY_KEY)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -82,6 +82,35 @@ class SimulatorServer:
     def stop(self) -> None:
         self.sim.shutdown()
         self._thread.join(timeout=10)
+
+
+def process_env(
+    *,
+    database_url: str,
+    amqp_url: str,
+    prefix: str,
+    clock: ScaledClock,
+    api_port: int,
+    secret: str = "p" * 40,
+) -> dict[str, str]:
+    """The environment of the billing processes of a test: this process's own without ``BILLING_*``,
+    plus the database, broker prefix, scaled clock, API port and fast polling; the gateway may be on
+    127.0.0.1 (the simulator)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    env.update(
+        BILLING_DATABASE_URL=database_url,
+        BILLING_AMQP_URL=amqp_url,
+        BILLING_BROKER_PREFIX=prefix,
+        BILLING_CLOCK=clock.spec(),
+        BILLING_JWT_SECRET=secret,
+        BILLING_API_HOST="127.0.0.1",
+        BILLING_API_PORT=str(api_port),
+        BILLING_LOG_FORMAT="json",
+        BILLING_POLL_INTERVAL_S="0.2",
+        BILLING_POOL_SIZE="4",
+        BILLING_GATEWAY_ALLOW_PRIVATE="1",  # the simulator listens on 127.0.0.1
+    )
+    return env
 
 
 @dataclass
@@ -212,19 +241,8 @@ def launch(database_url: str, amqp_url: str, tmp_path: Path) -> Iterator[Any]:
         finally:
             asyncio.run(container.aclose())
         api_port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
-        env.update(
-            BILLING_DATABASE_URL=database_url,
-            BILLING_AMQP_URL=amqp_url,
-            BILLING_BROKER_PREFIX=prefix,
-            BILLING_CLOCK=clock.spec(),
-            BILLING_JWT_SECRET="p" * 40,
-            BILLING_API_HOST="127.0.0.1",
-            BILLING_API_PORT=str(api_port),
-            BILLING_LOG_FORMAT="json",
-            BILLING_POLL_INTERVAL_S="0.2",
-            BILLING_POOL_SIZE="4",
-            BILLING_GATEWAY_ALLOW_PRIVATE="1",  # the simulator listens on 127.0.0.1
+        env = process_env(
+            database_url=database_url, amqp_url=amqp_url, prefix=prefix, clock=clock, api_port=api_port
         )
         names = (*PROCESSES[:3], *(f"worker-{n}" for n in range(1, workers + 1)))
         stack = Stack(tmp_path, env, f"http://127.0.0.1:{api_port}", names)

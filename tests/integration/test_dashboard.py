@@ -260,6 +260,10 @@ async def test_new_campaign_upload_mapping_preview_and_send_through_the_ingestio
     assert "João Lima" in search.text and "Maria" not in search.text
     overview = await dash.client.get("/dashboard/?days=1")
     assert re.search(r'id="total-rejected">1<', overview.text)
+    # nothing sent yet: no receipts, and both rates are undefined (shown as a dash)
+    assert re.search(r'id="total-delivered">0<', overview.text)
+    assert re.search(r'id="send-rate">—<', overview.text)
+    assert re.search(r'id="delivery-rate">—<', overview.text)
 
 
 async def test_template_default_choice_and_a_send_naming_another_template(dash: Dash) -> None:

@@ -291,6 +291,15 @@ def test_projects_every_view(container: Container, database_url: str) -> None:
     assert counters(q) == counts(total=5, pending=2, sent=1, skipped=1, rejected=1)
     assert pick(q, "created_at started_at completed_at updated_at") == (at(10), at(20), None, at(33))
     assert pick(q, "delivered read replied") == (1, 1, 1)
+    outcomes = rows(
+        database_url,
+        "SELECT outcome, sum(n)::int AS n FROM outcome_counts WHERE tenant_id = %s GROUP BY 1 ORDER BY 1",
+        tenant_id,
+    )
+    # per contact once: the final outcomes, and the first receipt and reply (READ implies delivered)
+    assert [(r["outcome"], r["n"]) for r in outcomes] == [
+        ("delivered", 1), ("read", 1), ("rejected", 1), ("replied", 1), ("sent", 1), ("skipped", 1),
+    ]  # fmt: skip
 
     query = "SELECT * FROM campaign_contacts WHERE queue_id = %s ORDER BY idx"
     c0, c1, c2, c3, c4 = rows(database_url, query, main.queue.id)

@@ -97,6 +97,10 @@ def _send_doc(summary: str) -> dict[str, Any]:
     }
 
 
+SendBody = Annotated[SendRequest, Parameter(examples=[Example(summary="one contact", value=SEND_EXAMPLE)])]
+"""The body of the three sends, documented with one example."""
+
+
 class PublicController(Controller):
     """Send batches, poll queues, read contacts, cancel."""
 
@@ -127,9 +131,7 @@ class PublicController(Controller):
     @post("/send/overdue", **_send_doc("Queue reminders for overdue invoices (business hours only)"))
     async def send_overdue(
         self,
-        data: Annotated[
-            SendRequest, Parameter(examples=[Example(summary="one contact", value=SEND_EXAMPLE)])
-        ],
+        data: SendBody,
         services: Services,
         tenant_id: UUID,
         idempotency_key: IdempotencyKey = None,
@@ -142,9 +144,7 @@ class PublicController(Controller):
     )
     async def send_upcoming(
         self,
-        data: Annotated[
-            SendRequest, Parameter(examples=[Example(summary="one contact", value=SEND_EXAMPLE)])
-        ],
+        data: SendBody,
         services: Services,
         tenant_id: UUID,
         idempotency_key: IdempotencyKey = None,
@@ -155,9 +155,7 @@ class PublicController(Controller):
     @post("/send/notification", **_send_doc("Queue general notices (sent 24/7)"))
     async def send_notification(
         self,
-        data: Annotated[
-            SendRequest, Parameter(examples=[Example(summary="one contact", value=SEND_EXAMPLE)])
-        ],
+        data: SendBody,
         services: Services,
         tenant_id: UUID,
         idempotency_key: IdempotencyKey = None,

@@ -240,27 +240,17 @@ class ContactsPage(Struct):
     next_cursor: str | None
 
 
-class InvoiceContact(Struct, kw_only=True):
-    """One contact about an invoice, in whichever batch and campaign it came."""
+class InvoiceContact(ContactItem, kw_only=True):
+    """One contact about an invoice, in whichever batch and campaign it came: a contact list's item plus
+    where it belongs."""
 
-    contact_id: UUID
     campaign_id: UUID
     queue_id: UUID
-    index: int
     template_type: TemplateTypeName
     external_id: str | None
     """The batch's ``external_id``."""
     invoice: str | None
     """The invoice the contact is about: its own ``external_id`` field, else the batch's."""
-    nome: str | None
-    telefone: str | None
-    phone: str | None
-    status: ContactStatusName
-    attempts: int
-    message_text: str | None
-    gateway_message_id: str | None
-    sent_at: str | None
-    error: ContactError | None
 
 
 class InvoiceContacts(Struct):

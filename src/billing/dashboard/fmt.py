@@ -26,6 +26,9 @@ STATUS_LABELS = {
     "failed": "falhou",
     "skipped": "ignorada",
     "rejected": "rejeitada",
+    "delivered": "entregue",
+    "read": "lida",
+    "replied": "respondida",
 }
 TYPE_LABELS = {"overdue": "Cobrança atrasada", "upcoming": "A vencer", "notification": "Aviso"}
 PAUSE_LABELS = {
@@ -34,6 +37,10 @@ PAUSE_LABELS = {
     "gateway_disconnected": "WhatsApp desconectado",
     "gateway_misconfigured": "gateway mal configurado",
     "throttled": "limite por minuto",
+    "rate_limited": "limite por minuto",
+    "paused_by_admin": "pausada pelo administrador",
+    "debtor_daily_cap": "limite diário por cliente",
+    "queue_paused": "fila pausada",
 }
 
 ERROR_LABELS = {

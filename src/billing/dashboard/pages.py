@@ -153,7 +153,7 @@ def _chart(per_day: list[tuple[Any, dict[str, int]]]) -> Markup:
     150 bars costs tens of milliseconds; this costs well under one). Every bar has a ``<title>``."""
     outcomes = ("sent", "failed", "skipped", "rejected", "cancelled")
     width, height, pad = 640, 180, 24
-    peak = max([sum(c.values()) for _, c in per_day] + [1])
+    peak = max([sum(c[o] for o in outcomes) for _, c in per_day] + [1])
     step = (width - pad) / max(1, len(per_day))
     parts = [
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-labelledby="chart-title">',

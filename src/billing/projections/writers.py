@@ -59,8 +59,10 @@ CONTACT_MUTABLE = (
     "lease_until", "updated_at", "jid_asked", "delivered_at", "read_at", "replied_at", "deferred_reason",
 )  # fmt: skip
 
-#: Contact statuses counted in ``outcome_counts`` when a contact reaches them.
+#: Contact statuses counted in ``outcome_counts`` when a contact reaches them; ``delivered``, ``read``
+#: and ``replied`` are counted too, the first time a contact gets each (``ENGAGEMENT_OUTCOMES``).
 FINAL_OUTCOMES = frozenset({"sent", "failed", "skipped", "rejected", "cancelled"})
+ENGAGEMENT_OUTCOMES = frozenset({"delivered", "read", "replied"})
 
 _INSERT_CONTACT = sql.SQL("INSERT INTO campaign_contacts ({}) VALUES ({})").format(
     sql.SQL(", ").join(map(sql.Identifier, CONTACT_COLUMNS)),
@@ -474,15 +476,25 @@ class ViewWriter:
         self._update_contact(e, status="cancelled", lease_until=None, not_before=None, deferred_reason=None)
 
     def _contact_delivered(self, e: Contact.Delivered) -> None:
+        self._count_first(e, "delivered_at", "delivered")
         self._update_contact(e, delivered_at=e.timestamp)
 
     def _contact_read(self, e: Contact.Read) -> None:
+        self._count_first(e, "read_at", "read")
         self._update_contact(e, read_at=e.timestamp)
 
     def _contact_replied(self, e: Contact.Replied) -> None:
         current = self.contacts.get(e.originator_id)
         first = current["replied_at"] if current and current["replied_at"] is not None else e.timestamp
+        self._count_first(e, "replied_at", "replied")
         self._update_contact(e, replied_at=first)
+
+    def _count_first(self, e: Any, column: str, outcome: str) -> None:
+        """Count ``outcome`` in ``outcome_counts`` the first time the contact's ``column`` is set (a
+        receipt or reply counts once per contact, at its own instant)."""
+        current = self.contacts.get(e.originator_id)
+        if current is not None and current[column] is None:
+            self._count_outcome(current["tenant_id"], e.timestamp, outcome)
 
     def _ignored(self, e: Any) -> None:
         """An event no view shows (its aggregate's history has it)."""

@@ -22,6 +22,7 @@ from uuid import UUID
 import msgspec
 
 from billing.db import ViewsPool
+from billing.services.queries import Queries
 
 __all__ = ["CSV_COLUMNS", "MAX_ENTRIES", "HistoryFilter", "HistoryQueries", "to_csv", "to_csv_rows"]
 
@@ -148,27 +149,15 @@ class HistoryQueries:
 
 
 def contact_summary(row: dict[str, Any]) -> dict[str, Any]:
-    """One ``campaign_contacts`` row as the ERP and the auditor see it."""
-    error = None
-    if row["error_code"] is not None and row["status"] != "sent":
-        error = {"code": row["error_code"], "message": row["error_message"]}
+    """One ``campaign_contacts`` row as the ERP and the auditor see it: the campaign contact list's item
+    (:meth:`Queries.contact_document`) plus its campaign, queue, type, batch reference and invoice."""
     return {
-        "contact_id": str(row["contact_id"]),
+        **Queries.contact_document(row),
         "campaign_id": str(row["campaign_id"]),
         "queue_id": str(row["queue_id"]),
-        "index": row["idx"],
         "template_type": row["template_type"],
         "external_id": row["external_id"],
         "invoice": row["invoice_ref"],
-        "nome": row["nome"],
-        "telefone": row["telefone"],
-        "phone": row["phone"],
-        "status": row["status"],
-        "attempts": row["attempts"],
-        "message_text": row["message_text"],
-        "gateway_message_id": row["gateway_message_id"],
-        "sent_at": row["sent_at"].isoformat() if row["sent_at"] else None,
-        "error": error,
     }
 
 

@@ -14,6 +14,10 @@ from billing.db import ViewsPool
 from billing.services.queries import MAX_PAGE, Queries
 
 OUTCOMES = ("sent", "failed", "skipped", "rejected", "cancelled")
+"""What happened to a contact, once: the overview's bars."""
+ENGAGEMENT = ("delivered", "read", "replied")
+"""What the debtor's phone reported after a send (delivery and read receipts, replies), once per
+contact, counted at the receipt's instant."""
 PERIODS = (1, 7, 30)
 """Overview periods in days (today, 7 days, 30 days), each ending today in the tenant's zone."""
 _LIKE_ESCAPE = str.maketrans({"%": r"\%", "_": r"\_", "\\": "\\\\"})
@@ -36,11 +40,14 @@ class DashboardQueries:
         self.pool = pool
 
     def overview(self, tenant_id: UUID, *, days: int, now: datetime, tz: ZoneInfo) -> dict[str, Any]:
-        """Counts of the last ``days`` local days (today included) per outcome and per day, the delivery
-        rate (sent / (sent + failed), None without either), and the open (not ended) queues.
+        """Counts of the last ``days`` local days (today included) per outcome and per day, the send rate
+        (sent / (sent + failed): the gateway accepted it), the delivery rate (delivered / sent: the phone
+        confirmed it), each None when its denominator is 0, and the open (not ended) queues.
 
-        Returns ``{"totals": {outcome: n}, "per_day": [(date, {outcome: n})], "delivery_rate": float|None,
-        "open_queues": [status documents], "gateway_block": {code, blocked_at}|None}``.
+        Returns ``{"totals": {outcome: n}, "handled": int (contacts with a final outcome), "per_day":
+        [(date, {outcome: n})], "send_rate": float|None, "delivery_rate": float|None, "open_queues":
+        [status documents], "gateway_block": {code, blocked_at}|None}``; outcomes are :data:`OUTCOMES`
+        and :data:`ENGAGEMENT`.
         """
         today = now.astimezone(tz).date()
         first = today - timedelta(days=days - 1)
@@ -60,9 +67,9 @@ class DashboardQueries:
                 "SELECT code, blocked_at FROM gateway_blocks WHERE tenant_id = %s", (tenant_id,)
             ).fetchone()
         per_day: dict[date, dict[str, int]] = {
-            first + timedelta(days=i): dict.fromkeys(OUTCOMES, 0) for i in range(days)
+            first + timedelta(days=i): dict.fromkeys(OUTCOMES + ENGAGEMENT, 0) for i in range(days)
         }
-        totals = dict.fromkeys(OUTCOMES, 0)
+        totals = dict.fromkeys(OUTCOMES + ENGAGEMENT, 0)
         for row in rows:
             if row["day"] in per_day and row["outcome"] in totals:
                 per_day[row["day"]][row["outcome"]] += int(row["n"])
@@ -70,8 +77,10 @@ class DashboardQueries:
         attempted = totals["sent"] + totals["failed"]
         return {
             "totals": totals,
+            "handled": sum(totals[o] for o in OUTCOMES),
             "per_day": sorted(per_day.items()),
-            "delivery_rate": totals["sent"] / attempted if attempted else None,
+            "send_rate": totals["sent"] / attempted if attempted else None,
+            "delivery_rate": totals["delivered"] / totals["sent"] if totals["sent"] else None,
             "open_queues": [Queries.status_document(q) for q in queues],
             "gateway_block": block,
         }
