@@ -453,6 +453,7 @@ def start_workers(args: argparse.Namespace, settings: Settings, logs: Path) -> l
         "BILLING_POOL_SIZE": str(args.pool_size),
         "BILLING_LOG_LEVEL": args.log_level,
         "BILLING_LOG_FORMAT": "json",
+        "BILLING_GATEWAY_ALLOW_PRIVATE": "1",  # the simulator listens on 127.0.0.1
     }
     billing = Path(sys.executable).with_name("billing")
     procs = []
@@ -492,6 +493,7 @@ async def run(args: argparse.Namespace, url: str, sim_port: int, logs: Path, met
         worker_prefetch=args.prefetch,
         pool_size=args.pool_size,
         log_level=args.log_level,
+        gateway_allow_private=True,  # the simulator listens on 127.0.0.1
     )
     sim_url = f"http://127.0.0.1:{sim_port}"
     broker = await RabbitBroker.connect(AMQP_URL, prefix=prefix)
