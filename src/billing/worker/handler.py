@@ -65,8 +65,9 @@ from billing.eventstore import EventStore
 from billing.outbox.broker import Delivery
 from billing.outbox.jobs import SendJob, decode_job
 from billing.services.clock import Clock
+from billing.worker.groupcommit import GroupCommitter
 from billing.worker.ledger import LedgerSession
-from billing.worker.persistence import IntegrityError, load, pause_queue, resume_queue, save
+from billing.worker.persistence import IntegrityError, load, pause_queue, resume_queue
 from billing.worker.rendering import Rendered, RenderError
 
 __all__ = ["Handled", "JobHandler", "Result", "TenantCache"]
@@ -197,6 +198,9 @@ class JobHandler:
         block_ttl_s: real seconds the tenant's gateway block row is reused (a block recorded by this
             process is seen at once; one recorded by another process within ``block_ttl_s``, which only
             lets that process's 401/404 repeat here a few times).
+        saves: writes the contacts' claims and outcomes, grouping the saves of concurrent handlings into
+            one transaction (:class:`~billing.worker.groupcommit.GroupCommitter`; default: one over
+            ``store``).
     """
 
     def __init__(
@@ -214,8 +218,10 @@ class JobHandler:
         recipient: RecipientPort,
         rng: random.Random | None = None,
         block_ttl_s: float = 5.0,
+        saves: GroupCommitter | None = None,
     ) -> None:
         self.store = store
+        self.saves = saves or GroupCommitter.for_store(store)
         self.recipient = recipient
         self.tenants = tenants
         self.ledger = ledger
@@ -415,7 +421,7 @@ class JobHandler:
         if decision.action is Action.CANCEL:
             try:
                 contact.cancel(reason=decision.reason or "queue_cancelled", at=now)
-                await save(self.store, contact)
+                await self.saves.save(contact)
             except IntegrityError:
                 return Result(Handled.CONTENDED, wanted=Handled.CANCELLED.value)
             return Result(Handled.CANCELLED)
@@ -428,7 +434,7 @@ class JobHandler:
                     message=_SKIP_MESSAGES.get(decision.reason or "", "skipped"),
                     at=now,
                 )
-                await save(self.store, contact)
+                await self.saves.save(contact)
             except (Conflict, IntegrityError):
                 return Result(Handled.CONTENDED, wanted=Handled.SKIPPED.value)
             return Result(Handled.SKIPPED, code=decision.reason)
@@ -437,7 +443,7 @@ class JobHandler:
         assert decision.not_before is not None and decision.reason is not None
         try:
             contact.defer(reason=decision.reason, not_before=decision.not_before, at=now)
-            await save(self.store, contact)
+            await self.saves.save(contact)
         except (Conflict, IntegrityError):
             return Result(Handled.CONTENDED, wanted=decision.handled.value)
         return Result(decision.handled, not_before=decision.not_before.isoformat(), **decision.fields)
@@ -452,7 +458,7 @@ class JobHandler:
         now = self.clock.now()
         try:
             attempt = contact.dispatch(at=now, lease=self.lease, allowed_by=decision.allowed_by)
-            await save(self.store, contact)
+            await self.saves.save(contact)
         except (Conflict, IntegrityError):
             await asyncio.to_thread(self.ledger.release, ledger_id)
             return Result(Handled.CLAIMED_ELSEWHERE)
@@ -563,7 +569,7 @@ class JobHandler:
         now = self.clock.now()
         try:
             contact.defer(reason=Handled.LEASE_TOO_SHORT.value, not_before=now, at=now)
-            await save(self.store, contact)
+            await self.saves.save(contact)
         except (Conflict, IntegrityError):
             return Result(Handled.CLAIMED_ELSEWHERE, **base)
         return Result(Handled.LEASE_TOO_SHORT, **base)
@@ -590,7 +596,7 @@ class JobHandler:
         while True:
             try:
                 record(contact)
-                await save(self.store, contact)
+                await self.saves.save(contact)
             except Conflict:
                 return _unrecorded(result)
             except IntegrityError:
