@@ -109,8 +109,10 @@ class Recipient:
         return [r["phone"] for r in rows]
 
     def _remember(self, tenant_id: UUID, accounts: dict[str, Account], now: datetime) -> None:
+        """Upsert the answers in phone order: two processes whose lookups share phones (peers of one
+        queue) then lock the rows in the same order and cannot deadlock."""
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            for phone, account in accounts.items():
+            for phone, account in sorted(accounts.items()):
                 cur.execute(
                     """INSERT INTO whatsapp_accounts (tenant_id, phone, jid, checked_at)
                        VALUES (%s, %s, %s, %s)
