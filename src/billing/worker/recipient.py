@@ -58,11 +58,22 @@ LIMIT %s
 
 
 class Recipient:
-    """See the module docstring. One per worker process."""
+    """See the module docstring. One per worker process.
 
-    def __init__(self, store: EventStore, pool: ViewsPool) -> None:
+    Args:
+        store: the event store (Conversation, Engagement).
+        pool: the views pool (``whatsapp_accounts``, ``campaign_contacts``, ``debtor_sends``).
+        engagement_ttl_s: real seconds a tenant's Engagement settings (per-debtor cap) are reused.
+            **Invalidation rule:** an entry older than that is read again, so a ``PATCH /engagement/``
+            takes effect in every worker within ``engagement_ttl_s`` (default 5 s, as the tenant cache);
+            0 reads it for every job. The opt-out (the phone's Conversation) is never cached.
+    """
+
+    def __init__(self, store: EventStore, pool: ViewsPool, *, engagement_ttl_s: float = 5.0) -> None:
         self.store = store
         self.pool = pool
+        self.engagement_ttl_s = engagement_ttl_s
+        self._engagements: dict[UUID, tuple[float, EngagementSettings]] = {}
         self.lookups = 0
         """Lookup calls made (``/chat/whatsappNumbers`` requests) by this process."""
         self._last_call: dict[UUID, float] = {}
@@ -83,14 +94,27 @@ class Recipient:
         account = await self.account(contact, client, now)
         if account is not None and not account.exists:
             return RecipientFacts(opted_out=False, account=account, cap=allowed)
-        engagement = await asyncio.to_thread(
-            get_owned, self.store, engagement_id(contact.tenant_id), Engagement
-        )
-        settings = engagement.typed if engagement else EngagementSettings()
+        settings = await self.engagement(contact.tenant_id)
         cap = allowed
         if capped(contact.template_type, cap_notices=settings.cap_notices):
             cap = await asyncio.to_thread(self._cap, contact, settings, calendar, now)
         return RecipientFacts(opted_out=False, account=account, cap=cap)
+
+    async def engagement(self, tenant_id: UUID) -> EngagementSettings:
+        """The tenant's engagement settings (defaults when it has none), reused for ``engagement_ttl_s``.
+
+        Raises:
+            Exception: the database failed.
+        """
+        entry = self._engagements.get(tenant_id)
+        now = time.monotonic()
+        if entry is not None and now - entry[0] < self.engagement_ttl_s:
+            return entry[1]
+        engagement = await asyncio.to_thread(get_owned, self.store, engagement_id(tenant_id), Engagement)
+        settings = engagement.typed if engagement else EngagementSettings()
+        if self.engagement_ttl_s > 0:
+            self._engagements[tenant_id] = (now, settings)
+        return settings
 
     # ---- account lookup ------------------------------------------------------------------------------
 
