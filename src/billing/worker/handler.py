@@ -67,7 +67,7 @@ from billing.outbox.jobs import SendJob, decode_job
 from billing.services.clock import Clock
 from billing.worker.groupcommit import GroupCommitter
 from billing.worker.ledger import LedgerSession
-from billing.worker.persistence import IntegrityError, load, pause_queue, resume_queue
+from billing.worker.persistence import IntegrityError, load, load_both, pause_queue, resume_queue
 from billing.worker.rendering import Rendered, RenderError
 
 __all__ = ["Handled", "JobHandler", "Result", "TenantCache"]
@@ -306,12 +306,15 @@ class JobHandler:
         Raises:
             Exception: an unexpected (transient) failure, e.g. the database is unreachable.
         """
-        contact = await load(self.store, job.contact_id, Contact)
-        queue: Queue | None = None
+        # the job names the contact's queue: both are read in one query (checked against the contact)
+        contact, queue = await load_both(self.store, job.contact_id, Contact, job.queue_id, Queue)
         tenant: Tenant | None = None
         if contact is not None and contact.tenant_id == job.tenant_id and not contact.status.is_terminal:
-            queue = await load(self.store, contact.queue_id, Queue)
+            if queue is None or queue.id != contact.queue_id:
+                queue = await load(self.store, contact.queue_id, Queue)
             tenant = await self.tenants.get(contact.tenant_id)
+        else:
+            queue = None
         facts = JobFacts(
             job_tenant_id=job.tenant_id,
             contact=contact,
