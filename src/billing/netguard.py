@@ -215,6 +215,11 @@ class _CheapReadableStream(httpcore.AsyncNetworkStream):
     def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
         self._inner = inner
         self._socket: socket.socket | None = inner.get_extra_info("socket")
+        self._poller: select.poll | None = None
+        fd = -1 if self._socket is None else self._socket.fileno()
+        if fd >= 0:  # registered once: each question is then one poll(0)
+            self._poller = select.poll()
+            self._poller.register(fd, select.POLLIN)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
         return await self._inner.read(max_bytes, timeout)
@@ -235,19 +240,12 @@ class _CheapReadableStream(httpcore.AsyncNetworkStream):
 
     def get_extra_info(self, info: str) -> object:
         if info == "is_readable":
-            return _readable(self._socket)
+            # a closed socket (fileno -1) counts as readable: its next read is the end. While it is open
+            # the registered descriptor is still this socket's, never a reused number.
+            if self._poller is None or self._socket is None or self._socket.fileno() < 0:
+                return True
+            return bool(self._poller.poll(0))
         return self._inner.get_extra_info(info)
-
-
-def _readable(sock: socket.socket | None) -> bool:
-    """Whether ``sock`` has data to read now, without reading (a closed socket counts as readable: the
-    next read returns its end)."""
-    fd = -1 if sock is None else sock.fileno()
-    if fd < 0:
-        return True
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
 
 
 class GuardedTransport(httpx.AsyncHTTPTransport):
