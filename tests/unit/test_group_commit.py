@@ -230,3 +230,24 @@ async def test_the_committer_over_a_store_saves_contacts_and_reports_the_stale_o
     results = await asyncio.gather(*(saves.save(c) for c in [*fresh, stale]), return_exceptions=True)
     assert results[:3] == [None, None, None] and isinstance(results[3], IntegrityError)
     assert all(store.repository.get(c.id).version == c.version for c in fresh)
+
+
+async def test_the_flusher_does_not_carry_the_first_callers_log_context() -> None:
+    import contextvars
+
+    bound: contextvars.ContextVar[str | None] = contextvars.ContextVar("bound", default=None)
+    seen: list[str | None] = []
+    store = FakeStore()
+
+    def group(aggregates: Sequence[Agg]) -> set[UUID]:
+        seen.append(bound.get())
+        return store.group(aggregates)
+
+    saves = GroupCommitter(group, store.single)
+
+    async def handling(name: str) -> None:
+        bound.set(name)  # as structlog's bound_contextvars does per delivery
+        await saves.save(Agg())
+
+    await asyncio.gather(handling("contact-1"), handling("contact-2"))
+    assert seen == [None]

@@ -28,6 +28,7 @@ Guarantees, per waiter:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
@@ -109,10 +110,13 @@ class GroupCommitter:
                 pending events are dropped: reload it).
             Exception: the save failed otherwise (it may have committed, as with a lost connection).
         """
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         self._queued.append(_Item(aggregate, future))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._run())
+            # a context of its own: the flusher serves every handling, so it must not log with the ids
+            # that the first one bound to structlog's context
+            self._flusher = loop.create_task(self._run(), context=contextvars.Context())
         await future
 
     @property

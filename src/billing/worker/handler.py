@@ -11,6 +11,10 @@ decision out, send, record the outcome (:func:`billing.domain.sending.settle`), 
   the consumer's cancellation does not reach; the delivery is settled afterwards if its channel still
   lives (else the broker redelivers it and the redelivery finds the contact final: a no-op).
   :meth:`JobHandler.drain` waits for that work on shutdown.
+- **Contact saves are grouped.** Claims, outcomes, deferrals, skips and cancellations go through
+  :class:`~billing.worker.groupcommit.GroupCommitter`: the saves that concurrent handlings ask for at the
+  same time share one event-store transaction; each handling resumes once its own transaction committed,
+  and a version conflict reaches only the handling whose contact moved (as with a single save).
 
 Logs: ``tenant_id``, ``queue_id``, ``contact_id`` and ``message_id`` are bound to structlog's context;
 one line per delivery; phone numbers masked; message text never logged.
