@@ -306,6 +306,21 @@ async def delete_topology(topology: Topology) -> None:
         await connection.close()
 
 
+WORKER_TOPICS = [
+    f"billing.Contact.{name}" for name in ("Dispatched", "Sent", "Failed", "Deferred", "Skipped", "Cancelled")
+]
+
+
+def worker_saves(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    """(events the workers wrote, transactions that wrote them): rows of one transaction share ``xmin``."""
+    row = conn.execute(
+        "SELECT count(*), count(DISTINCT xmin::text) FROM billing_events WHERE topic = ANY(%s)",
+        (WORKER_TOPICS,),
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
 def final_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
     rows = conn.execute("SELECT status, count(*) FROM campaign_contacts GROUP BY status").fetchall()
     return {str(status): int(n) for status, n in rows}
@@ -407,7 +422,8 @@ async def fleet_run(
             if sum(counts.get(s, 0) for s in FINAL) >= total:
                 break
             await asyncio.sleep(0.25)
-    finished = time.monotonic()
+        finished = time.monotonic()
+        saves = await asyncio.to_thread(worker_saves, conn)
     log = await sim_log(sim, before)
     sent = log["sent"]
     if sum(counts.get(s, 0) for s in FINAL) < total:
@@ -436,6 +452,7 @@ async def fleet_run(
         "first_max": max(first_waits),
         "post_median": statistics.median(answered_at[n] - posted_at[n] for n in posted_at),
         "counts": counts,
+        "saves": saves,
         "requests": {k: d for k, n in log["requests"].items() if (d := n - start_log["requests"].get(k, 0))},
     }
 
@@ -453,6 +470,7 @@ def start_workers(args: argparse.Namespace, settings: Settings, logs: Path) -> l
         "BILLING_POOL_SIZE": str(args.pool_size),
         "BILLING_LOG_LEVEL": args.log_level,
         "BILLING_LOG_FORMAT": "json",
+        "BILLING_GATEWAY_ALLOW_PRIVATE": "1",  # the simulator listens on 127.0.0.1
     }
     billing = Path(sys.executable).with_name("billing")
     procs = []
@@ -492,6 +510,7 @@ async def run(args: argparse.Namespace, url: str, sim_port: int, logs: Path, met
         worker_prefetch=args.prefetch,
         pool_size=args.pool_size,
         log_level=args.log_level,
+        gateway_allow_private=True,  # the simulator listens on 127.0.0.1
     )
     sim_url = f"http://127.0.0.1:{sim_port}"
     broker = await RabbitBroker.connect(AMQP_URL, prefix=prefix)
@@ -571,6 +590,11 @@ async def run(args: argparse.Namespace, url: str, sim_port: int, logs: Path, met
             f"p95 {fleet['first_p95']:.2f} s, max {fleet['first_max']:.2f} s"
         )
         print(f"  read model: {dict(sorted(fleet['counts'].items()))}")
+        events, transactions = fleet["saves"]
+        print(
+            f"  worker saves: {events} contact events in {transactions} transactions "
+            f"({events / max(1, transactions):.1f} per transaction)"
+        )
         print(f"  simulator requests: {dict(sorted(fleet['requests'].items()))}")
         labels = {
             "bench": "this process (api, projections, relay" + (")" if args.workers else ", worker)"),

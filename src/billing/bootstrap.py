@@ -106,7 +106,8 @@ def build_handler(
     container: Container, *, rng: random.Random | None = None, cache_ttl_s: float = 5.0
 ) -> JobHandler:
     """The worker's job handler over the container's store, pool, clock and HTTP client. Tenants, active
-    templates and gateway blocks are reused for ``cache_ttl_s`` real seconds (0: read every time)."""
+    templates, gateway blocks and engagement settings are reused for ``cache_ttl_s`` real seconds (0:
+    read every time)."""
     from billing.worker.handler import JobHandler, TenantCache
     from billing.worker.health import GatewayHealth
     from billing.worker.ledger import SendLedger, margin_for
@@ -123,7 +124,7 @@ def build_handler(
         clock=container.clock,
         lease_s=container.settings.dispatch_lease_s,
         gateway_timeout_s=container.settings.gateway_timeout_s,
-        recipient=Recipient(container.store, container.pool),
+        recipient=Recipient(container.store, container.pool, engagement_ttl_s=cache_ttl_s),
         rng=rng,
         block_ttl_s=cache_ttl_s,
     )

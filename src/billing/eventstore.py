@@ -449,3 +449,34 @@ def save_unless_moved(store: EventStore, aggregates: Sequence[Any]) -> set[UUID]
     stored = [to_stored(event) for aggregate in aggregates for event in aggregate.collect_events()]
     moved: set[UUID] = recorder.insert_unless_moved(stored)
     return moved
+
+
+def save_group(store: EventStore, aggregates: Sequence[Any]) -> set[UUID]:
+    """Save the pending events of many aggregates (e.g. one contact each from concurrent worker handlers)
+    in ONE transaction, leaving out the aggregates another writer changed since they were loaded.
+
+    On PostgreSQL (:class:`CopyingApplicationRecorder`) the version check and the insert run under the
+    library's table lock (:meth:`~CopyingApplicationRecorder.insert_unless_moved`); any other recorder
+    (the in-memory one of the tests) records the group atomically with its own ``insert_events``, a
+    conflict failing the whole group.
+
+    Returns the ids of the aggregates left out (their pending events are dropped: reload them). The
+    pending events are cleared only once the transaction committed, so after an exception every
+    aggregate still holds its events and can be saved again alone.
+
+    Raises:
+        IntegrityError: (other recorders) an aggregate's version was taken; nothing was saved.
+        psycopg.Error: the database is unreachable; the transaction may or may not have committed.
+    """
+    to_stored = store.mapper.to_stored_event
+    stored = [to_stored(event) for aggregate in aggregates for event in aggregate.pending_events]
+    recorder = store.recorder
+    with SAVE_LATENCY.time():
+        if isinstance(recorder, CopyingApplicationRecorder):
+            moved: set[UUID] = recorder.insert_unless_moved(stored)
+        else:
+            recorder.insert_events(stored)
+            moved = set()
+    for aggregate in aggregates:
+        aggregate.collect_events()
+    return moved

@@ -38,6 +38,7 @@ __all__ = [
     "JOBS",
     "RELAY_CONFIRM",
     "RELAY_PUBLISHED",
+    "SAVE_GROUP_SIZE",
     "SAVE_LATENCY",
     "SENDS",
     "DatabaseCollector",
@@ -81,6 +82,11 @@ SAVE_LATENCY = Histogram(
     "billing_eventstore_save_seconds",
     "Duration of one event-store save (one transaction), seconds",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+SAVE_GROUP_SIZE = Histogram(
+    "billing_worker_save_group_size",
+    "Aggregates written by one grouped save of the worker (one transaction)",
+    buckets=(2, 4, 8, 16, 32, 64, 128),
 )
 
 _SENT_OUTCOMES = frozenset(

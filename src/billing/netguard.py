@@ -20,6 +20,7 @@ never resolve again — so a name that later re-points to a forbidden address (D
 from __future__ import annotations
 
 import ipaddress
+import select
 import socket
 import ssl
 from collections.abc import Iterable
@@ -176,7 +177,7 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
         error: Exception = httpcore.ConnectError(f"{host} resolved to no address")
         for address in addresses:
             try:
-                return await self._inner.connect_tcp(
+                stream = await self._inner.connect_tcp(
                     str(address),
                     port,
                     timeout=timeout,
@@ -185,6 +186,8 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
+            else:
+                return _CheapReadableStream(stream)
         raise error
 
     async def connect_unix_socket(
@@ -199,6 +202,50 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
     async def sleep(self, seconds: float) -> None:
         """Delegate to the inner backend."""
         await self._inner.sleep(seconds)
+
+
+class _CheapReadableStream(httpcore.AsyncNetworkStream):
+    """A connected stream whose ``get_extra_info("is_readable")`` polls the socket it keeps, instead of
+    anyio's path (a dict of every socket attribute and a ``getpeername`` call per question).
+
+    httpcore asks every idle pooled connection that question each time a request enters or leaves the
+    pool, so with a few dozen keep-alive connections it was the largest cost of a gateway call. Same
+    answer as httpcore's own check: readable when the socket has data (or is gone)."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._socket: socket.socket | None = inner.get_extra_info("socket")
+        self._poller: select.poll | None = None
+        fd = -1 if self._socket is None else self._socket.fileno()
+        if fd >= 0:  # registered once: each question is then one poll(0)
+            self._poller = select.poll()
+            self._poller.register(fd, select.POLLIN)
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> httpcore.AsyncNetworkStream:
+        return _CheapReadableStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> object:
+        if info == "is_readable":
+            # a closed socket (fileno -1) counts as readable: its next read is the end. While it is open
+            # the registered descriptor is still this socket's, never a reused number.
+            if self._poller is None or self._socket is None or self._socket.fileno() < 0:
+                return True
+            return bool(self._poller.poll(0))
+        return self._inner.get_extra_info(info)
 
 
 class GuardedTransport(httpx.AsyncHTTPTransport):

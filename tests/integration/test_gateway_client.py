@@ -375,3 +375,34 @@ async def test_over_real_http() -> None:
     finally:
         sim.shutdown()
         await asyncio.wait_for(server, 5)
+
+
+async def test_the_guarded_pool_reuses_a_live_connection_and_drops_one_the_server_closed() -> None:
+    from billing.netguard import guarded_client
+
+    connections = 0
+    closing = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            request = await reader.readuntil(b"\r\n\r\n")
+            assert request.startswith(b"GET ")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            if closing.is_set():  # the server ends this idle keep-alive connection
+                writer.close()
+                return
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, guarded_client(allow_private=True) as client:
+        for _ in range(3):
+            assert (await client.get(f"http://127.0.0.1:{port}/")).text == "ok"
+        assert connections == 1  # kept alive: the readable check saw nothing to read
+        closing.set()
+        assert (await client.get(f"http://127.0.0.1:{port}/")).text == "ok"
+        await asyncio.sleep(0.05)  # the server has closed it: the socket reads as its end
+        assert (await client.get(f"http://127.0.0.1:{port}/")).text == "ok"
+        assert connections == 2

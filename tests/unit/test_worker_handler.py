@@ -289,6 +289,38 @@ async def test_a_cancelled_delivery_still_saves_the_outcome_and_is_left_unsettle
     assert (redelivery.settled, len(fakes.gateway.calls)) == ("ack", 1)
 
 
+async def test_concurrent_outcomes_are_saved_in_one_transaction_and_acked_after_it() -> None:
+    fakes = Fakes(pause_min_s=0, pause_max_s=0)
+    groups: list[list[str]] = []
+    group_save = fakes.handler.saves._group
+
+    def recording_group(aggregates: Any) -> set[UUID]:
+        groups.append([type(e).__name__ for a in aggregates for e in a.pending_events])
+        assert all(d.settled is None for d in deliveries)  # nothing is acked before its save committed
+        return group_save(aggregates)
+
+    fakes.handler.saves._group = recording_group
+    fakes.gateway.hold = asyncio.Event()
+    all_there = asyncio.Event()
+    send_text = fakes.gateway.send_text
+
+    async def counting_send(number: str, text: str, *, delay_ms: int | None = None) -> SendOutcome:
+        if len(fakes.gateway.calls) == 2:
+            all_there.set()
+        return await send_text(number, text, delay_ms=delay_ms)
+
+    fakes.gateway.send_text = counting_send  # type: ignore[method-assign]
+    deliveries = [FakeDelivery(fakes.job(i)) for i in range(3)]
+    handling = [asyncio.create_task(fakes.handler(d)) for d in deliveries]
+    await asyncio.wait_for(all_there.wait(), 5)  # every message is at the gateway
+    fakes.gateway.hold.set()  # the three answers arrive together
+    await asyncio.gather(*handling)
+
+    assert ["Sent", "Sent", "Sent"] in groups  # the three outcomes: one transaction
+    assert [d.settled for d in deliveries] == ["ack"] * 3
+    assert [fakes.contact(i).status for i in range(3)] == [ContactStatus.SENT] * 3
+
+
 async def test_an_opted_out_phone_is_skipped_without_claim_or_gateway_call() -> None:
     fakes = Fakes()
     fakes.recipient.facts = RecipientFacts(opted_out=True, account=None, cap=CapDecision(allowed=True))

@@ -11,6 +11,10 @@ decision out, send, record the outcome (:func:`billing.domain.sending.settle`), 
   the consumer's cancellation does not reach; the delivery is settled afterwards if its channel still
   lives (else the broker redelivers it and the redelivery finds the contact final: a no-op).
   :meth:`JobHandler.drain` waits for that work on shutdown.
+- **Contact saves are grouped.** Claims, outcomes, deferrals, skips and cancellations go through
+  :class:`~billing.worker.groupcommit.GroupCommitter`: the saves that concurrent handlings ask for at the
+  same time share one event-store transaction; each handling resumes once its own transaction committed,
+  and a version conflict reaches only the handling whose contact moved (as with a single save).
 
 Logs: ``tenant_id``, ``queue_id``, ``contact_id`` and ``message_id`` are bound to structlog's context;
 one line per delivery; phone numbers masked; message text never logged.
@@ -65,8 +69,9 @@ from billing.eventstore import EventStore
 from billing.outbox.broker import Delivery
 from billing.outbox.jobs import SendJob, decode_job
 from billing.services.clock import Clock
+from billing.worker.groupcommit import GroupCommitter
 from billing.worker.ledger import LedgerSession
-from billing.worker.persistence import IntegrityError, load, pause_queue, resume_queue, save
+from billing.worker.persistence import IntegrityError, load, load_both, pause_queue, resume_queue
 from billing.worker.rendering import Rendered, RenderError
 
 __all__ = ["Handled", "JobHandler", "Result", "TenantCache"]
@@ -197,6 +202,9 @@ class JobHandler:
         block_ttl_s: real seconds the tenant's gateway block row is reused (a block recorded by this
             process is seen at once; one recorded by another process within ``block_ttl_s``, which only
             lets that process's 401/404 repeat here a few times).
+        saves: writes the contacts' claims and outcomes, grouping the saves of concurrent handlings into
+            one transaction (:class:`~billing.worker.groupcommit.GroupCommitter`; default: one over
+            ``store``).
     """
 
     def __init__(
@@ -214,8 +222,10 @@ class JobHandler:
         recipient: RecipientPort,
         rng: random.Random | None = None,
         block_ttl_s: float = 5.0,
+        saves: GroupCommitter | None = None,
     ) -> None:
         self.store = store
+        self.saves = saves or GroupCommitter.for_store(store)
         self.recipient = recipient
         self.tenants = tenants
         self.ledger = ledger
@@ -300,12 +310,15 @@ class JobHandler:
         Raises:
             Exception: an unexpected (transient) failure, e.g. the database is unreachable.
         """
-        contact = await load(self.store, job.contact_id, Contact)
-        queue: Queue | None = None
+        # the job names the contact's queue: both are read in one query (checked against the contact)
+        contact, queue = await load_both(self.store, job.contact_id, Contact, job.queue_id, Queue)
         tenant: Tenant | None = None
         if contact is not None and contact.tenant_id == job.tenant_id and not contact.status.is_terminal:
-            queue = await load(self.store, contact.queue_id, Queue)
+            if queue is None or queue.id != contact.queue_id:
+                queue = await load(self.store, contact.queue_id, Queue)
             tenant = await self.tenants.get(contact.tenant_id)
+        else:
+            queue = None
         facts = JobFacts(
             job_tenant_id=job.tenant_id,
             contact=contact,
@@ -415,7 +428,7 @@ class JobHandler:
         if decision.action is Action.CANCEL:
             try:
                 contact.cancel(reason=decision.reason or "queue_cancelled", at=now)
-                await save(self.store, contact)
+                await self.saves.save(contact)
             except IntegrityError:
                 return Result(Handled.CONTENDED, wanted=Handled.CANCELLED.value)
             return Result(Handled.CANCELLED)
@@ -428,7 +441,7 @@ class JobHandler:
                     message=_SKIP_MESSAGES.get(decision.reason or "", "skipped"),
                     at=now,
                 )
-                await save(self.store, contact)
+                await self.saves.save(contact)
             except (Conflict, IntegrityError):
                 return Result(Handled.CONTENDED, wanted=Handled.SKIPPED.value)
             return Result(Handled.SKIPPED, code=decision.reason)
@@ -437,7 +450,7 @@ class JobHandler:
         assert decision.not_before is not None and decision.reason is not None
         try:
             contact.defer(reason=decision.reason, not_before=decision.not_before, at=now)
-            await save(self.store, contact)
+            await self.saves.save(contact)
         except (Conflict, IntegrityError):
             return Result(Handled.CONTENDED, wanted=decision.handled.value)
         return Result(decision.handled, not_before=decision.not_before.isoformat(), **decision.fields)
@@ -452,7 +465,7 @@ class JobHandler:
         now = self.clock.now()
         try:
             attempt = contact.dispatch(at=now, lease=self.lease, allowed_by=decision.allowed_by)
-            await save(self.store, contact)
+            await self.saves.save(contact)
         except (Conflict, IntegrityError):
             await asyncio.to_thread(self.ledger.release, ledger_id)
             return Result(Handled.CLAIMED_ELSEWHERE)
@@ -563,7 +576,7 @@ class JobHandler:
         now = self.clock.now()
         try:
             contact.defer(reason=Handled.LEASE_TOO_SHORT.value, not_before=now, at=now)
-            await save(self.store, contact)
+            await self.saves.save(contact)
         except (Conflict, IntegrityError):
             return Result(Handled.CLAIMED_ELSEWHERE, **base)
         return Result(Handled.LEASE_TOO_SHORT, **base)
@@ -590,7 +603,7 @@ class JobHandler:
         while True:
             try:
                 record(contact)
-                await save(self.store, contact)
+                await self.saves.save(contact)
             except Conflict:
                 return _unrecorded(result)
             except IntegrityError:

@@ -16,16 +16,18 @@ from uuid import UUID
 
 import structlog
 from eventsourcing.persistence import IntegrityError
+from eventsourcing.postgres import PostgresApplicationRecorder
 
 from billing.domain.errors import Conflict
 from billing.domain.queue import Queue
-from billing.eventstore import EventStore, get_owned
+from billing.eventstore import EventStore, get_owned, load_many
 
-__all__ = ["IntegrityError", "load", "pause_queue", "resume_queue", "save", "update_queue"]
+__all__ = ["IntegrityError", "load", "load_both", "pause_queue", "resume_queue", "save", "update_queue"]
 
 log = structlog.get_logger(__name__)
 
 A = TypeVar("A")
+B = TypeVar("B")
 
 QUEUE_UPDATE_ATTEMPTS = 5
 """How many times a queue command is retried on a version conflict (other workers pause the same queue)."""
@@ -38,6 +40,27 @@ async def load(store: EventStore, aggregate_id: UUID, kind: type[A]) -> A | None
         Exception: the database is unreachable (a transient failure for the caller).
     """
     return await asyncio.to_thread(get_owned, store, aggregate_id, kind)
+
+
+async def load_both(
+    store: EventStore, first_id: UUID, first: type[A], second_id: UUID, second: type[B]
+) -> tuple[A | None, B | None]:
+    """Two aggregates read together: ``(first_id as a first, second_id as a second)``, each None when it
+    does not exist or is of another kind. On PostgreSQL one query and one thread hop
+    (:func:`billing.eventstore.load_many`); on another recorder two reads in that hop.
+
+    Raises:
+        Exception: the database is unreachable (a transient failure for the caller).
+    """
+
+    def read() -> tuple[A | None, B | None]:
+        if not isinstance(store.recorder, PostgresApplicationRecorder):
+            return get_owned(store, first_id, first), get_owned(store, second_id, second)
+        found = load_many(store, [first_id, second_id])
+        a, b = found.get(first_id), found.get(second_id)
+        return (a if isinstance(a, first) else None), (b if isinstance(b, second) else None)
+
+    return await asyncio.to_thread(read)
 
 
 async def save(store: EventStore, *aggregates: Any) -> None:

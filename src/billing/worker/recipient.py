@@ -47,6 +47,8 @@ log = structlog.get_logger(__name__)
 
 LOOKUP_INTERVAL_S = 1.0
 """Least real seconds between two lookup calls of one tenant from one process."""
+ANSWERS_KEPT = 50_000
+"""Lookup answers kept in memory per process (all dropped when full; the table still has them)."""
 _LOCK_CLASS = 0x62696C6C  # 'bill', as the send ledger's
 _PEERS = """
 SELECT DISTINCT c.phone FROM campaign_contacts c
@@ -58,11 +60,28 @@ LIMIT %s
 
 
 class Recipient:
-    """See the module docstring. One per worker process."""
+    """See the module docstring. One per worker process.
 
-    def __init__(self, store: EventStore, pool: ViewsPool) -> None:
+    Args:
+        store: the event store (Conversation, Engagement).
+        pool: the views pool (``whatsapp_accounts``, ``campaign_contacts``, ``debtor_sends``).
+        engagement_ttl_s: real seconds a tenant's Engagement settings (per-debtor cap) are reused.
+            **Invalidation rule:** an entry older than that is read again, so a ``PATCH /engagement/``
+            takes effect in every worker within ``engagement_ttl_s`` (default 5 s, as the tenant cache);
+            0 reads it for every job. The opt-out (the phone's Conversation) is never cached.
+
+    Lookup answers this process read or wrote are also kept in memory (at most
+    :data:`ANSWERS_KEPT`), each used under the same rule as the table's row: while
+    :func:`~billing.domain.whatsapp.is_fresh` holds for its ``checked_at`` (only this module writes
+    ``whatsapp_accounts``, and a row is replaced only once it is no longer fresh).
+    """
+
+    def __init__(self, store: EventStore, pool: ViewsPool, *, engagement_ttl_s: float = 5.0) -> None:
         self.store = store
         self.pool = pool
+        self.engagement_ttl_s = engagement_ttl_s
+        self._engagements: dict[UUID, tuple[float, EngagementSettings]] = {}
+        self._answers: dict[tuple[UUID, str], tuple[str | None, datetime]] = {}
         self.lookups = 0
         """Lookup calls made (``/chat/whatsappNumbers`` requests) by this process."""
         self._last_call: dict[UUID, float] = {}
@@ -83,14 +102,27 @@ class Recipient:
         account = await self.account(contact, client, now)
         if account is not None and not account.exists:
             return RecipientFacts(opted_out=False, account=account, cap=allowed)
-        engagement = await asyncio.to_thread(
-            get_owned, self.store, engagement_id(contact.tenant_id), Engagement
-        )
-        settings = engagement.typed if engagement else EngagementSettings()
+        settings = await self.engagement(contact.tenant_id)
         cap = allowed
         if capped(contact.template_type, cap_notices=settings.cap_notices):
             cap = await asyncio.to_thread(self._cap, contact, settings, calendar, now)
         return RecipientFacts(opted_out=False, account=account, cap=cap)
+
+    async def engagement(self, tenant_id: UUID) -> EngagementSettings:
+        """The tenant's engagement settings (defaults when it has none), reused for ``engagement_ttl_s``.
+
+        Raises:
+            Exception: the database failed.
+        """
+        entry = self._engagements.get(tenant_id)
+        now = time.monotonic()
+        if entry is not None and now - entry[0] < self.engagement_ttl_s:
+            return entry[1]
+        engagement = await asyncio.to_thread(get_owned, self.store, engagement_id(tenant_id), Engagement)
+        settings = engagement.typed if engagement else EngagementSettings()
+        if self.engagement_ttl_s > 0:
+            self._engagements[tenant_id] = (now, settings)
+        return settings
 
     # ---- account lookup ------------------------------------------------------------------------------
 
@@ -103,14 +135,33 @@ class Recipient:
             ).fetchall()
         return {r["phone"]: (r["jid"], r["checked_at"]) for r in rows}
 
+    def _keep(self, tenant_id: UUID, phone: str, jid: str | None, checked_at: datetime) -> None:
+        if len(self._answers) >= ANSWERS_KEPT:
+            self._answers.clear()
+        self._answers[(tenant_id, phone)] = (jid, checked_at)
+
+    async def _known(self, tenant_id: UUID, phone: str, now: datetime) -> Account | None:
+        """A fresh answer for ``phone``: from memory, else from ``whatsapp_accounts`` (then kept)."""
+        hit = self._answers.get((tenant_id, phone))
+        if hit is None:
+            found = await asyncio.to_thread(self._cached, tenant_id, [phone])
+            hit = found.get(phone)
+            if hit is not None:
+                self._keep(tenant_id, phone, *hit)
+        if hit is not None and is_fresh(Account(hit[0]), hit[1], now):
+            return Account(hit[0])
+        return None
+
     def _peers(self, contact: Contact, now: datetime, room: int) -> list[str]:
         with self.pool.connection() as conn:
             rows = conn.execute(_PEERS, (contact.queue_id, contact.phone, now - ABSENT_TTL, room)).fetchall()
         return [r["phone"] for r in rows]
 
     def _remember(self, tenant_id: UUID, accounts: dict[str, Account], now: datetime) -> None:
+        """Upsert the answers in phone order: two processes whose lookups share phones (peers of one
+        queue) then lock the rows in the same order and cannot deadlock."""
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            for phone, account in accounts.items():
+            for phone, account in sorted(accounts.items()):
                 cur.execute(
                     """INSERT INTO whatsapp_accounts (tenant_id, phone, jid, checked_at)
                        VALUES (%s, %s, %s, %s)
@@ -124,16 +175,15 @@ class Recipient:
         when the lookup failed (send to the bare number)."""
         assert contact.phone is not None
         tenant_id = contact.tenant_id
-        cached = await asyncio.to_thread(self._cached, tenant_id, [contact.phone])
-        hit = cached.get(contact.phone)
-        if hit is not None and is_fresh(Account(hit[0]), hit[1], now):
-            return Account(hit[0])
+        known = await self._known(tenant_id, contact.phone, now)
+        if known is not None:
+            return known
         lock = self._locks.setdefault(tenant_id, asyncio.Lock())
         async with lock:
-            cached = await asyncio.to_thread(self._cached, tenant_id, [contact.phone])  # another task asked?
-            hit = cached.get(contact.phone)
-            if hit is not None and is_fresh(Account(hit[0]), hit[1], now):
-                return Account(hit[0])
+            self._answers.pop((tenant_id, contact.phone), None)  # not fresh: read the table again
+            known = await self._known(tenant_id, contact.phone, now)  # another task or process asked?
+            if known is not None:
+                return known
             own = list(lookup_candidates(contact.phone))
             peers = await asyncio.to_thread(self._peers, contact, now, (LOOKUP_BATCH - len(own)) // 2)
             phones = [contact.phone]
@@ -160,6 +210,8 @@ class Recipient:
                 if all(c in answers for c in candidates) or any(answers.get(c) for c in candidates):
                     accounts[phone] = choose_account(candidates, answers)
             await asyncio.to_thread(self._remember, tenant_id, accounts, now)
+            for phone, account in accounts.items():
+                self._keep(tenant_id, phone, account.jid, now)
             return accounts.get(contact.phone)
 
     # ---- per-debtor cap ------------------------------------------------------------------------------
