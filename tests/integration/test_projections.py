@@ -419,6 +419,34 @@ def test_rebuild_gives_identical_views(container: Container, database_url: str) 
     assert position(database_url) == replayed
 
 
+def test_a_queue_completes_at_its_last_send_whatever_the_batches(
+    container: Container, database_url: str
+) -> None:
+    """Receipts after the last send move ``updated_at`` but never ``completed_at``: the live follower
+    (one event a batch) and a rebuild (everything in one batch) give the same row."""
+    store = container.store
+    gateway = {"base_url": "http://gw", "instance": "acme", "api_key": "k", "api_version": "v2"}
+    tenant = Tenant.register(tenant_id=uuid.uuid4(), name="ACME", gateway=gateway, policy={}, at=at(0))
+    store.save(tenant)
+    posted = post(tenant.id, accepted=2, when=at(10))
+    store.save(*posted.aggregates())
+    first, second = posted.contacts
+    send(first, at(20))
+    send(second, at(21))
+    store.save(first, second)
+    first.record_receipt(status="READ", reported_at=None, at=at(30))
+    second.record_receipt(status="DELIVERY_ACK", reported_at=None, at=at(31))
+    store.save(first, second)
+
+    project_pending(container, batch_size=1)
+    live = queue_row(database_url, posted.queue.id)
+    assert pick(live, "completed_at updated_at delivered read") == (
+        at(21) + timedelta(seconds=5), at(31), 2, 1,
+    )  # fmt: skip
+    rebuild_projections(container)
+    assert queue_row(database_url, posted.queue.id) == live
+
+
 def test_unappliable_events_are_recorded_and_skipped(container: Container, database_url: str) -> None:
     tenant_id = uuid.uuid4()
     first = post(tenant_id, accepted=2)

@@ -112,8 +112,10 @@ def test_the_images_entry_point_is_the_packages_console_script() -> None:
     assert (ROOT / "src" / "billing" / "sql" / "001_views.sql").exists()
     # the dashboard's vendor files the image copies are the ones scripts/assets copies
     assets = (ROOT / "scripts" / "assets").read_text()
-    for vendored in ("htmx.org/dist/htmx.min.js", "@picocss/pico/css/pico.min.css"):
+    for vendored in ("htmx.org/dist/htmx.min.js", "@picocss/pico/css/pico.min.css", "swagger-ui-dist"):
         assert vendored in assets and vendored in DOCKERFILE
+    for swagger in ("swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "swagger-ui.css"):
+        assert swagger in assets and swagger in DOCKERFILE
 
 
 def test_the_readme_says_how_to_start_it() -> None:

@@ -175,7 +175,7 @@ def create_app(container: Container) -> Litestar:
             version="1.0.0",
             path="/schema",
             description="WhatsApp billing reminders. Public endpoints: header X-Billing-API-Key; "
-            "admin endpoints: Authorization: Bearer <JWT>. Errors are {code, message, field}.",
+            "admin endpoints: `Authorization: Bearer <JWT>`. Errors are `{code, message, field}`.",
             components=Components(
                 security_schemes={
                     "ApiKey": SecurityScheme(

@@ -1,6 +1,6 @@
 """What the OpenAPI document says beyond the Structs: each operation's error answers (status, the real
 ``{code, message, field}`` schema and the codes it can carry), response headers, and the docs UI served
-from the ``swagger-ui-bundle`` package (no CDN).
+from the npm package ``swagger-ui-dist`` copied into the app (no CDN).
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import swagger_ui_bundle
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Example, OpenAPI, OpenAPIHeader, Operation, Reference, Schema
@@ -120,9 +119,14 @@ def swagger_plugin() -> SwaggerRenderPlugin:
     )
 
 
+SWAGGER_DIR = Path(__file__).resolve().parents[1] / "dashboard" / "static" / "vendor" / "swagger"
+"""Swagger UI 5's files (npm ``swagger-ui-dist``, pinned in package-lock.json, copied here by
+``scripts/assets``; package data of the wheel). Version 5 reads OpenAPI 3.1, the version litestar writes."""
+
+
 def assets_router() -> Any:
-    """The static files of Swagger UI, from the ``swagger-ui-bundle`` package, at :data:`ASSETS_PATH`."""
-    directory = Path(swagger_ui_bundle.swagger_ui_path)
+    """The static files of Swagger UI (:data:`SWAGGER_DIR`) at :data:`ASSETS_PATH`."""
+    directory = SWAGGER_DIR
     return create_static_files_router(
         path=ASSETS_PATH, directories=[directory], include_in_schema=False, name="swagger-assets"
     )

@@ -414,7 +414,11 @@ class ViewWriter:
         self._new.add(cid)
         self._touch_queue(e.queue_id, e.timestamp, contact=True)
 
-    def _update_contact(self, e: Any, *, dispatched: bool = False, **values: Any) -> None:
+    def _update_contact(
+        self, e: Any, *, dispatched: bool = False, receipt: bool = False, **values: Any
+    ) -> None:
+        """Apply ``values`` to the contact's row. ``receipt``: a delivery/read receipt or a reply, which
+        moves the queue's ``updated_at`` but is never the event that completed it."""
         current = self.contacts.get(e.originator_id)
         if current is None:
             raise NotApplicable(f"contact {e.originator_id} was never projected")
@@ -424,7 +428,7 @@ class ViewWriter:
         if current["status"] != before and current["status"] in FINAL_OUTCOMES:
             self._count_outcome(current["tenant_id"], e.timestamp, current["status"])
         self._changed.add(e.originator_id)
-        self._touch_queue(current["queue_id"], e.timestamp, contact=True, dispatched=dispatched)
+        self._touch_queue(current["queue_id"], e.timestamp, contact=not receipt, dispatched=dispatched)
 
     def _contact_added(self, e: Contact.Added) -> None:
         self._create_contact(e, phone=e.phone, status="pending")
@@ -477,17 +481,17 @@ class ViewWriter:
 
     def _contact_delivered(self, e: Contact.Delivered) -> None:
         self._count_first(e, "delivered_at", "delivered")
-        self._update_contact(e, delivered_at=e.timestamp)
+        self._update_contact(e, receipt=True, delivered_at=e.timestamp)
 
     def _contact_read(self, e: Contact.Read) -> None:
         self._count_first(e, "read_at", "read")
-        self._update_contact(e, read_at=e.timestamp)
+        self._update_contact(e, receipt=True, read_at=e.timestamp)
 
     def _contact_replied(self, e: Contact.Replied) -> None:
         current = self.contacts.get(e.originator_id)
         first = current["replied_at"] if current and current["replied_at"] is not None else e.timestamp
         self._count_first(e, "replied_at", "replied")
-        self._update_contact(e, replied_at=first)
+        self._update_contact(e, receipt=True, replied_at=first)
 
     def _count_first(self, e: Any, column: str, outcome: str) -> None:
         """Count ``outcome`` in ``outcome_counts`` the first time the contact's ``column`` is set (a
