@@ -258,6 +258,11 @@ async def test_new_campaign_upload_mapping_preview_and_send_through_the_ingestio
     assert lines[3].startswith("3;Sem Fone;123;rejeitada")
     search = await dash.client.get(f"/dashboard/campaigns/{campaign_id}/contacts", params={"q": "joão"})
     assert "João Lima" in search.text and "Maria" not in search.text
+    # Maria's phone (+5511987654321) typed the Brazilian way finds her by its digits
+    typed = await dash.client.get(
+        f"/dashboard/campaigns/{campaign_id}/contacts", params={"q": "(11) 98765-4321"}
+    )
+    assert "Maria Souza" in typed.text and "João Lima" not in typed.text
     overview = await dash.client.get("/dashboard/?days=1")
     assert re.search(r'id="total-rejected">1<', overview.text)
     # nothing sent yet: no receipts, and both rates are undefined (shown as a dash)
@@ -371,6 +376,9 @@ async def test_admin_invites_and_removes_a_user_whose_session_then_ends(dash: Da
         follow_redirects=False,
     )
     assert invited.status_code == 303
+    assert invited.headers["location"] == "/dashboard/users/?done=invited"
+    confirmed = await dash.client.get(invited.headers["location"])
+    assert 'id="notice">Usuário convidado: ele aparece na lista em instantes.<' in confirmed.text
     dash.project()
     other = Dash(
         AsyncTestClient(app=dash.client.app, base_url="http://testserver.local"),
@@ -395,7 +403,8 @@ async def test_admin_invites_and_removes_a_user_whose_session_then_ends(dash: Da
         assert (await other.login("bia@loja.example", "senha-da-bia-1")).status_code == 401
     dash.project()
     actions = await dash.client.get("/dashboard/users/")
-    assert "user.invite" in actions.text and "user.remove" in actions.text
+    assert "convidou um usuário <small>(user.invite)</small>" in actions.text
+    assert "removeu um usuário <small>(user.remove)</small>" in actions.text
 
 
 def test_billing_user_create_reads_the_password_from_stdin(database_url: str) -> None:

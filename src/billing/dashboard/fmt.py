@@ -98,9 +98,49 @@ def percent(value: float | None) -> str:
     return format_percent(value, "#,##0.0%", locale=LOCALE)
 
 
+ACTION_LABELS = {
+    "api_key.create": "criou uma chave de API",
+    "api_key.revoke": "revogou uma chave de API",
+    "campaign.send": "enviou uma campanha",
+    "queue.cancel": "cancelou uma fila",
+    "template.activate": "ativou um template",
+    "template.deactivate": "desativou um template",
+    "template.change": "alterou um template",
+    "template.create": "criou um template",
+    "template.default": "escolheu o template padrão",
+    "user.invite": "convidou um usuário",
+    "user.remove": "removeu um usuário",
+    "settings.hours": "alterou o horário comercial",
+    "settings.holidays": "alterou os feriados",
+    "settings.limits": "alterou os limites de envio",
+    "settings.gateway": "alterou o gateway do WhatsApp",
+}
+EVENT_LABELS = {
+    "added": "aceito no lote",
+    "rejected": "rejeitado",
+    "dispatched": "envio iniciado",
+    "sent": "enviado",
+    "failed": "falhou",
+    "skipped": "ignorado",
+    "deferred": "adiado",
+    "cancelled": "cancelado",
+    "delivered": "entregue",
+    "read": "lido",
+    "played": "reproduzido",
+    "replied": "respondido",
+}
+"""A contact's domain events (``billing.Contact.<Name>``, lower-cased) in the history page."""
+
+
 def label(value: str | None, table: str = "status") -> str:
-    """The Portuguese label of a status, template type or pause reason (the code itself when unknown)."""
-    labels = {"status": STATUS_LABELS, "type": TYPE_LABELS, "pause": PAUSE_LABELS, "error": ERROR_LABELS}[
-        table
-    ]
+    """The Portuguese label of a status, template type, pause reason, error code, admin action or contact
+    event (``table``); the code itself when unknown."""
+    labels = {
+        "status": STATUS_LABELS,
+        "type": TYPE_LABELS,
+        "pause": PAUSE_LABELS,
+        "error": ERROR_LABELS,
+        "action": ACTION_LABELS,
+        "event": EVENT_LABELS,
+    }[table]
     return labels.get(value or "", value or "")

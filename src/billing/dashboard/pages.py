@@ -85,10 +85,26 @@ async def page(request: Req, name: str, *, status_code: int = 200, **context: An
             "tenant": tenant,
             "tz": await _zone(request, user),
             "path": request.url.path,
+            "notice": _notice(request),
             **context,
         },
         status_code=status_code,
     )
+
+
+NOTICES = {
+    "invited": "Usuário convidado: ele aparece na lista em instantes.",
+    "removed": "Usuário removido.",
+}
+"""Confirmations shown after a redirect (``?done=<key>``; ``?saved=…``: "Alterações salvas.")."""
+
+
+def _notice(request: Req) -> str | None:
+    """The confirmation of the action that redirected here (a fixed text: nothing is echoed)."""
+    done = request.query_params.get("done")
+    if done in NOTICES:
+        return NOTICES[done]
+    return "Alterações salvas." if request.query_params.get("saved") else None
 
 
 async def _record(request: Req, action: str, target: str) -> None:
@@ -988,7 +1004,7 @@ class UsersController(Controller):
             )
         except DomainError as exc:
             return await self._page(request, status_code=422, error=_error(exc))
-        return Redirect("/dashboard/users/", status_code=303)
+        return Redirect("/dashboard/users/?done=invited", status_code=303)
 
     @post("/{user_id:uuid}/remove", opt=ADMIN)
     async def remove(self, request: Req, user_id: UUID) -> Response[Any]:
@@ -999,7 +1015,7 @@ class UsersController(Controller):
             raise
         except DomainError as exc:
             return await self._page(request, status_code=422, error=_error(exc))
-        return Redirect("/dashboard/users/", status_code=303)
+        return Redirect("/dashboard/users/?done=removed", status_code=303)
 
 
 class DocsController(Controller):

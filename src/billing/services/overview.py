@@ -151,7 +151,8 @@ class DashboardQueries:
         offset: int = 0,
     ) -> list[dict[str, Any]]:
         """A page of one campaign's contacts in request order, filtered by status and by a search text
-        found in the name, the phone as sent or its E.164 form."""
+        found in the name, the phone as sent or its E.164 form (a search with 4 or more digits also
+        matches those digits in the E.164 form, whatever punctuation it was typed with)."""
         sql = "SELECT * FROM campaign_contacts WHERE campaign_id = %s AND tenant_id = %s"
         params: list[Any] = [campaign_id, tenant_id]
         if status:
@@ -162,8 +163,11 @@ class DashboardQueries:
                 params.append(status)
         if search and search.strip():
             pattern = f"%{search.strip().translate(_LIKE_ESCAPE)}%"
-            sql += " AND (nome ILIKE %s OR telefone ILIKE %s OR phone ILIKE %s)"
-            params += [pattern, pattern, pattern]
+            # a phone typed as people write it, "(41) 98765-1122", is found by its digits in the E.164 form
+            digits = "".join(ch for ch in search if ch.isdigit())
+            by_digits = f"%{digits}%" if len(digits) >= 4 else pattern
+            sql += " AND (nome ILIKE %s OR telefone ILIKE %s OR phone ILIKE %s OR phone LIKE %s)"
+            params += [pattern, pattern, pattern, by_digits]
         sql += " ORDER BY idx LIMIT %s OFFSET %s"
         params += [max(1, min(limit, 10_000)), max(0, offset)]
         with self.pool.connection() as conn:

@@ -5,3 +5,18 @@ document.addEventListener("click", function (event) {
   var text = document.getElementById(button.dataset.copy).textContent.trim();
   navigator.clipboard.writeText(text).then(function () { button.textContent = "Copiada!"; });
 });
+
+// Phones: tables of class "stack" show each row as a card; label each cell with its column's header
+// (the contacts table writes its data-label itself).
+function labelStackedCells(root) {
+  for (const table of root.querySelectorAll("table.stack")) {
+    const heads = [...table.querySelectorAll("thead th")].map((th) => th.textContent.trim());
+    for (const row of table.querySelectorAll("tbody tr")) {
+      [...row.children].forEach((cell, i) => {
+        if (!cell.hasAttribute("data-label") && heads[i]) cell.setAttribute("data-label", heads[i]);
+      });
+    }
+  }
+}
+document.addEventListener("DOMContentLoaded", () => labelStackedCells(document));
+document.addEventListener("htmx:afterSwap", (event) => labelStackedCells(event.target));
