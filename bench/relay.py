@@ -115,7 +115,7 @@ async def run(url: str, contacts: int, runs: int) -> None:
             container.store.save(campaign, queue, *added)
         batch, _ = read_after(container.store.recorder, 0, contacts * 2, TOPICS)
         messages = [to_message(container.store.mapper, n, broker) for n in batch]
-        relay = OutboxRelay(container)
+        relay = OutboxRelay.of(container)
         relayed, raw = [], []
         for _ in range(runs):
             with container.pool.connection() as conn, conn.transaction():  # replay from the start

@@ -156,7 +156,7 @@ async def test_position_moves_only_after_the_confirm(
     batch = post(tenant_id, accepted=2)
     queue = broker.topology.queue_for("overdue", batch.queue.id)
     await save(container, *batch.aggregates())
-    relay = OutboxRelay(container, publisher=FlakyPublisher(broker.publisher(), failures=1))
+    relay = OutboxRelay.of(container, publisher=FlakyPublisher(broker.publisher(), failures=1))
 
     with pytest.raises(PublishError):
         await relay.publish_pending()
@@ -173,7 +173,7 @@ async def test_q04_restart_between_confirm_and_position_publishes_again(
 ) -> None:
     await save(container, *post(uuid.uuid4(), accepted=2).aggregates())
     with pytest.raises(RuntimeError, match="killed"):
-        await DyingRelay(container).publish_pending()
+        await DyingRelay.of(container).publish_pending()
     assert position(database_url, "relay") == 0
 
     assert await relay_pending(container) == 2  # the restarted relay publishes them again
@@ -203,7 +203,7 @@ async def test_an_undecodable_event_is_recorded_and_skipped(
 async def test_running_relay_retries_until_confirmed(container: Container, broker: Broker) -> None:
     flaky = FlakyPublisher(broker.publisher(), failures=3)
     stop = asyncio.Event()
-    task = asyncio.create_task(OutboxRelay(container, publisher=flaky).run(stop))
+    task = asyncio.create_task(OutboxRelay.of(container, publisher=flaky).run(stop))
     try:
         await save(container, *post(uuid.uuid4(), accepted=3).aggregates())
         recorder = await consume(broker, 3)

@@ -44,6 +44,7 @@ from billing.projections.tracking import load_position, record_error, save_posit
 
 if TYPE_CHECKING:
     from billing.bootstrap import Container
+    from billing.eventstore import EventStore
 
 log = logging.getLogger(__name__)
 
@@ -74,28 +75,51 @@ class OutboxRelay:
     """Publishes the ``Contact.Added`` notifications of one event store to one broker.
 
     Args:
-        container: supplies the event store, the views pool (``tracking``), the broker and settings.
-        publisher: the publisher to use (default: ``container.broker.publisher()``, made on first use).
+        store: the event store (its recorder is read, its mapper decodes the notifications).
+        pool: the views pool (the relay's ``tracking`` position and its ``projection_errors``).
+        broker: where the jobs go.
+        database_url: the database the follower LISTENs on for new notifications.
+        poll_interval_s: seconds between polls when no notification wakes the follower.
+        publisher: the publisher to use (default: ``broker.publisher()``, made on first use).
         batch_size: notifications per published batch, at most.
-
-    Raises:
-        ValueError: the container has no broker.
     """
 
     def __init__(
         self,
-        container: Container,
+        store: EventStore,
+        pool: ViewsPool,
+        broker: Broker,
         *,
+        database_url: str,
+        poll_interval_s: float,
         publisher: Publisher | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
-        if container.broker is None:
-            raise ValueError("the relay needs a broker")
-        self.container = container
-        self.broker: Broker = container.broker
-        self.pool: ViewsPool = container.pool
+        self.store = store
+        self.pool = pool
+        self.broker = broker
+        self.database_url = database_url
+        self.poll_interval_s = poll_interval_s
         self.batch_size = batch_size
         self._publisher = publisher
+
+    @classmethod
+    def of(cls, container: Container, *, publisher: Publisher | None = None) -> OutboxRelay:
+        """The relay of a process's container (the composition root's parts and settings).
+
+        Raises:
+            ValueError: the container has no broker.
+        """
+        if container.broker is None:
+            raise ValueError("the relay needs a broker")
+        return cls(
+            container.store,
+            container.pool,
+            container.broker,
+            database_url=container.settings.database_url,
+            poll_interval_s=container.settings.poll_interval_s,
+            publisher=publisher,
+        )
 
     @property
     def publisher(self) -> Publisher:
@@ -116,7 +140,7 @@ class OutboxRelay:
         failures: list[tuple[Notification, BaseException]] = []
         for notification in batch:
             try:
-                messages.append(to_message(self.container.store.mapper, notification, self.broker))
+                messages.append(to_message(self.store.mapper, notification, self.broker))
             except Exception as exc:
                 failures.append((notification, exc))
         await metrics.timed_publish(self.publisher.publish(messages), len(messages))  # after every confirm
@@ -144,7 +168,7 @@ class OutboxRelay:
         published = 0
         while True:
             batch, upto = await asyncio.to_thread(
-                read_after, self.container.store.recorder, position, self.batch_size, TOPICS
+                read_after, self.store.recorder, position, self.batch_size, TOPICS
             )
             if upto <= position:
                 return published
@@ -153,16 +177,15 @@ class OutboxRelay:
 
     def follower(self) -> NotificationFollower:
         """The notification-log follower that drives :meth:`handle_batch` (LISTEN + poll, backoff)."""
-        settings = self.container.settings
         return NotificationFollower(
             name=RELAY,
-            recorder=self.container.store.recorder,
-            database_url=settings.database_url,
+            recorder=self.store.recorder,
+            database_url=self.database_url,
             load_position=self.load_position,
             handle_batch=self.handle_batch,
             topics=TOPICS,
             batch_size=self.batch_size,
-            poll_interval_s=settings.poll_interval_s,
+            poll_interval_s=self.poll_interval_s,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -181,7 +204,7 @@ async def run_relay(container: Container, stop: asyncio.Event) -> None:
     Raises:
         ValueError: the container has no broker.
     """
-    await OutboxRelay(container).run(stop)
+    await OutboxRelay.of(container).run(stop)
 
 
 async def relay_pending(container: Container) -> int:
@@ -191,4 +214,4 @@ async def relay_pending(container: Container) -> int:
         ValueError: the container has no broker.
         PublishError: the broker did not confirm a batch (the position stays before it).
     """
-    return await OutboxRelay(container).publish_pending()
+    return await OutboxRelay.of(container).publish_pending()

@@ -53,6 +53,7 @@ from billing.projections.writers import CONTACT_CREATE_TOPICS, CONTACT_UPDATE_TO
 
 if TYPE_CHECKING:
     from billing.bootstrap import Container
+    from billing.eventstore import EventStore
 
 log = logging.getLogger(__name__)
 
@@ -243,10 +244,16 @@ def rebuild_projections(
 
 
 def projection_follower(
-    container: Container, *, batch_size: int = DEFAULT_BATCH_SIZE
+    store: EventStore,
+    pool: ViewsPool,
+    *,
+    database_url: str,
+    poll_interval_s: float,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> NotificationFollower:
-    """The :class:`NotificationFollower` of the projection (its ``position``/``listening`` serve health)."""
-    store, pool = container.store, container.pool
+    """The :class:`NotificationFollower` of the projection over ``store``'s notification log, writing
+    the views of ``pool``; it LISTENs on ``database_url`` and polls every ``poll_interval_s`` seconds
+    (its ``position``/``listening`` serve health)."""
 
     async def load() -> int:
         return await asyncio.to_thread(load_position, pool, PROJECTION)
@@ -260,15 +267,22 @@ def projection_follower(
     return NotificationFollower(
         name=PROJECTION,
         recorder=store.recorder,
-        database_url=container.settings.database_url,
+        database_url=database_url,
         load_position=load,
         handle_batch=handle,
         batch_size=batch_size,
-        poll_interval_s=container.settings.poll_interval_s,
+        poll_interval_s=poll_interval_s,
     )
 
 
 async def run_projections(container: Container, stop: asyncio.Event) -> None:
     """Run the projection until ``stop`` is set (``billing projections``). Never returns on an error:
     failures are logged and retried with backoff (see the module docstring)."""
-    await projection_follower(container).run(stop)
+    settings = container.settings
+    follower = projection_follower(
+        container.store,
+        container.pool,
+        database_url=settings.database_url,
+        poll_interval_s=settings.poll_interval_s,
+    )
+    await follower.run(stop)
