@@ -87,7 +87,7 @@ def test_template_editor_previews_live_and_refuses_a_malformed_template(page: Pa
     tenant = site.tenant()
     login(page, site, tenant.admin)
     page.get_by_role("link", name="Templates").click()
-    page.get_by_role("link", name="Cobrança em atraso (padrão)").click()
+    page.get_by_role("link", name="Cobrança em atraso").click()
     expect(page.locator("#preview .variation-preview").first).to_contain_text("Maria Souza")
     first = page.get_by_label("Variação 1", exact=True)
     original = first.input_value()

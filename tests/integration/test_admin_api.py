@@ -37,9 +37,9 @@ GATEWAY = {"base_url": "http://sim", "instance": "demo", "api_key": "gw-secret-k
 # of the 15th is 6 days overdue in the tenant's zone (7 by the UTC date).
 NOW = datetime(2025, 1, 22, 1, 30, tzinfo=UTC)
 DEFAULT_NAMES = {
-    "overdue": "Cobrança em atraso (padrão)",
-    "upcoming": "Fatura a vencer (padrão)",
-    "notification": "Aviso (padrão)",
+    "overdue": "Cobrança em atraso",
+    "upcoming": "Fatura a vencer",
+    "notification": "Aviso",
 }
 
 

@@ -56,6 +56,12 @@ ERROR_LABELS = {
     "not_on_whatsapp": "o número não tem WhatsApp",
     "template_error": "erro de sintaxe no template",
     "opted_out": "o cliente pediu para não receber",
+    "template_type_mismatch": "o template escolhido é de outro tipo de envio",
+    "template_inactive": "o template escolhido está desativado",
+    "template_not_found": "template não encontrado",
+    "no_active_template": "não há template ativo para este tipo",
+    "country_not_allowed": "país não permitido para este cliente",
+    "due_date_out_of_range": "data de vencimento fora do intervalo aceito",
 }
 
 

@@ -871,7 +871,11 @@ class SettingsController(Controller):
                     return await self._page(
                         request,
                         status_code=422,
-                        error={"message": f"{line.strip()}: {exc.message}", "field": "extra_dates"},
+                        error={
+                            "message": f"«{line.strip()}» não é uma data válida (use dd/mm/aaaa)",
+                            "field": "datas próprias",
+                            "code": exc.code,
+                        },
                         section="holidays",
                     )
         tenant = await _tenant(request, current_user(request))

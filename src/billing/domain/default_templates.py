@@ -10,7 +10,7 @@ from billing.domain.types import TemplateType
 
 DEFAULT_TEMPLATES: dict[TemplateType, tuple[str, str, list[str]]] = {
     TemplateType.OVERDUE: (
-        "Cobrança em atraso (padrão)",
+        "Cobrança em atraso",
         "Lembrete de fatura vencida",
         [
             "Olá, {{nome_cliente}}! Identificamos que a fatura de {{valor}}, com vencimento em "
@@ -22,7 +22,7 @@ DEFAULT_TEMPLATES: dict[TemplateType, tuple[str, str, list[str]]] = {
         ],
     ),
     TemplateType.UPCOMING: (
-        "Fatura a vencer (padrão)",
+        "Fatura a vencer",
         "Lembrete antes do vencimento",
         [
             "Olá, {{nome_cliente}}! {{#if vence_hoje}}Sua fatura de {{valor}} vence hoje "
@@ -35,7 +35,7 @@ DEFAULT_TEMPLATES: dict[TemplateType, tuple[str, str, list[str]]] = {
         ],
     ),
     TemplateType.NOTIFICATION: (
-        "Aviso (padrão)",
+        "Aviso",
         "Aviso geral",
         [
             "Olá, {{nome_cliente}}! {{#if mensagem}}{{mensagem}}{{else}}Temos um aviso importante sobre "

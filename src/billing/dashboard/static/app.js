@@ -20,3 +20,21 @@ function labelStackedCells(root) {
 }
 document.addEventListener("DOMContentLoaded", () => labelStackedCells(document));
 document.addEventListener("htmx:afterSwap", (event) => labelStackedCells(event.target));
+
+// New campaign: the template list offers only the templates of the chosen type.
+function filterTemplates() {
+  const type = document.getElementById("template_type");
+  const choice = document.getElementById("template_id");
+  if (!type || !choice) return;
+  for (const group of choice.querySelectorAll("optgroup")) {
+    const match = [...group.querySelectorAll("option")].some((o) => o.dataset.type === type.value);
+    group.hidden = !match;
+    group.disabled = !match;
+  }
+  const picked = choice.selectedOptions[0];
+  if (picked && picked.dataset.type && picked.dataset.type !== type.value) choice.value = "";
+}
+document.addEventListener("DOMContentLoaded", filterTemplates);
+document.addEventListener("change", (event) => {
+  if (event.target.id === "template_type") filterTemplates();
+});
