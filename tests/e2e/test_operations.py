@@ -31,15 +31,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from billing.bootstrap import build_container
 from billing.cli_errors import SHUTDOWN_GRACE_S
 from billing.domain.policy import default_policy_spec
 from billing.gateway.simulator import EvolutionSimulator
 from billing.outbox.broker import Topology
-from billing.projections.views import project_pending
 from billing.services.clock import ScaledClock
-from billing.services.tenants import TenantService
-from billing.settings import Settings
 from tests.e2e.test_processes import (
     BASE,
     BILLING,
@@ -51,6 +47,7 @@ from tests.e2e.test_processes import (
     Stack,
     World,
     free_port,
+    make_tenant,
     phone,
     poll_status,
     process_env,
@@ -117,22 +114,7 @@ def launch_stack(
     prefix: str,
 ) -> tuple[MetricStack, dict[str, str]]:
     """A tenant on the simulator, and the five processes started (with metrics ports) and ready."""
-    container = build_container(
-        Settings.from_env({}, database_url=database_url, broker_prefix=prefix), clock=clock
-    )
-    try:
-        tenants = TenantService(container.store, clock)
-        gateway = {
-            "base_url": simulator.url,
-            "instance": INSTANCE,
-            "api_key": GATEWAY_KEY,
-            "api_version": "v2",
-        }
-        tenant_id = tenants.create_tenant(name="Loja", gateway=gateway, policy=OPEN_POLICY)
-        api_key = tenants.issue_api_key(tenant_id, "erp")
-        project_pending(container)
-    finally:
-        asyncio.run(container.aclose())
+    _, api_key = make_tenant(database_url, prefix, clock, simulator.url, OPEN_POLICY)
     api_port = free_port()
     env = process_env(
         database_url=database_url, amqp_url=amqp_url, prefix=prefix, clock=clock, api_port=api_port

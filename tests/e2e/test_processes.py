@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -82,6 +83,24 @@ class SimulatorServer:
     def stop(self) -> None:
         self.sim.shutdown()
         self._thread.join(timeout=10)
+
+
+def make_tenant(
+    database_url: str, prefix: str, clock: ScaledClock, gateway_url: str, policy: dict[str, Any]
+) -> tuple[UUID, str]:
+    """A tenant "Loja" on the simulator's instance at ``gateway_url`` with ``policy``, and its ERP's API
+    key, projected (the templates are in the views before the first POST)."""
+    settings = Settings.from_env({}, database_url=database_url, broker_prefix=prefix)
+    container = build_container(settings, clock=clock)
+    try:
+        tenants = TenantService(container.store, clock)
+        gateway = {"base_url": gateway_url, "instance": INSTANCE, "api_key": GATEWAY_KEY, "api_version": "v2"}
+        tenant_id = tenants.create_tenant(name="Loja", gateway=gateway, policy=policy)
+        api_key = tenants.issue_api_key(tenant_id, "erp")
+        project_pending(container)
+    finally:
+        asyncio.run(container.aclose())
+    return tenant_id, api_key
 
 
 def process_env(
@@ -225,21 +244,7 @@ def launch(database_url: str, amqp_url: str, tmp_path: Path) -> Iterator[Any]:
     stacks: list[Stack] = []
 
     def start(clock: ScaledClock, policy: dict[str, Any], workers: int = 2) -> World:
-        settings = Settings.from_env({}, database_url=database_url, broker_prefix=prefix)
-        container = build_container(settings, clock=clock)
-        try:
-            tenants = TenantService(container.store, clock)
-            gateway = {
-                "base_url": simulator.url,
-                "instance": INSTANCE,
-                "api_key": GATEWAY_KEY,
-                "api_version": "v2",
-            }
-            tenant_id = tenants.create_tenant(name="Loja", gateway=gateway, policy=policy)
-            api_key = tenants.issue_api_key(tenant_id, "erp")
-            project_pending(container)  # the templates are in the views before the first POST
-        finally:
-            asyncio.run(container.aclose())
+        _, api_key = make_tenant(database_url, prefix, clock, simulator.url, policy)
         api_port = free_port()
         env = process_env(
             database_url=database_url, amqp_url=amqp_url, prefix=prefix, clock=clock, api_port=api_port

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import date
 from typing import Any, Protocol
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
@@ -109,6 +110,32 @@ def _rejection(outcome: RejectedContact) -> dict[str, Any]:
     }
 
 
+def screen_batch(
+    request: BatchRequest,
+    path_type: TemplateType,
+    templates: Any,
+    allowed_countries: frozenset[str],
+    today: date,
+) -> list[Any]:
+    """Every contact of ``request`` screened (:func:`billing.domain.ingestion.screen_contact`, ``today``
+    the tenant's local date) in request order, then the repeated phones rejected unless the request
+    allows them: one ``AcceptedContact`` or ``RejectedContact`` per contact."""
+    outcomes = [
+        screen_contact(
+            raw,
+            index=index,
+            template_type=path_type,
+            templates=templates,
+            allowed_countries=allowed_countries,
+            today=today,
+        )
+        for index, raw in enumerate(request.contacts)
+    ]
+    if not request.allow_duplicate_phones:
+        outcomes = reject_duplicate_phones(outcomes)
+    return outcomes
+
+
 def request_hash(request: BatchRequest) -> str:
     """SHA-256 of the canonical JSON of a request (sorted keys)."""
     return hashlib.sha256(msgspec.json.encode(request, order="sorted")).hexdigest()
@@ -198,19 +225,7 @@ class IngestService:
         now = self.clock.now()
         policy = self._tenant_policy(tenant_id)
         today = now.astimezone(policy.calendar.tz).date()
-        outcomes = [
-            screen_contact(
-                raw,
-                index=index,
-                template_type=path_type,
-                templates=templates,
-                allowed_countries=policy.allowed_countries,
-                today=today,
-            )
-            for index, raw in enumerate(request.contacts)
-        ]
-        if not request.allow_duplicate_phones:
-            outcomes = reject_duplicate_phones(outcomes)
+        outcomes = screen_batch(request, path_type, templates, policy.allowed_countries, today)
         contacts: list[Contact] = []
         rejections: list[dict[str, Any]] = []
         for index, outcome in enumerate(outcomes):
@@ -312,19 +327,7 @@ class IngestService:
         rejections: list[dict[str, Any]] = []
         texts: list[dict[str, Any]] = []
         ordinal = 0
-        outcomes = [
-            screen_contact(
-                raw,
-                index=index,
-                template_type=path_type,
-                templates=parsed,
-                allowed_countries=policy.allowed_countries,
-                today=today,
-            )
-            for index, raw in enumerate(request.contacts)
-        ]
-        if not request.allow_duplicate_phones:
-            outcomes = reject_duplicate_phones(outcomes)
+        outcomes = screen_batch(request, path_type, parsed, policy.allowed_countries, today)
         for index, outcome in enumerate(outcomes):
             if not isinstance(outcome, AcceptedContact):
                 rejections.append(_rejection(outcome))
