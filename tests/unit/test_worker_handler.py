@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -82,7 +83,17 @@ class FakeLedger:
 
 
 class FakeRenderer:
+    """``held``: the template is in memory (``ready``); ``threads`` names the thread of each render."""
+
+    def __init__(self) -> None:
+        self.held = True
+        self.threads: list[str] = []
+
+    def ready(self, contact: Contact) -> bool:
+        return self.held
+
     def render(self, contact: Contact, *, now: datetime, tz: ZoneInfo) -> Rendered:
+        self.threads.append(threading.current_thread().name)
         return Rendered(
             text=f"Olá {contact.fields['nome']}", template_id=UUID(int=9), template_version=1, variation=0
         )
@@ -166,11 +177,12 @@ class Fakes:
         self.health = FakeHealth()
         self.gateway = FakeGateway()
         self.recipient = FakeRecipient()
+        self.renderer = FakeRenderer()
         self.handler = JobHandler(
             store=self.store,
             tenants=TenantCache(self.store, ttl_s=0),
             ledger=self.ledger,
-            renderer=FakeRenderer(),
+            renderer=self.renderer,
             health=self.health,
             gateways=self.gateway,
             clock=self.clock,
@@ -237,6 +249,16 @@ async def test_a_due_contact_is_claimed_at_its_arrival_sent_with_its_pause_and_r
     contact = fakes.contact(0)
     assert (contact.status, contact.attempts) == (ContactStatus.SENT, 1)
     assert (delivery.settled, fakes.health.successes) == ("ack", 1)
+
+
+async def test_a_held_template_renders_on_the_event_loop_else_in_a_thread() -> None:
+    fakes = Fakes(pause_min_s=0, pause_max_s=0)
+    await fakes.handler(FakeDelivery(fakes.job(0)))
+    fakes.renderer.held = False
+    await fakes.handler(FakeDelivery(fakes.job(1)))
+    loop_thread = threading.current_thread().name
+    assert fakes.renderer.threads[0] == loop_thread and fakes.renderer.threads[1] != loop_thread
+    assert [text for _, text, _ in fakes.gateway.calls] == ["Olá Cliente 0", "Olá Cliente 1"]
 
 
 async def test_a_full_minute_defers_without_calling_the_gateway() -> None:

@@ -113,6 +113,7 @@ class RendererPort(Protocol):
     """What the handler uses of :class:`~billing.worker.rendering.Renderer`."""
 
     def render(self, contact: Contact, *, now: datetime, tz: ZoneInfo) -> Rendered: ...
+    def ready(self, contact: Contact) -> bool: ...
 
 
 class HealthPort(Protocol):
@@ -479,7 +480,12 @@ class JobHandler:
         policy = tenant.sending_policy
         base: dict[str, Any] = {"attempt": attempt, "phone": mask_phone(contact.phone or "")}
         try:
-            rendered = await asyncio.to_thread(self.renderer.render, contact, now=now, tz=policy.calendar.tz)
+            if self.renderer.ready(contact):  # the template is held: no I/O, no thread hand-off
+                rendered = self.renderer.render(contact, now=now, tz=policy.calendar.tz)
+            else:
+                rendered = await asyncio.to_thread(
+                    self.renderer.render, contact, now=now, tz=policy.calendar.tz
+                )
         except RenderError as exc:
             await asyncio.to_thread(self.ledger.release, ledger_id)  # nothing reached the gateway
             settlement = settle_render_error(

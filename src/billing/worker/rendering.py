@@ -92,6 +92,13 @@ class Renderer:
             self._active[key] = (now, result)
         return result
 
+    def ready(self, contact: Contact) -> bool:
+        """True when rendering ``contact`` reads nothing: its template's active variations are held and
+        fresh (the handler then renders on the event loop instead of handing the call to a thread)."""
+        key = (contact.tenant_id, contact.template_type, getattr(contact, "template_id", None))
+        cached = self._active.get(key)
+        return cached is not None and time.monotonic() - cached[0] < self.ttl_s
+
     def _read_active(
         self, tenant_id: UUID, template_type: str, template_id: UUID | None
     ) -> list[tuple[UUID, int, int, Template]]:
