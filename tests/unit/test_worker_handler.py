@@ -13,6 +13,7 @@ import asyncio
 import random
 import threading
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -144,9 +145,30 @@ class FakeRecipient:
 
     def __init__(self) -> None:
         self.facts = RecipientFacts(opted_out=False, account=None, cap=CapDecision(allowed=True))
+        self.known = True
+        """False: ``gather_known`` answers None (a lookup call is needed)."""
+        self.calls: list[str] = []
 
     async def gather(self, contact: Contact, client: Any, calendar: Any, now: datetime) -> RecipientFacts:
+        self.calls.append("gather")
         return self.facts
+
+    def gather_known(self, contact: Contact, calendar: Any, now: datetime) -> RecipientFacts | None:
+        self.calls.append("gather_known")
+        return self.facts if self.known else None
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """The event loop's default executor, counting the thread hand-offs (``asyncio.to_thread``)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=4)
+        self.handoffs: list[str] = []
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        inner = getattr(fn, "args", (fn,))[0]  # asyncio.to_thread submits partial(context.run, inner, ...)
+        self.handoffs.append(getattr(inner, "__qualname__", repr(inner)))
+        return super().submit(fn, *args, **kwargs)
 
 
 class FakeDelivery:
@@ -259,6 +281,27 @@ async def test_a_held_template_renders_on_the_event_loop_else_in_a_thread() -> N
     loop_thread = threading.current_thread().name
     assert fakes.renderer.threads[0] == loop_thread and fakes.renderer.threads[1] != loop_thread
     assert [text for _, text, _ in fakes.gateway.calls] == ["Olá Cliente 0", "Olá Cliente 1"]
+
+
+async def test_a_send_hands_off_the_recipient_and_the_throttle_to_one_thread_call() -> None:
+    fakes = Fakes(pause_min_s=0, pause_max_s=0)
+    executor = CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+    await fakes.handler(FakeDelivery(fakes.job(0)))
+    read, tenant, save = "load_both.<locals>.read", "get_owned", "GroupCommitter._one_by_one"  # a lone save
+    assert executor.handoffs == [
+        read, tenant, "FakeLedger.blocked_generation", "JobHandler._recipient_then_throttle", save, save
+    ]  # fmt: skip
+    assert fakes.recipient.calls == ["gather_known"]
+    executor.handoffs.clear()
+    fakes.recipient.known = False  # a lookup call is needed: gathered on the loop, then the throttle alone
+    await fakes.handler(FakeDelivery(fakes.job(1)))
+    assert executor.handoffs == [  # the block is cached now
+        read, tenant, "JobHandler._recipient_then_throttle", "JobHandler._throttle_step", save, save
+    ]  # fmt: skip
+    assert fakes.recipient.calls == ["gather_known", "gather_known", "gather"]
+    assert [fakes.contact(i).status for i in (0, 1)] == [ContactStatus.SENT, ContactStatus.SENT]
+    assert len(fakes.ledger.rows) == 2
 
 
 async def test_a_full_minute_defers_without_calling_the_gateway() -> None:

@@ -143,11 +143,21 @@ class GatewayClient(Protocol):
 
 
 class RecipientPort(Protocol):
-    """Gathers the facts about the person (:class:`billing.worker.recipient.Recipient`)."""
+    """Gathers the facts about the person (:class:`billing.worker.recipient.Recipient`): ``gather`` on the
+    event loop (it may call the gateway's lookup), ``gather_known`` blocking, in a thread (None when only
+    a lookup call can tell)."""
 
     async def gather(
         self, contact: Contact, client: Any, calendar: BusinessCalendar, now: datetime
     ) -> RecipientFacts: ...
+    def gather_known(
+        self, contact: Contact, calendar: BusinessCalendar, now: datetime
+    ) -> RecipientFacts | None: ...
+
+
+_Step = tuple[JobFacts, Decision, bool, int | None]
+"""A gather step done in a thread: the facts, the decision on them, whether the throttle step ran (its
+decision is then final for this job), and the ledger grant of a CLAIM."""
 
 
 class GatewayFactory(Protocol):
@@ -333,16 +343,43 @@ class JobHandler:
         decision = decide(facts)
         while decision.action is Action.GATHER:
             assert tenant is not None and decision.need is not None
-            if decision.need is Need.THROTTLE:
-                decision, ledger_id = await asyncio.to_thread(self._decide_under_lock, facts, tenant)
-                if decision.action is Action.CLAIM:
-                    assert contact is not None and queue is not None and ledger_id is not None
-                    await self._side_effects(decision, queue, tenant, facts.now)
-                    return await self._claim_and_send(decision, contact, tenant, ledger_id)
-                break
-            facts = await self._gather(decision.need, facts, tenant)
-            decision = decide(facts)
+            step: _Step | None = None
+            if decision.need is Need.RECIPIENT:  # and, when it comes next, the throttle: one hand-off
+                step = await asyncio.to_thread(self._recipient_then_throttle, facts, tenant)
+            elif decision.need is Need.THROTTLE:
+                step = await asyncio.to_thread(self._throttle_step, facts, tenant)
+            if step is None:
+                facts = await self._gather(decision.need, facts, tenant)
+                decision = decide(facts)
+                continue
+            facts, decision, throttled, ledger_id = step
+            if not throttled:
+                continue
+            if decision.action is Action.CLAIM:
+                assert contact is not None and queue is not None and ledger_id is not None
+                await self._side_effects(decision, queue, tenant, facts.now)
+                return await self._claim_and_send(decision, contact, tenant, ledger_id)
+            break
         return await self._execute(decision, facts, tenant)
+
+    def _recipient_then_throttle(self, facts: JobFacts, tenant: Tenant) -> _Step | None:
+        """In a thread: the recipient's facts when no gateway lookup is needed
+        (:meth:`~billing.worker.recipient.Recipient.gather_known`), the decision on them and, when that
+        asks for the throttle next, the throttle step too — two gather steps for one hand-off. None: the
+        recipient needs a lookup call (the caller gathers on the event loop)."""
+        assert facts.contact is not None
+        recipient = self.recipient.gather_known(facts.contact, tenant.sending_policy.calendar, facts.now)
+        if recipient is None:
+            return None
+        facts = replace(facts, recipient=recipient)
+        decision = decide(facts)
+        if decision.action is Action.GATHER and decision.need is Need.THROTTLE:
+            return self._throttle_step(facts, tenant)
+        return facts, decision, False, None
+
+    def _throttle_step(self, facts: JobFacts, tenant: Tenant) -> _Step:
+        decision, ledger_id = self._decide_under_lock(facts, tenant)
+        return facts, decision, True, ledger_id
 
     async def _gather(self, need: Need, facts: JobFacts, tenant: Tenant) -> JobFacts:
         if need is Need.RECIPIENT:
