@@ -1,6 +1,6 @@
 """``Renderer.ready``: true once a contact's template variations are held and fresh (then the handler
-renders without a thread hand-off), false before the first read and with ``ttl_s = 0``. A fake pool
-stands in for the views."""
+renders without a thread hand-off), false before the first read and with ``ttl_s = 0``; a template read
+whose connection died is read once more. A fake pool stands in for the views."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid4
 from zoneinfo import ZoneInfo
+
+import psycopg
 
 from billing.domain.contact import Contact
 from billing.worker.rendering import Renderer
@@ -31,6 +33,9 @@ class FakeCursor:
 
     def execute(self, query: str, params: Any) -> FakeCursor:
         self.pool.reads += 1
+        if self.pool.drop_next:
+            self.pool.drop_next = False
+            raise psycopg.OperationalError("terminating connection due to administrator command")
         return self
 
     def fetchone(self) -> dict[str, Any]:
@@ -40,6 +45,7 @@ class FakeCursor:
 class FakePool:
     def __init__(self) -> None:
         self.reads = 0
+        self.drop_next = False
 
     @contextmanager
     def connection(self) -> Iterator[Any]:
@@ -91,3 +97,11 @@ def test_never_ready_without_a_cache() -> None:
     one = contact()
     renderer.render(one, now=NOW, tz=ZoneInfo("America/Sao_Paulo"))
     assert renderer.ready(one) is False and pool.reads == 1
+
+
+def test_a_template_read_whose_connection_died_is_read_once_more() -> None:
+    pool = FakePool()
+    pool.drop_next = True
+    renderer = Renderer(pool, ttl_s=60)  # type: ignore[arg-type]
+    rendered = renderer.render(contact(), now=NOW, tz=ZoneInfo("America/Sao_Paulo"))
+    assert (rendered.text, pool.reads) == ("Aviso.", 2)

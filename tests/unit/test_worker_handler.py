@@ -89,12 +89,16 @@ class FakeRenderer:
     def __init__(self) -> None:
         self.held = True
         self.threads: list[str] = []
+        self.fail_next: Exception | None = None
 
     def ready(self, contact: Contact) -> bool:
         return self.held
 
     def render(self, contact: Contact, *, now: datetime, tz: ZoneInfo) -> Rendered:
         self.threads.append(threading.current_thread().name)
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
         return Rendered(
             text=f"Olá {contact.fields['nome']}", template_id=UUID(int=9), template_version=1, variation=0
         )
@@ -302,6 +306,20 @@ async def test_a_send_hands_off_the_recipient_and_the_throttle_to_one_thread_cal
     assert fakes.recipient.calls == ["gather_known", "gather_known", "gather"]
     assert [fakes.contact(i).status for i in (0, 1)] == [ContactStatus.SENT, ContactStatus.SENT]
     assert len(fakes.ledger.rows) == 2
+
+
+async def test_a_failure_between_claim_and_call_gives_the_claim_and_grant_back_at_once() -> None:
+    fakes = Fakes(pause_min_s=0, pause_max_s=0)
+    fakes.renderer.fail_next = ConnectionError("terminating connection due to administrator command")
+    first = FakeDelivery(fakes.job(0))
+    await fakes.handler(first)
+    contact = fakes.contact(0)
+    assert (first.settled, fakes.gateway.calls, fakes.ledger.rows) == ("requeue", [], {})
+    assert (contact.status, contact.attempts, contact.not_before) == (ContactStatus.PENDING, 0, MONDAY_10)
+    again = FakeDelivery(fakes.job(0))  # the redelivery sends it at once, not after the lease
+    await fakes.handler(again)
+    assert (again.settled, [text for _, text, _ in fakes.gateway.calls]) == ("ack", ["Olá Cliente 0"])
+    assert fakes.contact(0).status is ContactStatus.SENT
 
 
 async def test_a_full_minute_defers_without_calling_the_gateway() -> None:

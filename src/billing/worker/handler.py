@@ -80,6 +80,8 @@ log = structlog.get_logger(__name__)
 
 SAVE_ATTEMPTS = 3
 """Version conflicts tolerated while storing one outcome (each reloads the contact and re-applies it)."""
+CLAIM_GIVEN_BACK = "claim_given_back"
+"""The ``Deferred`` reason of a claim given back after a failure before its gateway call."""
 SAVE_SAFETY_S = 5.0
 """Transient save failures are retried until this many real seconds before the claim's lease ends: past
 the lease the scheduler republishes the contact and another worker would send the message again."""
@@ -535,6 +537,11 @@ class JobHandler:
                 now=now,
             )
             return await self._record(contact, settlement, None, now, base)
+        except Exception:
+            # the template read failed (database gone): nothing reached the gateway, so the claim and its
+            # grant are given back at once — else the contact would wait for its lease to end
+            await self._release_claim(contact, ledger_id, base)
+            raise
         assert contact.gateway_number is not None
         typing = decision.typing_ms
         if not call_fits_lease(
@@ -613,16 +620,31 @@ class JobHandler:
             tripped_until=tripped_until,
         )
 
-    async def _give_back(self, contact: Contact, base: dict[str, Any]) -> Result:
+    async def _give_back(
+        self, contact: Contact, base: dict[str, Any], *, reason: str = Handled.LEASE_TOO_SHORT.value
+    ) -> Result:
         """Release a claim that is too late to use (``Deferred`` until now, not an attempt). If another
         worker claimed the contact meanwhile, that worker owns it and nothing is written."""
         now = self.clock.now()
         try:
-            contact.defer(reason=Handled.LEASE_TOO_SHORT.value, not_before=now, at=now)
+            contact.defer(reason=reason, not_before=now, at=now)
             await self.saves.save(contact)
         except (Conflict, IntegrityError):
             return Result(Handled.CLAIMED_ELSEWHERE, **base)
         return Result(Handled.LEASE_TOO_SHORT, **base)
+
+    async def _release_claim(self, contact: Contact, ledger_id: int, base: dict[str, Any]) -> None:
+        """After a failure between the claim and the gateway call: give the grant and the claim back
+        (``Deferred`` ``claim_given_back`` until now), best effort — what cannot be written now is freed
+        by the lease's end, as before."""
+        try:
+            await asyncio.to_thread(self.ledger.release, ledger_id)
+        except Exception:
+            log.warning("grant_release_failed", exc_info=True)
+        try:
+            await self._give_back(contact, base, reason=CLAIM_GIVEN_BACK)
+        except Exception:
+            log.warning("claim_give_back_failed", exc_info=True)
 
     async def _record(
         self,
