@@ -107,15 +107,18 @@ def build_handler(
 ) -> JobHandler:
     """The worker's job handler over the container's store, pool, clock and HTTP client. Tenants, active
     templates, gateway blocks and engagement settings are reused for ``cache_ttl_s`` real seconds (0:
-    read every time)."""
+    read every time); the contacts' saves are grouped with ``BILLING_SAVE_LINGER_MS``."""
+    from billing.worker.groupcommit import GroupCommitter
     from billing.worker.handler import JobHandler, TenantCache
     from billing.worker.health import GatewayHealth
     from billing.worker.ledger import SendLedger, margin_for
     from billing.worker.recipient import Recipient
     from billing.worker.rendering import Renderer
 
+    linger_s = container.settings.save_linger_ms / 1000
     return JobHandler(
         store=container.store,
+        saves=GroupCommitter.for_store(container.store, linger_s=linger_s),
         tenants=TenantCache(container.store, ttl_s=cache_ttl_s),
         ledger=SendLedger(container.pool, margin=margin_for(container.clock)),
         renderer=Renderer(container.pool, ttl_s=cache_ttl_s),

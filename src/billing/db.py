@@ -16,6 +16,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from billing.eventstore import open_event_store
+from billing.pgcheck import ConnectionCheck
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -67,13 +68,14 @@ def migrate(database_url: str) -> list[str]:
 def open_pool(database_url: str, *, size: int = 5, name: str = "views") -> ViewsPool:
     """A sync pool of dict-row connections (autocommit off), opened and waited for.
 
-    Every connection is checked before it is lent (``ConnectionPool.check_connection``: a dead one — the
-    server restarted, ``pg_terminate_backend`` — is replaced instead of failing the caller's first query),
-    as the event store's pool is (``POSTGRES_PRE_PING``)."""
+    Every connection is checked before it is lent (:class:`~billing.pgcheck.ConnectionCheck`: a dead one —
+    the server restarted, ``pg_terminate_backend`` — is replaced instead of failing the caller's first
+    query; a round trip only for a connection idle a few seconds or with something waiting on its socket),
+    as the event store's pool is."""
     pool = ViewsPool(
         database_url,
         connection_class=psycopg.Connection[DictRow],
-        check=ViewsPool.check_connection,
+        check=ConnectionCheck(),
         min_size=1,
         max_size=size,
         kwargs={"row_factory": dict_row},

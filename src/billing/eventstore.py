@@ -44,6 +44,7 @@ from psycopg.sql import SQL, Identifier
 
 from billing.domain import apikey, campaign, contact, queue, template, tenant  # noqa: F401  (registers topics)
 from billing.metrics import SAVE_LATENCY
+from billing.pgcheck import ConnectionCheck
 
 EVENTS_TABLE = "billing_events"
 NOTIFY_CHANNEL = EVENTS_TABLE
@@ -366,8 +367,18 @@ def event_store_env(database_url: str, *, pool_size: int = 5, create_table: bool
 
 
 def open_event_store(database_url: str, *, pool_size: int = 5, create_table: bool = True) -> EventStore:
-    """Build the process's :class:`EventStore` (opens a connection pool; creates the table if asked)."""
-    return EventStore(env=event_store_env(database_url, pool_size=pool_size, create_table=create_table))
+    """Build the process's :class:`EventStore` (opens a connection pool; creates the table if asked).
+
+    The library's pre-ping (``POSTGRES_PRE_PING``: an empty query before every lend) is replaced by
+    :class:`~billing.pgcheck.ConnectionCheck`, which replaces a dead connection as well but pings only one
+    that idled a few seconds or has something waiting on its socket."""
+    store = EventStore(env=event_store_env(database_url, pool_size=pool_size, create_table=create_table))
+    recorder = store.recorder
+    if isinstance(recorder, PostgresApplicationRecorder):
+        pool = recorder.datastore.pool
+        assert getattr(pool, "_check", None) is not None, "the library's pool no longer pre-pings"
+        pool._check = ConnectionCheck()
+    return store
 
 
 A = TypeVar("A")

@@ -39,6 +39,10 @@ class Settings:
         worker_prefetch: unsettled deliveries a worker holds per job queue (``basic.qos`` per consumer);
             it consumes every shard of every kind, so a process holds up to ``shards × 3 ×
             worker_prefetch`` at once (8 × 3 × 2 = 48 by default; see docs/architecture.md, "Broker").
+        save_linger_ms: ``BILLING_SAVE_LINGER_MS``, milliseconds a worker's group commit waits before it
+            takes the saves queued so far into one transaction (default 2; 0: one turn of the event loop;
+            :class:`~billing.worker.groupcommit.GroupCommitter`). Larger groups, fewer commits, each save
+            that much later; at most 1000.
         dispatch_lease_s: seconds a worker's claim on a contact lasts before another may retry it.
         poll_interval_s: seconds between polls of the notification log when no NOTIFY arrives.
         gateway_timeout_s: seconds an Evolution API call may take (on top of its typing delay).
@@ -78,6 +82,7 @@ class Settings:
     api_port: int = 8000
     pool_size: int = 5
     worker_prefetch: int = 2
+    save_linger_ms: float = 2.0
     dispatch_lease_s: float = 120.0
     poll_interval_s: float = 1.0
     gateway_timeout_s: float = 30.0
@@ -146,6 +151,11 @@ class Settings:
             value = float(getattr(self, name))
             if not math.isfinite(value) or value <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be a number of seconds > 0, got {value!r}")
+        linger = float(self.save_linger_ms)
+        if not math.isfinite(linger) or not 0 <= linger <= 1000:
+            raise SettingsError(
+                f"{PREFIX}SAVE_LINGER_MS must be a number of milliseconds in 0..1000, got {linger!r}"
+            )
         if self.dispatch_lease_s < self.gateway_timeout_s + 30:
             raise SettingsError(
                 f"{PREFIX}DISPATCH_LEASE_S must exceed {PREFIX}GATEWAY_TIMEOUT_S by at least 30 s "
@@ -209,6 +219,7 @@ _FIELDS: dict[str, Callable[[str], object]] = {
     "api_port": int,
     "pool_size": int,
     "worker_prefetch": int,
+    "save_linger_ms": float,
     "dispatch_lease_s": float,
     "poll_interval_s": float,
     "gateway_timeout_s": float,

@@ -99,6 +99,19 @@ async def test_saves_arriving_during_a_transaction_form_the_next_group() -> None
     assert store.transactions == [[a.id for a in first], [a.id for a in later]]
 
 
+async def test_a_linger_takes_saves_that_arrive_during_it_into_the_same_group() -> None:
+    async def two_saves_10_ms_apart(saves: GroupCommitter) -> None:
+        first = asyncio.create_task(saves.save(Agg()))
+        await asyncio.sleep(0.01)
+        await asyncio.gather(first, saves.save(Agg()))
+
+    quick, lingering = FakeStore(), FakeStore()
+    await two_saves_10_ms_apart(committer(quick))
+    await two_saves_10_ms_apart(committer(lingering, linger_s=0.2))
+    assert [len(t) for t in quick.transactions] == [1, 1]
+    assert [len(t) for t in lingering.transactions] == [2]
+
+
 async def test_max_items_bounds_a_group() -> None:
     store = FakeStore()
     saves = committer(store, max_items=3)

@@ -86,3 +86,27 @@ async def test_a_fresher_row_written_by_another_process_replaces_a_stale_memory_
     table.rows[(tenant, phone)] = ("5511987654301@s.whatsapp.net", NOW - timedelta(minutes=1))
     answer: Any = await r.account(Person(tenant, phone), gateway, NOW)  # type: ignore[arg-type]
     assert answer == Account("5511987654301@s.whatsapp.net") and gateway.calls == []
+
+
+class Notice(Person):
+    template_type = "notification"  # not under the per-debtor cap by default
+
+
+def test_gather_known_answers_from_a_known_account_and_none_when_only_a_lookup_can_tell() -> None:
+    from billing.domain.debtor_cap import CapDecision
+    from billing.domain.sending import RecipientFacts
+    from billing.eventstore import EventStore
+
+    tenant = uuid4()
+    table = Table()
+    r = recipient(table, peers=[])
+    r.store = EventStore(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})  # no Conversation: not opted out
+    known, unknown = Notice(tenant, "+5511987654301"), Notice(tenant, "+5511987654309")
+    table.rows[(tenant, known.phone)] = ("5511987654301@s.whatsapp.net", NOW - timedelta(hours=1))
+    calendar: Any = None  # read only by the cap, which notices skip
+    assert r.gather_known(known, calendar, NOW) == RecipientFacts(  # type: ignore[arg-type]
+        opted_out=False, account=Account("5511987654301@s.whatsapp.net"), cap=CapDecision(allowed=True)
+    )
+    assert r.gather_known(unknown, calendar, NOW) is None  # type: ignore[arg-type]
+    assert table.reads == 2
+    assert r.gather_known(known, calendar, NOW) is not None and table.reads == 2  # kept in memory

@@ -32,3 +32,13 @@ def test_settings_come_from_billing_variables() -> None:
 def test_a_missing_or_malformed_variable_is_refused_by_name(env: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         Settings.from_env(env)
+
+
+def test_the_save_linger_is_milliseconds_from_0_to_1000() -> None:
+    assert Settings.from_env({"BILLING_DATABASE_URL": URL}).save_linger_ms == 2.0
+    assert (
+        Settings.from_env({"BILLING_DATABASE_URL": URL, "BILLING_SAVE_LINGER_MS": "0"}).save_linger_ms == 0.0
+    )
+    for bad in ("-1", "1001", "nan"):
+        with pytest.raises(SettingsError, match="BILLING_SAVE_LINGER_MS"):
+            Settings.from_env({"BILLING_DATABASE_URL": URL, "BILLING_SAVE_LINGER_MS": bad})

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -82,7 +84,21 @@ class FakeLedger:
 
 
 class FakeRenderer:
+    """``held``: the template is in memory (``ready``); ``threads`` names the thread of each render."""
+
+    def __init__(self) -> None:
+        self.held = True
+        self.threads: list[str] = []
+        self.fail_next: Exception | None = None
+
+    def ready(self, contact: Contact) -> bool:
+        return self.held
+
     def render(self, contact: Contact, *, now: datetime, tz: ZoneInfo) -> Rendered:
+        self.threads.append(threading.current_thread().name)
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
         return Rendered(
             text=f"Olá {contact.fields['nome']}", template_id=UUID(int=9), template_version=1, variation=0
         )
@@ -133,9 +149,30 @@ class FakeRecipient:
 
     def __init__(self) -> None:
         self.facts = RecipientFacts(opted_out=False, account=None, cap=CapDecision(allowed=True))
+        self.known = True
+        """False: ``gather_known`` answers None (a lookup call is needed)."""
+        self.calls: list[str] = []
 
     async def gather(self, contact: Contact, client: Any, calendar: Any, now: datetime) -> RecipientFacts:
+        self.calls.append("gather")
         return self.facts
+
+    def gather_known(self, contact: Contact, calendar: Any, now: datetime) -> RecipientFacts | None:
+        self.calls.append("gather_known")
+        return self.facts if self.known else None
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """The event loop's default executor, counting the thread hand-offs (``asyncio.to_thread``)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=4)
+        self.handoffs: list[str] = []
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        inner = getattr(fn, "args", (fn,))[0]  # asyncio.to_thread submits partial(context.run, inner, ...)
+        self.handoffs.append(getattr(inner, "__qualname__", repr(inner)))
+        return super().submit(fn, *args, **kwargs)
 
 
 class FakeDelivery:
@@ -166,11 +203,12 @@ class Fakes:
         self.health = FakeHealth()
         self.gateway = FakeGateway()
         self.recipient = FakeRecipient()
+        self.renderer = FakeRenderer()
         self.handler = JobHandler(
             store=self.store,
             tenants=TenantCache(self.store, ttl_s=0),
             ledger=self.ledger,
-            renderer=FakeRenderer(),
+            renderer=self.renderer,
             health=self.health,
             gateways=self.gateway,
             clock=self.clock,
@@ -237,6 +275,51 @@ async def test_a_due_contact_is_claimed_at_its_arrival_sent_with_its_pause_and_r
     contact = fakes.contact(0)
     assert (contact.status, contact.attempts) == (ContactStatus.SENT, 1)
     assert (delivery.settled, fakes.health.successes) == ("ack", 1)
+
+
+async def test_a_held_template_renders_on_the_event_loop_else_in_a_thread() -> None:
+    fakes = Fakes(pause_min_s=0, pause_max_s=0)
+    await fakes.handler(FakeDelivery(fakes.job(0)))
+    fakes.renderer.held = False
+    await fakes.handler(FakeDelivery(fakes.job(1)))
+    loop_thread = threading.current_thread().name
+    assert fakes.renderer.threads[0] == loop_thread and fakes.renderer.threads[1] != loop_thread
+    assert [text for _, text, _ in fakes.gateway.calls] == ["Olá Cliente 0", "Olá Cliente 1"]
+
+
+async def test_a_send_hands_off_the_recipient_and_the_throttle_to_one_thread_call() -> None:
+    fakes = Fakes(pause_min_s=0, pause_max_s=0)
+    executor = CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+    await fakes.handler(FakeDelivery(fakes.job(0)))
+    read, tenant, save = "load_both.<locals>.read", "get_owned", "GroupCommitter._one_by_one"  # a lone save
+    assert executor.handoffs == [
+        read, tenant, "FakeLedger.blocked_generation", "JobHandler._recipient_then_throttle", save, save
+    ]  # fmt: skip
+    assert fakes.recipient.calls == ["gather_known"]
+    executor.handoffs.clear()
+    fakes.recipient.known = False  # a lookup call is needed: gathered on the loop, then the throttle alone
+    await fakes.handler(FakeDelivery(fakes.job(1)))
+    assert executor.handoffs == [  # the block is cached now
+        read, tenant, "JobHandler._recipient_then_throttle", "JobHandler._throttle_step", save, save
+    ]  # fmt: skip
+    assert fakes.recipient.calls == ["gather_known", "gather_known", "gather"]
+    assert [fakes.contact(i).status for i in (0, 1)] == [ContactStatus.SENT, ContactStatus.SENT]
+    assert len(fakes.ledger.rows) == 2
+
+
+async def test_a_failure_between_claim_and_call_gives_the_claim_and_grant_back_at_once() -> None:
+    fakes = Fakes(pause_min_s=0, pause_max_s=0)
+    fakes.renderer.fail_next = ConnectionError("terminating connection due to administrator command")
+    first = FakeDelivery(fakes.job(0))
+    await fakes.handler(first)
+    contact = fakes.contact(0)
+    assert (first.settled, fakes.gateway.calls, fakes.ledger.rows) == ("requeue", [], {})
+    assert (contact.status, contact.attempts, contact.not_before) == (ContactStatus.PENDING, 0, MONDAY_10)
+    again = FakeDelivery(fakes.job(0))  # the redelivery sends it at once, not after the lease
+    await fakes.handler(again)
+    assert (again.settled, [text for _, text, _ in fakes.gateway.calls]) == ("ack", ["Olá Cliente 0"])
+    assert fakes.contact(0).status is ContactStatus.SENT
 
 
 async def test_a_full_minute_defers_without_calling_the_gateway() -> None:

@@ -80,6 +80,8 @@ log = structlog.get_logger(__name__)
 
 SAVE_ATTEMPTS = 3
 """Version conflicts tolerated while storing one outcome (each reloads the contact and re-applies it)."""
+CLAIM_GIVEN_BACK = "claim_given_back"
+"""The ``Deferred`` reason of a claim given back after a failure before its gateway call."""
 SAVE_SAFETY_S = 5.0
 """Transient save failures are retried until this many real seconds before the claim's lease ends: past
 the lease the scheduler republishes the contact and another worker would send the message again."""
@@ -113,6 +115,7 @@ class RendererPort(Protocol):
     """What the handler uses of :class:`~billing.worker.rendering.Renderer`."""
 
     def render(self, contact: Contact, *, now: datetime, tz: ZoneInfo) -> Rendered: ...
+    def ready(self, contact: Contact) -> bool: ...
 
 
 class HealthPort(Protocol):
@@ -142,11 +145,21 @@ class GatewayClient(Protocol):
 
 
 class RecipientPort(Protocol):
-    """Gathers the facts about the person (:class:`billing.worker.recipient.Recipient`)."""
+    """Gathers the facts about the person (:class:`billing.worker.recipient.Recipient`): ``gather`` on the
+    event loop (it may call the gateway's lookup), ``gather_known`` blocking, in a thread (None when only
+    a lookup call can tell)."""
 
     async def gather(
         self, contact: Contact, client: Any, calendar: BusinessCalendar, now: datetime
     ) -> RecipientFacts: ...
+    def gather_known(
+        self, contact: Contact, calendar: BusinessCalendar, now: datetime
+    ) -> RecipientFacts | None: ...
+
+
+_Step = tuple[JobFacts, Decision, bool, int | None]
+"""A gather step done in a thread: the facts, the decision on them, whether the throttle step ran (its
+decision is then final for this job), and the ledger grant of a CLAIM."""
 
 
 class GatewayFactory(Protocol):
@@ -332,16 +345,43 @@ class JobHandler:
         decision = decide(facts)
         while decision.action is Action.GATHER:
             assert tenant is not None and decision.need is not None
-            if decision.need is Need.THROTTLE:
-                decision, ledger_id = await asyncio.to_thread(self._decide_under_lock, facts, tenant)
-                if decision.action is Action.CLAIM:
-                    assert contact is not None and queue is not None and ledger_id is not None
-                    await self._side_effects(decision, queue, tenant, facts.now)
-                    return await self._claim_and_send(decision, contact, tenant, ledger_id)
-                break
-            facts = await self._gather(decision.need, facts, tenant)
-            decision = decide(facts)
+            step: _Step | None = None
+            if decision.need is Need.RECIPIENT:  # and, when it comes next, the throttle: one hand-off
+                step = await asyncio.to_thread(self._recipient_then_throttle, facts, tenant)
+            elif decision.need is Need.THROTTLE:
+                step = await asyncio.to_thread(self._throttle_step, facts, tenant)
+            if step is None:
+                facts = await self._gather(decision.need, facts, tenant)
+                decision = decide(facts)
+                continue
+            facts, decision, throttled, ledger_id = step
+            if not throttled:
+                continue
+            if decision.action is Action.CLAIM:
+                assert contact is not None and queue is not None and ledger_id is not None
+                await self._side_effects(decision, queue, tenant, facts.now)
+                return await self._claim_and_send(decision, contact, tenant, ledger_id)
+            break
         return await self._execute(decision, facts, tenant)
+
+    def _recipient_then_throttle(self, facts: JobFacts, tenant: Tenant) -> _Step | None:
+        """In a thread: the recipient's facts when no gateway lookup is needed
+        (:meth:`~billing.worker.recipient.Recipient.gather_known`), the decision on them and, when that
+        asks for the throttle next, the throttle step too — two gather steps for one hand-off. None: the
+        recipient needs a lookup call (the caller gathers on the event loop)."""
+        assert facts.contact is not None
+        recipient = self.recipient.gather_known(facts.contact, tenant.sending_policy.calendar, facts.now)
+        if recipient is None:
+            return None
+        facts = replace(facts, recipient=recipient)
+        decision = decide(facts)
+        if decision.action is Action.GATHER and decision.need is Need.THROTTLE:
+            return self._throttle_step(facts, tenant)
+        return facts, decision, False, None
+
+    def _throttle_step(self, facts: JobFacts, tenant: Tenant) -> _Step:
+        decision, ledger_id = self._decide_under_lock(facts, tenant)
+        return facts, decision, True, ledger_id
 
     async def _gather(self, need: Need, facts: JobFacts, tenant: Tenant) -> JobFacts:
         if need is Need.RECIPIENT:
@@ -479,7 +519,12 @@ class JobHandler:
         policy = tenant.sending_policy
         base: dict[str, Any] = {"attempt": attempt, "phone": mask_phone(contact.phone or "")}
         try:
-            rendered = await asyncio.to_thread(self.renderer.render, contact, now=now, tz=policy.calendar.tz)
+            if self.renderer.ready(contact):  # the template is held: no I/O, no thread hand-off
+                rendered = self.renderer.render(contact, now=now, tz=policy.calendar.tz)
+            else:
+                rendered = await asyncio.to_thread(
+                    self.renderer.render, contact, now=now, tz=policy.calendar.tz
+                )
         except RenderError as exc:
             await asyncio.to_thread(self.ledger.release, ledger_id)  # nothing reached the gateway
             settlement = settle_render_error(
@@ -492,6 +537,11 @@ class JobHandler:
                 now=now,
             )
             return await self._record(contact, settlement, None, now, base)
+        except Exception:
+            # the template read failed (database gone): nothing reached the gateway, so the claim and its
+            # grant are given back at once — else the contact would wait for its lease to end
+            await self._release_claim(contact, ledger_id, base)
+            raise
         assert contact.gateway_number is not None
         typing = decision.typing_ms
         if not call_fits_lease(
@@ -570,16 +620,31 @@ class JobHandler:
             tripped_until=tripped_until,
         )
 
-    async def _give_back(self, contact: Contact, base: dict[str, Any]) -> Result:
+    async def _give_back(
+        self, contact: Contact, base: dict[str, Any], *, reason: str = Handled.LEASE_TOO_SHORT.value
+    ) -> Result:
         """Release a claim that is too late to use (``Deferred`` until now, not an attempt). If another
         worker claimed the contact meanwhile, that worker owns it and nothing is written."""
         now = self.clock.now()
         try:
-            contact.defer(reason=Handled.LEASE_TOO_SHORT.value, not_before=now, at=now)
+            contact.defer(reason=reason, not_before=now, at=now)
             await self.saves.save(contact)
         except (Conflict, IntegrityError):
             return Result(Handled.CLAIMED_ELSEWHERE, **base)
         return Result(Handled.LEASE_TOO_SHORT, **base)
+
+    async def _release_claim(self, contact: Contact, ledger_id: int, base: dict[str, Any]) -> None:
+        """After a failure between the claim and the gateway call: give the grant and the claim back
+        (``Deferred`` ``claim_given_back`` until now), best effort — what cannot be written now is freed
+        by the lease's end, as before."""
+        try:
+            await asyncio.to_thread(self.ledger.release, ledger_id)
+        except Exception:
+            log.warning("grant_release_failed", exc_info=True)
+        try:
+            await self._give_back(contact, base, reason=CLAIM_GIVEN_BACK)
+        except Exception:
+            log.warning("claim_give_back_failed", exc_info=True)
 
     async def _record(
         self,

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from billing.db import read_retrying
 from billing.domain.contact import Contact
 from billing.domain.templating import Template, TemplateSyntaxError, parse_template
 from billing.domain.variables import choose_variation, message_variables
@@ -92,6 +93,14 @@ class Renderer:
             self._active[key] = (now, result)
         return result
 
+    def ready(self, contact: Contact) -> bool:
+        """True when rendering ``contact`` reads nothing: its template's active variations are held and
+        fresh (the handler then renders on the event loop instead of handing the call to a thread)."""
+        key = (contact.tenant_id, contact.template_type, getattr(contact, "template_id", None))
+        cached = self._active.get(key)
+        return cached is not None and time.monotonic() - cached[0] < self.ttl_s
+
+    @read_retrying
     def _read_active(
         self, tenant_id: UUID, template_type: str, template_id: UUID | None
     ) -> list[tuple[UUID, int, int, Template]]:

@@ -1,0 +1,39 @@
+"""The pools' check before a lend (``billing.pgcheck``) on PostgreSQL: a connection in steady use is lent
+without a round trip, and one whose backend was terminated (``pg_terminate_backend``) is replaced before
+it is lent — the caller's first query works."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+
+from billing.db import open_pool
+from billing.pgcheck import ConnectionCheck
+from tests.conftest import ADMIN_URL
+
+
+def test_a_terminated_backend_is_replaced_before_the_lend_and_a_live_one_is_not_pinged(
+    database_url: str,
+) -> None:
+    pool = open_pool(database_url, size=1, name="check-test")
+    try:
+        check = pool._check
+        assert isinstance(check, ConnectionCheck)
+        with pool.connection() as conn:
+            pid = conn.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"]  # type: ignore[index]
+        with pool.connection() as conn:
+            assert conn.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"] == pid  # type: ignore[index]
+        assert (check.full_checks, check.quick_checks) == (1, 1)
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            deadline = time.monotonic() + 5
+            while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+                assert time.monotonic() < deadline, "the backend did not end"
+                time.sleep(0.02)
+        with pool.connection() as conn:
+            fresh = conn.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"]  # type: ignore[index]
+        assert fresh != pid
+        assert (check.full_checks, check.quick_checks) == (3, 1)  # the dead one failed it; the new one passed
+    finally:
+        pool.close()
