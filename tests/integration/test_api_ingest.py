@@ -70,10 +70,19 @@ async def test_post_stores_campaign_and_rejects_bad_phone_alone(api: Any, databa
     assert [(r["index"], r["code"], r["field"]) for r in body["rejections"]] == [
         (1, "invalid_phone", "contacts[1].telefone")
     ]
+    assert body["status"] == "queued"
     uuid.UUID(body["campaign_id"])
     uuid.UUID(body["queue_id"])
     # campaign + queue + 3 contacts
     assert event_count(database_url) - BASELINE_EVENTS == 5
+
+
+async def test_a_batch_whose_every_contact_is_rejected_is_answered_completed(api: Any) -> None:
+    client, _, headers = api
+    response = await client.post(f"{BASE}/send/overdue", json={"contacts": [CONTACTS[1]]}, headers=headers)
+    assert response.status_code == 202
+    body = response.json()
+    assert (body["status"], body["contacts"]) == ("completed", {"total": 1, "accepted": 0, "rejected": 1})
 
 
 BASELINE_EVENTS = 8  # tenant + 3 default templates + their 3 default choices + 1 api key

@@ -162,7 +162,8 @@ class SendAccepted(Struct):
     queue_id: UUID
     template_type: TemplateTypeName
     external_id: str | None
-    status: Literal["queued"]
+    status: Literal["queued", "completed"]
+    """``queued``; ``completed`` when every contact was rejected (there is nothing to send)."""
     contacts: BatchCounts
     rejections: list[Rejection]
 

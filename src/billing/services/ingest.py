@@ -70,7 +70,8 @@ class SubmitResult:
             "queue_id": str(self.queue_id),
             "template_type": self.template_type,
             "external_id": self.external_id,
-            "status": "queued",
+            # nothing to send: the queue was created completed (its status poll says so too)
+            "status": "queued" if self.accepted else "completed",
             "contacts": {
                 "total": self.accepted + len(self.rejections),
                 "accepted": self.accepted,
