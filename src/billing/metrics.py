@@ -21,15 +21,20 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from billing.bootstrap import Container
+
+class ConnectionSource(Protocol):
+    """What the collector reads through: a pool lending a connection with dict rows (the views pool)."""
+
+    def connection(self) -> AbstractContextManager[Any]: ...
+
 
 __all__ = [
     "DEAD_LETTERED",
@@ -156,8 +161,11 @@ class DatabaseCollector(Collector):
     ``billing_follower_lag_events``), its recorded errors (``billing_follower_errors``) and the open
     contacts (``billing_contacts_open``). A failed read yields nothing (the scrape still answers)."""
 
-    def __init__(self, container: Container) -> None:
-        self.container = container
+    def __init__(self, head: Callable[[], int | None], pool: ConnectionSource) -> None:
+        """``head``: the notification log's last id (the event store recorder's ``max_notification_id``);
+        ``pool``: the views pool."""
+        self.head = head
+        self.pool = pool
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
@@ -189,8 +197,8 @@ class DatabaseCollector(Collector):
         yield errors
 
     def _read(self) -> dict[str, Any]:
-        head = self.container.store.recorder.max_notification_id() or 0
-        with self.container.pool.connection() as conn:
+        head = self.head() or 0
+        with self.pool.connection() as conn:
             queues = {r["status"]: int(r["n"]) for r in conn.execute(_QUEUE_STATUS).fetchall()}
             positions = {
                 r["name"]: int(r["position"])
@@ -208,21 +216,27 @@ class DatabaseCollector(Collector):
 _collector: DatabaseCollector | None = None
 
 
-def serve(container: Container, command: str, *, port: int | None = None) -> Sequence[Any]:
-    """Expose this process's metrics on ``port`` (default ``settings.metrics_port``; 0 = off) with the
-    library's HTTP server (a daemon thread), and register :class:`DatabaseCollector` in the
-    ``projections`` process. Returns what :func:`prometheus_client.start_http_server` started (empty
-    when off). The API process serves ``/metrics`` itself and needs no port.
+def serve(
+    command: str,
+    *,
+    port: int,
+    host: str,
+    head: Callable[[], int | None],
+    pool: ConnectionSource,
+) -> Sequence[Any]:
+    """Expose this process's metrics on ``host``:``port`` (0 = off) with the library's HTTP server (a
+    daemon thread), and register a :class:`DatabaseCollector` over ``head`` and ``pool`` in the
+    ``projections`` process only (so database state is counted once). Returns what
+    :func:`prometheus_client.start_http_server` started (empty when off). The API process serves
+    ``/metrics`` itself and needs no port.
 
     Raises:
         OSError: the port is taken.
     """
     global _collector
     if command == "projections" and _collector is None:
-        _collector = DatabaseCollector(container)
+        _collector = DatabaseCollector(head, pool)
         REGISTRY.register(_collector)
-    port = container.settings.metrics_port if port is None else port
     if not port:
         return ()
-    host = container.settings.metrics_host
     return start_http_server(port, addr=host)

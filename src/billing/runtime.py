@@ -217,7 +217,13 @@ def _run_process(
         if command != "api":  # the API serves /metrics on its own port
             from billing.metrics import serve as serve_metrics
 
-            serve_metrics(container, command)
+            serve_metrics(
+                command,
+                port=settings.metrics_port,
+                host=settings.metrics_host,
+                head=container.store.recorder.max_notification_id,
+                pool=container.pool,
+            )
         log.info("process started", command=command)
         try:
             if fn is None:
