@@ -6,6 +6,7 @@ The event store opens its own pool (the ``eventsourcing`` library's); the views 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -86,17 +87,26 @@ def open_pool(database_url: str, *, size: int = 5, name: str = "views") -> Views
     return pool
 
 
+READ_RETRY_PAUSES_S = (0.0, 0.05, 0.2)
+"""Pauses (seconds) before each repeat of a read whose connection died: three repeats, so a read still
+answers when every connection of the pool was dropped twice in a row (each dead one found is replaced
+by the pool)."""
+
+
 def read_retrying(read: Callable[P, R]) -> Callable[P, R]:
-    """Run a read-only query function again, once, when its connection died under it
-    (:class:`psycopg.OperationalError`: the server restarted, ``pg_terminate_backend``). The pool checks
-    connections before lending them, but one can still die between the check and the query; a read is
-    safe to repeat, a write is not (never decorate one)."""
+    """Run a read-only query function again when its connection died under it
+    (:class:`psycopg.OperationalError`: the server restarted, ``pg_terminate_backend``), up to
+    ``len(READ_RETRY_PAUSES_S)`` times. The pool checks connections before lending them, but one can
+    still die between the check and the query; a read is safe to repeat, a write is not (never decorate
+    one). Raises the last OperationalError when every try failed."""
 
     @functools.wraps(read)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return read(*args, **kwargs)
-        except psycopg.OperationalError:
-            return read(*args, **kwargs)
+        for pause in READ_RETRY_PAUSES_S:
+            try:
+                return read(*args, **kwargs)
+            except psycopg.OperationalError:
+                time.sleep(pause)
+        return read(*args, **kwargs)
 
     return wrapper

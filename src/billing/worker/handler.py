@@ -78,6 +78,11 @@ __all__ = ["Handled", "JobHandler", "Result", "TenantCache"]
 
 log = structlog.get_logger(__name__)
 
+CLAIM_CHECK_PAUSES_S = (0.1, 0.5, 1.0, 2.0, 4.0)
+"""Pauses (seconds) before each read that settles whether a claim whose save got no answer committed:
+7.6 s in all, well inside the claim's lease, so a database that drops every connection (and does it
+again while they reconnect) has come back before the job would be requeued onto its own claim."""
+
 SAVE_ATTEMPTS = 3
 """Version conflicts tolerated while storing one outcome (each reloads the contact and re-applies it)."""
 CLAIM_GIVEN_BACK = "claim_given_back"
@@ -507,8 +512,14 @@ class JobHandler:
             attempt = contact.dispatch(at=now, lease=self.lease, allowed_by=decision.allowed_by)
             await self.saves.save(contact)
         except (Conflict, IntegrityError):
-            await asyncio.to_thread(self.ledger.release, ledger_id)
-            return Result(Handled.CLAIMED_ELSEWHERE)
+            # another worker's claim — or this one's own: a grouped save whose COMMIT answer was lost is
+            # saved again alone, and then conflicts with itself (same attempt, same lease end)
+            claimed = await self._own_claim(contact.id, attempt=contact.attempts, at=now)
+            if claimed is None:
+                await asyncio.to_thread(self.ledger.release, ledger_id)
+                return Result(Handled.CLAIMED_ELSEWHERE)
+            log.warning("claim_conflicted_with_its_own_commit")
+            contact, attempt = claimed, claimed.attempts
         except Exception:  # transient; the claim may still have committed (the connection died after)
             claimed = await self._own_claim(contact.id, attempt=contact.attempts, at=now)
             if claimed is None:  # nothing reached the gateway, so the grant must not count
@@ -587,8 +598,10 @@ class JobHandler:
     async def _own_claim(self, contact_id: UUID, *, attempt: int, at: datetime) -> Contact | None:
         """After a claim save that failed without an answer: the contact as stored when the claim did
         commit (attempt ``attempt`` dispatched at ``at`` with this worker's lease), else None. Tries a few
-        reads (the database may still be coming back); a read that keeps failing counts as not claimed."""
-        for pause in (0.1, 0.5, 1.0):
+        reads over :data:`CLAIM_CHECK_PAUSES_S` (the database may still be coming back); a read that keeps
+        failing counts as not claimed (the job is requeued, and a claim that did commit then waits for its
+        lease to end)."""
+        for pause in CLAIM_CHECK_PAUSES_S:
             await asyncio.sleep(pause)
             try:
                 fresh = await load(self.store, contact_id, Contact)
