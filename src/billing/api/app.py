@@ -22,7 +22,7 @@ from billing.api.hooks import GatewayWebhookController, HooksAdminController, Qu
 from billing.api.public import PublicController
 from billing.api.ratelimit import build_rate_limit, parse_overrides
 from billing.bootstrap import Container
-from billing.dashboard import dashboard_middleware, dashboard_routers, template_config
+from billing.dashboard.app import dashboard_middleware, dashboard_routers, template_config
 from billing.projections.tracking import load_position
 from billing.projections.views import PROJECTION
 

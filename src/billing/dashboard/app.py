@@ -16,7 +16,7 @@ from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from billing.dashboard import fmt
+import billing.dashboard.fmt as fmt
 from billing.dashboard.pages import CONTROLLERS
 from billing.dashboard.security import PATH, csrf_config, require_user, session_config
 from billing.domain.errors import Conflict, DomainError, NotFound

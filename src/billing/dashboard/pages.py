@@ -19,10 +19,10 @@ from litestar.exceptions import NotFoundException
 from litestar.response import Redirect, Template
 from markupsafe import Markup, escape
 
+import billing.dashboard.fmt as fmt
 from billing.api.admin import _event_doc, _history
 from billing.api.deps import Services, run_sync
 from billing.api.schemas import SendRequest
-from billing.dashboard import fmt
 from billing.dashboard.security import LOGIN_RATE_LIMIT, current_user
 from billing.dashboard.upload import KNOWN_FIELDS, Sheet, guess_mapping, read_sheet, to_contacts
 from billing.domain.calendar import DAY_NAMES
