@@ -321,6 +321,16 @@ def worker_saves(conn: psycopg.Connection[Any]) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+def transactions_so_far(conn: psycopg.Connection[Any]) -> int:
+    """Transactions the bench database has ended so far (committed or rolled back, every process), from
+    ``pg_stat_database`` (each backend reports its counts within about a second)."""
+    row = conn.execute(
+        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def final_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
     rows = conn.execute("SELECT status, count(*) FROM campaign_contacts GROUP BY status").fetchall()
     return {str(status): int(n) for status, n in rows}
@@ -388,6 +398,8 @@ async def fleet_run(
     api_url: str, sim: httpx.AsyncClient, url: str, keys: list[str], args: argparse.Namespace
 ) -> dict[str, Any]:
     total = args.tenants * args.contacts
+    with psycopg.connect(url, autocommit=True) as conn:
+        xacts_before = transactions_so_far(conn)
     start_log = await sim_log(sim)
     before = start_log["count"]
     posted_at: dict[str, float] = {}
@@ -424,6 +436,8 @@ async def fleet_run(
             await asyncio.sleep(0.25)
         finished = time.monotonic()
         saves = await asyncio.to_thread(worker_saves, conn)
+        await asyncio.sleep(1.5)  # every backend has reported its transactions
+        xacts = await asyncio.to_thread(transactions_so_far, conn) - xacts_before
     log = await sim_log(sim, before)
     sent = log["sent"]
     if sum(counts.get(s, 0) for s in FINAL) < total:
@@ -453,6 +467,7 @@ async def fleet_run(
         "post_median": statistics.median(answered_at[n] - posted_at[n] for n in posted_at),
         "counts": counts,
         "saves": saves,
+        "transactions": xacts,
         "requests": {k: d for k, n in log["requests"].items() if (d := n - start_log["requests"].get(k, 0))},
     }
 
@@ -594,6 +609,10 @@ async def run(args: argparse.Namespace, url: str, sim_port: int, logs: Path, met
         print(
             f"  worker saves: {events} contact events in {transactions} transactions "
             f"({events / max(1, transactions):.1f} per transaction)"
+        )
+        print(
+            f"  database transactions, every process: {fleet['transactions']} = "
+            f"{fleet['transactions'] / total:.2f} per message (this bench's own polling included)"
         )
         print(f"  simulator requests: {dict(sorted(fleet['requests'].items()))}")
         labels = {

@@ -579,15 +579,15 @@ async def test_unexpected_error_requeues_the_delivery_and_the_retry_sends_once(
     tenant_id = create_tenant(world)
     batch = create_batch(world, tenant_id, 1)
     ledger = world.main.handler.ledger
-    real_locked = ledger.locked
+    real_locked = ledger.locked_many
     failures = [RuntimeError("connection lost")]
 
-    def flaky_locked(tenant_id: UUID) -> Any:
+    def flaky_locked(tenant_ids: Any) -> Any:
         if failures:
             raise failures.pop()
-        return real_locked(tenant_id)
+        return real_locked(tenant_ids)
 
-    monkeypatch.setattr(ledger, "locked", flaky_locked)
+    monkeypatch.setattr(ledger, "locked_many", flaky_locked)
 
     # When the job is handled: the first delivery fails and is requeued, the redelivery succeeds
     await world.publish(batch.jobs())

@@ -64,10 +64,12 @@ class FakeLedger:
         self.rows: dict[int, tuple[UUID, datetime, UUID]] = {}
         self.next_id = 0
         self.blocks: dict[UUID, int] = {}
+        self.transactions = 0
 
     @contextmanager
-    def locked(self, tenant_id: UUID) -> Iterator[FakeSession]:
-        yield FakeSession(self, tenant_id)
+    def locked_many(self, tenant_ids: Any) -> Iterator[dict[UUID, FakeSession]]:
+        self.transactions += 1
+        yield {tenant_id: FakeSession(self, tenant_id) for tenant_id in tenant_ids}
 
     def release(self, ledger_id: int) -> None:
         del self.rows[ledger_id]
@@ -157,9 +159,9 @@ class FakeRecipient:
         self.calls.append("gather")
         return self.facts
 
-    def gather_known(self, contact: Contact, calendar: Any, now: datetime) -> RecipientFacts | None:
-        self.calls.append("gather_known")
-        return self.facts if self.known else None
+    def gather_known_many(self, asked: Any) -> list[RecipientFacts | Exception | None]:
+        self.calls.append(f"gather_known_many×{len(asked)}")
+        return [self.facts if self.known else None for _ in asked]
 
 
 class CountingExecutor(ThreadPoolExecutor):
@@ -292,18 +294,14 @@ async def test_a_send_hands_off_the_recipient_and_the_throttle_to_one_thread_cal
     executor = CountingExecutor()
     asyncio.get_running_loop().set_default_executor(executor)
     await fakes.handler(FakeDelivery(fakes.job(0)))
-    read, tenant, save = "load_both.<locals>.read", "get_owned", "GroupCommitter._one_by_one"  # a lone save
-    assert executor.handoffs == [
-        read, tenant, "FakeLedger.blocked_generation", "JobHandler._recipient_then_throttle", save, save
-    ]  # fmt: skip
-    assert fakes.recipient.calls == ["gather_known"]
+    read, pre_claim, save = "JobHandler._read_many", "JobHandler._pre_claim_many", "GroupCommitter._write"
+    assert executor.handoffs == [read, "FakeLedger.blocked_generation", pre_claim, save, save]
+    assert fakes.recipient.calls == ["gather_known_many×1"]
     executor.handoffs.clear()
     fakes.recipient.known = False  # a lookup call is needed: gathered on the loop, then the throttle alone
     await fakes.handler(FakeDelivery(fakes.job(1)))
-    assert executor.handoffs == [  # the block is cached now
-        read, tenant, "JobHandler._recipient_then_throttle", "JobHandler._throttle_step", save, save
-    ]  # fmt: skip
-    assert fakes.recipient.calls == ["gather_known", "gather_known", "gather"]
+    assert executor.handoffs == [read, pre_claim, pre_claim, save, save]  # the block and tenant are cached
+    assert fakes.recipient.calls == ["gather_known_many×1", "gather_known_many×1", "gather"]
     assert [fakes.contact(i).status for i in (0, 1)] == [ContactStatus.SENT, ContactStatus.SENT]
     assert len(fakes.ledger.rows) == 2
 
@@ -446,3 +444,38 @@ async def test_the_tenant_cache_serves_a_policy_change_once_its_entry_is_ttl_s_o
     real[0] += 0.1  # 5 s after it was read: read again
     fresh = await cache.get(fakes.tenant_id)
     assert fresh is not None and fresh.sending_policy.limits.messages_per_minute == 9
+
+
+async def test_handlings_that_arrive_together_share_their_reads_and_one_ledger_transaction() -> None:
+    fakes = Fakes(messages_per_minute=2, pause_min_s=0, pause_max_s=0)
+    executor = CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+    deliveries = [FakeDelivery(fakes.job(i)) for i in range(3)]
+    await asyncio.gather(*(fakes.handler(d) for d in deliveries))
+    # one read of the three contacts, queues and tenant; one hand-off and ONE ledger transaction for the
+    # three throttle steps — decided in order, each seeing the grants before it: 2 a minute → 2 claims
+    assert executor.handoffs.count("JobHandler._read_many") == 1
+    assert executor.handoffs.count("JobHandler._pre_claim_many") == 1
+    assert (fakes.ledger.transactions, fakes.recipient.calls) == (1, ["gather_known_many×3"])
+    assert [fakes.contact(i).status for i in range(3)] == [
+        ContactStatus.SENT, ContactStatus.SENT, ContactStatus.PENDING
+    ]  # fmt: skip
+    assert fakes.contact(2).not_before == MONDAY_10 + WINDOW
+    assert [cid for _, _, cid in fakes.ledger.rows.values()] == [fakes.contacts[0].id, fakes.contacts[1].id]
+    assert [d.settled for d in deliveries] == ["ack"] * 3
+
+
+async def test_a_failed_ledger_transaction_fails_only_the_throttle_steps_of_its_group() -> None:
+    fakes = Fakes(pause_min_s=0, pause_max_s=0)
+
+    @contextmanager
+    def broken(tenant_ids: Any) -> Iterator[dict[UUID, FakeSession]]:
+        raise ConnectionError("terminating connection due to administrator command")
+        yield {}
+
+    fakes.ledger.locked_many = broken  # type: ignore[method-assign]
+    deliveries = [FakeDelivery(fakes.job(i)) for i in range(2)]
+    await asyncio.gather(*(fakes.handler(d) for d in deliveries))
+    assert [d.settled for d in deliveries] == ["requeue", "requeue"]  # transient: tried again later
+    assert (fakes.gateway.calls, fakes.ledger.rows) == ([], {})
+    assert [fakes.contact(i).status for i in range(2)] == [ContactStatus.PENDING] * 2

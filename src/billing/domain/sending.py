@@ -181,6 +181,15 @@ class ThrottleState:
     arrivals_that_day: int
     window: timedelta
 
+    def granted(self, arrival: datetime, *, that_day: bool) -> ThrottleState:
+        """The state after one more grant planned to arrive at ``arrival`` (aware); ``that_day``: it
+        arrives on the same local day as the state's planned arrival (then it counts for the day)."""
+        return ThrottleState(
+            arrivals=(*self.arrivals, arrival),
+            arrivals_that_day=self.arrivals_that_day + (1 if that_day else 0),
+            window=self.window,
+        )
+
 
 @dataclass(frozen=True)
 class RecipientFacts:

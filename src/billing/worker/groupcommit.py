@@ -6,10 +6,10 @@ Why: every event-store save takes the events table's EXCLUSIVE lock through its 
 message costs the worker two saves (the claim, the outcome). A save of 20 events costs about as much
 lock time as a save of one, so the worker asks for fewer, larger saves.
 
-How: :meth:`GroupCommitter.save` queues the aggregate and waits on a future. One flusher task per
-committer takes what is queued — after yielding to the event loop once, so every handler that is ready
-to save joins (``linger_s`` can widen the window), at most ``max_items`` — and writes it in one
-transaction in a thread. While that transaction runs, new saves queue up for the next one: the busier
+How: :meth:`GroupCommitter.save` queues the aggregate for a :class:`~billing.worker.batching.Batcher`,
+which takes what is queued — after yielding to the event loop once, so every handler that is ready to
+save joins (``linger_s`` can widen the window), at most ``max_items`` — and writes it in one transaction
+in a thread. While that transaction runs, new saves queue up for the next one: the busier
 the process, the larger the groups; an idle process saves a lone aggregate at once.
 
 Guarantees, per waiter:
@@ -27,8 +27,6 @@ Guarantees, per waiter:
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
@@ -38,6 +36,7 @@ from eventsourcing.persistence import IntegrityError
 
 from billing.eventstore import EventStore, save_group
 from billing.metrics import SAVE_GROUP_SIZE
+from billing.worker.batching import Batcher
 
 __all__ = ["GroupCommitter", "IntegrityError"]
 
@@ -50,16 +49,9 @@ SingleSave = Callable[[Any], None]
 """Saves one aggregate in its own transaction; raises ``IntegrityError`` on a version conflict."""
 
 
-class _Item:
-    __slots__ = ("aggregate", "future")
-
-    def __init__(self, aggregate: Any, future: asyncio.Future[None]) -> None:
-        self.aggregate = aggregate
-        self.future = future
-
-
 class GroupCommitter:
-    """Collects the saves of concurrent callers in one event loop and writes them in groups.
+    """Collects the saves of concurrent callers in one event loop and writes them in groups (a
+    :class:`~billing.worker.batching.Batcher` keyed by aggregate id).
 
     Args:
         group: writes a group in one transaction (:data:`GroupSave`; called in a thread).
@@ -76,20 +68,25 @@ class GroupCommitter:
     def __init__(
         self, group: GroupSave, single: SingleSave, *, max_items: int = 64, linger_s: float = 0.0
     ) -> None:
-        if max_items < 1:
-            raise ValueError(f"max_items must be >= 1, got {max_items}")
-        if linger_s < 0:
-            raise ValueError(f"linger_s must be >= 0, got {linger_s}")
         self._group = group
         self._single = single
-        self.max_items = max_items
-        self.linger_s = linger_s
-        self._queued: list[_Item] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._batcher: Batcher[Any, None] = Batcher(
+            self._write, max_items=max_items, linger_s=linger_s, key=lambda aggregate: aggregate.id
+        )
         self.groups = 0
         """Transactions written so far (a one-by-one fallback counts each of its transactions)."""
         self.saved = 0
         """Aggregates saved so far."""
+
+    @property
+    def max_items(self) -> int:
+        """The most aggregates in one transaction."""
+        return self._batcher.max_items
+
+    @property
+    def linger_s(self) -> float:
+        """Real seconds the flusher waits before taking a group."""
+        return self._batcher.linger_s
 
     @classmethod
     def for_store(cls, store: EventStore, *, max_items: int = 64, linger_s: float = 0.0) -> GroupCommitter:
@@ -110,83 +107,34 @@ class GroupCommitter:
                 pending events are dropped: reload it).
             Exception: the save failed otherwise (it may have committed, as with a lost connection).
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._queued.append(_Item(aggregate, future))
-        if self._flusher is None or self._flusher.done():
-            # a context of its own: the flusher serves every handling, so it must not log with the ids
-            # that the first one bound to structlog's context
-            self._flusher = loop.create_task(self._run(), context=contextvars.Context())
-        await future
+        await self._batcher(aggregate)
 
     @property
     def queued(self) -> int:
         """Saves waiting for the next group."""
-        return len(self._queued)
+        return self._batcher.queued
 
-    async def _run(self) -> None:
-        batch: list[_Item] = []
+    def _write(self, aggregates: list[Any]) -> list[Exception | None]:
+        """One group, blocking (in the batcher's thread): each aggregate's outcome, None when saved. A
+        failure other than a conflict is raised to every waiter (the commit may or may not have happened:
+        each caller already handles an uncertain save)."""
+        if len(aggregates) == 1:
+            return self._one_by_one(aggregates)
         try:
-            while self._queued:
-                if self.linger_s > 0:
-                    await asyncio.sleep(self.linger_s)
-                else:
-                    await asyncio.sleep(0)
-                batch = self._take()
-                if batch:
-                    await self._flush(batch)
-                batch = []
-        except BaseException as exc:  # the loop is shutting down: no waiter may hang
-            for item in [*batch, *self._queued]:
-                if not item.future.done():
-                    item.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
-            self._queued.clear()
+            moved = self._group(aggregates)
+        except IntegrityError:  # rolled back whole: one transaction per aggregate
+            log.warning("save_group_conflict_one_by_one", size=len(aggregates), exc_info=True)
+            return self._one_by_one(aggregates)
+        except Exception:
+            self.groups += 1
             raise
-
-    def _take(self) -> list[_Item]:
-        """The next group: queued items in order, skipping waiters that gave up, at most ``max_items``,
-        one per aggregate id (later saves of an aggregate stay queued)."""
-        batch: list[_Item] = []
-        ids: set[Any] = set()
-        rest: list[_Item] = []
-        for item in self._queued:
-            if item.future.done():  # the waiter was cancelled before its group: nothing was written
-                continue
-            aggregate_id = item.aggregate.id
-            if len(batch) >= self.max_items or aggregate_id in ids:
-                rest.append(item)
-                continue
-            ids.add(aggregate_id)
-            batch.append(item)
-        self._queued = rest
-        return batch
-
-    async def _flush(self, batch: list[_Item]) -> None:
-        aggregates = [item.aggregate for item in batch]
-        if len(batch) == 1:
-            outcomes = await asyncio.to_thread(self._one_by_one, aggregates)
-        else:
-            try:
-                moved = await asyncio.to_thread(self._group, aggregates)
-            except IntegrityError:  # rolled back whole: one transaction per aggregate
-                log.warning("save_group_conflict_one_by_one", size=len(batch), exc_info=True)
-                outcomes = await asyncio.to_thread(self._one_by_one, aggregates)
-            except Exception as exc:  # may or may not have committed: every waiter decides itself
-                self.groups += 1
-                for item in batch:
-                    _resolve(item, exc)
-                return
-            else:
-                self.groups += 1
-                SAVE_GROUP_SIZE.observe(len(batch))
-                outcomes = [
-                    IntegrityError(f"aggregate {a.id} was moved by another writer") if a.id in moved else None
-                    for a in aggregates
-                ]
-        for item, outcome in zip(batch, outcomes, strict=True):
-            if outcome is None:
-                self.saved += 1
-            _resolve(item, outcome)
+        self.groups += 1
+        SAVE_GROUP_SIZE.observe(len(aggregates))
+        self.saved += len(aggregates) - len(moved)
+        return [
+            IntegrityError(f"aggregate {a.id} was moved by another writer") if a.id in moved else None
+            for a in aggregates
+        ]
 
     def _one_by_one(self, aggregates: Sequence[Any]) -> list[Exception | None]:
         """Each aggregate in its own transaction (in the calling thread); the exception of each, or None."""
@@ -198,17 +146,9 @@ class GroupCommitter:
                 outcomes.append(exc)
             else:
                 outcomes.append(None)
+                self.saved += 1
             self.groups += 1
         return outcomes
-
-
-def _resolve(item: _Item, outcome: Exception | None) -> None:
-    if item.future.done():  # the waiter was cancelled meanwhile; the write happened (or not) regardless
-        return
-    if outcome is None:
-        item.future.set_result(None)
-    else:
-        item.future.set_exception(outcome)
 
 
 def _save_one(store: EventStore, aggregate: Any) -> None:

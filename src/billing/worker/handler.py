@@ -25,10 +25,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 from uuid import UUID
 from zoneinfo import ZoneInfo
@@ -57,6 +57,7 @@ from billing.domain.sending import (
     RecipientFacts,
     Record,
     Settlement,
+    ThrottleState,
     call_fits_lease,
     decide,
     settle,
@@ -69,9 +70,10 @@ from billing.eventstore import EventStore
 from billing.outbox.broker import Delivery
 from billing.outbox.jobs import SendJob, decode_job
 from billing.services.clock import Clock
+from billing.worker.batching import Batcher
 from billing.worker.groupcommit import GroupCommitter
 from billing.worker.ledger import LedgerSession
-from billing.worker.persistence import IntegrityError, load, load_both, pause_queue, resume_queue
+from billing.worker.persistence import IntegrityError, load, pause_queue, read_many, resume_queue
 from billing.worker.rendering import Rendered, RenderError
 
 __all__ = ["Handled", "JobHandler", "Result", "TenantCache"]
@@ -109,7 +111,9 @@ class Result:
 class LedgerPort(Protocol):
     """What the handler uses of :class:`~billing.worker.ledger.SendLedger`."""
 
-    def locked(self, tenant_id: UUID) -> AbstractContextManager[LedgerSession]: ...
+    def locked_many(
+        self, tenant_ids: Iterable[UUID]
+    ) -> AbstractContextManager[Mapping[UUID, LedgerSession]]: ...
     def release(self, ledger_id: int) -> None: ...
     def blocked_generation(self, tenant_id: UUID) -> int | None: ...
     def block_gateway(self, *, tenant_id: UUID, generation: int, code: str, at: datetime) -> None: ...
@@ -151,20 +155,25 @@ class GatewayClient(Protocol):
 
 class RecipientPort(Protocol):
     """Gathers the facts about the person (:class:`billing.worker.recipient.Recipient`): ``gather`` on the
-    event loop (it may call the gateway's lookup), ``gather_known`` blocking, in a thread (None when only
-    a lookup call can tell)."""
+    event loop (it may call the gateway's lookup), ``gather_known_many`` blocking, in a thread, for several
+    contacts at once (None for a contact when only a lookup call can tell)."""
 
     async def gather(
         self, contact: Contact, client: Any, calendar: BusinessCalendar, now: datetime
     ) -> RecipientFacts: ...
-    def gather_known(
-        self, contact: Contact, calendar: BusinessCalendar, now: datetime
-    ) -> RecipientFacts | None: ...
+    def gather_known_many(
+        self, asked: Sequence[tuple[Contact, BusinessCalendar, datetime]]
+    ) -> list[RecipientFacts | Exception | None]: ...
 
 
 _Step = tuple[JobFacts, Decision, bool, int | None]
 """A gather step done in a thread: the facts, the decision on them, whether the throttle step ran (its
 decision is then final for this job), and the ledger grant of a CLAIM."""
+_PreClaim = tuple[JobFacts, Tenant, bool]
+"""A request for the grouped pre-claim step: the facts so far, the tenant, and whether the recipient's
+facts are still to gather (else only the throttle)."""
+_Read = tuple[Contact | None, Queue | None, Tenant | None]
+"""A job's contact, queue and tenant as read by the grouped read (the tenant only when not cached)."""
 
 
 class GatewayFactory(Protocol):
@@ -192,14 +201,25 @@ class TenantCache:
         Raises:
             Exception: the database failed.
         """
-        entry = self._entries.get(tenant_id)
-        now = time.monotonic()
-        if entry is not None and now - entry[0] < self.ttl_s:
-            return entry[1]
+        held, tenant = self.fresh(tenant_id)
+        if held:
+            return tenant
         tenant = await load(self._store, tenant_id, Tenant)
-        if self.ttl_s > 0:
-            self._entries[tenant_id] = (now, tenant)
+        self.keep(tenant_id, tenant)
         return tenant
+
+    def fresh(self, tenant_id: UUID) -> tuple[bool, Tenant | None]:
+        """``(True, tenant or None)`` when an entry younger than ``ttl_s`` is held, else ``(False, None)``
+        (read it, then :meth:`keep` it). No I/O."""
+        entry = self._entries.get(tenant_id)
+        if entry is not None and time.monotonic() - entry[0] < self.ttl_s:
+            return True, entry[1]
+        return False, None
+
+    def keep(self, tenant_id: UUID, tenant: Tenant | None) -> None:
+        """Hold what was just read of ``tenant_id`` (None: unknown) for ``ttl_s``."""
+        if self.ttl_s > 0:
+            self._entries[tenant_id] = (time.monotonic(), tenant)
 
 
 class JobHandler:
@@ -257,6 +277,8 @@ class JobHandler:
         self.rate = float(getattr(clock, "scale", 1.0)) or 1.0
         """Clock seconds per real second (a ``BILLING_CLOCK`` runs faster; tests and demos only)."""
         self._running: set[asyncio.Task[Any]] = set()
+        self._reads: Batcher[tuple[SendJob, bool], _Read] = Batcher(self._read_many)
+        self._pre_claims: Batcher[_PreClaim, _Step | None] = Batcher(self._pre_claim_many)
         self.block_ttl_s = block_ttl_s
         self._blocks: dict[UUID, tuple[float, int | None]] = {}
 
@@ -328,15 +350,18 @@ class JobHandler:
         Raises:
             Exception: an unexpected (transient) failure, e.g. the database is unreachable.
         """
-        # the job names the contact's queue: both are read in one query (checked against the contact)
-        contact, queue = await load_both(self.store, job.contact_id, Contact, job.queue_id, Queue)
-        tenant: Tenant | None = None
+        # the job names the contact's queue and tenant: the three are read together, in one query with
+        # the reads of the other handlings that reached this step (the tenant only when not cached)
+        held, tenant = self.tenants.fresh(job.tenant_id)
+        contact, queue, read_tenant = await self._reads((job, not held))
+        if not held:
+            self.tenants.keep(job.tenant_id, read_tenant)
+            tenant = read_tenant
         if contact is not None and contact.tenant_id == job.tenant_id and not contact.status.is_terminal:
             if queue is None or queue.id != contact.queue_id:
                 queue = await load(self.store, contact.queue_id, Queue)
-            tenant = await self.tenants.get(contact.tenant_id)
         else:
-            queue = None
+            queue = tenant = None
         facts = JobFacts(
             job_tenant_id=job.tenant_id,
             contact=contact,
@@ -352,9 +377,9 @@ class JobHandler:
             assert tenant is not None and decision.need is not None
             step: _Step | None = None
             if decision.need is Need.RECIPIENT:  # and, when it comes next, the throttle: one hand-off
-                step = await asyncio.to_thread(self._recipient_then_throttle, facts, tenant)
+                step = await self._pre_claims((facts, tenant, True))
             elif decision.need is Need.THROTTLE:
-                step = await asyncio.to_thread(self._throttle_step, facts, tenant)
+                step = await self._pre_claims((facts, tenant, False))
             if step is None:
                 facts = await self._gather(decision.need, facts, tenant)
                 decision = decide(facts)
@@ -369,24 +394,70 @@ class JobHandler:
             break
         return await self._execute(decision, facts, tenant)
 
-    def _recipient_then_throttle(self, facts: JobFacts, tenant: Tenant) -> _Step | None:
-        """In a thread: the recipient's facts when no gateway lookup is needed
-        (:meth:`~billing.worker.recipient.Recipient.gather_known`), the decision on them and, when that
-        asks for the throttle next, the throttle step too — two gather steps for one hand-off. None: the
-        recipient needs a lookup call (the caller gathers on the event loop)."""
-        assert facts.contact is not None
-        recipient = self.recipient.gather_known(facts.contact, tenant.sending_policy.calendar, facts.now)
-        if recipient is None:
-            return None
-        facts = replace(facts, recipient=recipient)
-        decision = decide(facts)
-        if decision.action is Action.GATHER and decision.need is Need.THROTTLE:
-            return self._throttle_step(facts, tenant)
-        return facts, decision, False, None
+    def _read_many(self, asked: list[tuple[SendJob, bool]]) -> list[_Read]:
+        """In a thread, for the handlings that reached the read together: each job's contact, queue and
+        (when asked) tenant, all in one query; each None when missing or of another kind."""
+        ids: list[UUID] = []
+        for job, with_tenant in asked:
+            ids += (
+                (job.contact_id, job.queue_id, job.tenant_id)
+                if with_tenant
+                else (job.contact_id, job.queue_id)
+            )
+        found = read_many(self.store, ids)
+        answers: list[_Read] = []
+        for job, with_tenant in asked:
+            contact, queue = found.get(job.contact_id), found.get(job.queue_id)
+            tenant = found.get(job.tenant_id) if with_tenant else None
+            answers.append(
+                (
+                    contact if isinstance(contact, Contact) else None,
+                    queue if isinstance(queue, Queue) else None,
+                    tenant if isinstance(tenant, Tenant) else None,
+                )
+            )
+        return answers
 
-    def _throttle_step(self, facts: JobFacts, tenant: Tenant) -> _Step:
-        decision, ledger_id = self._decide_under_lock(facts, tenant)
-        return facts, decision, True, ledger_id
+    def _pre_claim_many(self, asked: list[_PreClaim]) -> list[_Step | Exception | None]:
+        """In a thread, for the handlings that reached the step together (one hand-off for all): the
+        recipients' facts when no gateway lookup is needed
+        (:meth:`~billing.worker.recipient.Recipient.gather_known_many`), the decision on them and, for
+        those that ask for the throttle next, the throttle step — all tenants' in one ledger transaction
+        (:meth:`_decide_many_under_lock`). Per request: the step, None (the recipient needs a lookup
+        call: the caller gathers on the event loop), or the exception its reads raised."""
+        answers: list[_Step | Exception | None] = [None] * len(asked)
+        throttle: list[int] = []
+        gathering = [i for i, (_, _, with_recipient) in enumerate(asked) if with_recipient]
+        facts_of = [facts for facts, _, _ in asked]
+        if gathering:
+            known = self.recipient.gather_known_many(
+                [
+                    (_contact_of(asked[i][0]), asked[i][1].sending_policy.calendar, asked[i][0].now)
+                    for i in gathering
+                ]
+            )
+            for i, recipient in zip(gathering, known, strict=True):
+                if recipient is None or isinstance(recipient, Exception):
+                    answers[i] = recipient
+                    continue
+                facts = replace(asked[i][0], recipient=recipient)
+                decision = decide(facts)
+                if decision.action is Action.GATHER and decision.need is Need.THROTTLE:
+                    facts_of[i] = facts
+                    throttle.append(i)
+                else:
+                    answers[i] = (facts, decision, False, None)
+        throttle += [i for i, (_, _, with_recipient) in enumerate(asked) if not with_recipient]
+        if throttle:
+            try:
+                steps = self._decide_many_under_lock([(facts_of[i], asked[i][1]) for i in throttle])
+            except Exception as exc:  # rolled back: nothing recorded for any of them
+                for i in throttle:
+                    answers[i] = exc
+            else:
+                for i, step in zip(throttle, steps, strict=True):
+                    answers[i] = step
+        return answers
 
     async def _gather(self, need: Need, facts: JobFacts, tenant: Tenant) -> JobFacts:
         if need is Need.RECIPIENT:
@@ -418,21 +489,35 @@ class JobHandler:
             down_until = self.health.trip(tenant.id, tenant.gateway_generation, now=facts.now)
         return replace(facts, health=GatewayState(verdict, code, down_until))
 
-    def _decide_under_lock(self, facts: JobFacts, tenant: Tenant) -> tuple[Decision, int | None]:
-        """The throttle step, in one ledger transaction under the tenant's lock: the clock is read again
-        there (the wait for the lock must not make the planned arrival stale), the state read, the
-        decision taken, and a CLAIM's grant recorded at its planned arrival."""
-        with self.ledger.locked(tenant.id) as session:
+    def _decide_many_under_lock(self, asked: list[tuple[JobFacts, Tenant]]) -> list[_Step]:
+        """The throttle step of several handlings, in ONE ledger transaction holding each of their
+        tenants' locks: the clock is read again there (the wait for the locks must not make the planned
+        arrivals stale), each tenant's state read once, and the decisions taken in order — each sees the
+        grants recorded before it (:meth:`~billing.domain.sending.ThrottleState.granted`), exactly as if
+        they had come one by one — with a CLAIM's grant recorded at its planned arrival."""
+        with self.ledger.locked_many({tenant.id for _, tenant in asked}) as sessions:
             now = self.clock.now()
-            facts = replace(facts, now=now)
-            policy = tenant.sending_policy
-            near = now + timedelta(seconds=policy.pause_max_s)
-            facts = replace(facts, throttle=session.state(near=near, calendar=policy.calendar))
-            decision = decide(facts)
-            if decision.action is not Action.CLAIM:
-                return decision, None
-            assert decision.arrival is not None and facts.contact is not None
-            return decision, session.record(arrival=decision.arrival, contact_id=facts.contact.id)
+            states: dict[UUID, tuple[ThrottleState, date]] = {}
+            steps: list[_Step] = []
+            for facts, tenant in asked:
+                policy = tenant.sending_policy
+                session = sessions[tenant.id]
+                if tenant.id not in states:
+                    near = now + timedelta(seconds=policy.pause_max_s)
+                    state = session.state(near=near, calendar=policy.calendar)
+                    states[tenant.id] = (state, policy.calendar.local_date(near))
+                state, day = states[tenant.id]
+                facts = replace(facts, now=now, throttle=state)
+                decision = decide(facts)
+                if decision.action is not Action.CLAIM:
+                    steps.append((facts, decision, True, None))
+                    continue
+                assert decision.arrival is not None and facts.contact is not None
+                ledger_id = session.record(arrival=decision.arrival, contact_id=facts.contact.id)
+                that_day = policy.calendar.local_date(decision.arrival) == day
+                states[tenant.id] = (state.granted(decision.arrival, that_day=that_day), day)
+                steps.append((facts, decision, True, ledger_id))
+            return steps
 
     async def _side_effects(self, decision: Decision, queue: Queue, tenant: Tenant, now: datetime) -> None:
         """The decision's effects on the tenant's gateway block and the queue (class :class:`Decision`)."""
@@ -709,6 +794,11 @@ class JobHandler:
             return 1.0
         left = (contact.lease_until - self.clock.now()).total_seconds() / self.rate
         return max(1.0, left - SAVE_SAFETY_S)
+
+
+def _contact_of(facts: JobFacts) -> Contact:
+    assert facts.contact is not None
+    return facts.contact
 
 
 def _command(

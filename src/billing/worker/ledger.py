@@ -4,7 +4,7 @@ Synchronous (psycopg pool of :class:`~billing.bootstrap.Container`); async calle
 
 **Send ledger (promise 5).** The throttle (:func:`billing.domain.throttle.decide_arrival`, called by
 :func:`billing.domain.sending.decide`) is pure; keeping it across any number of worker processes is this
-adapter's job: :meth:`SendLedger.locked` takes ``pg_advisory_xact_lock(LOCK_CLASS, hashtext(tenant_id))``
+adapter's job: :meth:`SendLedger.locked_many` takes ``pg_advisory_xact_lock(LOCK_CLASS, hashtext(tenant_id))``
 and, in that one transaction, the caller reads the tenant's planned arrivals (:meth:`LedgerSession.state`),
 decides, and records the grant (:meth:`LedgerSession.record`). Two processes deciding for one tenant are
 therefore serialised, and each sees the other's grant. One row is one gateway attempt granted, at the
@@ -25,7 +25,7 @@ settings change: the row holds ``Tenant.gateway_generation`` at the time of the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, time, timedelta
 from typing import Any
@@ -60,7 +60,7 @@ def margin_for(clock: object) -> timedelta:
 
 
 class LedgerSession:
-    """The tenant's ledger inside :meth:`SendLedger.locked` (its lock held)."""
+    """The tenant's ledger inside :meth:`SendLedger.locked_many` (its lock held)."""
 
     def __init__(self, cur: Any, tenant_id: UUID, window: timedelta) -> None:
         self._cur = cur
@@ -116,22 +116,28 @@ class SendLedger:
         self.margin = margin
 
     @contextmanager
-    def locked(self, tenant_id: UUID) -> Iterator[LedgerSession]:
-        """One transaction holding the tenant's advisory lock: read the throttle state, decide, record.
+    def locked_many(self, tenant_ids: Iterable[UUID]) -> Iterator[dict[UUID, LedgerSession]]:
+        """One transaction holding the advisory lock of each tenant: ``{tenant_id: session}``, in which the
+        caller reads each tenant's throttle state, decides and records the grants.
 
-        Two processes deciding for one tenant are serialised, and each sees the other's grants. Leaving
-        the block commits (an exception rolls back: nothing recorded).
+        Two processes deciding for one tenant are serialised, and each sees the other's grants. The locks
+        are taken in the order of the ids' text, the same in every process, so two processes locking
+        overlapping sets wait for each other and never deadlock. Leaving the block commits (an exception
+        rolls back: nothing recorded).
 
         Raises:
             psycopg.Error: the database failed.
         """
+        ordered = sorted({str(tenant_id) for tenant_id in tenant_ids})
         with (
             self._pool.connection() as conn,
             conn.transaction(),
             conn.cursor(row_factory=dict_row) as cur,
         ):
-            cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, str(tenant_id)))
-            yield LedgerSession(cur, tenant_id, WINDOW + self.margin)
+            for tenant in ordered:
+                cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, tenant))
+            window = WINDOW + self.margin
+            yield {UUID(tenant): LedgerSession(cur, UUID(tenant), window) for tenant in ordered}
 
     def minute_room(self, tenant_id: UUID, limits: ThrottleLimits, now: datetime) -> int:
         """How many more sends the per-minute rule allows the tenant at ``now`` (its window widened by

@@ -9,7 +9,7 @@ cancellation racing a send, is detected.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -22,7 +22,9 @@ from billing.domain.errors import Conflict
 from billing.domain.queue import Queue
 from billing.eventstore import EventStore, get_owned, load_many
 
-__all__ = ["IntegrityError", "load", "load_both", "pause_queue", "resume_queue", "save", "update_queue"]
+__all__ = [
+    "IntegrityError", "load", "load_both", "pause_queue", "read_many", "resume_queue", "save", "update_queue",
+]  # fmt: skip
 
 log = structlog.get_logger(__name__)
 
@@ -54,13 +56,28 @@ async def load_both(
     """
 
     def read() -> tuple[A | None, B | None]:
-        if not isinstance(store.recorder, PostgresApplicationRecorder):
-            return get_owned(store, first_id, first), get_owned(store, second_id, second)
-        found = load_many(store, [first_id, second_id])
+        found = read_many(store, [first_id, second_id])
         a, b = found.get(first_id), found.get(second_id)
         return (a if isinstance(a, first) else None), (b if isinstance(b, second) else None)
 
     return await asyncio.to_thread(read)
+
+
+def read_many(store: EventStore, aggregate_ids: Iterable[UUID]) -> dict[UUID, Any]:
+    """The aggregates that exist among ``aggregate_ids``, **blocking**: ``{id: aggregate}``. On PostgreSQL
+    one query (:func:`billing.eventstore.load_many`); on another recorder one read each.
+
+    Raises:
+        Exception: the database is unreachable.
+    """
+    if isinstance(store.recorder, PostgresApplicationRecorder):
+        return load_many(store, aggregate_ids)
+    found: dict[UUID, Any] = {}
+    for aggregate_id in dict.fromkeys(aggregate_ids):
+        aggregate = get_owned(store, aggregate_id, object)
+        if aggregate is not None:
+            found[aggregate_id] = aggregate
+    return found
 
 
 async def save(store: EventStore, *aggregates: Any) -> None:

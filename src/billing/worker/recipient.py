@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -40,6 +41,7 @@ from billing.domain.whatsapp import (
 )
 from billing.eventstore import EventStore, get_owned
 from billing.gateway.client import GatewayError
+from billing.worker.persistence import read_many
 
 __all__ = ["LOOKUP_INTERVAL_S", "Recipient"]
 
@@ -113,15 +115,57 @@ class Recipient:
     ) -> RecipientFacts | None:
         """:meth:`gather` without a gateway call, **blocking** (call it in a thread): the same facts, read
         the same way, when the phone's account answer is already known (memory or ``whatsapp_accounts``);
-        None when only a lookup call can tell (then use :meth:`gather`). The handler runs it in the thread
-        hand-off of its throttle step, so a send pays one hand-off for both.
+        None when only a lookup call can tell (then use :meth:`gather`).
 
         Raises:
             Exception: the database failed.
         """
         assert contact.phone is not None
-        allowed = CapDecision(allowed=True)
         conversation = get_owned(self.store, conversation_id(contact.tenant_id, contact.phone), Conversation)
+        return self._known_facts(contact, conversation, calendar, now)
+
+    def gather_known_many(
+        self, asked: Sequence[tuple[Contact, BusinessCalendar, datetime]]
+    ) -> list[RecipientFacts | Exception | None]:
+        """:meth:`gather_known` for several contacts, **blocking**, their phones' Conversations read in one
+        query: one item per ``(contact, calendar, now)`` asked, in order — the facts, None (a lookup call
+        is needed) or the exception that contact's reads raised. The handler runs it in the one thread
+        hand-off of its grouped throttle step.
+
+        Raises:
+            Exception: the Conversations could not be read (the database failed).
+        """
+        ids = []
+        for contact, _, _ in asked:
+            assert contact.phone is not None
+            ids.append(conversation_id(contact.tenant_id, contact.phone))
+        conversations = read_many(self.store, ids)
+        answers: list[RecipientFacts | Exception | None] = []
+        for (contact, calendar, now), cid in zip(asked, ids, strict=True):
+            conversation = conversations.get(cid)
+            try:
+                answers.append(
+                    self._known_facts(
+                        contact,
+                        conversation if isinstance(conversation, Conversation) else None,
+                        calendar,
+                        now,
+                    )
+                )
+            except Exception as exc:
+                answers.append(exc)
+        return answers
+
+    def _known_facts(
+        self,
+        contact: Contact,
+        conversation: Conversation | None,
+        calendar: BusinessCalendar,
+        now: datetime,
+    ) -> RecipientFacts | None:
+        """:meth:`gather_known` once the phone's Conversation is read."""
+        assert contact.phone is not None
+        allowed = CapDecision(allowed=True)
         if conversation is not None and conversation.opted_out:
             return RecipientFacts(opted_out=True, account=None, cap=allowed)
         account = self._known_now(contact.tenant_id, contact.phone, now)
