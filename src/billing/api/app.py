@@ -20,7 +20,7 @@ from billing.api.docs import assets_router, errors, finish, swagger_plugin
 from billing.api.errors import EXCEPTION_HANDLERS, Unauthorized
 from billing.api.hooks import GatewayWebhookController, HooksAdminController, QueueControlController
 from billing.api.public import PublicController
-from billing.api.ratelimit import build_rate_limit, parse_overrides
+from billing.api.ratelimit import build_rate_limit
 from billing.bootstrap import Container
 from billing.dashboard.app import dashboard_middleware, dashboard_routers, template_config
 from billing.projections.tracking import load_position
@@ -139,7 +139,7 @@ def create_app(container: Container) -> Litestar:
 
     rate_limit, stores = build_rate_limit(
         default_limit=settings.rate_limit_per_minute,
-        overrides=parse_overrides(settings.rate_limits),
+        overrides=settings.rate_limit_overrides(),
         redis_url=settings.redis_url,
         tenant_of=tenant_of,
     )
