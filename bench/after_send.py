@@ -74,7 +74,7 @@ async def lookups(container: object, tenant_id: uuid.UUID, n: int, *, peers: boo
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=sim.asgi_app))
     client = EvolutionClient(http, base_url="http://sim", api_key="k", instance="bench", api_version="v2")
     contacts = campaign(container.store, tenant_id, n)  # type: ignore[attr-defined]
-    project_pending(container)  # type: ignore[arg-type]
+    project_pending(container.store, container.pool)  # type: ignore[attr-defined]
     recipient = recipient_module.Recipient(container.store, container.pool)  # type: ignore[attr-defined]
     if not peers:
         recipient._peers = lambda contact, now, room: []  # type: ignore[method-assign]

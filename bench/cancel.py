@@ -47,7 +47,7 @@ def main() -> None:
         tenants = TenantService(container.store, container.clock)
         tenant_id = tenants.create_tenant(name="Bench", gateway=GATEWAY)
         headers = {"X-Billing-API-Key": tenants.issue_api_key(tenant_id, "bench")}
-        project_pending(container)
+        project_pending(container.store, container.pool)
         results: dict[int, list[float]] = {n: [] for n in sizes}
         with (
             serve(create_app(container)) as port,

@@ -204,7 +204,7 @@ def main() -> None:
         tenant_id = TenantService(container.store, container.clock).create_tenant(
             name="Bench", gateway=GATEWAY
         )
-        project_pending(container)
+        project_pending(container.store, container.pool)
         app = create_app(container)
         small = args.small // EVENTS_PER_CONTACT
         total = args.events // EVENTS_PER_CONTACT

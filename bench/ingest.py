@@ -78,7 +78,7 @@ def main() -> None:
         tenants = TenantService(container.store, container.clock)
         tenant_id = tenants.create_tenant(name="Bench", gateway=GATEWAY)
         key = tenants.issue_api_key(tenant_id, "bench")
-        project_pending(container)
+        project_pending(container.store, container.pool)
         port = free_port()
         server = uvicorn.Server(
             uvicorn.Config(create_app(container), host="127.0.0.1", port=port, log_level="warning")

@@ -128,7 +128,7 @@ def main() -> None:
         UserService(container.store, container.pool, container.clock).create(
             tenant_id, email="bench@bench.example", password="senha-do-bench", role="admin"
         )
-        project_pending(container)
+        project_pending(container.store, container.pool)
         started = time.perf_counter()
         fill(url, tenant_id, args.contacts)
         print(f"filled {args.contacts:,} contacts in {time.perf_counter() - started:.1f} s")

@@ -97,7 +97,7 @@ def main() -> None:
         tenants = TenantService(container.store, container.clock)
         tenant_id = tenants.create_tenant(name="Bench", gateway=GATEWAY)
         headers = {"X-Billing-API-Key": tenants.issue_api_key(tenant_id, "bench")}
-        project_pending(container)
+        project_pending(container.store, container.pool)
         campaign_ids = []
         with (
             serve(create_app(container)) as port,
@@ -109,13 +109,13 @@ def main() -> None:
                 assert posted.status_code == 202, posted.text
                 campaign_ids.append(UUID(posted.json()["campaign_id"]))
         send_all(container, campaign_ids, args.contacts)
-        project_pending(container)
+        project_pending(container.store, container.pool)
         with psycopg.connect(url) as conn:
             before = conn.execute("SELECT sum(sent) FROM queue_status").fetchone()
         rebuilds, raws = [], []
         for _ in range(args.runs):
             started = time.perf_counter()
-            replayed = rebuild_projections(container)
+            replayed = rebuild_projections(container.store, container.pool)
             rebuilds.append(time.perf_counter() - started)
             events, seconds = raw_read(url)
             raws.append(seconds)

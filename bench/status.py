@@ -138,7 +138,7 @@ def main() -> None:
         key = tenants.issue_api_key(tenant_id, "bench")
         campaign, queue, contacts = posted(tenant_id, accepted=10_000, rejected=0)
         container.store.save(campaign, queue, *contacts)
-        project_pending(container)
+        project_pending(container.store, container.pool)
         container.store.close()
         container.pool.close()
         ours, ours_port = start_server("ours", url)

@@ -95,7 +95,7 @@ class Site:
             admin, viewer = f"admin-{tag}@loja.example", f"viewer-{tag}@loja.example"
             users.create(tenant_id, email=admin, password=PASSWORD, role="admin")
             users.create(tenant_id, email=viewer, password=PASSWORD, role="viewer")
-            project_pending(container)
+            project_pending(container.store, container.pool)
         finally:
             asyncio.run(container.aclose())
         return Tenant(tenant_id, admin, viewer, key)

@@ -97,7 +97,7 @@ def make_tenant(
         gateway = {"base_url": gateway_url, "instance": INSTANCE, "api_key": GATEWAY_KEY, "api_version": "v2"}
         tenant_id = tenants.create_tenant(name="Loja", gateway=gateway, policy=policy)
         api_key = tenants.issue_api_key(tenant_id, "erp")
-        project_pending(container)
+        project_pending(container.store, container.pool)
     finally:
         asyncio.run(container.aclose())
     return tenant_id, api_key

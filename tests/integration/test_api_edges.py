@@ -65,7 +65,7 @@ def make_api(database_url: str) -> Callable[..., Any]:
         if overrides is not None:
             rate_limits = overrides(tenant_id, key, tenants)
             container.settings = dataclasses.replace(container.settings, rate_limits=rate_limits)
-        project_pending(container)
+        project_pending(container.store, container.pool)
         try:
             async with AsyncTestClient(app=create_app(container)) as client:
                 yield Api(client, container, tenants, tenant_id, mint_token(SECRET, tenant_id), key)

@@ -45,7 +45,7 @@ class Dash:
     tenants: TenantService
 
     def project(self) -> None:
-        project_pending(self.container)
+        project_pending(self.container.store, self.container.pool)
 
     async def login(self, email: str = "ana@loja.example", password: str = PASSWORD) -> Any:
         page = await self.client.get("/dashboard/login")
@@ -75,7 +75,7 @@ async def dash(database_url: str) -> AsyncIterator[Dash]:
     tenant_id = tenants.create_tenant(name="Loja Exemplo", gateway=GATEWAY)
     users.create(tenant_id, email="Ana@Loja.example", password=PASSWORD, role="admin")
     users.create(tenant_id, email="vera@loja.example", password=PASSWORD, role="viewer")
-    project_pending(container)
+    project_pending(container.store, container.pool)
     app = create_app(container)
     async with AsyncTestClient(app=app, base_url="http://testserver.local") as client:
         yield Dash(client, container, tenant_id, users, tenants)

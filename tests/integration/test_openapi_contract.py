@@ -51,7 +51,7 @@ def served(database_url: str) -> Iterator[tuple[Litestar, dict[str, str]]]:
     tenants = TenantService(container.store, container.clock)
     tenant_id = tenants.create_tenant(name="Loja Exemplo", gateway=GATEWAY)
     key = tenants.issue_api_key(tenant_id, "erp")
-    project_pending(container)
+    project_pending(container.store, container.pool)
     headers = {"X-Billing-API-Key": key, "Authorization": f"Bearer {mint_token(SECRET, tenant_id)}"}
     yield create_app(container), headers
     asyncio.run(container.aclose())
