@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import free_port, scratch_database
 
-from billing.api.app import create_app
 from billing.bootstrap import build_container
 from billing.db import migrate
 from billing.domain.contact import Contact
@@ -45,6 +44,7 @@ from billing.services.clock import FakeClock
 from billing.services.engagement import EngagementService
 from billing.services.tenants import TenantService
 from billing.settings import Settings
+from billing.webapp import create_app
 
 GATEWAY = {"base_url": "http://sim", "instance": "bench", "api_key": "k", "api_version": "v2"}
 NOW = datetime(2025, 1, 15, 13, 0, tzinfo=UTC)

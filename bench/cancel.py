@@ -23,12 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BASE, GATEWAY, average_state_size, contacts, copy_baseline, scratch_database, serve
 
-from billing.api.app import create_app
 from billing.bootstrap import build_container
 from billing.db import migrate
 from billing.projections.views import project_pending
 from billing.services.tenants import TenantService
 from billing.settings import Settings
+from billing.webapp import create_app
 
 GOALS = {3_000: 1.0, 10_000: 3.0}
 

@@ -49,7 +49,6 @@ import msgspec
 import psycopg
 import uvicorn
 
-from billing.api.app import create_app
 from billing.bootstrap import (
     Container,
     build_container,
@@ -65,6 +64,7 @@ from billing.outbox.rabbitmq import RabbitBroker
 from billing.projections.views import project_pending
 from billing.services.tenants import TenantService
 from billing.settings import Settings
+from billing.webapp import create_app
 
 ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"

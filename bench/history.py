@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import GATEWAY, scratch_database
 
-from billing.api.app import create_app
 from billing.api.auth import mint_token
 from billing.bootstrap import build_container
 from billing.db import migrate
@@ -46,6 +45,7 @@ from billing.projections.views import project_pending
 from billing.projections.writers import ViewWriter
 from billing.services.tenants import TenantService
 from billing.settings import Settings
+from billing.webapp import create_app
 
 BASE = "/api/billing/v1/billing"
 SECRET = "b" * 32

@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import GATEWAY, free_port, scratch_database
 
-from billing.api.app import create_app
 from billing.bootstrap import build_container
 from billing.db import migrate
 from billing.projections.views import project_pending
 from billing.services.tenants import TenantService
 from billing.settings import Settings
+from billing.webapp import create_app
 
 SEND = "/api/billing/v1/billing/send/notification"
 

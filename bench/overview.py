@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import GATEWAY, free_port, scratch_database
 
-from billing.api.app import create_app
 from billing.bootstrap import build_container
 from billing.db import migrate
 from billing.projections.views import project_pending
@@ -45,6 +44,7 @@ from billing.services.queries import Queries
 from billing.services.tenants import TenantService
 from billing.services.users import UserService
 from billing.settings import Settings
+from billing.webapp import create_app
 
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 OUTCOMES = ("sent", "sent", "sent", "sent", "failed", "skipped", "rejected", "cancelled")

@@ -31,13 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BASE, GATEWAY, contacts, scratch_database, serve
 
-from billing.api.app import create_app
 from billing.bootstrap import build_container
 from billing.db import migrate
 from billing.eventstore import load_many, save_unless_moved
 from billing.projections.views import project_pending, rebuild_projections
 from billing.services.tenants import TenantService
 from billing.settings import Settings
+from billing.webapp import create_app
 
 CHUNK = 2_000
 

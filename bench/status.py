@@ -64,9 +64,9 @@ def bare_app(url: str) -> Any:
 
 
 def our_app(url: str) -> Any:
-    from billing.api.app import create_app
     from billing.bootstrap import build_container
     from billing.settings import Settings
+    from billing.webapp import create_app
 
     settings = Settings.from_env({}, database_url=url, jwt_secret="b" * 32, pool_size=POOL_SIZE)
     return create_app(build_container(settings))

@@ -148,7 +148,6 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
     """The one-process system: in-memory broker, simulator, demo tenant, then the four components."""
     import secrets
 
-    from billing.api.app import create_app
     from billing.bootstrap import (
         run_hooks_process,
         run_projections_process,
@@ -157,6 +156,7 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
     )
     from billing.gateway.simulator import EvolutionSimulator
     from billing.outbox.memory import InMemoryBroker
+    from billing.webapp import create_app
 
     stop = asyncio.Event()
     _install_stop_signals(stop)

@@ -21,7 +21,6 @@ from zoneinfo import ZoneInfo
 import httpx
 from litestar import Litestar
 
-from billing.api.app import create_app
 from billing.api.auth import mint_token
 from billing.api.deps import Services
 from billing.api.hooks import GATEWAY_SECRET_HEADER
@@ -43,6 +42,7 @@ from billing.projections.views import project_pending
 from billing.services.clock import FakeClock
 from billing.services.tenants import TenantService
 from billing.settings import Settings
+from billing.webapp import create_app
 from billing.worker.handler import JobHandler, Result
 from tests.integration.test_broker_contract import delete_topology, queue_depth
 

@@ -20,7 +20,6 @@ import jwt
 import pytest
 from litestar.testing import AsyncTestClient
 
-from billing.api.app import create_app
 from billing.api.auth import mint_token
 from billing.bootstrap import Container, build_container
 from billing.domain.contact import Contact
@@ -28,6 +27,7 @@ from billing.projections.views import project_pending
 from billing.services.clock import FakeClock
 from billing.services.tenants import TenantService
 from billing.settings import Settings
+from billing.webapp import create_app
 from tests.cases import load_cases
 
 BASE = "/api/billing/v1/billing"

@@ -12,10 +12,10 @@ import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from billing.api.app import create_app
 from billing.bootstrap import Container, build_container
 from billing.services.tenants import TenantService
 from billing.settings import Settings
+from billing.webapp import create_app
 
 BASE = "/api/billing/v1/billing"
 GATEWAY = {"base_url": "http://sim", "instance": "demo", "api_key": "sim-key", "api_version": "v2"}

@@ -16,13 +16,13 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from billing.api.app import create_app
 from billing.bootstrap import Container, build_container
 from billing.projections.views import project_pending
 from billing.services.clock import FakeClock
 from billing.services.tenants import TenantService
 from billing.services.users import UserService
 from billing.settings import Settings
+from billing.webapp import create_app
 
 SECRET = "d" * 40
 GATEWAY = {"base_url": "http://sim", "instance": "demo", "api_key": "gw-secret-key", "api_version": "v2"}
