@@ -32,10 +32,8 @@ import billing.worker.recipient as recipient_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import free_port, scratch_database
+from common import free_port, scratch_container
 
-from billing.bootstrap import build_container
-from billing.db import migrate
 from billing.domain.contact import Contact
 from billing.gateway.client import EvolutionClient
 from billing.gateway.simulator import EvolutionSimulator
@@ -43,7 +41,6 @@ from billing.projections.views import project_pending
 from billing.services.clock import FakeClock
 from billing.services.engagement import EngagementService
 from billing.services.tenants import TenantService
-from billing.settings import Settings
 from billing.webapp import create_app
 
 GATEWAY = {"base_url": "http://sim", "instance": "bench", "api_key": "k", "api_version": "v2"}
@@ -129,10 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     recipient_module.LOOKUP_INTERVAL_S = 0.0
 
-    with scratch_database("bench_after") as url:
-        migrate(url)
-        settings = Settings.from_env({}, database_url=url, jwt_secret="b" * 32)
-        container = build_container(settings, clock=FakeClock(NOW))
+    with scratch_container("bench_after", clock=FakeClock(NOW), jwt_secret="b" * 32) as (_, container):
         tenants = TenantService(container.store, container.clock)
         tenant_id = tenants.create_tenant(name="Bench", gateway=GATEWAY)
         other_id = tenants.create_tenant(name="Baseline", gateway=GATEWAY)
@@ -165,8 +159,6 @@ def main() -> None:
         print(f"webhook requests handled: {hooks:.0f}/s (stored in the inbox, {args.concurrency} in flight)")
         print(f"  baseline, bare GET /health/live: {live:.0f}/s (ratio {hooks / live:.2f})")
         server.should_exit = True
-        container.pool.close()
-        container.store.close()
 
 
 if __name__ == "__main__":

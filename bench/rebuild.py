@@ -29,14 +29,11 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BASE, GATEWAY, contacts, scratch_database, serve
+from common import BASE, GATEWAY, contacts, scratch_container, serve
 
-from billing.bootstrap import build_container
-from billing.db import migrate
 from billing.eventstore import load_many, save_unless_moved
 from billing.projections.views import project_pending, rebuild_projections
 from billing.services.tenants import TenantService
-from billing.settings import Settings
 from billing.webapp import create_app
 
 CHUNK = 2_000
@@ -90,10 +87,7 @@ def main() -> None:
     parser.add_argument("--cli", action="store_true", help="also time the real command")
     args = parser.parse_args()
 
-    with scratch_database() as url:
-        migrate(url)
-        settings = Settings.from_env({}, database_url=url, jwt_secret="b" * 32, pool_size=4)
-        container = build_container(settings)
+    with scratch_container(jwt_secret="b" * 32, pool_size=4) as (url, container):
         tenants = TenantService(container.store, container.clock)
         tenant_id = tenants.create_tenant(name="Bench", gateway=GATEWAY)
         headers = {"X-Billing-API-Key": tenants.issue_api_key(tenant_id, "bench")}
@@ -131,8 +125,6 @@ def main() -> None:
                 [str(Path(sys.executable).parent / "billing"), "projections", "rebuild"], env=env, check=True
             )
             cli = time.perf_counter() - started
-        container.store.close()
-        container.pool.close()
         rebuild, raw = statistics.median(rebuilds), statistics.median(raws)
         print(f"projections rebuild of {events:,} events: median {rebuild:.2f} s = {events / rebuild:,.0f}/s")
         print(f"  baseline: raw select + JSON decode of the rows: median {raw:.2f} s = {events / raw:,.0f}/s")
