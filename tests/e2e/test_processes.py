@@ -185,16 +185,19 @@ class Stack:
         for name, process in self.processes.items():
             assert process.poll() is None, f"{name} exited with {process.returncode}:\n{self.logs()}"
 
-    def wait_ready(self) -> None:
-        """Until the API answers ready and every other process logged that it runs."""
+    def wait_ready(self, timeout_s: float = READY_S) -> None:
+        """Until the API answers ready and every other process logged that it runs (at most ``timeout_s``
+        seconds)."""
         marks = {
             name: "worker_started" if name.startswith("worker") else "process started" for name in self.names
         }
-        deadline = time.monotonic() + READY_S
+        deadline = time.monotonic() + timeout_s
         waiting = set(self.names)
         while waiting:
             self.assert_alive()
-            assert time.monotonic() < deadline, f"not ready in {READY_S} s: {sorted(waiting)}\n{self.logs()}"
+            assert time.monotonic() < deadline, (
+                f"not ready in {timeout_s} s: {sorted(waiting)}\n{self.logs()}"
+            )
             for name in sorted(waiting):
                 if name == "api":
                     with contextlib.suppress(httpx.HTTPError):
