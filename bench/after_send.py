@@ -32,11 +32,8 @@ import billing.worker.recipient as recipient_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import free_port, scratch_database
+from common import free_port, scratch_container
 
-from billing.api.app import create_app
-from billing.bootstrap import build_container
-from billing.db import migrate
 from billing.domain.contact import Contact
 from billing.gateway.client import EvolutionClient
 from billing.gateway.simulator import EvolutionSimulator
@@ -44,7 +41,7 @@ from billing.projections.views import project_pending
 from billing.services.clock import FakeClock
 from billing.services.engagement import EngagementService
 from billing.services.tenants import TenantService
-from billing.settings import Settings
+from billing.webapp import create_app
 
 GATEWAY = {"base_url": "http://sim", "instance": "bench", "api_key": "k", "api_version": "v2"}
 NOW = datetime(2025, 1, 15, 13, 0, tzinfo=UTC)
@@ -74,7 +71,7 @@ async def lookups(container: object, tenant_id: uuid.UUID, n: int, *, peers: boo
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=sim.asgi_app))
     client = EvolutionClient(http, base_url="http://sim", api_key="k", instance="bench", api_version="v2")
     contacts = campaign(container.store, tenant_id, n)  # type: ignore[attr-defined]
-    project_pending(container)  # type: ignore[arg-type]
+    project_pending(container.store, container.pool)  # type: ignore[attr-defined]
     recipient = recipient_module.Recipient(container.store, container.pool)  # type: ignore[attr-defined]
     if not peers:
         recipient._peers = lambda contact, now, room: []  # type: ignore[method-assign]
@@ -129,10 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     recipient_module.LOOKUP_INTERVAL_S = 0.0
 
-    with scratch_database("bench_after") as url:
-        migrate(url)
-        settings = Settings.from_env({}, database_url=url, jwt_secret="b" * 32)
-        container = build_container(settings, clock=FakeClock(NOW))
+    with scratch_container("bench_after", clock=FakeClock(NOW), jwt_secret="b" * 32) as (_, container):
         tenants = TenantService(container.store, container.clock)
         tenant_id = tenants.create_tenant(name="Bench", gateway=GATEWAY)
         other_id = tenants.create_tenant(name="Baseline", gateway=GATEWAY)
@@ -165,8 +159,6 @@ def main() -> None:
         print(f"webhook requests handled: {hooks:.0f}/s (stored in the inbox, {args.concurrency} in flight)")
         print(f"  baseline, bare GET /health/live: {live:.0f}/s (ratio {hooks / live:.2f})")
         server.should_exit = True
-        container.pool.close()
-        container.store.close()
 
 
 if __name__ == "__main__":

@@ -21,14 +21,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BASE, GATEWAY, average_state_size, contacts, copy_baseline, scratch_database, serve
+from common import BASE, GATEWAY, average_state_size, contacts, copy_baseline, scratch_container, serve
 
-from billing.api.app import create_app
-from billing.bootstrap import build_container
-from billing.db import migrate
 from billing.projections.views import project_pending
 from billing.services.tenants import TenantService
-from billing.settings import Settings
+from billing.webapp import create_app
 
 GOALS = {3_000: 1.0, 10_000: 3.0}
 
@@ -40,14 +37,11 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
-    with scratch_database() as url:
-        migrate(url)
-        settings = Settings.from_env({}, database_url=url, jwt_secret="b" * 32, pool_size=4)
-        container = build_container(settings)
+    with scratch_container(jwt_secret="b" * 32, pool_size=4) as (url, container):
         tenants = TenantService(container.store, container.clock)
         tenant_id = tenants.create_tenant(name="Bench", gateway=GATEWAY)
         headers = {"X-Billing-API-Key": tenants.issue_api_key(tenant_id, "bench")}
-        project_pending(container)
+        project_pending(container.store, container.pool)
         results: dict[int, list[float]] = {n: [] for n in sizes}
         with (
             serve(create_app(container)) as port,
@@ -67,8 +61,6 @@ def main() -> None:
                     assert count == n, f"answered cancelled: {count}, expected {n}"
                     results[n].append(elapsed)
         row_size = average_state_size(url, "billing.Contact.Cancelled")
-        container.store.close()
-        container.pool.close()
         for n in sizes:
             median = statistics.median(results[n])
             baseline = copy_baseline(url, n, row_size, "billing.Contact.Cancelled")

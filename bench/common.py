@@ -1,5 +1,5 @@
-"""Helpers the benchmarks share: a scratch database, the API served over real HTTP, contact rows, and a
-raw ``COPY`` baseline."""
+"""Helpers the benchmarks share: a scratch database (bare, or migrated with a container over it), the API
+served over real HTTP, contact rows, and a raw ``COPY`` baseline."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ from typing import Any
 
 import psycopg
 import uvicorn
+
+from billing.bootstrap import Container, build_container
+from billing.db import migrate
+from billing.services.clock import Clock
+from billing.settings import Settings
 
 ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
 GATEWAY = {"base_url": "http://127.0.0.1:9", "instance": "bench", "api_key": "k", "api_version": "v2"}
@@ -30,6 +35,23 @@ def scratch_database(prefix: str = "billing_bench") -> Iterator[str]:
     finally:
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def scratch_container(
+    prefix: str = "billing_bench", *, clock: Clock | None = None, **settings: Any
+) -> Iterator[tuple[str, Container]]:
+    """A fresh, migrated database and a container over it (``settings`` as ``Settings`` fields, beside its
+    URL; ``clock`` as :func:`billing.bootstrap.build_container` takes it): yields ``(url, container)``;
+    the container's store and pool are closed, and the database dropped, at the end."""
+    with scratch_database(prefix) as url:
+        migrate(url)
+        container = build_container(Settings.from_env({}, database_url=url, **settings), clock=clock)
+        try:
+            yield url, container
+        finally:
+            container.pool.close()
+            container.store.close()
 
 
 def free_port() -> int:

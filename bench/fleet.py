@@ -49,17 +49,22 @@ import msgspec
 import psycopg
 import uvicorn
 
-from billing.api.app import create_app
-from billing.bootstrap import Container, build_container, run_worker_process
+from billing.bootstrap import (
+    Container,
+    build_container,
+    run_projections_process,
+    run_relay_process,
+    run_worker_process,
+)
 from billing.db import migrate
 from billing.domain.policy import MAX_MESSAGES_PER_DAY, MAX_MESSAGES_PER_MINUTE, default_policy_spec
 from billing.logging import configure_logging
 from billing.outbox.broker import Topology
 from billing.outbox.rabbitmq import RabbitBroker
-from billing.outbox.relay import run_relay
-from billing.projections.views import project_pending, run_projections
+from billing.projections.views import project_pending
 from billing.services.tenants import TenantService
 from billing.settings import Settings
+from billing.webapp import create_app
 
 ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -352,7 +357,7 @@ def seed_tenants(container: Container, n: int, sim_url: str) -> list[str]:
         gateway = {"base_url": sim_url, "instance": name, "api_key": f"gw-{name}", "api_version": "v2"}
         tenant_id = service.create_tenant(name=f"Fleet {name}", gateway=gateway, policy=policy)
         keys.append(service.issue_api_key(tenant_id, "bench"))
-    project_pending(container)
+    project_pending(container.store, container.pool)
     return keys
 
 
@@ -547,8 +552,8 @@ async def run(args: argparse.Namespace, url: str, sim_port: int, logs: Path, met
         configure_logging("json", args.log_level)  # litestar/uvicorn may have installed their own
         tasks += [
             asyncio.create_task(api.serve(), name="api"),
-            asyncio.create_task(run_projections(container, stop), name="projections"),
-            asyncio.create_task(run_relay(container, stop), name="relay"),
+            asyncio.create_task(run_projections_process(container, stop), name="projections"),
+            asyncio.create_task(run_relay_process(container, stop), name="relay"),
         ]
         if args.workers:
             workers = start_workers(args, settings, logs)

@@ -34,18 +34,15 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import GATEWAY, scratch_database
+from common import GATEWAY, scratch_container
 
-from billing.api.app import create_app
 from billing.api.auth import mint_token
-from billing.bootstrap import build_container
-from billing.db import migrate
 from billing.domain.contact import Contact
 from billing.projections.history import write_history
 from billing.projections.views import project_pending
 from billing.projections.writers import ViewWriter
 from billing.services.tenants import TenantService
-from billing.settings import Settings
+from billing.webapp import create_app
 
 BASE = "/api/billing/v1/billing"
 SECRET = "b" * 32
@@ -197,14 +194,14 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    with scratch_database("billing_bench_history") as url:
-        migrate(url)
-        settings = Settings.from_env({}, database_url=url, jwt_secret=SECRET, log_level="WARNING")
-        container = build_container(settings)
+    with scratch_container("billing_bench_history", jwt_secret=SECRET, log_level="WARNING") as (
+        url,
+        container,
+    ):
         tenant_id = TenantService(container.store, container.clock).create_tenant(
             name="Bench", gateway=GATEWAY
         )
-        project_pending(container)
+        project_pending(container.store, container.pool)
         app = create_app(container)
         small = args.small // EVENTS_PER_CONTACT
         total = args.events // EVENTS_PER_CONTACT
@@ -235,8 +232,6 @@ def main() -> None:
                 f"p99 {name_} at {int(stored[0]):,} / at {args.small:,} events: {ratio:.2f}x"
                 " (target: p99 < 50 ms)"
             )
-        container.pool.close()
-        container.store.close()
 
 
 if __name__ == "__main__":

@@ -24,14 +24,11 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import GATEWAY, free_port, scratch_database
+from common import GATEWAY, free_port, scratch_container
 
-from billing.api.app import create_app
-from billing.bootstrap import build_container
-from billing.db import migrate
 from billing.projections.views import project_pending
 from billing.services.tenants import TenantService
-from billing.settings import Settings
+from billing.webapp import create_app
 
 SEND = "/api/billing/v1/billing/send/notification"
 
@@ -59,13 +56,11 @@ def main() -> None:
     parser.add_argument("--contacts", type=int, default=8_500)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    with scratch_database("billing_bench") as url:
-        migrate(url)
-        container = build_container(Settings.from_env({}, database_url=url, jwt_secret="b" * 32))
+    with scratch_container(jwt_secret="b" * 32) as (_, container):
         tenants = TenantService(container.store, container.clock)
         tenant_id = tenants.create_tenant(name="Bench", gateway=GATEWAY)
         key = tenants.issue_api_key(tenant_id, "bench")
-        project_pending(container)
+        project_pending(container.store, container.pool)
         port = free_port()
         server = uvicorn.Server(
             uvicorn.Config(create_app(container), host="127.0.0.1", port=port, log_level="warning")
@@ -86,8 +81,6 @@ def main() -> None:
                 figures["valid"].append(timed(client, batch(args.contacts, 20, run + 1), key, 202))
         server.should_exit = True
         thread.join(timeout=10)
-        container.store.close()
-        container.pool.close()
         median = {name: statistics.median(values) for name, values in figures.items()}
         print(
             f"{len(hostile) / 1e6:.1f} MB, {args.contacts} names of 1,000 chars → 422: "

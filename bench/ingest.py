@@ -23,14 +23,11 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import GATEWAY, free_port, scratch_database
+from common import GATEWAY, free_port, scratch_container
 
-from billing.api.app import create_app
-from billing.bootstrap import build_container
-from billing.db import migrate
 from billing.projections.views import project_pending
 from billing.services.tenants import TenantService
-from billing.settings import Settings
+from billing.webapp import create_app
 
 
 def contacts(n: int, seed: int) -> list[dict[str, object]]:
@@ -71,14 +68,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    with scratch_database("billing_bench") as url:
-        migrate(url)
-        settings = Settings.from_env({}, database_url=url, jwt_secret="b" * 32, pool_size=4)
-        container = build_container(settings)
+    with scratch_container(jwt_secret="b" * 32, pool_size=4) as (url, container):
         tenants = TenantService(container.store, container.clock)
         tenant_id = tenants.create_tenant(name="Bench", gateway=GATEWAY)
         key = tenants.issue_api_key(tenant_id, "bench")
-        project_pending(container)
+        project_pending(container.store, container.pool)
         port = free_port()
         server = uvicorn.Server(
             uvicorn.Config(create_app(container), host="127.0.0.1", port=port, log_level="warning")
@@ -108,8 +102,6 @@ def main() -> None:
         baseline = copy_baseline(url, args.contacts, row_size)
         server.should_exit = True
         thread.join(timeout=10)
-        container.store.close()
-        container.pool.close()
         best, median = min(timings), statistics.median(timings)
         print("runs: " + ", ".join(f"{t:.2f} s" for t in timings))
         print(

@@ -33,18 +33,15 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import GATEWAY, free_port, scratch_database
+from common import GATEWAY, free_port, scratch_container
 
-from billing.api.app import create_app
-from billing.bootstrap import build_container
-from billing.db import migrate
 from billing.projections.views import project_pending
 from billing.services.clock import FakeClock
 from billing.services.overview import DashboardQueries
 from billing.services.queries import Queries
 from billing.services.tenants import TenantService
 from billing.services.users import UserService
-from billing.settings import Settings
+from billing.webapp import create_app
 
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 OUTCOMES = ("sent", "sent", "sent", "sent", "failed", "skipped", "rejected", "cancelled")
@@ -118,17 +115,17 @@ def main() -> None:
     parser.add_argument("--contacts", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=200)
     args = parser.parse_args()
-    with scratch_database("billing_bench_overview") as url:
-        migrate(url)
-        settings = Settings.from_env({}, database_url=url, jwt_secret="o" * 40)
-        container = build_container(settings, clock=FakeClock(NOW))
+    with scratch_container("billing_bench_overview", clock=FakeClock(NOW), jwt_secret="o" * 40) as (
+        url,
+        container,
+    ):
         tenant_id = TenantService(container.store, container.clock).create_tenant(
             name="Bench", gateway=GATEWAY
         )
         UserService(container.store, container.pool, container.clock).create(
             tenant_id, email="bench@bench.example", password="senha-do-bench", role="admin"
         )
-        project_pending(container)
+        project_pending(container.store, container.pool)
         started = time.perf_counter()
         fill(url, tenant_id, args.contacts)
         print(f"filled {args.contacts:,} contacts in {time.perf_counter() - started:.1f} s")
@@ -184,8 +181,6 @@ def main() -> None:
         page_p95 = p95(results["overview page GET /dashboard/?days=30"])
         verdict = "met" if page_p95 < 100 else "NOT met"
         print(f"target: overview page p95 < 100 ms -> {verdict} ({page_p95:.1f} ms)")
-        container.pool.close()
-        container.store.close()
 
 
 if __name__ == "__main__":

@@ -29,15 +29,12 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BASE, GATEWAY, contacts, scratch_database, serve
+from common import BASE, GATEWAY, contacts, scratch_container, serve
 
-from billing.api.app import create_app
-from billing.bootstrap import build_container
-from billing.db import migrate
 from billing.eventstore import load_many, save_unless_moved
 from billing.projections.views import project_pending, rebuild_projections
 from billing.services.tenants import TenantService
-from billing.settings import Settings
+from billing.webapp import create_app
 
 CHUNK = 2_000
 
@@ -90,14 +87,11 @@ def main() -> None:
     parser.add_argument("--cli", action="store_true", help="also time the real command")
     args = parser.parse_args()
 
-    with scratch_database() as url:
-        migrate(url)
-        settings = Settings.from_env({}, database_url=url, jwt_secret="b" * 32, pool_size=4)
-        container = build_container(settings)
+    with scratch_container(jwt_secret="b" * 32, pool_size=4) as (url, container):
         tenants = TenantService(container.store, container.clock)
         tenant_id = tenants.create_tenant(name="Bench", gateway=GATEWAY)
         headers = {"X-Billing-API-Key": tenants.issue_api_key(tenant_id, "bench")}
-        project_pending(container)
+        project_pending(container.store, container.pool)
         campaign_ids = []
         with (
             serve(create_app(container)) as port,
@@ -109,13 +103,13 @@ def main() -> None:
                 assert posted.status_code == 202, posted.text
                 campaign_ids.append(UUID(posted.json()["campaign_id"]))
         send_all(container, campaign_ids, args.contacts)
-        project_pending(container)
+        project_pending(container.store, container.pool)
         with psycopg.connect(url) as conn:
             before = conn.execute("SELECT sum(sent) FROM queue_status").fetchone()
         rebuilds, raws = [], []
         for _ in range(args.runs):
             started = time.perf_counter()
-            replayed = rebuild_projections(container)
+            replayed = rebuild_projections(container.store, container.pool)
             rebuilds.append(time.perf_counter() - started)
             events, seconds = raw_read(url)
             raws.append(seconds)
@@ -131,8 +125,6 @@ def main() -> None:
                 [str(Path(sys.executable).parent / "billing"), "projections", "rebuild"], env=env, check=True
             )
             cli = time.perf_counter() - started
-        container.store.close()
-        container.pool.close()
         rebuild, raw = statistics.median(rebuilds), statistics.median(raws)
         print(f"projections rebuild of {events:,} events: median {rebuild:.2f} s = {events / rebuild:,.0f}/s")
         print(f"  baseline: raw select + JSON decode of the rows: median {raw:.2f} s = {events / raw:,.0f}/s")

@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import scratch_database
 
-from billing.bootstrap import build_container
+from billing.bootstrap import build_container, build_relay
 from billing.db import migrate
 from billing.outbox.broker import OutgoingMessage, Topology
 from billing.outbox.rabbitmq import RabbitBroker
-from billing.outbox.relay import TOPICS, OutboxRelay, to_message
+from billing.outbox.relay import TOPICS, to_message
 from billing.projections.follower import read_after
 from billing.settings import Settings
 from tests.integration.test_cancel_batch import posted
@@ -115,7 +115,7 @@ async def run(url: str, contacts: int, runs: int) -> None:
             container.store.save(campaign, queue, *added)
         batch, _ = read_after(container.store.recorder, 0, contacts * 2, TOPICS)
         messages = [to_message(container.store.mapper, n, broker) for n in batch]
-        relay = OutboxRelay.of(container)
+        relay = build_relay(container)
         relayed, raw = [], []
         for _ in range(runs):
             with container.pool.connection() as conn, conn.transaction():  # replay from the start

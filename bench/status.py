@@ -64,9 +64,9 @@ def bare_app(url: str) -> Any:
 
 
 def our_app(url: str) -> Any:
-    from billing.api.app import create_app
     from billing.bootstrap import build_container
     from billing.settings import Settings
+    from billing.webapp import create_app
 
     settings = Settings.from_env({}, database_url=url, jwt_secret="b" * 32, pool_size=POOL_SIZE)
     return create_app(build_container(settings))
@@ -138,7 +138,7 @@ def main() -> None:
         key = tenants.issue_api_key(tenant_id, "bench")
         campaign, queue, contacts = posted(tenant_id, accepted=10_000, rejected=0)
         container.store.save(campaign, queue, *contacts)
-        project_pending(container)
+        project_pending(container.store, container.pool)
         container.store.close()
         container.pool.close()
         ours, ours_port = start_server("ours", url)

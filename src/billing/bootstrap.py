@@ -1,7 +1,8 @@
 """The composition root: builds pools, the event store, the broker, the clock and gateway clients from one
 :class:`~billing.settings.Settings`, and from them each process's parts — every part gets exactly the
-dependencies it uses (the worker's handler and scheduler: :func:`build_handler`, :func:`build_scheduler`).
-Nothing connects at import time.
+dependencies it uses (the worker's handler and scheduler: :func:`build_handler`, :func:`build_scheduler`;
+the relay: :func:`build_relay`). The process bodies (``run_*_process(container, stop)``) are the only
+code that reads the parts off a :class:`Container`. Nothing connects at import time.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from billing.services.clock import Clock, SystemClock
 from billing.settings import Settings
 
 if TYPE_CHECKING:
+    from billing.outbox.broker import Publisher
+    from billing.outbox.relay import OutboxRelay
     from billing.worker.handler import JobHandler
     from billing.worker.scheduler import Scheduler
 
@@ -133,6 +136,13 @@ def build_handler(
     )
 
 
+def _broker(container: Container, what: str) -> Broker:
+    """The container's broker. Raises ValueError naming ``what`` needs it when there is none."""
+    if container.broker is None:
+        raise ValueError(f"{what} needs a broker")
+    return container.broker
+
+
 def build_scheduler(container: Container) -> Scheduler:
     """The worker's scheduler: the views pool, the store, a publisher of the container's broker.
 
@@ -142,13 +152,12 @@ def build_scheduler(container: Container) -> Scheduler:
     from billing.worker.ledger import SendLedger, margin_for
     from billing.worker.scheduler import Scheduler
 
-    if container.broker is None:
-        raise ValueError("the scheduler needs a broker")
+    broker = _broker(container, "the scheduler")
     return Scheduler(
         pool=container.pool,
         store=container.store,
-        publisher=container.broker.publisher(),
-        topology=container.broker.topology,
+        publisher=broker.publisher(),
+        topology=broker.topology,
         ledger=SendLedger(container.pool, margin=margin_for(container.clock)),
         clock=container.clock,
     )
@@ -169,14 +178,83 @@ async def run_worker_process(
     """
     from billing.worker.runner import run_worker
 
-    if container.broker is None:
-        raise ValueError("the worker needs a broker")
     await run_worker(
-        container.broker,
+        _broker(container, "the worker"),
         stop,
         handler=handler or build_handler(container),
         scheduler=build_scheduler(container),
         prefetch=container.settings.worker_prefetch,
         drain_s=container.settings.dispatch_lease_s,
         scheduler_interval_s=scheduler_interval_s,
+    )
+
+
+def build_relay(container: Container, *, publisher: Publisher | None = None) -> OutboxRelay:
+    """The outbox relay over the container's store, pool and broker, following the notification log with
+    the settings' database URL and poll interval; ``publisher`` as :class:`~billing.outbox.relay.OutboxRelay`
+    takes it (default: the broker's, made on first use).
+
+    Raises:
+        ValueError: the container has no broker.
+    """
+    from billing.outbox.relay import OutboxRelay
+
+    return OutboxRelay(
+        container.store,
+        container.pool,
+        _broker(container, "the relay"),
+        database_url=container.settings.database_url,
+        poll_interval_s=container.settings.poll_interval_s,
+        publisher=publisher,
+    )
+
+
+async def run_relay_process(container: Container, stop: asyncio.Event) -> None:
+    """The ``billing relay`` process body: :func:`build_relay`, run until ``stop`` is set.
+
+    Raises:
+        ValueError: the container has no broker.
+    """
+    await build_relay(container).run(stop)
+
+
+async def run_projections_process(container: Container, stop: asyncio.Event) -> None:
+    """The ``billing projections`` process body: the projection's follower over the container's store and
+    pool (:func:`billing.projections.views.projection_follower`), run until ``stop`` is set. Never returns
+    on an error: failures are logged and retried with backoff."""
+    from billing.projections.views import projection_follower
+
+    follower = projection_follower(
+        container.store,
+        container.pool,
+        database_url=container.settings.database_url,
+        poll_interval_s=container.settings.poll_interval_s,
+    )
+    await follower.run(stop)
+
+
+async def run_hooks_process(
+    container: Container,
+    stop: asyncio.Event,
+    *,
+    erp_http: httpx.AsyncClient | None = None,
+    interval_s: float = 0.5,
+) -> None:
+    """The ``billing hooks`` process body: :func:`billing.hooks.runner.run_hooks` over the container's
+    store, pool, clock and gateway clients, with ``BILLING_WEBHOOKS_ALLOW_PRIVATE``; ``erp_http`` and
+    ``interval_s`` as there."""
+    from billing.hooks.runner import run_hooks
+
+    settings = container.settings
+    await run_hooks(
+        container.store,
+        container.pool,
+        container.clock,
+        container.gateways(),
+        stop,
+        database_url=settings.database_url,
+        poll_interval_s=settings.poll_interval_s,
+        allow_private=settings.webhooks_allow_private,
+        erp_http=erp_http,
+        interval_s=interval_s,
     )

@@ -6,7 +6,7 @@ missing or malformed one stops the command with exit status 2 and a message nami
 commands stop cleanly on SIGINT/SIGTERM (a second signal cancels what is still running). Results meant
 for scripts (ids, keys, tokens) go to stdout; logs go to stderr.
 
-The process entry points (``run_projections``, ``run_relay``, ``run_worker``, ``create_app``, ...) are
+The process entry points (``run_projections_process``, ``run_relay_process``, ``create_app``, ...) are
 imported inside the commands, so ``billing --help`` and the admin commands work without them.
 """
 
@@ -370,16 +370,16 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_relay(args: argparse.Namespace) -> int:
     """``billing relay``: follow the event log and publish jobs to RabbitMQ."""
-    from billing.outbox.relay import run_relay
+    from billing.bootstrap import run_relay_process
 
-    return _run_process("relay", run_relay, broker=True)
+    return _run_process("relay", run_relay_process, broker=True)
 
 
 def cmd_projections(args: argparse.Namespace) -> int:
     """``billing projections``: keep the read models up to date."""
-    from billing.projections.views import run_projections
+    from billing.bootstrap import run_projections_process
 
-    return _run_process("projections", run_projections, broker=False)
+    return _run_process("projections", run_projections_process, broker=False)
 
 
 def cmd_projections_rebuild(args: argparse.Namespace) -> int:
@@ -392,7 +392,9 @@ def cmd_projections_rebuild(args: argparse.Namespace) -> int:
         container = await _open_container(settings, broker=False)
         try:
             with replay_progress("rebuilding projections") as progress:
-                return await _call(functools.partial(rebuild, progress=progress), container)
+                return await _call(
+                    functools.partial(rebuild, container.store, container.pool, progress=progress)
+                )
         finally:
             await container.aclose()
 
@@ -410,9 +412,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_hooks(args: argparse.Namespace) -> int:
     """``billing hooks``: apply receipts and replies, deliver signed webhooks to the ERPs."""
-    from billing.hooks.runner import run_hooks
+    from billing.bootstrap import run_hooks_process
 
-    return _run_process("hooks", run_hooks, broker=False)
+    return _run_process("hooks", run_hooks_process, broker=False)
 
 
 def cmd_gateway_simulator(args: argparse.Namespace) -> int:

@@ -148,13 +148,15 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
     """The one-process system: in-memory broker, simulator, demo tenant, then the four components."""
     import secrets
 
-    from billing.api.app import create_app
-    from billing.bootstrap import run_worker_process
+    from billing.bootstrap import (
+        run_hooks_process,
+        run_projections_process,
+        run_relay_process,
+        run_worker_process,
+    )
     from billing.gateway.simulator import EvolutionSimulator
-    from billing.hooks.runner import run_hooks
     from billing.outbox.memory import InMemoryBroker
-    from billing.outbox.relay import run_relay
-    from billing.projections.views import run_projections
+    from billing.webapp import create_app
 
     stop = asyncio.Event()
     _install_stop_signals(stop)
@@ -185,10 +187,10 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
         components = {
             "gateway-simulator": serve_until(gateway_server, stop, "the gateway simulator"),
             "api": serve_until(api_server, stop, f"the API on {args.host}:{args.port}"),
-            "projections": _call(run_projections, container, stop),
-            "relay": _call(run_relay, container, stop),
+            "projections": _call(run_projections_process, container, stop),
+            "relay": _call(run_relay_process, container, stop),
             "worker": _call(run_worker_process, container, stop),
-            "hooks": _call(run_hooks, container, stop),
+            "hooks": _call(run_hooks_process, container, stop),
             "simulator-log": _log_simulator(simulator, stop),
         }
         banner = asyncio.ensure_future(

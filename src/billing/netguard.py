@@ -11,8 +11,10 @@ Three classes of address (:func:`address_class`):
 
 IPv4-mapped IPv6 addresses (``::ffff:169.254.169.254``) are judged as the IPv4 address they carry.
 
-Two checks, both needed: :func:`check_url` when a URL is saved (a literal address, or what the name resolves
-to now; a name that does not resolve yet is accepted), and :func:`guarded_transport` at call time: its
+Two checks, both needed: one when a URL is saved — :func:`check_url` for a gateway URL (a literal address,
+or what the name resolves to now; a name that does not resolve yet is accepted), :func:`check_webhook_url`
+for an ERP webhook endpoint (stricter: no credentials, the host must resolve; refusals are the domain's
+``InvalidValue``, which the API maps to 422) — and :func:`guarded_transport` at call time: its
 connections resolve the name, check **every** address it resolves to, and connect to a checked address —
 never resolve again — so a name that later re-points to a forbidden address (DNS rebinding) is refused.
 """
@@ -23,13 +25,15 @@ import ipaddress
 import select
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 from urllib.parse import urlsplit
 
 import anyio
 import httpcore
 import httpx
+
+from billing.domain.errors import InvalidValue
 
 AddressClass = Literal["forbidden", "private", "public"]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -44,6 +48,9 @@ METADATA_ADDRESSES = frozenset(
     )
 )
 THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+
+Resolver = Callable[[str, int], Iterable[str]]
+"""``resolver(host, port)`` → the IP addresses the host resolves to (:func:`check_webhook_url`)."""
 
 
 class UnsafeAddressError(httpcore.ConnectError):
@@ -133,6 +140,49 @@ def check_url(url: str, *, allow_private: bool, resolve: bool = True) -> None:
         return
     for address in _addresses(info[4][0] for info in infos):
         check_address(address, allow_private=allow_private)
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """The addresses of ``host`` per the system resolver (``getaddrinfo``)."""
+    return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
+
+
+def _refuse_webhook(message: str) -> InvalidValue:
+    return InvalidValue(message, code="unsafe_url", field="url")
+
+
+def check_webhook_url(url: str, *, allow_private: bool, resolver: Resolver = system_resolver) -> None:
+    """The save-time check of an ERP webhook endpoint: ``url`` must be http(s), carry no credentials, and
+    have a host whose every address (``resolver``, blocking) :func:`check_address` allows —
+    ``allow_private`` is the operator's ``BILLING_WEBHOOKS_ALLOW_PRIVATE``. At call time the dispatcher's
+    client is :func:`guarded_client`, which checks each connection's address again (DNS rebinding).
+
+    Raises:
+        InvalidValue: code ``unsafe_url`` (field ``url``), naming the reason.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise _refuse_webhook("url is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _refuse_webhook("url must be an http(s) URL with a host")
+    if parts.username or parts.password:
+        raise _refuse_webhook("url must not carry credentials")
+    try:
+        addresses = list(resolver(parts.hostname, port))
+    except (OSError, UnicodeError):
+        raise _refuse_webhook("url's host does not resolve") from None
+    if not addresses:
+        raise _refuse_webhook("url's host does not resolve")
+    for text in addresses:
+        try:
+            check_address(text.split("%")[0], allow_private=allow_private)
+        except UnsafeAddressError:
+            raise _refuse_webhook(
+                "url points to a link-local, metadata, reserved or (not allowed by the operator: "
+                "BILLING_WEBHOOKS_ALLOW_PRIVATE) private address"
+            ) from None
 
 
 def _addresses(raw: Iterable[str | int]) -> list[IPAddress]:

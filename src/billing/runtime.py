@@ -194,7 +194,7 @@ def _build_app(create_app: Callable[[Any], Any], container: Any) -> Any:
 
 
 async def _run_api(container: Any, stop: asyncio.Event, host: str, port: int) -> None:
-    from billing.api.app import create_app
+    from billing.webapp import create_app
 
     server = _uvicorn_server(_build_app(create_app, container), host, port)
     await serve_until(server, stop, f"the API on {host}:{port}")

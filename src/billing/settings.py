@@ -58,7 +58,7 @@ class Settings:
         rate_limit_per_minute: requests one API key may make per one-minute window (the default; see
             ``rate_limits``).
         rate_limits: ``BILLING_RATE_LIMITS``, per-key or per-tenant overrides of it,
-            ``<key prefix or tenant id>=<requests per minute>,...`` (``billing.api.ratelimit``).
+            ``<key prefix or tenant id>=<requests per minute>,...`` (:func:`parse_rate_limits`).
         gateway_allow_private: ``BILLING_GATEWAY_ALLOW_PRIVATE``: gateway URLs may point at loopback and
             private addresses (a self-hosted Evolution API on the private network; ``billing dev``).
             Link-local and cloud-metadata addresses are refused regardless (:mod:`billing.netguard`).
@@ -162,10 +162,8 @@ class Settings:
                 "(a claim must outlive the gateway call it covers)"
             )
         if self.rate_limits:
-            from billing.api.ratelimit import parse_overrides
-
             try:
-                parse_overrides(self.rate_limits)
+                parse_rate_limits(self.rate_limits)
             except ValueError as exc:
                 raise SettingsError(f"{PREFIX}RATE_LIMITS is malformed: {exc}") from None
         for name in ("pool_size", "worker_prefetch", "api_port", "rate_limit_per_minute"):
@@ -192,11 +190,36 @@ class Settings:
         except ValueError as exc:
             raise SettingsError(f"{PREFIX}CLOCK is malformed: {exc}") from None
 
+    def rate_limit_overrides(self) -> dict[str, int]:
+        """``BILLING_RATE_LIMITS`` parsed (:func:`parse_rate_limits`): requests per minute by API key prefix
+        or tenant id; empty when it is not set. Validated at start-up, so it raises no error here."""
+        return parse_rate_limits(self.rate_limits)
+
     def require_jwt_secret(self) -> str:
         """The admin JWT secret. Raises :class:`SettingsError` when it is not set."""
         if not self.jwt_secret:
             raise SettingsError(f"{PREFIX}JWT_SECRET is required (at least 32 characters)")
         return self.jwt_secret
+
+
+def parse_rate_limits(text: str) -> dict[str, int]:
+    """``BILLING_RATE_LIMITS``: comma-separated ``<who>=<requests per minute>``, where ``who`` is an API
+    key's prefix (its first 8 characters, as ``GET /api-keys/`` lists them) or a tenant id; a key's own
+    entry wins over its tenant's. Example: ``bk_AbCdE=3000,6f1c1f0e-0000-4000-8000-000000000001=120``.
+
+    Raises:
+        ValueError: an entry is not ``who=N`` with N a positive integer.
+    """
+    limits: dict[str, int] = {}
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        who, sep, value = entry.partition("=")
+        who = who.strip()
+        if not sep or not who or not value.strip().isdigit() or int(value) <= 0:
+            raise ValueError(f"{entry!r} is not <key prefix or tenant id>=<positive requests per minute>")
+        limits[who.lower() if len(who) == 36 else who] = int(value)
+    return limits
 
 
 def boolean(raw: str) -> bool:

@@ -95,7 +95,7 @@ class Site:
             admin, viewer = f"admin-{tag}@loja.example", f"viewer-{tag}@loja.example"
             users.create(tenant_id, email=admin, password=PASSWORD, role="admin")
             users.create(tenant_id, email=viewer, password=PASSWORD, role="viewer")
-            project_pending(container)
+            project_pending(container.store, container.pool)
         finally:
             asyncio.run(container.aclose())
         return Tenant(tenant_id, admin, viewer, key)
@@ -124,11 +124,11 @@ def site(template_database: str, tmp_path_factory: pytest.TempPathFactory) -> It
         secret="b" * 40,
     )
     tmp = tmp_path_factory.mktemp("browser")
-    stack = Stack(tmp, env, f"http://127.0.0.1:{port}")
+    stack = Stack(tmp, env, f"http://127.0.0.1:{port}", PROCESSES)
     for process in PROCESSES:
         stack.start(process)
     try:
-        _wait_ready(stack)
+        stack.wait_ready(timeout_s=40)
         yield Site(stack.api_url, stack, database_url, sim, clock)
     finally:
         stack.kill_all(signal.SIGTERM)
@@ -136,24 +136,6 @@ def site(template_database: str, tmp_path_factory: pytest.TempPathFactory) -> It
         off_loop(asyncio.run, delete_topology(AMQP_URL, Topology(prefix)))
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _wait_ready(stack: Stack) -> None:
-    deadline = time.monotonic() + 40
-    waiting = set(PROCESSES)
-    while waiting:
-        stack.assert_alive()
-        assert time.monotonic() < deadline, f"not ready: {sorted(waiting)}\n{stack.logs()}"
-        for name in sorted(waiting):
-            if name == "api":
-                try:
-                    if httpx.get(f"{stack.api_url}/health/ready", timeout=2).status_code == 200:
-                        waiting.discard(name)
-                except httpx.HTTPError:
-                    pass
-            elif ("worker_started" if name.startswith("worker") else "process started") in stack.log(name):
-                waiting.discard(name)
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

@@ -21,22 +21,28 @@ from zoneinfo import ZoneInfo
 import httpx
 from litestar import Litestar
 
-from billing.api.app import create_app
 from billing.api.auth import mint_token
 from billing.api.deps import Services
 from billing.api.hooks import GATEWAY_SECRET_HEADER
-from billing.bootstrap import Container, build_container, build_handler, run_worker_process
+from billing.bootstrap import (
+    Container,
+    build_container,
+    build_handler,
+    run_hooks_process,
+    run_projections_process,
+    run_relay_process,
+    run_worker_process,
+)
 from billing.domain.policy import default_policy_spec
 from billing.domain.sending import Handled
 from billing.gateway.simulator import EvolutionSimulator
-from billing.hooks.runner import run_hooks
 from billing.outbox.jobs import SendJob
 from billing.outbox.rabbitmq import RabbitBroker
-from billing.outbox.relay import run_relay
-from billing.projections.views import project_pending, run_projections
+from billing.projections.views import project_pending
 from billing.services.clock import FakeClock
 from billing.services.tenants import TenantService
 from billing.settings import Settings
+from billing.webapp import create_app
 from billing.worker.handler import JobHandler, Result
 from tests.integration.test_broker_contract import delete_topology, queue_depth
 
@@ -179,7 +185,7 @@ class System:
     def start_projections(self) -> None:
         assert self._projections is None
         stop = asyncio.Event()
-        self._projections = (stop, asyncio.create_task(run_projections(self.container, stop)))
+        self._projections = (stop, asyncio.create_task(run_projections_process(self.container, stop)))
 
     async def stop_projections(self) -> None:
         assert self._projections is not None
@@ -280,10 +286,10 @@ async def running_system(
     container.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=simulator.asgi_app))
     system = System(container, clock, simulator, jwt_secret)
     system.tenant_id, system.headers = system.create_tenant("Loja", policy)
-    project_pending(container)
+    project_pending(container.store, container.pool)
     await broker.declare_topology()
     stop = asyncio.Event()
-    relay = asyncio.create_task(run_relay(container, stop))
+    relay = asyncio.create_task(run_relay_process(container, stop))
     system.start_projections()
     if worker:
         system.start_worker()
@@ -301,7 +307,7 @@ async def running_system(
                 f"http://api{BASE}/gateway/events/{system.tenant_id}",
                 headers={GATEWAY_SECRET_HEADER: secret},
             )
-            hooks_task = asyncio.create_task(run_hooks(container, stop, interval_s=0.2))
+            hooks_task = asyncio.create_task(run_hooks_process(container, stop, interval_s=0.2))
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
             system.client = client
             yield system

@@ -227,34 +227,28 @@ async def test_history_of_an_invoice_across_two_campaigns_names_the_rule_that_al
         assert json.loads(rows[4]["allowed_by"]) == second_claim["allowed_by"]
 
         # the same evidence from the CLI, to a file, for a date range and one invoice
+        async def history_export(*args: str) -> subprocess.CompletedProcess[str]:
+            """``billing history export --tenant <this tenant> ARGS``, which must succeed."""
+            done = await asyncio.to_thread(
+                billing_cli, database_url, "history", "export", "--tenant", str(system.tenant_id), *args
+            )
+            assert done.returncode == 0, done.stderr
+            return done
+
         out = tmp_path / "evidence.csv"
-        export = await asyncio.to_thread(
-            billing_cli,
-            database_url,
-            "history", "export", "--tenant", str(system.tenant_id), "--from", "2025-01-20",
-            "--to", "2025-01-20", "--invoice", "NF-9", "--output", str(out),
-        )  # fmt: skip
-        assert export.returncode == 0, export.stderr
+        export = await history_export(
+            "--from", "2025-01-20", "--to", "2025-01-20", "--invoice", "NF-9", "--output", str(out)
+        )
         assert export.stdout == f"{out}\t6 entries (csv)\n"
         assert "exporting to" in export.stderr  # the progress bar
         assert out.read_bytes().decode() == csv_answer.text
         as_json = tmp_path / "evidence.json"
-        export = await asyncio.to_thread(
-            billing_cli,
-            database_url,
-            "history", "export", "--tenant", str(system.tenant_id), "--from", "2025-01-19",
-            "--to", "2025-01-21", "--phone", "11 98765-4301", "--output", str(as_json),
-        )  # fmt: skip
-        assert export.returncode == 0, export.stderr
+        await history_export(
+            "--from", "2025-01-19", "--to", "2025-01-21", "--phone", "11 98765-4301", "--output", str(as_json)
+        )
         assert json.loads(as_json.read_text()) == events
         empty = tmp_path / "none.csv"
-        export = await asyncio.to_thread(
-            billing_cli,
-            database_url,
-            "history", "export", "--tenant", str(system.tenant_id), "--from", "2025-01-21",
-            "--to", "2025-01-22", "--output", str(empty),
-        )  # fmt: skip
-        assert export.returncode == 0, export.stderr
+        await history_export("--from", "2025-01-21", "--to", "2025-01-22", "--output", str(empty))
         assert empty.read_text().splitlines() == [",".join(CSV_COLUMNS)]
 
         by_phone = await system.client.get(f"{BASE}/history/phone/(11) 98765-4301", headers=admin)

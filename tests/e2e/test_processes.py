@@ -97,7 +97,7 @@ def make_tenant(
         gateway = {"base_url": gateway_url, "instance": INSTANCE, "api_key": GATEWAY_KEY, "api_version": "v2"}
         tenant_id = tenants.create_tenant(name="Loja", gateway=gateway, policy=policy)
         api_key = tenants.issue_api_key(tenant_id, "erp")
-        project_pending(container)
+        project_pending(container.store, container.pool)
     finally:
         asyncio.run(container.aclose())
     return tenant_id, api_key
@@ -185,16 +185,19 @@ class Stack:
         for name, process in self.processes.items():
             assert process.poll() is None, f"{name} exited with {process.returncode}:\n{self.logs()}"
 
-    def wait_ready(self) -> None:
-        """Until the API answers ready and every other process logged that it runs."""
+    def wait_ready(self, timeout_s: float = READY_S) -> None:
+        """Until the API answers ready and every other process logged that it runs (at most ``timeout_s``
+        seconds)."""
         marks = {
             name: "worker_started" if name.startswith("worker") else "process started" for name in self.names
         }
-        deadline = time.monotonic() + READY_S
+        deadline = time.monotonic() + timeout_s
         waiting = set(self.names)
         while waiting:
             self.assert_alive()
-            assert time.monotonic() < deadline, f"not ready in {READY_S} s: {sorted(waiting)}\n{self.logs()}"
+            assert time.monotonic() < deadline, (
+                f"not ready in {timeout_s} s: {sorted(waiting)}\n{self.logs()}"
+            )
             for name in sorted(waiting):
                 if name == "api":
                     with contextlib.suppress(httpx.HTTPError):

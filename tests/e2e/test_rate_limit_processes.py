@@ -43,7 +43,7 @@ def issue_key(database_url: str) -> str:
     try:
         tenants = TenantService(container.store, container.clock)
         key = tenants.issue_api_key(tenants.create_tenant(name="Loja", gateway=GATEWAY), "erp")
-        project_pending(container)
+        project_pending(container.store, container.pool)
         return key
     finally:
         asyncio.run(container.aclose())

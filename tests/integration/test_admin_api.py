@@ -20,7 +20,6 @@ import jwt
 import pytest
 from litestar.testing import AsyncTestClient
 
-from billing.api.app import create_app
 from billing.api.auth import mint_token
 from billing.bootstrap import Container, build_container
 from billing.domain.contact import Contact
@@ -28,6 +27,7 @@ from billing.projections.views import project_pending
 from billing.services.clock import FakeClock
 from billing.services.tenants import TenantService
 from billing.settings import Settings
+from billing.webapp import create_app
 from tests.cases import load_cases
 
 BASE = "/api/billing/v1/billing"
@@ -61,7 +61,7 @@ class Api:
     public: dict[str, str]  # X-Billing-API-Key header of the tenant's ERP
 
     def project(self) -> None:
-        project_pending(self.container)
+        project_pending(self.container.store, self.container.pool)
 
     def other_tenant(self, name: str = "Outra Loja") -> tuple[uuid.UUID, dict[str, str], dict[str, str]]:
         """A second tenant: (id, admin header, public header)."""
@@ -78,7 +78,7 @@ async def api(database_url: str) -> AsyncIterator[Api]:
     tenants = TenantService(container.store, container.clock)
     tenant_id = tenants.create_tenant(name="Loja Exemplo", gateway=GATEWAY)
     key = tenants.issue_api_key(tenant_id, "erp")
-    project_pending(container)
+    project_pending(container.store, container.pool)
     async with AsyncTestClient(app=create_app(container)) as client:
         yield Api(
             client=client,

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from billing.api.app import create_app
 from billing.api.auth import mint_token
 from billing.bootstrap import Container, build_container
 from billing.projections.views import project_pending
@@ -24,6 +23,7 @@ from billing.runtime import _uvicorn_server
 from billing.services.clock import FakeClock
 from billing.services.tenants import TenantService
 from billing.settings import Settings
+from billing.webapp import create_app
 
 BASE = "/api/billing/v1/billing"
 SECRET = "s" * 32
@@ -65,7 +65,7 @@ def make_api(database_url: str) -> Callable[..., Any]:
         if overrides is not None:
             rate_limits = overrides(tenant_id, key, tenants)
             container.settings = dataclasses.replace(container.settings, rate_limits=rate_limits)
-        project_pending(container)
+        project_pending(container.store, container.pool)
         try:
             async with AsyncTestClient(app=create_app(container)) as client:
                 yield Api(client, container, tenants, tenant_id, mint_token(SECRET, tenant_id), key)

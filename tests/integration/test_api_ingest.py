@@ -12,10 +12,10 @@ import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from billing.api.app import create_app
 from billing.bootstrap import Container, build_container
 from billing.services.tenants import TenantService
 from billing.settings import Settings
+from billing.webapp import create_app
 
 BASE = "/api/billing/v1/billing"
 GATEWAY = {"base_url": "http://sim", "instance": "demo", "api_key": "sim-key", "api_version": "v2"}
@@ -38,7 +38,7 @@ async def api(database_url: str) -> AsyncIterator[tuple[AsyncTestClient[Any], Co
     # the ingestion reads active templates from the projection
     from billing.projections.views import project_pending
 
-    project_pending(container)
+    project_pending(container.store, container.pool)
     app = create_app(container)
     async with AsyncTestClient(app=app) as client:
         yield client, container, {"X-Billing-API-Key": key}
@@ -173,7 +173,7 @@ async def test_other_tenants_queue_and_campaign_answer_404(api: Any) -> None:
     other_headers = {"X-Billing-API-Key": tenants.issue_api_key(other)}
     from billing.projections.views import project_pending
 
-    project_pending(container)
+    project_pending(container.store, container.pool)
     mine = await client.get(f"{BASE}/queue/{body['queue_id']}/status", headers=headers)
     assert mine.status_code == 200
     for path in (f"/queue/{body['queue_id']}/status", f"/campaign/{body['campaign_id']}/contacts"):
@@ -234,7 +234,7 @@ async def test_idempotency_keys_are_per_tenant(api: Any) -> None:
     other = tenants.create_tenant(name="Outra", gateway=GATEWAY)
     from billing.projections.views import project_pending
 
-    project_pending(container)
+    project_pending(container.store, container.pool)
     other_headers = {"X-Billing-API-Key": tenants.issue_api_key(other), "Idempotency-Key": "k-1"}
     second = await client.post(f"{BASE}/send/overdue", json={"contacts": CONTACTS[:1]}, headers=other_headers)
     assert second.status_code == 202, second.text

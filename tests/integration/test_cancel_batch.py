@@ -165,7 +165,7 @@ def test_cancel_queue_answers_the_exact_count_while_a_worker_writes(
     assert final[sent.id].status is ContactStatus.SENT
     assert final[worker_defers].status is ContactStatus.CANCELLED
 
-    project_pending(container)
+    project_pending(container.store, container.pool)
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
             "SELECT cancelled, sent, rejected FROM queue_status WHERE queue_id = %s", (queue.id,)

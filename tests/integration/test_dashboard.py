@@ -16,13 +16,13 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from billing.api.app import create_app
 from billing.bootstrap import Container, build_container
 from billing.projections.views import project_pending
 from billing.services.clock import FakeClock
 from billing.services.tenants import TenantService
 from billing.services.users import UserService
 from billing.settings import Settings
+from billing.webapp import create_app
 
 SECRET = "d" * 40
 GATEWAY = {"base_url": "http://sim", "instance": "demo", "api_key": "gw-secret-key", "api_version": "v2"}
@@ -45,7 +45,7 @@ class Dash:
     tenants: TenantService
 
     def project(self) -> None:
-        project_pending(self.container)
+        project_pending(self.container.store, self.container.pool)
 
     async def login(self, email: str = "ana@loja.example", password: str = PASSWORD) -> Any:
         page = await self.client.get("/dashboard/login")
@@ -75,7 +75,7 @@ async def dash(database_url: str) -> AsyncIterator[Dash]:
     tenant_id = tenants.create_tenant(name="Loja Exemplo", gateway=GATEWAY)
     users.create(tenant_id, email="Ana@Loja.example", password=PASSWORD, role="admin")
     users.create(tenant_id, email="vera@loja.example", password=PASSWORD, role="viewer")
-    project_pending(container)
+    project_pending(container.store, container.pool)
     app = create_app(container)
     async with AsyncTestClient(app=app, base_url="http://testserver.local") as client:
         yield Dash(client, container, tenant_id, users, tenants)

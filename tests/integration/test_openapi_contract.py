@@ -30,12 +30,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from billing.api.app import create_app
 from billing.api.auth import mint_token
 from billing.bootstrap import build_container
 from billing.projections.views import project_pending
 from billing.services.tenants import TenantService
 from billing.settings import Settings
+from billing.webapp import create_app
 
 SECRET = "s" * 32
 GATEWAY = {"base_url": "http://sim", "instance": "demo", "api_key": "gw-key", "api_version": "v2"}
@@ -51,7 +51,7 @@ def served(database_url: str) -> Iterator[tuple[Litestar, dict[str, str]]]:
     tenants = TenantService(container.store, container.clock)
     tenant_id = tenants.create_tenant(name="Loja Exemplo", gateway=GATEWAY)
     key = tenants.issue_api_key(tenant_id, "erp")
-    project_pending(container)
+    project_pending(container.store, container.pool)
     headers = {"X-Billing-API-Key": key, "Authorization": f"Bearer {mint_token(SECRET, tenant_id)}"}
     yield create_app(container), headers
     asyncio.run(container.aclose())

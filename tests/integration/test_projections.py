@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from billing.bootstrap import Container, build_container
+from billing.bootstrap import Container, build_container, run_projections_process
 from billing.domain.apikey import ApiKey
 from billing.domain.campaign import Campaign
 from billing.domain.contact import Contact
@@ -30,7 +30,7 @@ from billing.domain.queue import Queue
 from billing.domain.template import MessageTemplate
 from billing.domain.tenant import Tenant
 from billing.domain.user import AdminAction, User
-from billing.projections.views import VIEW_TABLES, project_pending, rebuild_projections, run_projections
+from billing.projections.views import VIEW_TABLES, project_pending, rebuild_projections
 from billing.services.queries import Queries
 from billing.settings import Settings
 
@@ -270,7 +270,7 @@ def full_scenario(container: Container) -> tuple[UUID, Posted, Posted]:
 
 def test_projects_every_view(container: Container, database_url: str) -> None:
     tenant_id, main, other = full_scenario(container)
-    assert project_pending(container) == container.store.recorder.max_notification_id()
+    assert project_pending(container.store, container.pool) == container.store.recorder.max_notification_id()
 
     (tenant,) = rows(database_url, "SELECT * FROM tenants")
     assert (tenant["tenant_id"], tenant["name"], tenant["created_at"], tenant["updated_at"]) == (
@@ -336,11 +336,11 @@ def test_projects_every_view(container: Container, database_url: str) -> None:
     c1_agg.dispatch(at=at(41), lease=LEASE)
     c1_agg.record_failure(code="gateway_down", message="503", retryable=False, retry_at=None, at=at(42))
     store.save(c1_agg)
-    project_pending(container)
+    project_pending(container.store, container.pool)
     assert queue_row(database_url, main.queue.id)["completed_at"] is None  # c3 is still pending
     send(c3_agg, at(61))
     store.save(c3_agg)
-    project_pending(container)
+    project_pending(container.store, container.pool)
     q = queue_row(database_url, main.queue.id)
     assert counters(q) == counts(total=5, sent=2, failed=1, skipped=1, rejected=1)
     _, c1, _, c3, _ = rows(database_url, query, main.queue.id)
@@ -354,7 +354,7 @@ def test_projects_every_view(container: Container, database_url: str) -> None:
     for contact in other.contacts:
         contact.cancel(reason="queue_cancelled", at=at(92))
     store.save(other.queue, *other.contacts)
-    project_pending(container)
+    project_pending(container.store, container.pool)
     q = queue_row(database_url, other.queue.id)
     assert pick(q, "paused_reason resume_at cancelled_at completed_at") == (None, None, at(92), None)
     assert counters(q) == counts(total=2, cancelled=2)
@@ -363,9 +363,9 @@ def test_projects_every_view(container: Container, database_url: str) -> None:
 def test_each_event_is_applied_once(container: Container, database_url: str) -> None:
     _, main, _ = full_scenario(container)
     total = container.store.recorder.max_notification_id()
-    assert project_pending(container) == total
+    assert project_pending(container.store, container.pool) == total
     before = dump(database_url)
-    assert project_pending(container) == 0
+    assert project_pending(container.store, container.pool) == 0
     assert dump(database_url) == before
 
     # Two processes race over the same log (small batches, so they interleave): every notification is
@@ -385,7 +385,7 @@ def test_each_event_is_applied_once(container: Container, database_url: str) -> 
     def runner(c: Container) -> None:
         try:
             barrier.wait()
-            handled.append(project_pending(c, batch_size=37))
+            handled.append(project_pending(c.store, c.pool, batch_size=37))
         except BaseException as exc:
             errors.append(exc)
 
@@ -410,10 +410,12 @@ def test_each_event_is_applied_once(container: Container, database_url: str) -> 
 
 def test_rebuild_gives_identical_views(container: Container, database_url: str) -> None:
     full_scenario(container)
-    project_pending(container, batch_size=4)  # other batch boundaries than the rebuild's
+    project_pending(
+        container.store, container.pool, batch_size=4
+    )  # other batch boundaries than the rebuild's
     before = dump(database_url)
     assert all(before[t] for t in VIEW_TABLES)
-    replayed = rebuild_projections(container)
+    replayed = rebuild_projections(container.store, container.pool)
     assert replayed == container.store.recorder.max_notification_id()
     assert dump(database_url) == before
     assert position(database_url) == replayed
@@ -438,12 +440,12 @@ def test_a_queue_completes_at_its_last_send_whatever_the_batches(
     second.record_receipt(status="DELIVERY_ACK", reported_at=None, at=at(31))
     store.save(first, second)
 
-    project_pending(container, batch_size=1)
+    project_pending(container.store, container.pool, batch_size=1)
     live = queue_row(database_url, posted.queue.id)
     assert pick(live, "completed_at updated_at delivered read") == (
         at(21) + timedelta(seconds=5), at(31), 2, 1,
     )  # fmt: skip
-    rebuild_projections(container)
+    rebuild_projections(container.store, container.pool)
     assert queue_row(database_url, posted.queue.id) == live
 
 
@@ -464,7 +466,7 @@ def test_unappliable_events_are_recorded_and_skipped(container: Container, datab
     container.store.save(dup)
     container.store.save(*later.aggregates())
 
-    project_pending(container)
+    project_pending(container.store, container.pool)
 
     errors = rows(
         database_url, "SELECT projection, notification_id, topic, error FROM projection_errors ORDER BY 1"
@@ -480,7 +482,7 @@ def test_unappliable_events_are_recorded_and_skipped(container: Container, datab
     assert counters(queue_row(database_url, first.queue.id))["pending"] == 2
     assert position(database_url) == container.store.recorder.max_notification_id()
     # Recorded once: running again changes nothing.
-    assert project_pending(container) == 0
+    assert project_pending(container.store, container.pool) == 0
     assert len(rows(database_url, "SELECT * FROM projection_errors")) == 3
 
 
@@ -488,7 +490,7 @@ def test_10000_contacts_project_in_one_go(container: Container, database_url: st
     big = post(uuid.uuid4(), accepted=9_900, rejected=100)
     container.store.save(*big.aggregates())
     started = time.perf_counter()
-    handled = project_pending(container)
+    handled = project_pending(container.store, container.pool)
     ingest_s = time.perf_counter() - started
     assert handled == 10_002
     q = queue_row(database_url, big.queue.id)
@@ -498,7 +500,7 @@ def test_10000_contacts_project_in_one_go(container: Container, database_url: st
         send(contact, at(5))
     container.store.save(*big.contacts[:9_900])
     started = time.perf_counter()
-    assert project_pending(container) == 19_800
+    assert project_pending(container.store, container.pool) == 19_800
     outcomes_s = time.perf_counter() - started
     q = queue_row(database_url, big.queue.id)
     assert (q["pending"], q["sent"], q["completed_at"]) == (0, 9_900, at(5) + timedelta(seconds=5))
@@ -512,7 +514,7 @@ def test_10000_contacts_project_in_one_go(container: Container, database_url: st
 async def test_follower_wakes_on_notify_and_survives_a_lost_connection(database_url: str) -> None:
     container = await asyncio.to_thread(open_container, database_url, poll_interval_s=30.0)
     stop = asyncio.Event()
-    task = asyncio.create_task(run_projections(container, stop))
+    task = asyncio.create_task(run_projections_process(container, stop))
     try:
         await asyncio.sleep(1.0)  # caught up, listening
         first = post(uuid.uuid4(), accepted=1)

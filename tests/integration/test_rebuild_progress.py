@@ -29,13 +29,17 @@ def test_rebuild_in_batches_reports_progress_and_gives_the_same_views(database_u
             for contact in contacts[:accepted:2]:
                 contact.dispatch(at=T0, lease=timedelta(minutes=2))
             store.save(*contacts[:accepted:2])
-        project_pending(container, batch_size=100)  # the live follower's way, in small batches
+        project_pending(
+            container.store, container.pool, batch_size=100
+        )  # the live follower's way, in small batches
         live = dump(database_url)
         head = store.recorder.max_notification_id()
         assert head == 2 * 2 + 451 + 301 + 225 + 150
 
         calls: list[tuple[int, int, int]] = []
-        replayed = rebuild_projections(container, batch_size=400, progress=lambda *a: calls.append(a))
+        replayed = rebuild_projections(
+            container.store, container.pool, batch_size=400, progress=lambda *a: calls.append(a)
+        )
         assert replayed == head
         assert calls == [(400, 400, head), (800, 800, head), (1_131, head, head)]
         assert dump(database_url) == live

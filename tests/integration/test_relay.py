@@ -15,13 +15,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from billing.bootstrap import Container, build_container
+from billing.bootstrap import Container, build_container, build_relay, run_relay_process
 from billing.domain.contact import Contact
 from billing.outbox.broker import Broker, OutgoingMessage, Publisher, PublishError
 from billing.outbox.jobs import decode_job
 from billing.outbox.memory import InMemoryBroker
 from billing.outbox.rabbitmq import RabbitBroker
-from billing.outbox.relay import OutboxRelay, relay_pending, run_relay
+from billing.outbox.relay import OutboxRelay
 from billing.settings import Settings
 from tests.integration.test_broker_contract import Recorder, consuming, delete_topology, queue_depth
 from tests.integration.test_projections import INSERT_EVENT, LEASE, at, position, post, rows
@@ -80,11 +80,16 @@ class FlakyPublisher:
         await self.inner.publish(messages)
 
 
-class DyingRelay(OutboxRelay):
-    """Dies after the broker confirmed a batch, before its position is recorded (case Q04)."""
+def dying_relay(container: Container) -> OutboxRelay:
+    """The container's relay, dying after the broker confirmed a batch, before its position is recorded
+    (case Q04)."""
 
-    def _record(self, upto: int, failures: Sequence[Any]) -> int:
+    def die(upto: int, failures: Sequence[Any]) -> int:
         raise RuntimeError("killed between confirm and position")
+
+    relay = build_relay(container)
+    relay._record = die  # type: ignore[method-assign]
+    return relay
 
 
 def added_ids(container: Container) -> list[str]:
@@ -119,7 +124,7 @@ async def test_one_job_per_added_contact_in_log_order(
     last = post(tenant_id, accepted=2)
     await save(container, *last.aggregates())
 
-    assert await relay_pending(container) == 7
+    assert await build_relay(container).publish_pending() == 7
     expected = await asyncio.to_thread(added_ids, container)
     assert position(database_url, "relay") == container.store.recorder.max_notification_id()
 
@@ -145,7 +150,7 @@ async def test_one_job_per_added_contact_in_log_order(
         )
         assert delivery.headers["tenant_id"] == str(tenant_id)
 
-    assert await relay_pending(container) == 0  # nothing twice
+    assert await build_relay(container).publish_pending() == 0  # nothing twice
     assert await queue_depth(broker, broker.topology.queue_for("overdue", first.queue.id)) == 0
 
 
@@ -156,7 +161,7 @@ async def test_position_moves_only_after_the_confirm(
     batch = post(tenant_id, accepted=2)
     queue = broker.topology.queue_for("overdue", batch.queue.id)
     await save(container, *batch.aggregates())
-    relay = OutboxRelay.of(container, publisher=FlakyPublisher(broker.publisher(), failures=1))
+    relay = build_relay(container, publisher=FlakyPublisher(broker.publisher(), failures=1))
 
     with pytest.raises(PublishError):
         await relay.publish_pending()
@@ -173,10 +178,10 @@ async def test_q04_restart_between_confirm_and_position_publishes_again(
 ) -> None:
     await save(container, *post(uuid.uuid4(), accepted=2).aggregates())
     with pytest.raises(RuntimeError, match="killed"):
-        await DyingRelay.of(container).publish_pending()
+        await dying_relay(container).publish_pending()
     assert position(database_url, "relay") == 0
 
-    assert await relay_pending(container) == 2  # the restarted relay publishes them again
+    assert await build_relay(container).publish_pending() == 2  # the restarted relay publishes them again
     recorder = await consume(broker, 4)
     ids = await asyncio.to_thread(added_ids, container)
     # At-least-once: each job twice, with the same message id (the worker makes the second a no-op).
@@ -192,7 +197,7 @@ async def test_an_undecodable_event_is_recorded_and_skipped(
     good = post(uuid.uuid4(), accepted=1)
     await save(container, *good.aggregates())
 
-    assert await relay_pending(container) == 2  # read: the bad one and the good one
+    assert await build_relay(container).publish_pending() == 2  # read: the bad one and the good one
     recorder = await consume(broker, 1)
     assert [decode_job(d.body).contact_id for d in recorder.deliveries] == [good.contacts[0].id]
     errors = rows(database_url, "SELECT projection, topic FROM projection_errors")
@@ -203,7 +208,7 @@ async def test_an_undecodable_event_is_recorded_and_skipped(
 async def test_running_relay_retries_until_confirmed(container: Container, broker: Broker) -> None:
     flaky = FlakyPublisher(broker.publisher(), failures=3)
     stop = asyncio.Event()
-    task = asyncio.create_task(OutboxRelay.of(container, publisher=flaky).run(stop))
+    task = asyncio.create_task(build_relay(container, publisher=flaky).run(stop))
     try:
         await save(container, *post(uuid.uuid4(), accepted=3).aggregates())
         recorder = await consume(broker, 3)
@@ -218,7 +223,7 @@ async def test_running_relay_retries_until_confirmed(container: Container, broke
 async def test_relay_wakes_on_notify(container: Container, broker: Broker) -> None:
     assert container.settings.poll_interval_s == 30.0
     stop = asyncio.Event()
-    task = asyncio.create_task(run_relay(container, stop))
+    task = asyncio.create_task(run_relay_process(container, stop))
     try:
         await asyncio.sleep(1.0)  # caught up and listening; the next poll is 30 s away
         recorder = Recorder()

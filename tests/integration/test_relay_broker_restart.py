@@ -22,12 +22,12 @@ from uuid import UUID
 
 import pytest
 
-from billing.bootstrap import Container, build_container
+from billing.bootstrap import Container, build_container, run_relay_process
 from billing.domain.contact import Contact
 from billing.outbox.broker import Delivery, OutgoingMessage, Publisher
 from billing.outbox.jobs import decode_job
 from billing.outbox.rabbitmq import RabbitBroker
-from billing.outbox.relay import RELAY, run_relay
+from billing.outbox.relay import RELAY
 from billing.projections.tracking import load_position
 from billing.settings import Settings
 from tests.integration.test_broker_contract import delete_topology
@@ -123,7 +123,7 @@ async def test_q03_relay_publishes_1000_jobs_through_a_broker_restart(
     stop = asyncio.Event()
     queues = broker.topology.shard_queues("notification")  # each batch goes to its own shard
     consumer = asyncio.create_task(broker.consumer().run(queues, handler, prefetch=100))
-    relay = asyncio.create_task(run_relay(container, stop))
+    relay = asyncio.create_task(run_relay_process(container, stop))
     try:
         async with asyncio.timeout(TIME_LIMIT):
             while saved < BEFORE:

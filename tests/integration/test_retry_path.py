@@ -14,10 +14,10 @@ import time
 import uuid
 from datetime import timedelta
 
+from billing.bootstrap import build_relay
 from billing.domain.contact import Contact
 from billing.domain.sending import Handled
 from billing.domain.types import ContactStatus
-from billing.outbox.relay import relay_pending
 from billing.services.clock import FakeClock
 from tests.integration.test_tenant_fairness import BrokerFactory, make_broker  # noqa: F401  (fixture)
 from tests.integration.test_worker import WEDNESDAY_10, World, create_batch, create_tenant
@@ -102,7 +102,7 @@ async def test_a_tenants_small_batch_is_not_behind_its_own_large_batch(
         await world.project()
 
         # When the relay publishes both, in that order
-        assert await relay_pending(world.main.container) == BACKLOG + FEW
+        assert await build_relay(world.main.container).publish_pending() == BACKLOG + FEW
 
         # Then the small batch is sent before a fifth of the large one was handled
         before = await wait_handled(world, set(small.ids))

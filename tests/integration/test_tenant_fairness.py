@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from billing.bootstrap import build_relay
 from billing.domain.sending import Handled
 from billing.outbox.broker import Broker, Delivery, OutgoingMessage
 from billing.outbox.memory import InMemoryBroker
 from billing.outbox.rabbitmq import RabbitBroker
-from billing.outbox.relay import relay_pending
 from billing.services.clock import FakeClock
 from tests.integration.test_broker_contract import Recorder, consuming, delete_topology
 from tests.integration.test_worker import WEDNESDAY_10, World, create_batch, create_tenant
@@ -78,7 +78,7 @@ async def test_a_tenants_backlog_does_not_delay_another_tenants_sends(
         await world.project()
 
         # When the relay publishes A's 2,000 jobs, then B's 5, and one worker consumes
-        assert await relay_pending(world.main.container) == BACKLOG + FEW
+        assert await build_relay(world.main.container).publish_pending() == BACKLOG + FEW
         handler = world.main.handler
         deadline = time.monotonic() + WAIT_S
         while sum(1 for job, _ in handler.results if job.tenant_id == b) < FEW:

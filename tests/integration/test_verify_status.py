@@ -51,7 +51,9 @@ def seeded(database_url: str) -> dict[str, Any]:
     try:
         tenants = TenantService(container.store, container.clock)
         tenant_id = tenants.create_tenant(name="Loja", gateway=GATEWAY, policy=default_policy_spec())
-        project_pending(container)  # the templates, which ingestion reads from the views
+        project_pending(
+            container.store, container.pool
+        )  # the templates, which ingestion reads from the views
         ingest = IngestService(container.store, Queries(container.pool), container.clock)
         posted = []
         for n in range(2):
@@ -69,7 +71,7 @@ def seeded(database_url: str) -> dict[str, Any]:
                     idempotency_key=None,
                 )
             )
-        project_pending(container)
+        project_pending(container.store, container.pool)
         head = container.store.recorder.max_notification_id()
     finally:
         container.store.close()

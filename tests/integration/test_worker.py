@@ -185,7 +185,7 @@ class World:
 
     async def project(self) -> None:
         """Apply every pending event to the views (the real projection)."""
-        await asyncio.to_thread(project_pending, self.main.container)
+        await asyncio.to_thread(project_pending, self.main.container.store, self.main.container.pool)
 
     async def tick(self) -> TickReport:
         """Project, then tick the scheduler, then wait until every job it published was handled."""

@@ -9,7 +9,7 @@ import pytest
 from billing.domain.errors import InvalidValue
 from billing.gateway.client import EvolutionClient, set_webhook
 from billing.gateway.simulator import EvolutionSimulator
-from billing.hooks.urlguard import check_url
+from billing.netguard import check_webhook_url
 from billing.settings import Settings, SettingsError, boolean
 
 JID = "@s.whatsapp.net"
@@ -34,7 +34,9 @@ def resolver(address: str):  # type: ignore[no-untyped-def]
 )
 def test_url_guard(address: str, allow_private: bool, ok: bool) -> None:
     def check():
-        return check_url("https://erp.example/hooks", allow_private=allow_private, resolver=resolver(address))
+        return check_webhook_url(
+            "https://erp.example/hooks", allow_private=allow_private, resolver=resolver(address)
+        )
 
     if ok:
         check()
@@ -47,7 +49,7 @@ def test_url_guard(address: str, allow_private: bool, ok: bool) -> None:
 def test_url_guard_refuses_other_schemes_and_credentials() -> None:
     for url in ("ftp://erp.example/x", "https://user:pw@erp.example/x", "https:///x"):
         with pytest.raises(InvalidValue):
-            check_url(url, allow_private=True, resolver=resolver("93.184.216.34"))
+            check_webhook_url(url, allow_private=True, resolver=resolver("93.184.216.34"))
 
 
 def test_settings_flag() -> None:

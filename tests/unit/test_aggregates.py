@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
 import pytest
@@ -17,6 +16,7 @@ from billing.domain.template import MessageTemplate
 from billing.domain.templating import TemplateSyntaxError
 from billing.domain.tenant import Tenant
 from billing.domain.types import ContactStatus
+from tests.factories import added_contact
 
 T0 = datetime(2025, 1, 20, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=120)
@@ -24,24 +24,7 @@ GATEWAY = {"base_url": "http://gw", "instance": "i", "api_key": "k", "api_versio
 
 
 def new_contact() -> Contact:
-    return Contact._create(
-        Contact.Added,
-        id=uuid4(),
-        tenant_id=uuid4(),
-        campaign_id=uuid4(),
-        queue_id=uuid4(),
-        index=0,
-        template_type="overdue",
-        external_id="fatura-1",
-        fields={"nome": "Ana"},
-        telefone="11987654321",
-        phone="+5511987654321",
-        gateway_number="5511987654321",
-        amount=Decimal("150.00"),
-        amount_total=None,
-        due_date=date(2025, 1, 15),
-        timestamp=T0,
-    )
+    return added_contact(at=T0, external_id="fatura-1")
 
 
 def test_contact_is_sent_after_a_claim() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import uuid4
 from zoneinfo import ZoneInfo
 
@@ -40,18 +41,20 @@ def test_window_at_names_the_window_an_instant_falls_in_and_none_when_closed() -
     )
 
 
+JID = "5511987654321@s.whatsapp.net"
+RULE_FACTS: dict[str, Any] = {
+    "calendar": CALENDAR,
+    "calendar_version": 3,
+    "policy_version": 5,
+    "limits": ThrottleLimits(messages_per_minute=20, max_messages_per_day=1000),
+}
+"""What both records below were decided under: the calendar, its version, the policy version, the limits."""
+
+
 def test_allowed_by_records_window_versions_and_throttle_counts() -> None:
     at = datetime(2025, 1, 20, 9, 15, tzinfo=SP)
     rule = allowed_by(
-        at=at,
-        respects_business_hours=True,
-        calendar=CALENDAR,
-        calendar_version=3,
-        policy_version=5,
-        limits=ThrottleLimits(messages_per_minute=20, max_messages_per_day=1000),
-        sent_in_window=4,
-        sent_today=57,
-        jid="5511987654321@s.whatsapp.net",
+        **RULE_FACTS, at=at, respects_business_hours=True, sent_in_window=4, sent_today=57, jid=JID
     )
     assert rule == {
         "policy_version": 5,
@@ -78,12 +81,9 @@ def test_allowed_by_records_window_versions_and_throttle_counts() -> None:
         },
     }
     notice = allowed_by(
+        **RULE_FACTS,
         at=at.replace(hour=22),
         respects_business_hours=False,
-        calendar=CALENDAR,
-        calendar_version=3,
-        policy_version=5,
-        limits=ThrottleLimits(messages_per_minute=20, max_messages_per_day=1000),
         sent_in_window=0,
         sent_today=0,
         jid=None,

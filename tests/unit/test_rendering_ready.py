@@ -9,13 +9,14 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 from zoneinfo import ZoneInfo
 
 import psycopg
 
 from billing.domain.contact import Contact
 from billing.worker.rendering import Renderer
+from tests.factories import added_contact
 
 TEMPLATE = UUID(int=7)
 NOW = datetime(2025, 1, 20, 13, 0, tzinfo=UTC)
@@ -59,23 +60,14 @@ class FakePool:
 
 
 def contact() -> Contact:
-    return Contact._create(
-        Contact.Added,
-        id=uuid4(),
-        tenant_id=uuid4(),
-        campaign_id=uuid4(),
-        queue_id=uuid4(),
-        index=0,
+    return added_contact(
+        at=NOW,
         template_type="notification",
-        external_id=None,
-        fields={"nome": "Ana"},
         telefone="+5511987654300",
         phone="+5511987654300",
         gateway_number="5511987654300",
         amount=Decimal("10.00"),
-        amount_total=None,
         due_date=date(2025, 1, 10),
-        timestamp=NOW,
     )
 
 

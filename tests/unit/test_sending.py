@@ -4,8 +4,7 @@ values, no I/O."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -38,6 +37,7 @@ from billing.domain.sending import (
 )
 from billing.domain.throttle import DAILY_LIMIT_REACHED, RATE_LIMITED, ThrottleLimits, decide_arrival
 from billing.domain.whatsapp import Account
+from tests.factories import added_contact
 
 MONDAY_10 = datetime(2025, 1, 20, 13, 0, tzinfo=UTC)  # 10:00 in São Paulo, open
 MONDAY_20 = datetime(2025, 1, 20, 23, 0, tzinfo=UTC)  # 20:00 in São Paulo, closed
@@ -55,24 +55,7 @@ EMPTY = ThrottleState(arrivals=(), arrivals_that_day=0, window=WINDOW)
 
 
 def contact(template_type: str = "overdue", *, tenant_id: UUID = TENANT) -> Contact:
-    return Contact._create(
-        Contact.Added,
-        id=uuid4(),
-        tenant_id=tenant_id,
-        campaign_id=uuid4(),
-        queue_id=uuid4(),
-        index=0,
-        template_type=template_type,
-        external_id=None,
-        fields={"nome": "Ana"},
-        telefone="11987654321",
-        phone="+5511987654321",
-        gateway_number="5511987654321",
-        amount=Decimal("150.00"),
-        amount_total=None,
-        due_date=date(2025, 1, 15),
-        timestamp=MONDAY_10 - timedelta(hours=1),
-    )
+    return added_contact(at=MONDAY_10 - timedelta(hours=1), template_type=template_type, tenant_id=tenant_id)
 
 
 def queue() -> Queue:

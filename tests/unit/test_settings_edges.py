@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from billing.api.ratelimit import parse_overrides
-from billing.settings import Settings, SettingsError
+from billing.settings import Settings, SettingsError, parse_rate_limits
 
 DB = {"BILLING_DATABASE_URL": "postgresql://root@127.0.0.1:5432/billing"}
 
@@ -44,7 +43,7 @@ def test_malformed_values_are_refused_naming_the_variable(env: dict[str, str], m
 
 def test_rate_limit_overrides() -> None:
     tenant = "6F1C1F0E-0000-4000-8000-000000000001"
-    assert parse_overrides(f" bk_AbCdE=3000 , {tenant}=120,") == {"bk_AbCdE": 3000, tenant.lower(): 120}
+    assert parse_rate_limits(f" bk_AbCdE=3000 , {tenant}=120,") == {"bk_AbCdE": 3000, tenant.lower(): 120}
     for bad in ("bk_AbCdE", "=5", "bk_AbCdE=0", "bk_AbCdE=-1"):
         with pytest.raises(ValueError, match="positive requests per minute"):
-            parse_overrides(bad)
+            parse_rate_limits(bad)

@@ -3,7 +3,6 @@ sending configuration and the audit history of a contact."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -28,7 +27,6 @@ from billing.api.schemas import (
     ConfigDoc,
     ConfigPatch,
     ContactHistory,
-    EventDoc,
     InvoiceHistory,
     PhoneHistory,
     PreviewDoc,
@@ -39,6 +37,7 @@ from billing.api.schemas import (
     TemplateHistory,
     TemplatePatch,
     as_struct,
+    event_doc,
     policy_changes,
 )
 from billing.domain.apikey import api_key_id
@@ -57,8 +56,7 @@ from billing.domain.template import (
 )
 from billing.domain.templating import parse_template
 from billing.domain.tenant import Tenant
-from billing.eventstore import get_owned
-from billing.services.history import MAX_ENTRIES, HistoryFilter, to_csv
+from billing.services.history import MAX_ENTRIES, HistoryFilter, aggregate_history, to_csv
 from billing.services.queries import MAX_PAGE
 from billing.services.tenants import hash_api_key
 
@@ -103,20 +101,6 @@ def _config_doc(tenant: Tenant) -> ConfigDoc:
     gateway = dict(tenant.gateway)
     gateway["api_key"] = "***"
     return ConfigDoc(tenant_id=tenant.id, name=tenant.name, policy=dict(tenant.policy), gateway=gateway)
-
-
-def _event_doc(event: Any) -> EventDoc:
-    data = {
-        f.name: getattr(event, f.name)
-        for f in dataclasses.fields(event)
-        if f.name not in ("originator_id", "originator_version", "timestamp", "originator_topic")
-    }
-    return EventDoc(
-        type=type(event).TOPIC,
-        version=event.originator_version,
-        at=event.timestamp.isoformat(),
-        data=msgspec.to_builtins(data),
-    )
 
 
 def _ops(**codes: tuple[str, ...]) -> dict[int, Any]:
@@ -369,8 +353,10 @@ class AdminController(Controller):
             what = HistoryFilter(tenant_id, contact_id=contact_id)
             _, entries, _ = await _history_entries(services, what, "contact")
             return _csv(entries, "contact")
-        events = await run_sync(_history, services, tenant_id, contact_id, Contact, "contact")
-        return ContactHistory(contact_id=contact_id, events=[_event_doc(e) for e in events])
+        events = await run_sync(
+            aggregate_history, services.container.store, tenant_id, contact_id, Contact, "contact"
+        )
+        return ContactHistory(contact_id=contact_id, events=[event_doc(e) for e in events])
 
     @get(
         "/history/invoice/{ref:str}",
@@ -428,7 +414,7 @@ class AdminController(Controller):
                 "contacts": contacts,
                 "events": entries,
                 "truncated": truncated,
-                "conversation": [msgspec.to_builtins(_event_doc(e)) for e in conversation],
+                "conversation": [msgspec.to_builtins(event_doc(e)) for e in conversation],
             },
             PhoneHistory,
         )
@@ -438,9 +424,14 @@ class AdminController(Controller):
     async def template_history(self, request: Req, template_id: UUID, services: Services) -> TemplateHistory:
         """Every version of one template, oldest first: what it said from which instant (``at``) on."""
         events = await run_sync(
-            _history, services, request.user.tenant_id, template_id, MessageTemplate, "template"
+            aggregate_history,
+            services.container.store,
+            request.user.tenant_id,
+            template_id,
+            MessageTemplate,
+            "template",
         )
-        return TemplateHistory(template_id=template_id, events=[_event_doc(e) for e in events])
+        return TemplateHistory(template_id=template_id, events=[event_doc(e) for e in events])
 
 
 async def _is_default(services: Services, template: Any) -> bool:
@@ -470,12 +461,3 @@ def _csv(entries: list[dict[str, Any]], kind: str) -> Response[str]:
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="history-{kind}.csv"'},
     )
-
-
-def _history(services: Services, tenant_id: UUID, aggregate_id: UUID, kind: type, name: str) -> list[Any]:
-    """The events of one of the tenant's aggregates of type ``kind``. Raises NotFound (also for another
-    tenant's)."""
-    store = services.container.store
-    if get_owned(store, aggregate_id, kind, tenant_id) is None:
-        raise NotFound(f"{name} not found", code=f"{name}_not_found")
-    return list(store.events.get(aggregate_id))

@@ -7,7 +7,7 @@ shared by every ``api`` process when ``BILLING_REDIS_URL`` is set). What this su
 - the identity is the API key (its SHA-256, never the clear text), not the client address; requests
   without ``X-Billing-API-Key`` (admin, health, schema) are not counted here;
 - the limit is per key: ``BILLING_RATE_LIMITS`` overrides (by key prefix or tenant id) over the default
-  ``BILLING_RATE_LIMIT_PER_MINUTE`` (:func:`parse_overrides`);
+  ``BILLING_RATE_LIMIT_PER_MINUTE`` (:meth:`billing.settings.Settings.rate_limit_overrides`);
 - the read-check-write of a key's window runs under a Redis lock when the store is shared (the library's
   lock is per process, so two processes could both admit the last request of a window);
 - a refusal is 429 ``{code: "rate_limited", message, field: "X-Billing-API-Key"}`` with ``Retry-After``
@@ -49,26 +49,6 @@ STORE_NAME = "rate_limit"
 WINDOW: DurationUnit = "minute"
 WINDOW_S = DURATION_VALUES[WINDOW]
 log = get_logger(__name__)
-
-
-def parse_overrides(text: str) -> dict[str, int]:
-    """``BILLING_RATE_LIMITS``: comma-separated ``<who>=<requests per minute>``, where ``who`` is an API
-    key's prefix (its first 8 characters, as ``GET /api-keys/`` lists them) or a tenant id; a key's own
-    entry wins over its tenant's. Example: ``bk_AbCdE=3000,6f1c1f0e-0000-4000-8000-000000000001=120``.
-
-    Raises:
-        ValueError: an entry is not ``who=N`` with N a positive integer.
-    """
-    limits: dict[str, int] = {}
-    for entry in (e.strip() for e in text.split(",")):
-        if not entry:
-            continue
-        who, sep, value = entry.partition("=")
-        who = who.strip()
-        if not sep or not who or not value.strip().isdigit() or int(value) <= 0:
-            raise ValueError(f"{entry!r} is not <key prefix or tenant id>=<positive requests per minute>")
-        limits[who.lower() if len(who) == 36 else who] = int(value)
-    return limits
 
 
 class KeyRateLimitMiddleware(RateLimitMiddleware):
@@ -181,7 +161,7 @@ def build_rate_limit(
 
     Args:
         default_limit: requests per minute of a key without an override (``BILLING_RATE_LIMIT_PER_MINUTE``).
-        overrides: :func:`parse_overrides` of ``BILLING_RATE_LIMITS``.
+        overrides: :meth:`billing.settings.Settings.rate_limit_overrides`.
         redis_url: ``BILLING_REDIS_URL``; empty: a per-process ``MemoryStore``.
         tenant_of: ``async (key) -> tenant id | None`` (only called when there are overrides).
     """

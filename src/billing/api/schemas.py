@@ -8,6 +8,7 @@ and the README give (see each constant's source).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -454,6 +455,23 @@ class EventDoc(Struct):
     version: int
     at: str
     data: dict[str, Any]
+
+
+def event_doc(event: Any) -> EventDoc:
+    """The document of one stored domain event (a library event dataclass): its ``TOPIC``, aggregate
+    version, ISO 8601 timestamp and its own fields as JSON builtins (the library's bookkeeping fields left
+    out)."""
+    data = {
+        f.name: getattr(event, f.name)
+        for f in dataclasses.fields(event)
+        if f.name not in ("originator_id", "originator_version", "timestamp", "originator_topic")
+    }
+    return EventDoc(
+        type=type(event).TOPIC,
+        version=event.originator_version,
+        at=event.timestamp.isoformat(),
+        data=msgspec.to_builtins(data),
+    )
 
 
 class ContactHistory(Struct):

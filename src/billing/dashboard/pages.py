@@ -20,9 +20,8 @@ from litestar.response import Redirect, Template
 from markupsafe import Markup, escape
 
 import billing.dashboard.fmt as fmt
-from billing.api.admin import _event_doc, _history
 from billing.api.deps import Services, run_sync
-from billing.api.schemas import SendRequest
+from billing.api.schemas import SendRequest, event_doc
 from billing.dashboard.security import LOGIN_RATE_LIMIT, current_user
 from billing.dashboard.upload import KNOWN_FIELDS, Sheet, guess_mapping, read_sheet, to_contacts
 from billing.domain.calendar import DAY_NAMES
@@ -34,6 +33,7 @@ from billing.domain.template import MessageTemplate, parse_variations
 from billing.domain.tenant import Tenant
 from billing.domain.types import ContactStatus, TemplateType
 from billing.eventstore import get_owned
+from billing.services.history import aggregate_history
 from billing.services.overview import PERIODS, DashboardQueries
 from billing.services.users import SessionUser
 from billing.worker.health import probe_connection_state
@@ -590,14 +590,14 @@ class TemplatesController(Controller):
         history: list[Any] = []  # EventDoc Structs (Jinja reads their attributes)
         if template and template.get("template_id"):
             events = await run_sync(
-                _history,
-                _services(request),
+                aggregate_history,
+                _services(request).container.store,
                 current_user(request).tenant_id,
                 UUID(template["template_id"]),
                 MessageTemplate,
                 "template",
             )
-            history = [_event_doc(e) for e in events]
+            history = [event_doc(e) for e in events]
         return await page(
             request,
             "template_edit.html",
@@ -966,10 +966,15 @@ class HistoryController(Controller):
     async def contact(self, request: Req, contact_id: UUID) -> Template:
         """Every event of one contact, oldest first (the admin API's audit history)."""
         events = await run_sync(
-            _history, _services(request), current_user(request).tenant_id, contact_id, Contact, "contact"
+            aggregate_history,
+            _services(request).container.store,
+            current_user(request).tenant_id,
+            contact_id,
+            Contact,
+            "contact",
         )
         return await page(
-            request, "history_contact.html", contact_id=contact_id, events=[_event_doc(e) for e in events]
+            request, "history_contact.html", contact_id=contact_id, events=[event_doc(e) for e in events]
         )
 
 

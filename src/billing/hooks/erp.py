@@ -38,8 +38,7 @@ from billing.domain.errors import InvalidValue
 from billing.domain.queue import Queue
 from billing.domain.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, signature_header
 from billing.eventstore import EventStore, get_owned
-from billing.hooks.urlguard import Resolver, check_url, system_resolver
-from billing.netguard import refused_by_guard
+from billing.netguard import Resolver, check_webhook_url, refused_by_guard, system_resolver
 from billing.projections.follower import NotificationFollower
 from billing.projections.tracking import load_position, record_error, save_position
 from billing.services.clock import Clock
@@ -260,7 +259,7 @@ class ErpDispatcher:
 
     Args:
         http: the HTTP client of ERP calls (owned by the caller).
-        allow_private / resolver: the URL guard's settings (:func:`billing.hooks.urlguard.check_url`).
+        allow_private / resolver: the URL guard's settings (:func:`billing.netguard.check_webhook_url`).
         batch: deliveries claimed per pass.
     """
 
@@ -328,7 +327,7 @@ class ErpDispatcher:
         error: str | None = None
         try:
             await asyncio.to_thread(
-                check_url, endpoint["url"], allow_private=self.allow_private, resolver=self.resolver
+                check_webhook_url, endpoint["url"], allow_private=self.allow_private, resolver=self.resolver
             )
             headers = {
                 "content-type": "application/json",

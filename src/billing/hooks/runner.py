@@ -3,62 +3,79 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from uuid import UUID
 
 import httpx
 import structlog
 
-from billing.bootstrap import Container
+from billing.db import ViewsPool
 from billing.domain.delivery import OutcomeKind
 from billing.domain.tenant import Tenant
-from billing.eventstore import get_owned
+from billing.eventstore import EventStore, get_owned
+from billing.gateway.client import EvolutionClient
 from billing.hooks.erp import ErpDispatcher, ErpOutbox
 from billing.hooks.inbox import InboxApplier
 from billing.netguard import guarded_client
+from billing.services.clock import Clock
 
 __all__ = ["run_hooks"]
 
 log = structlog.get_logger(__name__)
 
+Gateways = Callable[[Mapping[str, str]], EvolutionClient]
+"""``gateways(config)`` → the Evolution API client of a tenant's gateway config."""
 
-def _confirmation_sender(container: Container):  # type: ignore[no-untyped-def]
+
+def _confirmation_sender(
+    store: EventStore, gateways: Gateways
+) -> Callable[[UUID, str, str], Awaitable[str | None]]:
     async def send(tenant_id: UUID, phone: str, text: str) -> str | None:
-        tenant = await asyncio.to_thread(get_owned, container.store, tenant_id, Tenant)
+        tenant = await asyncio.to_thread(get_owned, store, tenant_id, Tenant)
         if tenant is None:
             return None
-        outcome = await container.gateways()(tenant.gateway).send_text(phone.removeprefix("+"), text)
+        outcome = await gateways(tenant.gateway).send_text(phone.removeprefix("+"), text)
         return outcome.message_id if outcome.kind is OutcomeKind.SENT else None
 
     return send
 
 
 async def run_hooks(
-    container: Container,
+    store: EventStore,
+    pool: ViewsPool,
+    clock: Clock,
+    gateways: Gateways,
     stop: asyncio.Event,
     *,
+    database_url: str,
+    poll_interval_s: float,
+    allow_private: bool,
     erp_http: httpx.AsyncClient | None = None,
     interval_s: float = 0.5,
 ) -> None:
     """Run the inbox applier, the ERP outbox follower and the ERP dispatcher until ``stop`` is set.
 
-    ``erp_http`` is the client of ERP calls (default: :func:`billing.netguard.guarded_client`, which checks
-    each connection's address, closed at the end).
+    Args:
+        store / pool / clock: the event store, the views pool and the time source.
+        gateways: a tenant's Evolution API client from its gateway config (the opt-out confirmations).
+        database_url / poll_interval_s: where the ERP outbox follower LISTENs, and how often (seconds) it
+            polls when no notification wakes it.
+        allow_private: ERP endpoints may be loopback or private addresses
+            (``BILLING_WEBHOOKS_ALLOW_PRIVATE``).
+        erp_http: the client of ERP calls (default: :func:`billing.netguard.guarded_client`, which checks
+            each connection's address, closed at the end).
+        interval_s: seconds between the inbox's and the dispatcher's passes.
     """
-    settings = container.settings
     own_http = erp_http is None
-    http = erp_http or guarded_client(allow_private=settings.webhooks_allow_private)
-    inbox = InboxApplier(
-        container.store, container.pool, container.clock, send_confirmation=_confirmation_sender(container)
-    )
-    outbox = ErpOutbox(container.store, container.pool, container.clock)
-    dispatcher = ErpDispatcher(
-        container.store, container.pool, container.clock, http, allow_private=settings.webhooks_allow_private
-    )
+    http = erp_http or guarded_client(allow_private=allow_private)
+    inbox = InboxApplier(store, pool, clock, send_confirmation=_confirmation_sender(store, gateways))
+    outbox = ErpOutbox(store, pool, clock)
+    dispatcher = ErpDispatcher(store, pool, clock, http, allow_private=allow_private)
     log.info("hooks_started")
     try:
         await asyncio.gather(
             inbox.run(stop, interval_s=interval_s),
-            outbox.follower(settings.database_url, settings.poll_interval_s).run(stop),
+            outbox.follower(database_url, poll_interval_s).run(stop),
             dispatcher.run(stop, outbox, interval_s=interval_s),
         )
     finally:

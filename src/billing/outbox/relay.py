@@ -43,7 +43,6 @@ from billing.projections.follower import DEFAULT_BATCH_SIZE, NotificationFollowe
 from billing.projections.tracking import load_position, record_error, save_position
 
 if TYPE_CHECKING:
-    from billing.bootstrap import Container
     from billing.eventstore import EventStore
 
 log = logging.getLogger(__name__)
@@ -102,24 +101,6 @@ class OutboxRelay:
         self.poll_interval_s = poll_interval_s
         self.batch_size = batch_size
         self._publisher = publisher
-
-    @classmethod
-    def of(cls, container: Container, *, publisher: Publisher | None = None) -> OutboxRelay:
-        """The relay of a process's container (the composition root's parts and settings).
-
-        Raises:
-            ValueError: the container has no broker.
-        """
-        if container.broker is None:
-            raise ValueError("the relay needs a broker")
-        return cls(
-            container.store,
-            container.pool,
-            container.broker,
-            database_url=container.settings.database_url,
-            poll_interval_s=container.settings.poll_interval_s,
-            publisher=publisher,
-        )
 
     @property
     def publisher(self) -> Publisher:
@@ -196,22 +177,3 @@ class OutboxRelay:
         except Exception:
             log.exception("relay could not declare the broker topology; publishing will retry")
         await self.follower().run(stop)
-
-
-async def run_relay(container: Container, stop: asyncio.Event) -> None:
-    """Run the outbox relay until ``stop`` is set (``billing relay``); see :class:`OutboxRelay`.
-
-    Raises:
-        ValueError: the container has no broker.
-    """
-    await OutboxRelay.of(container).run(stop)
-
-
-async def relay_pending(container: Container) -> int:
-    """Publish every ``Contact.Added`` event not yet relayed, now; returns how many jobs were published.
-
-    Raises:
-        ValueError: the container has no broker.
-        PublishError: the broker did not confirm a batch (the position stays before it).
-    """
-    return await OutboxRelay.of(container).publish_pending()

@@ -52,7 +52,6 @@ from billing.projections.tracking import load_position, lock_position, record_er
 from billing.projections.writers import CONTACT_CREATE_TOPICS, CONTACT_UPDATE_TOPICS, ViewWriter
 
 if TYPE_CHECKING:
-    from billing.bootstrap import Container
     from billing.eventstore import EventStore
 
 log = logging.getLogger(__name__)
@@ -196,9 +195,14 @@ log's last notification id (ids have gaps, so ``position``/``head`` is the fract
 
 
 def project_pending(
-    container: Container, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None
+    store: EventStore,
+    pool: ViewsPool,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Progress | None = None,
 ) -> int:
-    """Apply everything the notification log holds now, synchronously, in batches of ``batch_size``.
+    """Apply everything ``store``'s notification log holds now to the views of ``pool``, synchronously, in
+    batches of ``batch_size``.
 
     Returns how many notifications this call handled (0 when another process had applied them all).
     ``progress``, when given, is called after each batch.
@@ -206,7 +210,6 @@ def project_pending(
     Raises:
         psycopg.Error: the database is unreachable (transient errors were retried first).
     """
-    store, pool = container.store, container.pool
     position = load_position(pool, PROJECTION)
     handled = 0
     while True:
@@ -221,11 +224,16 @@ def project_pending(
 
 
 def rebuild_projections(
-    container: Container, *, batch_size: int = REBUILD_BATCH_SIZE, progress: Progress | None = None
+    store: EventStore,
+    pool: ViewsPool,
+    *,
+    batch_size: int = REBUILD_BATCH_SIZE,
+    progress: Progress | None = None,
 ) -> int:
-    """Empty every view, this projection's errors and its position in one transaction, then replay the log
-    in batches of ``batch_size`` (large: each batch recomputes the counters of the queues it touches
-    once, and writes its contacts with ``COPY``), reporting to ``progress`` after each batch.
+    """Empty every view of ``pool``, this projection's errors and its position in one transaction, then
+    replay ``store``'s log in batches of ``batch_size`` (large: each batch recomputes the counters of the
+    queues it touches once, and writes its contacts with ``COPY``), reporting to ``progress`` after each
+    batch.
 
     Returns the number of notifications replayed. Safe while ``billing projections`` runs: the truncate
     waits for its current batch, and its next batch follows the position back to 0 (the two processes
@@ -234,13 +242,13 @@ def rebuild_projections(
     Raises:
         psycopg.Error: the database is unreachable.
     """
-    with container.pool.connection() as conn, conn.transaction():
+    with pool.connection() as conn, conn.transaction():
         lock_position(conn, PROJECTION)
         conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, VIEW_TABLES))))
         conn.execute("DELETE FROM projection_errors WHERE projection = %s", (PROJECTION,))
         conn.execute("UPDATE tracking SET position = 0, updated_at = now() WHERE name = %s", (PROJECTION,))
     log.info("projections truncated; replaying the notification log")
-    return project_pending(container, batch_size=batch_size, progress=progress)
+    return project_pending(store, pool, batch_size=batch_size, progress=progress)
 
 
 def projection_follower(
@@ -273,16 +281,3 @@ def projection_follower(
         batch_size=batch_size,
         poll_interval_s=poll_interval_s,
     )
-
-
-async def run_projections(container: Container, stop: asyncio.Event) -> None:
-    """Run the projection until ``stop`` is set (``billing projections``). Never returns on an error:
-    failures are logged and retried with backoff (see the module docstring)."""
-    settings = container.settings
-    follower = projection_follower(
-        container.store,
-        container.pool,
-        database_url=settings.database_url,
-        poll_interval_s=settings.poll_interval_s,
-    )
-    await follower.run(stop)

@@ -21,7 +21,7 @@ from billing.domain.queue import PAUSED_BY_ADMIN, Queue, review_pause
 from billing.domain.tenant import Tenant
 from billing.domain.types import PauseReason
 from billing.eventstore import EventStore, get_owned
-from billing.hooks.urlguard import Resolver, check_url, system_resolver
+from billing.netguard import Resolver, check_webhook_url, system_resolver
 from billing.services.clock import Clock
 
 __all__ = ["CONNECTION_PAUSE_S", "EngagementService"]
@@ -127,7 +127,7 @@ class EngagementService:
         Raises:
             InvalidValue: bad or unsafe URL (``unsafe_url``), unknown event type.
         """
-        check_url(url, allow_private=self.allow_private, resolver=self.resolver)
+        check_webhook_url(url, allow_private=self.allow_private, resolver=self.resolver)
         endpoint_id = str(uuid4())
         secret = "whsec_" + secrets.token_urlsafe(32)
         self._change(

@@ -7,6 +7,9 @@ field), each claim with the rule that allowed it (``allowed_by``: business-hours
 version, throttle and daily-cap counts, policy version), the exact text, template id/version/variation,
 JID, gateway message id, failures, deferrals and their reasons, cancellations, and any later Contact
 event (receipts, replies). Tenant-scoped: another tenant's invoice reads as absent (promise 7).
+
+:func:`aggregate_history` reads one aggregate's own events (a contact's, a template's versions) from the
+event store by its id.
 """
 
 from __future__ import annotations
@@ -22,9 +25,19 @@ from uuid import UUID
 import msgspec
 
 from billing.db import ViewsPool
+from billing.domain.errors import NotFound
+from billing.eventstore import EventStore, get_owned
 from billing.services.queries import Queries
 
-__all__ = ["CSV_COLUMNS", "MAX_ENTRIES", "HistoryFilter", "HistoryQueries", "to_csv", "to_csv_rows"]
+__all__ = [
+    "CSV_COLUMNS",
+    "MAX_ENTRIES",
+    "HistoryFilter",
+    "HistoryQueries",
+    "aggregate_history",
+    "to_csv",
+    "to_csv_rows",
+]
 
 MAX_ENTRIES = 10_000
 """Entries one HTTP answer holds at most (``truncated`` tells when there were more; the CLI export has
@@ -189,3 +202,16 @@ def to_csv(entries: Iterable[dict[str, Any]]) -> str:
     for row in to_csv_rows(entries):
         writer.writerow(row)
     return out.getvalue()
+
+
+def aggregate_history(
+    store: EventStore, tenant_id: UUID, aggregate_id: UUID, kind: type, name: str
+) -> list[Any]:
+    """Every stored event of the tenant's aggregate ``aggregate_id`` of type ``kind``, oldest first.
+
+    Raises:
+        NotFound: code ``<name>_not_found`` — no such aggregate, or another tenant's.
+    """
+    if get_owned(store, aggregate_id, kind, tenant_id) is None:
+        raise NotFound(f"{name} not found", code=f"{name}_not_found")
+    return list(store.events.get(aggregate_id))
