@@ -68,8 +68,11 @@ async def lookups(container: object, tenant_id: uuid.UUID, n: int, *, peers: boo
     """Lookup calls (and seconds) for one campaign of ``n`` contacts."""
     sim = EvolutionSimulator(time_scale=0.0)
     sim.add_instance("bench", api_key="k")
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=sim.asgi_app))
-    client = EvolutionClient(http, base_url="http://sim", api_key="k", instance="bench", api_version="v2")
+    transport = httpx.ASGITransport(app=sim.asgi_app)
+    http = httpx.AsyncClient(transport=transport)
+    client = EvolutionClient(
+        transport, base_url="http://sim", api_key="k", instance="bench", api_version="v2"
+    )
     contacts = campaign(container.store, tenant_id, n)  # type: ignore[attr-defined]
     project_pending(container.store, container.pool)  # type: ignore[attr-defined]
     recipient = recipient_module.Recipient(container.store, container.pool)  # type: ignore[attr-defined]

@@ -18,7 +18,7 @@ import httpx
 from billing.db import ViewsPool, open_pool
 from billing.eventstore import EventStore, open_event_store
 from billing.gateway.client import EvolutionClient
-from billing.netguard import check_url, guarded_client
+from billing.netguard import GuardedTransport, check_url
 from billing.outbox.broker import Broker
 from billing.services.clock import Clock, SystemClock
 from billing.settings import Settings
@@ -33,18 +33,22 @@ GatewayFactory = Callable[[Mapping[str, str]], EvolutionClient]
 
 
 class GatewayClients:
-    """Builds a tenant's Evolution API client on the one shared HTTP client (``http``).
+    """Builds a tenant's Evolution API client on the one shared HTTP transport (``transport``, and
+    ``http``, an ``httpx.AsyncClient`` over the same transport, for the health probe).
 
     ``config`` is ``{base_url, instance, api_key, api_version}`` (see :mod:`billing.domain.tenant`);
     ``timeout_s`` is each call's timeout on top of its typing delay (``BILLING_GATEWAY_TIMEOUT_S``)."""
 
-    def __init__(self, http: httpx.AsyncClient, *, timeout_s: float) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, transport: httpx.AsyncBaseTransport, *, timeout_s: float
+    ) -> None:
         self.http = http
+        self.transport = transport
         self.timeout_s = timeout_s
 
     def __call__(self, config: Mapping[str, str]) -> EvolutionClient:
         return EvolutionClient(
-            self.http,
+            self.transport,
             base_url=config["base_url"],
             api_key=config["api_key"],
             instance=config["instance"],
@@ -63,8 +67,10 @@ class Container:
         pool: sync psycopg pool (dict rows) for the read models and operational tables.
         broker: RabbitMQ or the in-process broker (``None`` for processes that need none).
         clock: the time source.
-        http: the shared async HTTP client of gateway calls (default: :func:`billing.netguard.guarded_client`,
-            which refuses forbidden addresses at connect time).
+        gateway_transport: the shared HTTP transport of gateway calls (default:
+            :class:`billing.netguard.GuardedTransport`, which refuses forbidden addresses at connect time;
+            tests set an ``httpx.ASGITransport`` on a simulator).
+        http: an ``httpx.AsyncClient`` over ``gateway_transport`` (made on first use).
     """
 
     settings: Settings
@@ -72,14 +78,19 @@ class Container:
     pool: ViewsPool
     broker: Broker | None
     clock: Clock = field(default_factory=SystemClock)
+    gateway_transport: httpx.AsyncBaseTransport | None = None
     http: httpx.AsyncClient | None = None
 
     def gateways(self) -> GatewayClients:
-        """The gateway client factory on this process's shared HTTP client (created on first use); every
-        gateway call passes the SSRF guard (:mod:`billing.netguard`)."""
+        """The gateway client factory on this process's shared HTTP transport (created on first use); every
+        gateway call passes the SSRF guard (:mod:`billing.netguard`) unless a test set its own transport."""
+        if self.gateway_transport is None:
+            self.gateway_transport = GuardedTransport(allow_private=self.settings.gateway_allow_private)
         if self.http is None:
-            self.http = guarded_client(allow_private=self.settings.gateway_allow_private)
-        return GatewayClients(self.http, timeout_s=self.settings.gateway_timeout_s)
+            self.http = httpx.AsyncClient(
+                transport=self.gateway_transport, trust_env=False, follow_redirects=False
+            )
+        return GatewayClients(self.http, self.gateway_transport, timeout_s=self.settings.gateway_timeout_s)
 
     def check_gateway_url(self, url: str) -> None:
         """The save-time SSRF check of a tenant's gateway URL under this process's settings
@@ -89,7 +100,9 @@ class Container:
     async def aclose(self) -> None:
         """Close what this container opened."""
         if self.http is not None:
-            await self.http.aclose()
+            await self.http.aclose()  # and the transport it is built on
+        elif self.gateway_transport is not None:
+            await self.gateway_transport.aclose()
         if self.broker is not None:
             await self.broker.close()
         self.pool.close()

@@ -283,7 +283,7 @@ async def running_system(
     container: Container = build_container(settings, broker=broker, clock=clock)
     simulator = EvolutionSimulator(time_scale=0.0)
     simulator.add_instance("loja", api_key="gw-key", api_version="v2")
-    container.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=simulator.asgi_app))
+    container.gateway_transport = httpx.ASGITransport(app=simulator.asgi_app)
     system = System(container, clock, simulator, jwt_secret)
     system.tenant_id, system.headers = system.create_tenant("Loja", policy)
     project_pending(container.store, container.pool)

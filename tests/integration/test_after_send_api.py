@@ -226,7 +226,7 @@ async def test_the_admin_sets_the_gateways_webhook_up_with_the_secret_header(api
 
     sim = EvolutionSimulator(time_scale=0.0)
     sim.add_instance("demo", api_key="gw-secret-key")
-    api.container.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=sim.asgi_app))
+    api.container.gateway_transport = httpx.ASGITransport(app=sim.asgi_app)
     response = await api.client.post(
         f"{BASE}/gateway-webhook/", json={"public_url": "https://billing.example"}, headers=api.admin
     )

@@ -28,16 +28,23 @@ def sim() -> EvolutionSimulator:
     return simulator
 
 
+class SimHttp(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` on the simulator that keeps its transport (``transport``): the Evolution
+    client under test calls the transport itself, the tests' own requests go through the client."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, base_url: str = "") -> None:
+        self.transport = transport
+        super().__init__(transport=transport, base_url=base_url)
+
+
 @pytest.fixture
-async def http(sim: EvolutionSimulator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=sim.asgi_app), base_url="http://sim"
-    ) as client:
+async def http(sim: EvolutionSimulator) -> AsyncIterator[SimHttp]:
+    async with SimHttp(httpx.ASGITransport(app=sim.asgi_app), base_url="http://sim") as client:
         yield client
 
 
 def client_for(
-    http: httpx.AsyncClient,
+    http: SimHttp,
     instance: str = "acme v2",
     *,
     version: str = "v2",
@@ -45,7 +52,7 @@ def client_for(
     timeout_s: float = 5.0,
 ) -> EvolutionClient:
     return EvolutionClient(
-        http,
+        http.transport,
         base_url="http://sim/",
         api_key=key,
         instance=instance,
@@ -54,7 +61,7 @@ def client_for(
     )
 
 
-async def test_v2_send_success(sim: EvolutionSimulator, http: httpx.AsyncClient) -> None:
+async def test_v2_send_success(sim: EvolutionSimulator, http: SimHttp) -> None:
     before = time.time()
     outcome = await client_for(http).send_text("+55 (11) 98765-4321", "Olá Maria", delay_ms=1200)
     assert outcome.kind is OutcomeKind.SENT
@@ -76,7 +83,7 @@ async def test_v2_send_success(sim: EvolutionSimulator, http: httpx.AsyncClient)
     assert sim.requests == [("POST", "/message/sendText/acme%20v2", 201)]
 
 
-async def test_v1_send_success(sim: EvolutionSimulator, http: httpx.AsyncClient) -> None:
+async def test_v1_send_success(sim: EvolutionSimulator, http: SimHttp) -> None:
     outcome = await client_for(http, "legacy", version="v1").send_text("5511987654321", "Olá", delay_ms=500)
     assert outcome.kind is OutcomeKind.SENT
     assert outcome.message_id is not None and MSG_ID.match(outcome.message_id)
@@ -86,7 +93,7 @@ async def test_v1_send_success(sim: EvolutionSimulator, http: httpx.AsyncClient)
     assert (received.api_version, received.delay_ms, received.text) == ("v1", 500, "Olá")
 
 
-async def test_raw_success_bodies_per_version(sim: EvolutionSimulator, http: httpx.AsyncClient) -> None:
+async def test_raw_success_bodies_per_version(sim: EvolutionSimulator, http: SimHttp) -> None:
     v2 = await http.post(
         "/message/sendText/acme%20v2", json={"number": "5511987654321", "text": "a"}, headers={"apikey": KEY}
     )
@@ -118,7 +125,7 @@ async def test_raw_success_bodies_per_version(sim: EvolutionSimulator, http: htt
         ("5511987654321@s.whatsapp.net", "5511987654321@s.whatsapp.net"),
     ],
 )
-async def test_ninth_digit_remote_jid(http: httpx.AsyncClient, number: str, jid: str) -> None:
+async def test_ninth_digit_remote_jid(http: SimHttp, number: str, jid: str) -> None:
     assert remote_jid_for(number) == jid
     outcome = await client_for(http).send_text(number, "x")
     assert outcome.remote_jid == jid
@@ -136,7 +143,7 @@ async def test_ninth_digit_remote_jid(http: httpx.AsyncClient, number: str, jid:
 )
 async def test_scripted_failures(
     sim: EvolutionSimulator,
-    http: httpx.AsyncClient,
+    http: SimHttp,
     kind: str,
     status: int,
     code: str,
@@ -155,9 +162,7 @@ async def test_scripted_failures(
     assert len(sim.sent) == 2
 
 
-async def test_scripted_failure_for_one_number_and_times(
-    sim: EvolutionSimulator, http: httpx.AsyncClient
-) -> None:
+async def test_scripted_failure_for_one_number_and_times(sim: EvolutionSimulator, http: SimHttp) -> None:
     sim.script_failure("connection_closed_500", number="+55 11 98765-4321", times=2)
     client = client_for(http)
     assert (await client.send_text("5511911112222", "x")).kind is OutcomeKind.SENT
@@ -166,7 +171,7 @@ async def test_scripted_failure_for_one_number_and_times(
     assert (await client.send_text("5511987654321", "x")).kind is OutcomeKind.SENT
 
 
-async def test_not_on_whatsapp(sim: EvolutionSimulator, http: httpx.AsyncClient) -> None:
+async def test_not_on_whatsapp(sim: EvolutionSimulator, http: SimHttp) -> None:
     sim.mark_not_on_whatsapp("5511900000000")
     outcome = await client_for(http).send_text("+5511900000000", "x")
     assert (outcome.kind, outcome.code, outcome.http_status) == (
@@ -179,7 +184,7 @@ async def test_not_on_whatsapp(sim: EvolutionSimulator, http: httpx.AsyncClient)
     assert sim.sent == []
 
 
-async def test_hang_is_a_retryable_timeout(sim: EvolutionSimulator, http: httpx.AsyncClient) -> None:
+async def test_hang_is_a_retryable_timeout(sim: EvolutionSimulator, http: SimHttp) -> None:
     sim.script_failure("hang")
     started = time.monotonic()
     outcome = await client_for(http, timeout_s=0.2).send_text("5511987654321", "x")
@@ -190,10 +195,10 @@ async def test_hang_is_a_retryable_timeout(sim: EvolutionSimulator, http: httpx.
     assert outcome.http_status is None
 
 
-async def test_timeout_includes_the_typing_delay(http: httpx.AsyncClient) -> None:
+async def test_timeout_includes_the_typing_delay(http: SimHttp) -> None:
     sim = EvolutionSimulator(time_scale=1.0)
     sim.add_instance("acme v2", api_key=KEY)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim.asgi_app)) as slow_http:
+    async with SimHttp(httpx.ASGITransport(app=sim.asgi_app)) as slow_http:
         client = client_for(slow_http, timeout_s=0.3)
         outcome = await client.send_text("5511987654321", "x", delay_ms=400)  # longer than timeout_s alone
     assert outcome.kind is OutcomeKind.SENT
@@ -204,7 +209,7 @@ async def test_transport_error_is_classified() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as http:
+    async with SimHttp(httpx.MockTransport(refuse)) as http:
         outcome = await client_for(http).send_text("5511987654321", "x")
     assert (outcome.kind, outcome.code, outcome.outcome_unknown) == (
         OutcomeKind.RETRYABLE,
@@ -213,7 +218,7 @@ async def test_transport_error_is_classified() -> None:
     )
 
 
-async def test_bad_key_is_misconfigured(sim: EvolutionSimulator, http: httpx.AsyncClient) -> None:
+async def test_bad_key_is_misconfigured(sim: EvolutionSimulator, http: SimHttp) -> None:
     outcome = await client_for(http, key="wrong").send_text("5511987654321", "x")
     assert (outcome.kind, outcome.code, outcome.http_status) == (
         OutcomeKind.MISCONFIGURED,
@@ -229,12 +234,12 @@ async def test_bad_key_is_misconfigured(sim: EvolutionSimulator, http: httpx.Asy
     assert sim.sent == []
 
 
-async def test_global_key_works_for_every_instance(http: httpx.AsyncClient) -> None:
+async def test_global_key_works_for_every_instance(http: SimHttp) -> None:
     outcome = await client_for(http, "legacy", version="v1", key="global-key").send_text("5511987654321", "x")
     assert outcome.kind is OutcomeKind.SENT
 
 
-async def test_unknown_instance_is_checked_before_the_key(http: httpx.AsyncClient) -> None:
+async def test_unknown_instance_is_checked_before_the_key(http: SimHttp) -> None:
     outcome = await client_for(http, "nope", key="wrong").send_text("5511987654321", "x")
     assert (outcome.kind, outcome.code, outcome.http_status) == (
         OutcomeKind.MISCONFIGURED,
@@ -253,7 +258,7 @@ async def test_unknown_instance_is_checked_before_the_key(http: httpx.AsyncClien
     ("instance", "client_version", "missing"), [("acme v2", "v1", "text"), ("legacy", "v2", "textMessage")]
 )
 async def test_wrong_version_body_is_a_schema_error(
-    sim: EvolutionSimulator, http: httpx.AsyncClient, instance: str, client_version: str, missing: str
+    sim: EvolutionSimulator, http: SimHttp, instance: str, client_version: str, missing: str
 ) -> None:
     outcome = await client_for(http, instance, version=client_version).send_text("5511987654321", "x")
     assert (outcome.kind, outcome.code, outcome.http_status) == (OutcomeKind.PERMANENT, "schema_error", 400)
@@ -274,7 +279,7 @@ async def test_wrong_version_body_is_a_schema_error(
 
 
 @pytest.mark.parametrize(("instance", "version"), [("acme v2", "v2"), ("legacy", "v1")])
-async def test_empty_text(http: httpx.AsyncClient, instance: str, version: str) -> None:
+async def test_empty_text(http: SimHttp, instance: str, version: str) -> None:
     outcome = await client_for(http, instance, version=version).send_text("5511987654321", "")
     assert (outcome.kind, outcome.code) == (OutcomeKind.PERMANENT, "empty_text")
     raw = await http.post(
@@ -283,7 +288,7 @@ async def test_empty_text(http: httpx.AsyncClient, instance: str, version: str) 
     assert raw.json()["response"]["message"] == ["Text is required"]
 
 
-async def test_whatsapp_numbers_batches_and_matches(sim: EvolutionSimulator, http: httpx.AsyncClient) -> None:
+async def test_whatsapp_numbers_batches_and_matches(sim: EvolutionSimulator, http: SimHttp) -> None:
     numbers = [f"55119{i:08d}" for i in range(120)]
     absent = set(numbers[5::7])
     for number in absent:
@@ -298,7 +303,7 @@ async def test_whatsapp_numbers_batches_and_matches(sim: EvolutionSimulator, htt
     ] * 3
 
 
-async def test_whatsapp_numbers_answers_are_not_in_input_order(http: httpx.AsyncClient) -> None:
+async def test_whatsapp_numbers_answers_are_not_in_input_order(http: SimHttp) -> None:
     numbers = ["5511911110000", "5511911110001", "5511911110002"]
     response = await http.post(
         "/chat/whatsappNumbers/legacy", json={"numbers": numbers}, headers={"apikey": KEY}
@@ -310,7 +315,7 @@ async def test_whatsapp_numbers_answers_are_not_in_input_order(http: httpx.Async
     assert all(a["exists"] is True and a["jid"] == a["number"] + "@s.whatsapp.net" for a in answers)
 
 
-async def test_whatsapp_numbers_failure_raises_gateway_error(http: httpx.AsyncClient) -> None:
+async def test_whatsapp_numbers_failure_raises_gateway_error(http: SimHttp) -> None:
     with pytest.raises(GatewayError) as caught:
         await client_for(http, key="wrong").whatsapp_numbers(["5511911110000"])
     assert caught.value.outcome.code == "unauthorized"
@@ -319,12 +324,12 @@ async def test_whatsapp_numbers_failure_raises_gateway_error(http: httpx.AsyncCl
 
 
 @pytest.mark.parametrize("state", ["open", "connecting", "close"])
-async def test_connection_state(sim: EvolutionSimulator, http: httpx.AsyncClient, state: str) -> None:
+async def test_connection_state(sim: EvolutionSimulator, http: SimHttp, state: str) -> None:
     sim.set_state("legacy", state)
     assert await client_for(http, "legacy", version="v1").connection_state() == state
 
 
-async def test_connection_state_missing_or_failing(sim: EvolutionSimulator, http: httpx.AsyncClient) -> None:
+async def test_connection_state_missing_or_failing(sim: EvolutionSimulator, http: SimHttp) -> None:
     sim.set_state("acme v2", None)
     raw = await http.get("/instance/connectionState/acme%20v2", headers={"apikey": KEY})
     assert raw.json() == {"instance": {"instanceName": "acme v2"}}
@@ -333,7 +338,7 @@ async def test_connection_state_missing_or_failing(sim: EvolutionSimulator, http
     assert await client_for(http, "nope").connection_state() is None
 
 
-async def test_welcome(http: httpx.AsyncClient) -> None:
+async def test_welcome(http: SimHttp) -> None:
     response = await http.get("/")
     assert response.status_code == 200
     assert {"status", "message", "version"} <= response.json().keys()
@@ -341,7 +346,7 @@ async def test_welcome(http: httpx.AsyncClient) -> None:
 
 def test_client_repr_hides_the_key() -> None:
     client = EvolutionClient(
-        httpx.AsyncClient(), base_url="http://x", api_key="s3cret", instance="i", api_version="v2"
+        httpx.AsyncHTTPTransport(), base_url="http://x", api_key="s3cret", instance="i", api_version="v2"
     )
     assert "s3cret" not in repr(client)
 
@@ -363,9 +368,9 @@ async def test_over_real_http() -> None:
                 break
             await asyncio.sleep(0.02)
         assert sim.started
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncHTTPTransport() as transport:
             client = EvolutionClient(
-                http, base_url=f"http://127.0.0.1:{port}", api_key=KEY, instance="real", api_version="v2"
+                transport, base_url=f"http://127.0.0.1:{port}", api_key=KEY, instance="real", api_version="v2"
             )
             outcome = await client.send_text("5531998296801", "Olá pela rede", delay_ms=10)
             assert await client.connection_state() == "open"

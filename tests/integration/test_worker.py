@@ -142,7 +142,7 @@ class World:
         values: dict[str, Any] = {"worker_prefetch": 4, "gateway_timeout_s": 5.0, **settings_overrides}
         settings = Settings(database_url=self.database_url, **values)
         container = build_container(settings, broker=self.broker, clock=self.clock)
-        container.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.sim.asgi_app))
+        container.gateway_transport = httpx.ASGITransport(app=self.sim.asgi_app)
         return container
 
     async def add_worker(self, **settings_overrides: Any) -> Worker:

@@ -68,7 +68,7 @@ async def test_a_broker_restart_mid_batch_with_a_slow_gateway_sends_each_contact
             container = world.container(gateway_timeout_s=10.0, dispatch_lease_s=LEASE_S, worker_prefetch=2)
             assert container.http is not None
             await container.http.aclose()
-            container.http = httpx.AsyncClient()  # the real HTTP gateway
+            container.gateway_transport = httpx.AsyncHTTPTransport()  # the real HTTP gateway
             worker = Worker(container)
             world.workers.append(worker)
             await worker.start()

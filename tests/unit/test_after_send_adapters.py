@@ -67,8 +67,11 @@ def test_settings_flag() -> None:
 
 
 def client(sim: EvolutionSimulator) -> tuple[httpx.AsyncClient, EvolutionClient]:
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=sim.asgi_app))
-    return http, EvolutionClient(http, base_url="http://sim", api_key="k", instance="loja", api_version="v2")
+    transport = httpx.ASGITransport(app=sim.asgi_app)
+    http = httpx.AsyncClient(transport=transport)
+    return http, EvolutionClient(
+        transport, base_url="http://sim", api_key="k", instance="loja", api_version="v2"
+    )
 
 
 async def test_simulator_lookup_finds_accounts_with_and_without_the_ninth_digit_in_any_order() -> None:

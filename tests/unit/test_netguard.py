@@ -16,7 +16,14 @@ import pytest
 import billing.netguard as netguard
 from billing.domain.delivery import OutcomeKind
 from billing.gateway.client import EvolutionClient
-from billing.netguard import UnsafeAddressError, address_class, check_url, guarded_client, refused_by_guard
+from billing.netguard import (
+    GuardedTransport,
+    UnsafeAddressError,
+    address_class,
+    check_url,
+    guarded_client,
+    refused_by_guard,
+)
 
 
 @pytest.mark.parametrize(
@@ -150,9 +157,9 @@ async def test_loopback_is_refused_at_call_time_unless_allowed(
 
 async def test_a_send_to_a_refused_address_is_a_misconfiguration_never_sent(dns: dict[str, str]) -> None:
     dns["evo.metadata.test"] = "169.254.169.254"
-    async with guarded_client(allow_private=True) as http:
+    async with GuardedTransport(allow_private=True) as transport:
         client = EvolutionClient(
-            http,
+            transport,
             base_url="http://evo.metadata.test",
             api_key="k",
             instance="x",
