@@ -110,3 +110,28 @@ def test_gather_known_answers_from_a_known_account_and_none_when_only_a_lookup_c
     assert r.gather_known(unknown, calendar, NOW) is None  # type: ignore[arg-type]
     assert table.reads == 2
     assert r.gather_known(known, calendar, NOW) is not None and table.reads == 2  # kept in memory
+
+
+def test_gather_known_many_reads_the_table_once_for_the_groups_phones_not_in_memory() -> None:
+    from billing.domain.debtor_cap import CapDecision
+    from billing.domain.sending import RecipientFacts
+    from billing.eventstore import EventStore
+
+    tenant = uuid4()
+    table = Table()
+    r = recipient(table, peers=[])
+    r.store = EventStore(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})  # no Conversation: not opted out
+    phones = ["+5511987654301", "+5511987654302", "+5511987654309"]
+    for phone in phones[:2]:  # answered (by another process): in the table, not in this one's memory
+        table.rows[(tenant, phone)] = (f"{phone[1:]}@s.whatsapp.net", NOW - timedelta(hours=1))
+    calendar: Any = None  # read only by the cap, which notices skip
+    answers = r.gather_known_many([(Notice(tenant, p), calendar, NOW) for p in phones])  # type: ignore[misc]
+    allowed = CapDecision(allowed=True)
+    assert answers == [
+        RecipientFacts(False, Account("5511987654301@s.whatsapp.net"), allowed),
+        RecipientFacts(False, Account("5511987654302@s.whatsapp.net"), allowed),
+        None,  # no answer anywhere: only a lookup call can tell
+    ]
+    assert table.reads == 1  # one for the group's three phones
+    r.gather_known_many([(Notice(tenant, p), calendar, NOW) for p in phones[:2]])  # type: ignore[misc]
+    assert table.reads == 1  # both kept in memory

@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 500
 KEEPALIVE_S = 10.0  # seconds without a NOTIFY after which the listening connection is probed
+DEFAULT_LINGER_S = 0.05
+"""Seconds a follower waits after a NOTIFY before it reads. Every save NOTIFYs, and each read costs two
+queries plus the handler's transaction: under load (a worker commits a group every few milliseconds) the
+wait lets the saves of the next 50 ms come in the same read instead of one read each. The cost is at most
+50 ms more before a status shows a change or a job is published."""
 
 #: ``handler(batch, after, upto) -> new position``. ``batch`` holds the notifications read with id in
 #: ``(after, upto]`` (all of them, or those of the follower's topics), in id order; it may be empty when a
@@ -125,6 +130,7 @@ class NotificationFollower:
         poll_interval_s: seconds between reads when no NOTIFY arrives (lost NOTIFYs are caught then).
         backoff_initial_s / backoff_max_s: backoff after an error, seconds.
         channel: the NOTIFY channel (the events table's name).
+        linger_s: seconds to wait after a NOTIFY before reading (:data:`DEFAULT_LINGER_S`; 0: read at once).
 
     Attributes:
         position: the last position a handler returned (None before the first load).
@@ -147,7 +153,10 @@ class NotificationFollower:
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 30.0,
         channel: str = NOTIFY_CHANNEL,
+        linger_s: float = DEFAULT_LINGER_S,
     ) -> None:
+        if linger_s < 0:
+            raise ValueError(f"linger_s must be >= 0, got {linger_s}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if poll_interval_s <= 0:
@@ -163,6 +172,7 @@ class NotificationFollower:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.channel = channel
+        self.linger_s = linger_s
         self.listen_name = f"billing-{name}-listen"
         self.position: int | None = None
         self.listening = False
@@ -191,6 +201,8 @@ class NotificationFollower:
                     continue
                 backoff.reset()
                 await wait_any(self._wakeup, stop, within=self.poll_interval_s)
+                if self._wakeup.is_set() and self.linger_s > 0:  # a NOTIFY: let the next saves join
+                    await wait_any(stop, within=self.linger_s)
         finally:
             listener.cancel()
             with suppress(asyncio.CancelledError):

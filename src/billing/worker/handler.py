@@ -159,7 +159,13 @@ class RecipientPort(Protocol):
     contacts at once (None for a contact when only a lookup call can tell)."""
 
     async def gather(
-        self, contact: Contact, client: Any, calendar: BusinessCalendar, now: datetime
+        self,
+        contact: Contact,
+        client: Any,
+        calendar: BusinessCalendar,
+        now: datetime,
+        *,
+        not_opted_out: bool = False,
     ) -> RecipientFacts: ...
     def gather_known_many(
         self, asked: Sequence[tuple[Contact, BusinessCalendar, datetime]]
@@ -463,8 +469,9 @@ class JobHandler:
         if need is Need.RECIPIENT:
             assert facts.contact is not None
             client = self.gateways(tenant.gateway)
+            # only reached once the grouped step found no known account (the Conversation was read there)
             recipient: RecipientFacts = await self.recipient.gather(
-                facts.contact, client, tenant.sending_policy.calendar, facts.now
+                facts.contact, client, tenant.sending_policy.calendar, facts.now, not_opted_out=True
             )
             return replace(facts, recipient=recipient)
         if need is Need.BLOCK:

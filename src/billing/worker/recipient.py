@@ -90,18 +90,27 @@ class Recipient:
         self._locks: dict[UUID, asyncio.Lock] = {}
 
     async def gather(
-        self, contact: Contact, client: Any, calendar: BusinessCalendar, now: datetime
+        self,
+        contact: Contact,
+        client: Any,
+        calendar: BusinessCalendar,
+        now: datetime,
+        *,
+        not_opted_out: bool = False,
     ) -> RecipientFacts:
         """The facts about the contact's phone at ``now`` (pending, due, queue running, inside business
-        hours). Stops at the first that settles it: an opt-out needs no lookup, no account needs no cap."""
+        hours). Stops at the first that settles it: an opt-out needs no lookup, no account needs no cap.
+        ``not_opted_out``: the caller has just read the phone's Conversation (:meth:`gather_known_many`
+        answered None for it), so it is not read again and the account is looked up at once."""
         assert contact.phone is not None
         allowed = CapDecision(allowed=True)
-        conversation = await asyncio.to_thread(
-            get_owned, self.store, conversation_id(contact.tenant_id, contact.phone), Conversation
-        )
-        if conversation is not None and conversation.opted_out:
-            return RecipientFacts(opted_out=True, account=None, cap=allowed)
-        account = await self.account(contact, client, now)
+        if not not_opted_out:
+            conversation = await asyncio.to_thread(
+                get_owned, self.store, conversation_id(contact.tenant_id, contact.phone), Conversation
+            )
+            if conversation is not None and conversation.opted_out:
+                return RecipientFacts(opted_out=True, account=None, cap=allowed)
+        account = await self.account(contact, client, now, unknown=not_opted_out)
         if account is not None and not account.exists:
             return RecipientFacts(opted_out=False, account=account, cap=allowed)
         settings = await self.engagement(contact.tenant_id)
@@ -140,6 +149,14 @@ class Recipient:
             assert contact.phone is not None
             ids.append(conversation_id(contact.tenant_id, contact.phone))
         conversations = read_many(self.store, ids)
+        missing: dict[UUID, list[str]] = {}
+        for contact, _, _ in asked:
+            assert contact.phone is not None
+            if (contact.tenant_id, contact.phone) not in self._answers:
+                missing.setdefault(contact.tenant_id, []).append(contact.phone)
+        for tenant_id, phones in missing.items():  # one table read per tenant for the whole group
+            for phone, hit in self._cached(tenant_id, phones).items():
+                self._keep(tenant_id, phone, *hit)
         answers: list[RecipientFacts | Exception | None] = []
         for (contact, calendar, now), cid in zip(asked, ids, strict=True):
             conversation = conversations.get(cid)
@@ -150,6 +167,7 @@ class Recipient:
                         conversation if isinstance(conversation, Conversation) else None,
                         calendar,
                         now,
+                        table_read=True,  # just read above, for the whole group
                     )
                 )
             except Exception as exc:
@@ -162,13 +180,16 @@ class Recipient:
         conversation: Conversation | None,
         calendar: BusinessCalendar,
         now: datetime,
+        *,
+        table_read: bool = False,
     ) -> RecipientFacts | None:
-        """:meth:`gather_known` once the phone's Conversation is read."""
+        """:meth:`gather_known` once the phone's Conversation is read (``table_read``: and its row of
+        ``whatsapp_accounts``, whose answer is then in memory if there was one)."""
         assert contact.phone is not None
         allowed = CapDecision(allowed=True)
         if conversation is not None and conversation.opted_out:
             return RecipientFacts(opted_out=True, account=None, cap=allowed)
-        account = self._known_now(contact.tenant_id, contact.phone, now)
+        account = self._known_now(contact.tenant_id, contact.phone, now, table_read=table_read)
         if account is None:
             return None
         if not account.exists:
@@ -227,10 +248,12 @@ class Recipient:
             return Account(hit[0])
         return None
 
-    def _known_now(self, tenant_id: UUID, phone: str, now: datetime) -> Account | None:
-        """:meth:`_known`, blocking."""
+    def _known_now(
+        self, tenant_id: UUID, phone: str, now: datetime, *, table_read: bool = False
+    ) -> Account | None:
+        """:meth:`_known`, blocking (``table_read``: the table was just read for it; not again)."""
         hit = self._answers.get((tenant_id, phone))
-        if hit is None:
+        if hit is None and not table_read:
             hit = self._cached(tenant_id, [phone]).get(phone)
             if hit is not None:
                 self._keep(tenant_id, phone, *hit)
@@ -244,26 +267,35 @@ class Recipient:
         return [r["phone"] for r in rows]
 
     def _remember(self, tenant_id: UUID, accounts: dict[str, Account], now: datetime) -> None:
-        """Upsert the answers in phone order: two processes whose lookups share phones (peers of one
-        queue) then lock the rows in the same order and cannot deadlock."""
-        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            for phone, account in sorted(accounts.items()):
-                cur.execute(
-                    """INSERT INTO whatsapp_accounts (tenant_id, phone, jid, checked_at)
-                       VALUES (%s, %s, %s, %s)
-                       ON CONFLICT (tenant_id, phone)
-                       DO UPDATE SET jid = EXCLUDED.jid, checked_at = EXCLUDED.checked_at""",
-                    (tenant_id, phone, account.jid, now),
-                )
+        """Upsert the answers in ONE statement, in phone order: two processes whose lookups share phones
+        (peers of one queue) then lock the rows in the same order and cannot deadlock."""
+        if not accounts:
+            return
+        ordered = sorted(accounts.items())
+        with self.pool.connection() as conn:
+            conn.execute(
+                """INSERT INTO whatsapp_accounts (tenant_id, phone, jid, checked_at)
+                   SELECT %s, u.phone, u.jid, %s FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY
+                       AS u(phone, jid, n)
+                   ORDER BY u.n
+                   ON CONFLICT (tenant_id, phone)
+                   DO UPDATE SET jid = EXCLUDED.jid, checked_at = EXCLUDED.checked_at""",
+                (tenant_id, now, [p for p, _ in ordered], [a.jid for _, a in ordered]),
+            )
 
-    async def account(self, contact: Contact, client: Any, now: datetime) -> Account | None:
+    async def account(
+        self, contact: Contact, client: Any, now: datetime, *, unknown: bool = False
+    ) -> Account | None:
         """The account of the contact's phone (cached or looked up now, with peers of its queue), or None
-        when the lookup failed (send to the bare number)."""
+        when the lookup failed (send to the bare number). ``unknown``: the caller has just found no fresh
+        answer in memory or the table, so the first check is skipped (the one under the tenant's lookup
+        lock, for answers another task or process got meanwhile, still runs)."""
         assert contact.phone is not None
         tenant_id = contact.tenant_id
-        known = await self._known(tenant_id, contact.phone, now)
-        if known is not None:
-            return known
+        if not unknown:
+            known = await self._known(tenant_id, contact.phone, now)
+            if known is not None:
+                return known
         lock = self._locks.setdefault(tenant_id, asyncio.Lock())
         async with lock:
             self._answers.pop((tenant_id, contact.phone), None)  # not fresh: read the table again
