@@ -210,3 +210,18 @@ def test_retry_settings_are_refused_not_coerced_naming_the_field(
     with pytest.raises(PolicyError) as error:
         tenant.change_policy({"retry": retry}, at=T0)
     assert error.value.field == field
+
+
+def test_a_tenants_parsed_policy_is_reused_until_a_policy_change_replaces_the_spec() -> None:
+    from billing.domain.policy import default_policy_spec
+    from billing.domain.tenant import Tenant
+
+    gateway = {"base_url": "http://gw", "instance": "loja", "api_key": "k", "api_version": "v2"}
+    tenant = Tenant.register(
+        tenant_id=uuid4(), name="Loja", gateway=gateway, policy=default_policy_spec(), at=T0
+    )
+    first = tenant.sending_policy
+    assert tenant.sending_policy is first
+    tenant.change_policy({"messages_per_minute": 7}, at=T0)
+    assert tenant.sending_policy.limits.messages_per_minute == 7
+    assert first.limits.messages_per_minute != 7

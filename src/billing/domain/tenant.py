@@ -144,8 +144,16 @@ class Tenant(Aggregate):
 
     @property
     def sending_policy(self) -> SendingPolicy:
-        """The typed policy (parsed once per distinct spec and process: parsing loads holiday tables)."""
-        return _parsed_policy(json.dumps(self.policy, sort_keys=True))
+        """The typed policy (parsed once per distinct spec and process: parsing loads holiday tables).
+
+        Kept on the instance while ``policy`` is the same dict (every event replaces it, never edits it),
+        so the worker's several reads per job cost no JSON encoding of the spec."""
+        held: tuple[dict[str, Any], SendingPolicy] | None = self.__dict__.get("_policy_held")
+        if held is not None and held[0] is self.policy:
+            return held[1]
+        parsed = _parsed_policy(json.dumps(self.policy, sort_keys=True))
+        self.__dict__["_policy_held"] = (self.policy, parsed)
+        return parsed
 
     def configure_gateway(self, gateway: dict[str, Any], *, at: datetime) -> None:
         """Replace the gateway settings. Raises InvalidValue naming the field."""
