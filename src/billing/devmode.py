@@ -18,6 +18,7 @@ from billing.runtime import (
     _open_container_sync,
     _uvicorn_server,
     load_settings,
+    loop_factory,
     serve_until,
     supervise,
 )
@@ -82,7 +83,8 @@ def _dev(args: argparse.Namespace, postgres: Any) -> int:
         migrate(settings.database_url)
     except (psycopg.Error, MigrationError) as exc:
         raise CliError(f"migration of the embedded database failed: {exc}") from None
-    return asyncio.run(_dev_main(settings, args))
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+        return runner.run(_dev_main(settings, args))
 
 
 class DevSecrets:

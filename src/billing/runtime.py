@@ -235,7 +235,18 @@ def _run_process(
             await container.aclose()
             log.info("process stopped", command=command)
 
-    return asyncio.run(run())
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+        return runner.run(run())
+
+
+def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop factory of ``BILLING_EVENT_LOOP`` for ``asyncio.Runner``: uvloop's, or None (the
+    standard library's)."""
+    if event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
 
 
 # ---- operations commands ------------------------------------------------------------------------------

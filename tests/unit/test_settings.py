@@ -42,3 +42,11 @@ def test_the_save_linger_is_milliseconds_from_0_to_1000() -> None:
     for bad in ("-1", "1001", "nan"):
         with pytest.raises(SettingsError, match="BILLING_SAVE_LINGER_MS"):
             Settings.from_env({"BILLING_DATABASE_URL": URL, "BILLING_SAVE_LINGER_MS": bad})
+
+
+def test_the_event_loop_is_uvloop_by_default_or_asyncio_and_nothing_else() -> None:
+    assert Settings.from_env({"BILLING_DATABASE_URL": URL}).event_loop == "uvloop"
+    chosen = Settings.from_env({"BILLING_DATABASE_URL": URL, "BILLING_EVENT_LOOP": "asyncio"})
+    assert chosen.event_loop == "asyncio"
+    with pytest.raises(SettingsError, match="BILLING_EVENT_LOOP must be one of uvloop, asyncio, got 'tokio'"):
+        Settings.from_env({"BILLING_DATABASE_URL": URL, "BILLING_EVENT_LOOP": "tokio"})
