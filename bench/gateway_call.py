@@ -72,12 +72,7 @@ class ThroughAsyncClient(EvolutionClient):
     async def _request(
         self, method: str, url: str, *, json_body: object | None, timeout_s: float
     ) -> tuple[int, object]:
-        headers = {"apikey": self._api_key, "accept": "application/json"}
-        content = None
-        if json_body is not None:
-            content = msgspec.json.encode(json_body)
-            headers["content-type"] = "application/json"
-        timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, self.timeout_s))
+        headers, content, timeout = self.request_parts(json_body, timeout_s)
         async with asyncio.timeout(timeout_s):
             response = await self._http.request(
                 method, url, content=content, headers=headers, timeout=timeout

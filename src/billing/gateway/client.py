@@ -142,12 +142,7 @@ class EvolutionClient:
     ) -> tuple[int, object]:
         """One HTTP call bounded by ``timeout_s`` overall (also with transports that ignore httpx timeouts,
         such as ``ASGITransport``). Raises httpx.HTTPError or TimeoutError."""
-        headers = {"apikey": self._api_key, "accept": "application/json"}
-        content = None
-        if json_body is not None:
-            content = msgspec.json.encode(json_body)
-            headers["content-type"] = "application/json"
-        timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, self.timeout_s))
+        headers, content, timeout = self.request_parts(json_body, timeout_s)
         request = httpx.Request(
             method, url, content=content, headers=headers, extensions={"timeout": timeout.as_dict()}
         )
@@ -158,6 +153,19 @@ class EvolutionClient:
             finally:
                 await response.aclose()
         return response.status_code, _decode(body)
+
+    def request_parts(
+        self, json_body: object | None, timeout_s: float
+    ) -> tuple[dict[str, str], bytes | None, httpx.Timeout]:
+        """The headers (``apikey``, ``accept`` and, with a body, ``content-type``), the JSON body's bytes
+        (None without one) and the httpx timeout (``timeout_s`` seconds overall, connecting within this
+        client's ``timeout_s``) of one call."""
+        headers = {"apikey": self._api_key, "accept": "application/json"}
+        content = None
+        if json_body is not None:
+            content = msgspec.json.encode(json_body)
+            headers["content-type"] = "application/json"
+        return headers, content, httpx.Timeout(timeout_s, connect=min(timeout_s, self.timeout_s))
 
     def send_body(
         self, number: str, text: str, *, delay_ms: int | None, link_preview: bool
