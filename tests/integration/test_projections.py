@@ -589,3 +589,21 @@ def test_every_event_topic_of_the_domain_is_projected_or_knowingly_ignored() -> 
         if isinstance(value, type) and issubclass(value, CanMutateAggregate) and getattr(value, "TOPIC", None)
     }
     assert topics - bases == HANDLED_TOPICS
+
+
+def test_the_batched_contact_update_casts_each_column_to_its_type_in_the_view(
+    container: Container, database_url: str
+) -> None:
+    from billing.projections.writers import CONTACT_MUTABLE, CONTACT_MUTABLE_TYPES
+
+    found = rows(
+        database_url,
+        "SELECT attname AS name, format_type(atttypid, atttypmod) AS type FROM pg_attribute "
+        "WHERE attrelid = 'campaign_contacts'::regclass AND attnum > 0 AND NOT attisdropped",
+    )
+    catalog = {r["name"]: r["type"] for r in found}
+    spelled = {"timestamptz": "timestamp with time zone"}
+    assert sorted(CONTACT_MUTABLE_TYPES) == sorted(CONTACT_MUTABLE)
+    assert {c: spelled.get(t, t) for c, t in CONTACT_MUTABLE_TYPES.items()} == {
+        c: catalog[c] for c in CONTACT_MUTABLE
+    }

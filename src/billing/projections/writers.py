@@ -68,15 +68,32 @@ _INSERT_CONTACT = sql.SQL("INSERT INTO campaign_contacts ({}) VALUES ({})").form
     sql.SQL(", ").join(map(sql.Identifier, CONTACT_COLUMNS)),
     sql.SQL(", ").join(sql.Placeholder() * len(CONTACT_COLUMNS)),
 )
-_UPDATE_CONTACT = sql.SQL("UPDATE campaign_contacts SET {} WHERE contact_id = %s").format(
-    sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in CONTACT_MUTABLE)
-)
 _FULL_ROW = operator.itemgetter(*CONTACT_COLUMNS)
 COPY_THRESHOLD = 200
 """From this many rows on, :meth:`ViewWriter.flush` writes contacts with ``COPY`` (else ``executemany``)."""
 _COPY_CONTACTS = sql.SQL("COPY campaign_contacts ({}) FROM STDIN").format(
     sql.SQL(", ").join(map(sql.Identifier, CONTACT_COLUMNS))
 )
+#: The SQL types of the mutable columns (``billing/sql``; a test holds them against the catalog).
+CONTACT_MUTABLE_TYPES = {
+    "status": "text", "attempts": "integer", "message_text": "text", "gateway_message_id": "text",
+    "remote_jid": "text", "template_id": "uuid", "template_version": "integer", "variation": "integer",
+    "sent_at": "timestamptz", "error_code": "text", "error_message": "text", "not_before": "timestamptz",
+    "lease_until": "timestamptz", "updated_at": "timestamptz", "jid_asked": "text",
+    "delivered_at": "timestamptz", "read_at": "timestamptz", "replied_at": "timestamptz",
+    "deferred_reason": "text",
+}  # fmt: skip
+_UPDATE_FROM_ARRAYS = sql.SQL(
+    "UPDATE campaign_contacts c SET {} FROM unnest(%s::uuid[], {}) AS n(contact_id, {}) "
+    "WHERE c.contact_id = n.contact_id"
+).format(
+    sql.SQL(", ").join(sql.SQL("{0} = n.{0}").format(sql.Identifier(col)) for col in CONTACT_MUTABLE),
+    sql.SQL(", ").join(
+        sql.SQL("%s::{}[]").format(sql.SQL(CONTACT_MUTABLE_TYPES[c])) for c in CONTACT_MUTABLE
+    ),
+    sql.SQL(", ").join(map(sql.Identifier, CONTACT_MUTABLE)),
+)
+"""The changed rows of a batch in ONE statement: one array per column (a few rows; many go by ``COPY``)."""
 _CHANGED_COLUMNS = ("contact_id", *CONTACT_MUTABLE)
 _CHANGED_ROW = operator.itemgetter(*_CHANGED_COLUMNS)
 _CREATE_CHANGED = sql.SQL(  # the columns' types follow the view's, without its constraints
@@ -191,7 +208,8 @@ class ViewWriter:
 
         Many rows (a 10,000-contact POST, a rebuild's large batches) go through ``COPY``: new rows
         straight into ``campaign_contacts``, changed rows into a transaction-local copy of its shape that
-        one ``UPDATE … FROM`` applies; a few rows keep ``executemany``.
+        one ``UPDATE … FROM`` applies. A few rows: new ones with ``executemany``, changed ones with one
+        ``UPDATE … FROM unnest(…)`` of an array per column (it was one statement per row).
         """
         contacts, full_row = self.contacts, _FULL_ROW
         inserts = [full_row(contacts[c]) for c in self._new]
@@ -211,8 +229,10 @@ class ViewWriter:
                 cur.execute(_UPDATE_FROM_CHANGED)
                 cur.execute("DROP TABLE changed_contacts")
             elif changed:
-                cur.executemany(
-                    _UPDATE_CONTACT, [(*(self.contacts[c][k] for k in CONTACT_MUTABLE), c) for c in changed]
+                ids = list(changed)
+                cur.execute(
+                    _UPDATE_FROM_ARRAYS,
+                    (ids, *([contacts[c][k] for c in ids] for k in CONTACT_MUTABLE)),
                 )
             if self._queues:
                 ids = list(self._queues)
