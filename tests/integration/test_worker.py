@@ -14,6 +14,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -885,6 +886,26 @@ async def test_two_workers_with_every_job_twice_send_each_contact_once(world: Wo
     assert len({m.digits for m in world.sim.sent}) == 20
     assert count(world.outcomes(), Handled.SENT) == 20
     assert all(world.contact(cid).status is ContactStatus.SENT for cid in batch.ids)
+
+
+async def test_one_worker_reading_both_copies_of_a_job_together_sends_the_contact_once(world: World) -> None:
+    # Given one worker and 10 reminders whose jobs are each published twice, back to back: both copies
+    # of a job reach the grouped read together (one query for the group)
+    tenant_id = create_tenant(world, messages_per_minute=100)
+    batch = create_batch(world, tenant_id, 10)
+    jobs = batch.jobs()
+
+    # When they are handled concurrently by the same process
+    await world.publish(
+        [copy for job in jobs for copy in (job, replace(job, message_id=job.message_id + "'"))]
+    )
+    await world.idle()
+
+    # Then each copy got a contact object of its own: the second claim conflicts, each is sent once
+    assert len(world.sim.sent) == 10
+    assert len({m.digits for m in world.sim.sent}) == 10
+    assert count(world.outcomes(), Handled.SENT) == 10
+    assert all(world.contact(cid).attempts == 1 for cid in batch.ids)
 
 
 async def test_daily_cap_pauses_the_queue_with_daily_limit_reached_until_next_days_opening(

@@ -73,7 +73,7 @@ from billing.services.clock import Clock
 from billing.worker.batching import Batcher
 from billing.worker.groupcommit import GroupCommitter
 from billing.worker.ledger import LedgerSession
-from billing.worker.persistence import IntegrityError, load, pause_queue, read_many, resume_queue
+from billing.worker.persistence import IntegrityError, load, pause_queue, read_each, resume_queue
 from billing.worker.rendering import Rendered, RenderError
 
 __all__ = ["Handled", "JobHandler", "Result", "TenantCache"]
@@ -402,17 +402,15 @@ class JobHandler:
 
     def _read_many(self, asked: list[tuple[SendJob, bool]]) -> list[_Read]:
         """In a thread, for the handlings that reached the read together: each job's contact, queue and
-        (when asked) tenant, all in one query; each None when missing or of another kind."""
-        ids: list[UUID] = []
-        for job, with_tenant in asked:
-            ids += (
-                (job.contact_id, job.queue_id, job.tenant_id)
-                if with_tenant
-                else (job.contact_id, job.queue_id)
-            )
-        found = read_many(self.store, ids)
+        (when asked) tenant, all in one query; each None when missing or of another kind. Each handling
+        gets aggregate objects of its own (:func:`~billing.worker.persistence.read_each`), so two
+        deliveries of one contact in a group still race on its version, as with separate reads."""
+        wanted = [
+            (job.contact_id, job.queue_id, job.tenant_id) if with_tenant else (job.contact_id, job.queue_id)
+            for job, with_tenant in asked
+        ]
         answers: list[_Read] = []
-        for job, with_tenant in asked:
+        for (job, with_tenant), found in zip(asked, read_each(self.store, wanted), strict=True):
             contact, queue = found.get(job.contact_id), found.get(job.queue_id)
             tenant = found.get(job.tenant_id) if with_tenant else None
             answers.append(

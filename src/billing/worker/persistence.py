@@ -9,7 +9,7 @@ cancellation racing a send, is detected.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -20,10 +20,11 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 
 from billing.domain.errors import Conflict
 from billing.domain.queue import Queue
-from billing.eventstore import EventStore, get_owned, load_many
+from billing.eventstore import EventStore, events_of_many, fold, get_owned, load_many
 
 __all__ = [
-    "IntegrityError", "load", "load_both", "pause_queue", "read_many", "resume_queue", "save", "update_queue",
+    "IntegrityError", "load", "load_both", "pause_queue", "read_each", "read_many", "resume_queue", "save",
+    "update_queue",
 ]  # fmt: skip
 
 log = structlog.get_logger(__name__)
@@ -78,6 +79,25 @@ def read_many(store: EventStore, aggregate_ids: Iterable[UUID]) -> dict[UUID, An
         if aggregate is not None:
             found[aggregate_id] = aggregate
     return found
+
+
+def read_each(store: EventStore, wanted: Sequence[Sequence[UUID]]) -> list[dict[UUID, Any]]:
+    """For each list of ids in ``wanted``, the aggregates that exist among them, **blocking**: one
+    ``{id: aggregate}`` per list, in order. Every list gets aggregate objects of its own, also where
+    several lists name the same id: two handlings of one contact (a redelivered job beside its copy)
+    must not share an object that one of them commands, or the other would see — and could save — its
+    pending events; with objects of their own the second claim conflicts on its version, as with
+    separate loads. On PostgreSQL one query
+    for all (:func:`billing.eventstore.events_of_many`, then :func:`~billing.eventstore.fold` per list);
+    on another recorder one read per id of each list.
+
+    Raises:
+        Exception: the database is unreachable.
+    """
+    if not isinstance(store.recorder, PostgresApplicationRecorder):
+        return [read_many(store, ids) for ids in wanted]
+    events = events_of_many(store, [i for ids in wanted for i in ids])
+    return [{i: fold(events[i]) for i in dict.fromkeys(ids) if i in events} for ids in wanted]
 
 
 async def save(store: EventStore, *aggregates: Any) -> None:
