@@ -908,6 +908,19 @@ async def test_one_worker_reading_both_copies_of_a_job_together_sends_the_contac
     assert all(world.contact(cid).attempts == 1 for cid in batch.ids)
 
 
+def test_read_each_gives_every_list_aggregate_objects_of_its_own_from_one_query(world: World) -> None:
+    from billing.worker.persistence import read_each
+
+    tenant_id = create_tenant(world)
+    batch = create_batch(world, tenant_id, 2)
+    first, second = read_each(world.store, [[batch.ids[0], batch.queue_id], [batch.ids[0], batch.ids[1]]])
+    assert sorted(first) == sorted([batch.ids[0], batch.queue_id])
+    assert sorted(second) == sorted([batch.ids[0], batch.ids[1]])
+    one, other = first[batch.ids[0]], second[batch.ids[0]]
+    assert one is not other  # a command on one is not seen by the other
+    assert (one.version, one.status) == (other.version, other.status) == (1, ContactStatus.PENDING)
+
+
 async def test_daily_cap_pauses_the_queue_with_daily_limit_reached_until_next_days_opening(
     world: World,
 ) -> None:

@@ -104,12 +104,17 @@ def test_gather_known_answers_from_a_known_account_and_none_when_only_a_lookup_c
     known, unknown = Notice(tenant, "+5511987654301"), Notice(tenant, "+5511987654309")
     table.rows[(tenant, known.phone)] = ("5511987654301@s.whatsapp.net", NOW - timedelta(hours=1))
     calendar: Any = None  # read only by the cap, which notices skip
-    assert r.gather_known(known, calendar, NOW) == RecipientFacts(  # type: ignore[arg-type]
+
+    def gather_known(contact: Any) -> Any:
+        [answer] = r.gather_known_many([(contact, calendar, NOW)])
+        return answer
+
+    assert gather_known(known) == RecipientFacts(
         opted_out=False, account=Account("5511987654301@s.whatsapp.net"), cap=CapDecision(allowed=True)
     )
-    assert r.gather_known(unknown, calendar, NOW) is None  # type: ignore[arg-type]
+    assert gather_known(unknown) is None
     assert table.reads == 2
-    assert r.gather_known(known, calendar, NOW) is not None and table.reads == 2  # kept in memory
+    assert gather_known(known) is not None and table.reads == 2  # kept in memory
 
 
 def test_gather_known_many_reads_the_table_once_for_the_groups_phones_not_in_memory() -> None:

@@ -152,13 +152,13 @@ class FakeRecipient:
     def __init__(self) -> None:
         self.facts = RecipientFacts(opted_out=False, account=None, cap=CapDecision(allowed=True))
         self.known = True
-        """False: ``gather_known`` answers None (a lookup call is needed)."""
+        """False: ``gather_known_many`` answers None (a lookup call is needed)."""
         self.calls: list[str] = []
 
-    async def gather(
-        self, contact: Contact, client: Any, calendar: Any, now: datetime, *, not_opted_out: bool = False
+    async def gather_looked_up(
+        self, contact: Contact, client: Any, calendar: Any, now: datetime
     ) -> RecipientFacts:
-        self.calls.append("gather" + (" (opt-out read)" if not_opted_out else ""))
+        self.calls.append("gather_looked_up")
         return self.facts
 
     def gather_known_many(self, asked: Any) -> list[RecipientFacts | Exception | None]:
@@ -303,8 +303,8 @@ async def test_a_send_hands_off_the_recipient_and_the_throttle_to_one_thread_cal
     fakes.recipient.known = False  # a lookup call is needed: gathered on the loop, then the throttle alone
     await fakes.handler(FakeDelivery(fakes.job(1)))
     assert executor.handoffs == [read, pre_claim, pre_claim, save, save]  # the block and tenant are cached
-    # the grouped step read the Conversation: the lookup path does not read it again
-    assert fakes.recipient.calls == ["gather_known_many×1", "gather_known_many×1", "gather (opt-out read)"]
+    # the grouped step read the Conversation: the lookup path only looks the account up
+    assert fakes.recipient.calls == ["gather_known_many×1", "gather_known_many×1", "gather_looked_up"]
     assert [fakes.contact(i).status for i in (0, 1)] == [ContactStatus.SENT, ContactStatus.SENT]
     assert len(fakes.ledger.rows) == 2
 

@@ -154,18 +154,13 @@ class GatewayClient(Protocol):
 
 
 class RecipientPort(Protocol):
-    """Gathers the facts about the person (:class:`billing.worker.recipient.Recipient`): ``gather`` on the
-    event loop (it may call the gateway's lookup), ``gather_known_many`` blocking, in a thread, for several
-    contacts at once (None for a contact when only a lookup call can tell)."""
+    """Gathers the facts about the person (:class:`billing.worker.recipient.Recipient`):
+    ``gather_known_many`` blocking, in a thread, for several contacts at once (None for a contact when only
+    a lookup call can tell), then ``gather_looked_up`` on the event loop for those (it calls the gateway's
+    lookup)."""
 
-    async def gather(
-        self,
-        contact: Contact,
-        client: Any,
-        calendar: BusinessCalendar,
-        now: datetime,
-        *,
-        not_opted_out: bool = False,
+    async def gather_looked_up(
+        self, contact: Contact, client: Any, calendar: BusinessCalendar, now: datetime
     ) -> RecipientFacts: ...
     def gather_known_many(
         self, asked: Sequence[tuple[Contact, BusinessCalendar, datetime]]
@@ -468,8 +463,8 @@ class JobHandler:
             assert facts.contact is not None
             client = self.gateways(tenant.gateway)
             # only reached once the grouped step found no known account (the Conversation was read there)
-            recipient: RecipientFacts = await self.recipient.gather(
-                facts.contact, client, tenant.sending_policy.calendar, facts.now, not_opted_out=True
+            recipient: RecipientFacts = await self.recipient.gather_looked_up(
+                facts.contact, client, tenant.sending_policy.calendar, facts.now
             )
             return replace(facts, recipient=recipient)
         if need is Need.BLOCK:
@@ -600,8 +595,12 @@ class JobHandler:
         now = self.clock.now()
         try:
             attempt = contact.dispatch(at=now, lease=self.lease, allowed_by=decision.allowed_by)
+        except Conflict:  # the contact as read is no longer claimable: nothing was saved
+            await asyncio.to_thread(self.ledger.release, ledger_id)
+            return Result(Handled.CLAIMED_ELSEWHERE)
+        try:
             await self.saves.save(contact)
-        except (Conflict, IntegrityError):
+        except IntegrityError:
             # another worker's claim — or this one's own: a grouped save whose COMMIT answer was lost is
             # saved again alone, and then conflicts with itself (same attempt, same lease end)
             claimed = await self._own_claim(contact.id, attempt=contact.attempts, at=now)

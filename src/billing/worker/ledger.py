@@ -128,16 +128,16 @@ class SendLedger:
         Raises:
             psycopg.Error: the database failed.
         """
-        ordered = sorted({str(tenant_id) for tenant_id in tenant_ids})
+        ordered = sorted(set(tenant_ids), key=str)
         with (
             self._pool.connection() as conn,
             conn.transaction(),
             conn.cursor(row_factory=dict_row) as cur,
         ):
-            for tenant in ordered:
-                cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, tenant))
+            for tenant_id in ordered:
+                cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, str(tenant_id)))
             window = WINDOW + self.margin
-            yield {UUID(tenant): LedgerSession(cur, UUID(tenant), window) for tenant in ordered}
+            yield {tenant_id: LedgerSession(cur, tenant_id, window) for tenant_id in ordered}
 
     def minute_room(self, tenant_id: UUID, limits: ThrottleLimits, now: datetime) -> int:
         """How many more sends the per-minute rule allows the tenant at ``now`` (its window widened by

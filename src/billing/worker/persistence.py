@@ -23,14 +23,13 @@ from billing.domain.queue import Queue
 from billing.eventstore import EventStore, events_of_many, fold, get_owned, load_many
 
 __all__ = [
-    "IntegrityError", "load", "load_both", "pause_queue", "read_each", "read_many", "resume_queue", "save",
+    "IntegrityError", "load", "pause_queue", "read_each", "read_many", "resume_queue", "save",
     "update_queue",
 ]  # fmt: skip
 
 log = structlog.get_logger(__name__)
 
 A = TypeVar("A")
-B = TypeVar("B")
 
 QUEUE_UPDATE_ATTEMPTS = 5
 """How many times a queue command is retried on a version conflict (other workers pause the same queue)."""
@@ -43,25 +42,6 @@ async def load(store: EventStore, aggregate_id: UUID, kind: type[A]) -> A | None
         Exception: the database is unreachable (a transient failure for the caller).
     """
     return await asyncio.to_thread(get_owned, store, aggregate_id, kind)
-
-
-async def load_both(
-    store: EventStore, first_id: UUID, first: type[A], second_id: UUID, second: type[B]
-) -> tuple[A | None, B | None]:
-    """Two aggregates read together: ``(first_id as a first, second_id as a second)``, each None when it
-    does not exist or is of another kind. On PostgreSQL one query and one thread hop
-    (:func:`billing.eventstore.load_many`); on another recorder two reads in that hop.
-
-    Raises:
-        Exception: the database is unreachable (a transient failure for the caller).
-    """
-
-    def read() -> tuple[A | None, B | None]:
-        found = read_many(store, [first_id, second_id])
-        a, b = found.get(first_id), found.get(second_id)
-        return (a if isinstance(a, first) else None), (b if isinstance(b, second) else None)
-
-    return await asyncio.to_thread(read)
 
 
 def read_many(store: EventStore, aggregate_ids: Iterable[UUID]) -> dict[UUID, Any]:

@@ -89,28 +89,16 @@ class Recipient:
         self._last_call: dict[UUID, float] = {}
         self._locks: dict[UUID, asyncio.Lock] = {}
 
-    async def gather(
-        self,
-        contact: Contact,
-        client: Any,
-        calendar: BusinessCalendar,
-        now: datetime,
-        *,
-        not_opted_out: bool = False,
+    async def gather_looked_up(
+        self, contact: Contact, client: Any, calendar: BusinessCalendar, now: datetime
     ) -> RecipientFacts:
-        """The facts about the contact's phone at ``now`` (pending, due, queue running, inside business
-        hours). Stops at the first that settles it: an opt-out needs no lookup, no account needs no cap.
-        ``not_opted_out``: the caller has just read the phone's Conversation (:meth:`gather_known_many`
-        answered None for it), so it is not read again and the account is looked up at once."""
+        """The facts about the contact's phone at ``now`` once :meth:`gather_known_many` answered None
+        for it (not opted out, no account answer known): the account is looked up now (with peers of its
+        queue; the table is read once more under the tenant's lookup lock, for an answer another task or
+        process got meanwhile), then the per-debtor cap. No account needs no cap."""
         assert contact.phone is not None
         allowed = CapDecision(allowed=True)
-        if not not_opted_out:
-            conversation = await asyncio.to_thread(
-                get_owned, self.store, conversation_id(contact.tenant_id, contact.phone), Conversation
-            )
-            if conversation is not None and conversation.opted_out:
-                return RecipientFacts(opted_out=True, account=None, cap=allowed)
-        account = await self.account(contact, client, now, unknown=not_opted_out)
+        account = await self.account(contact, client, now, unknown=True)
         if account is not None and not account.exists:
             return RecipientFacts(opted_out=False, account=account, cap=allowed)
         settings = await self.engagement(contact.tenant_id)
@@ -119,26 +107,15 @@ class Recipient:
             cap = await asyncio.to_thread(self._cap, contact, settings, calendar, now)
         return RecipientFacts(opted_out=False, account=account, cap=cap)
 
-    def gather_known(
-        self, contact: Contact, calendar: BusinessCalendar, now: datetime
-    ) -> RecipientFacts | None:
-        """:meth:`gather` without a gateway call, **blocking** (call it in a thread): the same facts, read
-        the same way, when the phone's account answer is already known (memory or ``whatsapp_accounts``);
-        None when only a lookup call can tell (then use :meth:`gather`).
-
-        Raises:
-            Exception: the database failed.
-        """
-        assert contact.phone is not None
-        conversation = get_owned(self.store, conversation_id(contact.tenant_id, contact.phone), Conversation)
-        return self._known_facts(contact, conversation, calendar, now)
-
     def gather_known_many(
         self, asked: Sequence[tuple[Contact, BusinessCalendar, datetime]]
     ) -> list[RecipientFacts | Exception | None]:
-        """:meth:`gather_known` for several contacts, **blocking**, their phones' Conversations read in one
-        query: one item per ``(contact, calendar, now)`` asked, in order — the facts, None (a lookup call
-        is needed) or the exception that contact's reads raised. The handler runs it in the one thread
+        """The facts about each contact's phone without a gateway call, **blocking** (call it in a thread):
+        opted out?, the account answer when one is known (memory or ``whatsapp_accounts``), the per-debtor
+        cap. The phones' Conversations are read in one query, the table rows of the phones not in memory
+        in one query per tenant. One item per ``(contact, calendar, now)`` asked, in order — the facts,
+        None (only a lookup call can tell: use :meth:`gather_looked_up`) or the exception that contact's
+        reads raised. The handler runs it in the one thread
         hand-off of its grouped throttle step.
 
         Raises:
@@ -183,8 +160,8 @@ class Recipient:
         *,
         table_read: bool = False,
     ) -> RecipientFacts | None:
-        """:meth:`gather_known` once the phone's Conversation is read (``table_read``: and its row of
-        ``whatsapp_accounts``, whose answer is then in memory if there was one)."""
+        """One contact of :meth:`gather_known_many` once the phone's Conversation is read (``table_read``:
+        and its row of ``whatsapp_accounts``, whose answer is then in memory if there was one)."""
         assert contact.phone is not None
         allowed = CapDecision(allowed=True)
         if conversation is not None and conversation.opted_out:
