@@ -135,7 +135,7 @@ def build_handler(
     return JobHandler(
         store=container.store,
         saves=GroupCommitter.for_store(container.store, linger_s=linger_s),
-        tenants=TenantCache(container.store, ttl_s=cache_ttl_s),
+        tenants=TenantCache(ttl_s=cache_ttl_s),
         ledger=SendLedger(container.pool, margin=margin_for(container.clock)),
         renderer=Renderer(container.pool, ttl_s=cache_ttl_s),
         health=GatewayHealth(),

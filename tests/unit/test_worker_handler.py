@@ -210,7 +210,7 @@ class Fakes:
         self.renderer = FakeRenderer()
         self.handler = JobHandler(
             store=self.store,
-            tenants=TenantCache(self.store, ttl_s=0),
+            tenants=TenantCache(ttl_s=0),
             ledger=self.ledger,
             renderer=self.renderer,
             health=self.health,
@@ -431,22 +431,22 @@ async def test_the_jid_the_lookup_found_is_sent_to_and_recorded_with_the_answere
 async def test_the_tenant_cache_serves_a_policy_change_once_its_entry_is_ttl_s_old(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fakes = Fakes(messages_per_minute=5)
-    cache = TenantCache(fakes.store, ttl_s=5.0)
+    fakes = Fakes(messages_per_minute=1, pause_min_s=0, pause_max_s=0)
+    fakes.handler.tenants = TenantCache(ttl_s=5.0)
     real = [1000.0]
     monkeypatch.setattr("billing.worker.handler.time.monotonic", lambda: real[0])
-    first = await cache.get(fakes.tenant_id)
-    assert first is not None and first.sending_policy.limits.messages_per_minute == 5
-
+    await fakes.handler(FakeDelivery(fakes.job(0)))  # the tenant is read (1 a minute) and kept: sent
     tenant = fakes.store.repository.get(fakes.tenant_id)
     tenant.change_policy({"messages_per_minute": 9}, at=MONDAY_10)
     fakes.store.save(tenant)
     real[0] += 4.9
-    cached = await cache.get(fakes.tenant_id)
-    assert cached is not None and cached.sending_policy.limits.messages_per_minute == 5
-    real[0] += 0.1  # 5 s after it was read: read again
-    fresh = await cache.get(fakes.tenant_id)
-    assert fresh is not None and fresh.sending_policy.limits.messages_per_minute == 9
+    await fakes.handler(FakeDelivery(fakes.job(1)))  # the kept tenant: still 1 a minute, deferred
+    real[0] += 0.1  # 5 s after it was read: read again, 9 a minute
+    await fakes.handler(FakeDelivery(fakes.job(2)))
+    assert [fakes.contact(i).status for i in range(3)] == [
+        ContactStatus.SENT, ContactStatus.PENDING, ContactStatus.SENT
+    ]  # fmt: skip
+    assert fakes.contact(1).not_before == MONDAY_10 + WINDOW
 
 
 async def test_handlings_that_arrive_together_share_their_reads_and_one_ledger_transaction() -> None:

@@ -187,27 +187,14 @@ class GatewayFactory(Protocol):
 
 class TenantCache:
     """Tenants by id, each kept at most ``ttl_s`` real seconds (policy and gateway settings are read by
-    every job; they change rarely). **Invalidation rule:** an entry older than ``ttl_s`` is loaded again, so
-    a policy or gateway change takes effect in every worker within ``ttl_s`` (default 5 s); ``ttl_s = 0``
-    disables the cache."""
+    every job; they change rarely). No I/O: the handler reads a tenant not held fresh together with the
+    job's contact and queue, then keeps it. **Invalidation rule:** an entry older than ``ttl_s`` is read
+    again, so a policy or gateway change takes effect in every worker within ``ttl_s`` (default 5 s);
+    ``ttl_s = 0`` disables the cache."""
 
-    def __init__(self, store: EventStore, *, ttl_s: float = 5.0) -> None:
-        self._store = store
+    def __init__(self, *, ttl_s: float = 5.0) -> None:
         self.ttl_s = ttl_s
         self._entries: dict[UUID, tuple[float, Tenant | None]] = {}
-
-    async def get(self, tenant_id: UUID) -> Tenant | None:
-        """The tenant, or None when unknown.
-
-        Raises:
-            Exception: the database failed.
-        """
-        held, tenant = self.fresh(tenant_id)
-        if held:
-            return tenant
-        tenant = await load(self._store, tenant_id, Tenant)
-        self.keep(tenant_id, tenant)
-        return tenant
 
     def fresh(self, tenant_id: UUID) -> tuple[bool, Tenant | None]:
         """``(True, tenant or None)`` when an entry younger than ``ttl_s`` is held, else ``(False, None)``
