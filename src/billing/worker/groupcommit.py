@@ -78,16 +78,6 @@ class GroupCommitter:
         self.saved = 0
         """Aggregates saved so far."""
 
-    @property
-    def max_items(self) -> int:
-        """The most aggregates in one transaction."""
-        return self._batcher.max_items
-
-    @property
-    def linger_s(self) -> float:
-        """Real seconds the flusher waits before taking a group."""
-        return self._batcher.linger_s
-
     @classmethod
     def for_store(cls, store: EventStore, *, max_items: int = 64, linger_s: float = 0.0) -> GroupCommitter:
         """A committer over ``store``: groups through :func:`billing.eventstore.save_group`, single saves
