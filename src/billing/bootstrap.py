@@ -1,8 +1,9 @@
 """The composition root: builds pools, the event store, the broker, the clock and gateway clients from one
 :class:`~billing.settings.Settings`, and from them each process's parts — every part gets exactly the
 dependencies it uses (the worker's handler and scheduler: :func:`build_handler`, :func:`build_scheduler`;
-the relay: :func:`build_relay`). The process bodies (``run_*_process(container, stop)``) are the only
-code that reads the parts off a :class:`Container`. Nothing connects at import time.
+the relay: :func:`build_relay`). The worker, relay, projections and hooks processes are built by their
+bodies here (``run_*_process(container, stop)``); the web app reads its services off the container it is
+given. Nothing connects at import time.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from billing.runtime import (
     _open_container_sync,
     _uvicorn_server,
     load_settings,
-    loop_factory,
+    run_on_loop,
     serve_until,
     supervise,
 )
@@ -83,8 +83,7 @@ def _dev(args: argparse.Namespace, postgres: Any) -> int:
         migrate(settings.database_url)
     except (psycopg.Error, MigrationError) as exc:
         raise CliError(f"migration of the embedded database failed: {exc}") from None
-    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-        return runner.run(_dev_main(settings, args))
+    return run_on_loop(settings, _dev_main(settings, args))
 
 
 class DevSecrets:

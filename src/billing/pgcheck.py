@@ -13,7 +13,7 @@ read or save, a few percent of the worker's CPU. :class:`ConnectionCheck` instea
   that sat idle a while is pinged as before).
 
 What it does not see, as the full check did not either: a session that dies between the check and the
-first query (the read then fails; reads retry once, ``billing.db.read_retrying``).
+first query (the read then fails; reads are retried, ``billing.db.read_retrying``).
 """
 
 from __future__ import annotations

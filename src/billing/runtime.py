@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 import inspect
 import signal
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any, TypeVar
 
 from billing.cli_errors import SHUTDOWN_GRACE_S, CliError
 from billing.settings import Settings
+
+T = TypeVar("T")
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -235,8 +237,14 @@ def _run_process(
             await container.aclose()
             log.info("process stopped", command=command)
 
+    return run_on_loop(settings, run())
+
+
+def run_on_loop(settings: Settings, main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` to its end on the event loop ``BILLING_EVENT_LOOP`` chooses (:func:`loop_factory`)
+    and return its result; every process's ``asyncio.run``."""
     with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-        return runner.run(run())
+        return runner.run(main)
 
 
 def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 PREFIX = "BILLING_"
 EVENT_LOOPS = ("uvloop", "asyncio")
 """The values of ``BILLING_EVENT_LOOP``."""
+DEFAULT_EVENT_LOOP = "asyncio" if sys.platform == "win32" else "uvloop"
+"""uvloop where it installs (the dependency is skipped on Windows)."""
 
 
 class SettingsError(Exception):
@@ -46,8 +49,8 @@ class Settings:
             :class:`~billing.worker.groupcommit.GroupCommitter`). Larger groups, fewer commits, each save
             that much later; at most 1000.
         event_loop: ``BILLING_EVENT_LOOP``, the asyncio event loop every process runs on: ``uvloop``
-            (default; uvloop's loop on libuv, about 10 % less CPU per message for the whole system in
-            ``bench/fleet.py`` here) or ``asyncio`` (the standard library's).
+            (default but on Windows; uvloop's loop on libuv, about 10 % less CPU per message for the
+            whole system in ``bench/fleet.py`` here) or ``asyncio`` (the standard library's).
         dispatch_lease_s: seconds a worker's claim on a contact lasts before another may retry it.
         poll_interval_s: seconds between polls of the notification log when no NOTIFY arrives.
         gateway_timeout_s: seconds an Evolution API call may take (on top of its typing delay).
@@ -88,7 +91,7 @@ class Settings:
     pool_size: int = 5
     worker_prefetch: int = 2
     save_linger_ms: float = 2.0
-    event_loop: str = "uvloop"
+    event_loop: str = DEFAULT_EVENT_LOOP
     dispatch_lease_s: float = 120.0
     poll_interval_s: float = 1.0
     gateway_timeout_s: float = 30.0

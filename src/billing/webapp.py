@@ -1,7 +1,8 @@
 """The web application: one litestar app that mounts the JSON API (public, admin, health; OpenAPI at
 ``/schema``) and the dashboard (``/dashboard``) over the same :class:`~billing.api.deps.Services`.
 
-It is the only module that imports both :mod:`billing.api` and :mod:`billing.dashboard`."""
+The API does not import the dashboard; the dashboard uses only the API's dependencies and schemas
+(:mod:`billing.api.deps`, :mod:`billing.api.schemas`)."""
 
 from __future__ import annotations
 

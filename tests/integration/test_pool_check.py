@@ -37,3 +37,21 @@ def test_a_terminated_backend_is_replaced_before_the_lend_and_a_live_one_is_not_
         assert (check.full_checks, check.quick_checks) == (3, 1)  # the dead one failed it; the new one passed
     finally:
         pool.close()
+
+
+def test_the_event_stores_pool_lends_through_the_same_check(database_url: str) -> None:
+    from eventsourcing.postgres import PostgresApplicationRecorder
+
+    from billing.eventstore import open_event_store
+
+    store = open_event_store(database_url, pool_size=1)
+    try:
+        recorder = store.recorder
+        assert isinstance(recorder, PostgresApplicationRecorder)
+        check = recorder.datastore.pool._check
+        assert isinstance(check, ConnectionCheck)  # not the library's ping before every lend
+        for _ in range(3):
+            recorder.max_notification_id()
+        assert check.quick_checks >= 1  # a connection in steady use is lent without a round trip
+    finally:
+        store.close()

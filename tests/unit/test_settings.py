@@ -50,3 +50,20 @@ def test_the_event_loop_is_uvloop_by_default_or_asyncio_and_nothing_else() -> No
     assert chosen.event_loop == "asyncio"
     with pytest.raises(SettingsError, match="BILLING_EVENT_LOOP must be one of uvloop, asyncio, got 'tokio'"):
         Settings.from_env({"BILLING_DATABASE_URL": URL, "BILLING_EVENT_LOOP": "tokio"})
+
+
+def test_every_process_runs_on_the_event_loop_the_setting_names() -> None:
+    import asyncio
+
+    import uvloop
+
+    from billing.runtime import run_on_loop
+
+    async def loop_type() -> type:
+        return type(asyncio.get_running_loop())
+
+    chosen = Settings.from_env({"BILLING_DATABASE_URL": URL})
+    assert run_on_loop(chosen, loop_type()) is uvloop.Loop
+    standard = Settings.from_env({"BILLING_DATABASE_URL": URL, "BILLING_EVENT_LOOP": "asyncio"})
+    assert issubclass(run_on_loop(standard, loop_type()), asyncio.BaseEventLoop)
+    assert not issubclass(run_on_loop(standard, loop_type()), uvloop.Loop)

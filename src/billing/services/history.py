@@ -26,7 +26,7 @@ import msgspec
 
 from billing.db import ViewsPool
 from billing.domain.errors import NotFound
-from billing.eventstore import EventStore, get_owned
+from billing.eventstore import EventStore, fold
 from billing.services.queries import Queries
 
 __all__ = [
@@ -212,6 +212,8 @@ def aggregate_history(
     Raises:
         NotFound: code ``<name>_not_found`` — no such aggregate, or another tenant's.
     """
-    if get_owned(store, aggregate_id, kind, tenant_id) is None:
+    events = list(store.events.get(aggregate_id))  # read once: the check folds the same events
+    aggregate = fold(events) if events else None
+    if not isinstance(aggregate, kind) or getattr(aggregate, "tenant_id", None) != tenant_id:
         raise NotFound(f"{name} not found", code=f"{name}_not_found")
-    return list(store.events.get(aggregate_id))
+    return events
