@@ -15,6 +15,7 @@ Run: ``.venv/bin/python bench/status.py [--duration 10] [--runs 3] [--connection
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -116,6 +117,12 @@ end
 """
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``, Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(url: str, connections: int, duration: int, keys: list[str]) -> tuple[float, float, int]:
     """(requests/s, p99 ms, non-2xx count) of one wrk run, rotating over ``keys`` (none: no header)."""
     args = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency"]
@@ -171,9 +178,17 @@ def main() -> None:
             assert httpx.get(ours_url, headers=headers).json()["contacts"]["total"] == 10_000
             assert httpx.get(bare_url).json()["total"] == 10_000
             results: dict[str, list[tuple[float, float, int]]] = {"ours": [], "bare": []}
+            cpu_per_request: dict[str, list[float]] = {"ours": [], "bare": []}
             for _ in range(args.runs):
-                results["ours"].append(wrk(ours_url, args.connections, args.duration, keys))
-                results["bare"].append(wrk(bare_url, args.connections, args.duration, []))
+                for which, process, url_, keys_ in (
+                    ("ours", ours, ours_url, keys),
+                    ("bare", bare, bare_url, []),
+                ):
+                    before = cpu_s(process.pid)
+                    run = wrk(url_, args.connections, args.duration, keys_)
+                    used = cpu_s(process.pid) - before
+                    results[which].append(run)
+                    cpu_per_request[which].append(used / (run[0] * args.duration))
         finally:
             for process in (ours, bare):
                 process.terminate()
@@ -191,6 +206,11 @@ def main() -> None:
             f"{rate:,.0f} req/s, p99 {p99:.0f} ms (medians)"
         )
         print(f"  baseline: bare litestar + psycopg, same row: {bare_rate:,.0f} req/s, p99 {bare_p99:.0f} ms")
+        ours_cpu, bare_cpu = (statistics.median(cpu_per_request[w]) * 1e6 for w in ("ours", "bare"))
+        print(
+            f"  server CPU per request (median): ours {ours_cpu:,.0f} µs, bare {bare_cpu:,.0f} µs "
+            f"({ours_cpu / bare_cpu:.2f}x)"
+        )
         ok = rate >= 0.9 * bare_rate and p99 <= bare_p99
         print(
             f"  ratio: {rate / bare_rate:.0%} of the bare rate, p99 {p99 / bare_p99:.2f}x; "

@@ -123,9 +123,10 @@ class GatewayWebhookController(Controller):
         return await self._receive(request, tenant_id, services, event)
 
 
-async def provide_queue_owner(request: Request[Any, Any, Any]) -> UUID:
-    """The tenant of an ``X-Billing-API-Key`` (the ERP) or of an admin's ``Authorization: Bearer`` token."""
-    services: Services = request.app.state.services
+async def provide_queue_owner(request: Request[Any, Any, Any], services: Services) -> UUID:
+    """The tenant of an ``X-Billing-API-Key`` (the ERP) or of an admin's ``Authorization: Bearer`` token
+    (a dependency of ``services``, so litestar resolves the two in turn, without a task group: see
+    :func:`billing.api.deps.provide_tenant_id`)."""
     key = request.headers.get(API_KEY_HEADER)
     if key:
         tenant_id = await run_sync(services.tenants.authenticate, key)

@@ -19,6 +19,7 @@ it must not stop it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import time
@@ -28,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-import anyio
 from litestar.datastructures import MutableScopeHeaders
 from litestar.exceptions import TooManyRequestsException
 from litestar.middleware.rate_limit import (
@@ -58,7 +58,7 @@ class KeyRateLimitMiddleware(RateLimitMiddleware):
         """Wrap ``app`` (litestar builds this from :attr:`KeyRateLimitConfig.middleware`)."""
         super().__init__(app, config)
         self.key_config = config
-        self._key_locks: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
+        self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Count the request against its key's window; 429 when the window is full."""
@@ -104,10 +104,11 @@ class KeyRateLimitMiddleware(RateLimitMiddleware):
     async def _window_lock(self, cache_key: str) -> AsyncIterator[None]:
         """The key's lock in this process (one per key, so keys do not wait for each other; the library
         has one lock for all), then — with the shared store — the key's Redis lock, so only one request
-        of one process at a time reads and writes the key's window."""
+        of one process at a time reads and writes the key's window. The local lock is an
+        ``asyncio.Lock``: free, it is taken without a turn of the event loop (anyio's always yields one)."""
         local = self._key_locks.get(cache_key)
         if local is None:
-            local = self._key_locks[cache_key] = anyio.Lock()
+            local = self._key_locks[cache_key] = asyncio.Lock()
         async with local:
             redis = self.key_config.redis
             if redis is None:
