@@ -1,29 +1,34 @@
 """PostgreSQL plumbing: connection pools for the read models and the schema migration.
 
-The event store opens its own pool (the ``eventsourcing`` library's); the views use the pool built here.
+The event store opens its own pool (the ``eventsourcing`` library's); the views use the pool built here,
+and the API's hot polled reads an async one (:func:`async_read_pool`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from typing import ParamSpec, TypeVar
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from billing.eventstore import open_event_store
-from billing.pgcheck import ConnectionCheck
+from billing.pgcheck import AsyncConnectionCheck, ConnectionCheck
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 ViewsPool = ConnectionPool[psycopg.Connection[DictRow]]
 """A sync pool whose connections return rows as dicts (the views, the operational tables)."""
+
+AsyncReadPool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
+"""An async pool of autocommit dict-row connections, for single-statement reads (:func:`async_read_pool`)."""
 
 
 class MigrationError(RuntimeError):
@@ -87,6 +92,26 @@ def open_pool(database_url: str, *, size: int = 5, name: str = "views") -> Views
     return pool
 
 
+def async_read_pool(database_url: str, *, size: int = 5, name: str = "reads") -> AsyncReadPool:
+    """An async pool for single-statement reads, **not opened**: open it in the event loop that uses it
+    (``await pool.open(wait=True, timeout=30)``; the API does on startup) and close it there.
+
+    Its connections are in autocommit: a one-statement read needs no transaction, so a read is one round
+    trip instead of three (psycopg otherwise sends ``BEGIN`` before it and the pool ``COMMIT`` after).
+    Never write through it. Connections are checked before they are lent, as in :func:`open_pool`
+    (:class:`~billing.pgcheck.AsyncConnectionCheck`)."""
+    return AsyncReadPool(
+        database_url,
+        connection_class=psycopg.AsyncConnection[DictRow],
+        check=AsyncConnectionCheck(),
+        min_size=1,
+        max_size=size,
+        kwargs={"row_factory": dict_row, "autocommit": True},
+        name=name,
+        open=False,
+    )
+
+
 READ_RETRY_PAUSES_S = (0.0, 0.05, 0.2)
 """Pauses (seconds) before each repeat of a read whose connection died: three repeats, so a read still
 answers when every connection of the pool was dropped twice in a row (each dead one found is replaced
@@ -108,5 +133,21 @@ def read_retrying(read: Callable[P, R]) -> Callable[P, R]:
             except psycopg.OperationalError:
                 time.sleep(pause)
         return read(*args, **kwargs)
+
+    return wrapper
+
+
+def read_retrying_async(read: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """:func:`read_retrying` for a coroutine function (the pauses are ``asyncio.sleep``). Raises the last
+    OperationalError when every try failed."""
+
+    @functools.wraps(read)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        for pause in READ_RETRY_PAUSES_S:
+            try:
+                return await read(*args, **kwargs)
+            except psycopg.OperationalError:
+                await asyncio.sleep(pause)
+        return await read(*args, **kwargs)
 
     return wrapper

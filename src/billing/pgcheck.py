@@ -14,19 +14,21 @@ read or save, a few percent of the worker's CPU. :class:`ConnectionCheck` instea
 
 What it does not see, as the full check did not either: a session that dies between the check and the
 first query (the read then fails; reads are retried, ``billing.db.read_retrying``).
+
+:class:`AsyncConnectionCheck` is the same check for an ``AsyncConnectionPool``.
 """
 
 from __future__ import annotations
 
 import select
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-__all__ = ["RECHECK_S", "ConnectionCheck"]
+__all__ = ["RECHECK_S", "AsyncConnectionCheck", "ConnectionCheck"]
 
 RECHECK_S = 5.0
 """A connection not lent for this many seconds gets the full check (one round trip) before its next lend."""
@@ -63,6 +65,11 @@ class ConnectionCheck:
         Raises:
             psycopg.OperationalError: the connection is closed, broken or failed the full check.
         """
+        if self._needs_full(conn):
+            self._full(conn)
+
+    def _needs_full(self, conn: Any) -> bool:
+        """False when ``conn`` may be lent without a round trip (counted); raises when it is closed."""
         if conn.closed or conn.broken:
             raise psycopg.OperationalError("the connection is closed")
         now = self._clock()
@@ -70,9 +77,33 @@ class ConnectionCheck:
         setattr(conn, _LENT_AT, now)
         if last is not None and now - last <= self.recheck_s and not _readable(conn):
             self.quick_checks += 1
-            return
+            return False
         self.full_checks += 1
-        self._full(conn)
+        return True
+
+
+class AsyncConnectionCheck(ConnectionCheck):
+    """:class:`ConnectionCheck` as an ``AsyncConnectionPool``'s ``check=`` callback (a coroutine); the
+    full check defaults to ``AsyncConnectionPool.check_connection``."""
+
+    def __init__(
+        self,
+        *,
+        recheck_s: float = RECHECK_S,
+        clock: Callable[[], float] = time.monotonic,
+        full: Callable[[Any], Awaitable[None]] = AsyncConnectionPool.check_connection,
+    ) -> None:
+        super().__init__(recheck_s=recheck_s, clock=clock)
+        self._full_async = full
+
+    async def __call__(self, conn: Any) -> None:  # type: ignore[override]
+        """Return quietly when ``conn`` may be lent; raise when it must be replaced.
+
+        Raises:
+            psycopg.OperationalError: the connection is closed, broken or failed the full check.
+        """
+        if self._needs_full(conn):
+            await self._full_async(conn)
 
 
 def _readable(conn: Any) -> bool:

@@ -69,6 +69,12 @@ def create_app(container: Container) -> Litestar:
     async def tenant_of(key: str) -> Any:
         return await run_sync(services.tenants.authenticate, key)
 
+    async def open_pools() -> None:
+        await services.status.pool.open(wait=True, timeout=30)
+
+    async def close_pools() -> None:
+        await services.status.pool.close()
+
     rate_limit, stores = build_rate_limit(
         default_limit=settings.rate_limit_per_minute,
         overrides=settings.rate_limit_overrides(),
@@ -127,6 +133,8 @@ def create_app(container: Container) -> Litestar:
             render_plugins=[swagger_plugin()],
         ),
         state=_state(services),
+        on_startup=[open_pools],
+        on_shutdown=[close_pools],
         debug=False,
         logging_config=None,
     )

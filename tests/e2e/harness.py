@@ -308,9 +308,16 @@ async def running_system(
                 headers={GATEWAY_SECRET_HEADER: secret},
             )
             hooks_task = asyncio.create_task(run_hooks_process(container, stop, interval_s=0.2))
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            system.client = client
-            yield system
+        # ASGITransport sends no lifespan events, and litestar's lifespan must end in the task it began
+        # in (a fixture's teardown runs in another): open and close the pool the app's startup opens.
+        status_pool = system.app_services().status.pool
+        await status_pool.open(wait=True, timeout=30)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                system.client = client
+                yield system
+        finally:
+            await status_pool.close()
     finally:
         stop.set()
         await system.stop_all()

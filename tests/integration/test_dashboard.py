@@ -380,8 +380,8 @@ async def test_admin_invites_and_removes_a_user_whose_session_then_ends(dash: Da
     confirmed = await dash.client.get(invited.headers["location"])
     assert 'id="notice">Usuário convidado: ele aparece na lista em instantes.<' in confirmed.text
     dash.project()
-    other = Dash(
-        AsyncTestClient(app=dash.client.app, base_url="http://testserver.local"),
+    other = Dash(  # a second API process over the same database (one app runs in one event loop)
+        AsyncTestClient(app=create_app(dash.container), base_url="http://testserver.local"),
         dash.container,
         dash.tenant_id,
         dash.users,

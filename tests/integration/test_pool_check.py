@@ -4,6 +4,7 @@ it is lent — the caller's first query works."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import psycopg
@@ -55,3 +56,34 @@ def test_the_event_stores_pool_lends_through_the_same_check(database_url: str) -
         assert check.quick_checks >= 1  # a connection in steady use is lent without a round trip
     finally:
         store.close()
+
+
+async def test_the_async_read_pool_reads_in_autocommit_and_replaces_a_terminated_backend(
+    database_url: str,
+) -> None:
+    from billing.db import async_read_pool
+    from billing.pgcheck import AsyncConnectionCheck
+
+    pool = async_read_pool(database_url, size=1, name="async-check-test")
+    await pool.open(wait=True, timeout=10)
+    try:
+        check = pool._check
+        assert isinstance(check, AsyncConnectionCheck)
+        async with pool.connection() as conn:
+            cursor = await conn.execute("SELECT pg_backend_pid() AS pid")
+            pid = (await cursor.fetchone())["pid"]  # type: ignore[index]
+            # autocommit: the read opened no transaction (so no BEGIN and no COMMIT round trips)
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            deadline = time.monotonic() + 5
+            while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+                assert time.monotonic() < deadline, "the backend did not end"
+                await asyncio.sleep(0.02)
+        async with pool.connection() as conn:
+            cursor = await conn.execute("SELECT pg_backend_pid() AS pid")
+            fresh = (await cursor.fetchone())["pid"]  # type: ignore[index]
+        assert fresh != pid
+        assert (check.full_checks, check.quick_checks) == (3, 0)  # open, the dead one, the new one
+    finally:
+        await pool.close()

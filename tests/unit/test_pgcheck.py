@@ -11,7 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from billing.pgcheck import ConnectionCheck
+from billing.db import READ_RETRY_PAUSES_S, read_retrying_async
+from billing.pgcheck import AsyncConnectionCheck, ConnectionCheck
 
 
 class FakePgConn:
@@ -113,3 +114,41 @@ def test_a_socket_that_cannot_be_polled_gets_the_full_check() -> None:
     clock.now += 1
     check(conn)
     assert check.full_checks == 2
+
+
+async def test_the_async_check_pings_only_when_the_sync_one_would(pair: tuple[socket.socket, ...]) -> None:
+    clock, pings = Clock(), list[Any]()
+
+    async def full(conn: Any) -> None:
+        pings.append(conn)
+
+    check = AsyncConnectionCheck(recheck_s=5.0, clock=clock, full=full)
+    conn = FakeConnection(pair[0])
+    await check(conn)  # first lend: the full check
+    clock.now += 4.9
+    await check(conn)  # in steady use: none
+    clock.now += 5.1
+    await check(conn)  # idle too long: the full check
+    assert (len(pings), check.full_checks, check.quick_checks) == (2, 2, 1)
+    conn.closed = True
+    with pytest.raises(psycopg.OperationalError, match="closed"):
+        await check(conn)
+    assert len(pings) == 2
+
+
+async def test_an_async_read_is_repeated_after_each_failure_then_the_last_error_raised() -> None:
+    calls: list[int] = []
+
+    @read_retrying_async
+    async def read(fail_times: int) -> str:
+        calls.append(fail_times)
+        if len(calls) <= fail_times:
+            raise psycopg.OperationalError(f"terminated #{len(calls)}")
+        return "row"
+
+    assert await read(3) == "row"  # three failures, three repeats
+    assert len(calls) == 4
+    calls.clear()
+    with pytest.raises(psycopg.OperationalError, match="#4"):
+        await read(4)
+    assert len(calls) == 1 + len(READ_RETRY_PAUSES_S)

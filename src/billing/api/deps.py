@@ -15,12 +15,13 @@ from litestar.handlers import BaseRouteHandler
 from billing.api.auth import API_KEY_HEADER
 from billing.api.errors import Unauthorized
 from billing.bootstrap import Container
+from billing.db import async_read_pool
 from billing.domain.apikey import api_key_id
 from billing.services.cancel import CancelService
 from billing.services.engagement import EngagementService
 from billing.services.history import HistoryQueries
 from billing.services.ingest import IngestService
-from billing.services.queries import Queries
+from billing.services.queries import Queries, StatusReads
 from billing.services.templates import TemplateService
 from billing.services.tenants import TenantService, hash_api_key
 from billing.services.usage import KeyUsage
@@ -38,6 +39,8 @@ class Services:
     ingest: IngestService
     templates: TemplateService
     queries: Queries
+    status: StatusReads
+    """Its pool is opened and closed by the app's lifespan (:func:`billing.webapp.create_app`)."""
     cancel: CancelService
     users: UserService
     key_usage: KeyUsage
@@ -56,6 +59,9 @@ class Services:
             ingest=IngestService(container.store, queries, container.clock),
             templates=TemplateService(container.store, container.clock),
             queries=queries,
+            status=StatusReads(
+                async_read_pool(container.settings.database_url, size=container.settings.pool_size)
+            ),
             cancel=CancelService(container.store, container.pool, container.clock),
             users=UserService(container.store, container.pool, container.clock),
             key_usage=KeyUsage(container.pool),

@@ -170,7 +170,7 @@ class PublicController(Controller):
     )
     async def queue_status(self, queue_id: UUID, services: Services, tenant_id: UUID) -> QueueStatusDoc:
         """The queue status document (404 for unknown or another tenant's queue)."""
-        document = await run_sync(services.queries.queue_status, tenant_id, queue_id)
+        document = await services.status.queue_status(tenant_id, queue_id)
         if document is None:
             raise NotFound("queue not found", code="queue_not_found", field="queue_id")
         result: QueueStatusDoc = as_struct(document, QueueStatusDoc)

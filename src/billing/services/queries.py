@@ -1,5 +1,6 @@
 """The read side: queries on the projections' views (sql/001_views.sql). Every query is tenant-scoped, so
-another tenant's id reads as absent (promise 7). Synchronous (psycopg pool with dict rows)."""
+another tenant's id reads as absent (promise 7). Synchronous (psycopg pool with dict rows), but for the
+status an ERP polls (:class:`StatusReads`, async)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from billing.db import ViewsPool, read_retrying
+from billing.db import AsyncReadPool, ViewsPool, read_retrying, read_retrying_async
 from billing.domain.types import ContactStatus, QueueStatus
 
 MAX_PAGE = 500
+QUEUE_STATUS_SQL = "SELECT * FROM queue_status WHERE queue_id = %s AND tenant_id = %s"
 
 
 def queue_status_of(row: dict[str, Any]) -> QueueStatus:
@@ -86,17 +88,6 @@ class Queries:
                 "SELECT template_type, template_id FROM default_templates WHERE tenant_id = %s", (tenant_id,)
             ).fetchall()
         return {r["template_type"]: str(r["template_id"]) for r in rows}
-
-    @read_retrying
-    def queue_status(self, tenant_id: UUID, queue_id: UUID) -> dict[str, Any] | None:
-        """The public status document of a queue (DESIGN.md "Queue status"), or None."""
-        with self.pool.connection() as conn:
-            row = conn.execute(
-                "SELECT * FROM queue_status WHERE queue_id = %s AND tenant_id = %s", (queue_id, tenant_id)
-            ).fetchone()
-        if row is None:
-            return None
-        return self.status_document(row)
 
     @staticmethod
     def status_document(row: dict[str, Any]) -> dict[str, Any]:
@@ -280,3 +271,24 @@ class Queries:
         counts = {s.value: 0 for s in ContactStatus}
         counts.update({r["status"]: r["n"] for r in rows})
         return {"queues": queues["n"] if queues else 0, "contacts": counts}
+
+
+class StatusReads:
+    """The queue status ERPs poll, read on the event loop (an async pool in autocommit: one round trip,
+    no thread hand-off per poll; ``bench/status.py``).
+
+    Args:
+        pool: :func:`billing.db.async_read_pool`, opened in the loop that calls :meth:`queue_status`.
+    """
+
+    def __init__(self, pool: AsyncReadPool) -> None:
+        self.pool = pool
+
+    @read_retrying_async
+    async def queue_status(self, tenant_id: UUID, queue_id: UUID) -> dict[str, Any] | None:
+        """The public status document of a queue (DESIGN.md "Queue status"), or None when the queue is not
+        the tenant's or not projected yet. Raises psycopg.OperationalError when every retry failed."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(QUEUE_STATUS_SQL, (queue_id, tenant_id))
+            row = await cursor.fetchone()
+        return None if row is None else Queries.status_document(row)
