@@ -14,6 +14,7 @@ Library facts relied on (eventsourcing 9.5, ``eventsourcing.postgres``):
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
@@ -79,13 +80,16 @@ class MsgspecTranscoder(JSONTranscoder):
         super().__init__()
         self._encoder = msgspec.json.Encoder()
         self._decoders: dict[str, Callable[[Any], Any]] = {}
+        self._encoders: dict[type, tuple[str, Callable[[Any], Any]]] = {}
 
     def register(self, transcoding: Transcoding) -> None:
         super().register(transcoding)
-        # The library's own transcodings, decoded by the C constructors they call (same values, without
-        # a Python method and its type assertion per value).
+        # The library's own transcodings (and DateAsISO), decoded and encoded by the C functions they call
+        # (same values, without a Python method and its type assertion per value).
         fast = _FAST_DECODERS.get(type(transcoding))
         self._decoders[transcoding.name] = fast or transcoding.decode
+        encode = _FAST_ENCODERS.get(type(transcoding), transcoding.encode)
+        self._encoders[transcoding.type] = (transcoding.name, encode)
 
     def encode(self, obj: Any) -> bytes:
         return self._encoder.encode(self._tag(obj))
@@ -99,15 +103,15 @@ class MsgspecTranscoder(JSONTranscoder):
             return obj
         if kind is dict:
             tagged = {}
-            types = self.types
+            encoders = self._encoders
             for key, value in obj.items():  # inline the common cases: no call per plain or tagged value
                 kind = type(value)
                 if kind in _PLAIN:
                     tagged[key] = value
-                elif (transcoding := types.get(kind)) is not None:
-                    data = transcoding.encode(value)
+                elif (encoder := encoders.get(kind)) is not None:
+                    data = encoder[1](value)
                     tagged[key] = {
-                        "_type_": transcoding.name,
+                        "_type_": encoder[0],
                         "_data_": data if type(data) in _PLAIN else self._tag(data),
                     }
                 else:
@@ -159,6 +163,16 @@ def _uuid_from_hex(data: str) -> UUID:
     object.__setattr__(value, "is_safe", SafeUUID.unknown)
     return value
 
+
+_FAST_ENCODERS: dict[type, Callable[[Any], Any]] = {
+    UUIDAsHex: operator.attrgetter("hex"),
+    DatetimeAsISO: datetime.isoformat,
+    DecimalAsStr: str,
+    DateAsISO: date.isoformat,
+}
+"""What each transcoding's ``encode`` returns, computed by the C function it calls (``obj.hex``,
+``isoformat``, ``str``); keyed by the transcoding's class, so a subclass that encodes otherwise keeps its
+own method."""
 
 _FAST_DECODERS: dict[type, Callable[[Any], Any]] = {
     UUIDAsHex: _uuid_from_hex,
