@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import GATEWAY, free_port, scratch_container
 
 from billing.projections.views import project_pending
+from billing.runtime import freeze_startup_heap
 from billing.services.tenants import TenantService
 from billing.webapp import create_app
 
@@ -78,9 +79,9 @@ def main() -> None:
         key = tenants.issue_api_key(tenant_id, "bench")
         project_pending(container.store, container.pool)
         port = free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(create_app(container), host="127.0.0.1", port=port, log_level="warning")
-        )
+        app = create_app(container)
+        freeze_startup_heap()  # as `billing api` does once its app is built (billing.runtime._build_app)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         while not server.started:
