@@ -65,6 +65,8 @@ class DateAsISO(Transcoding):
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
+_RECENT_TAGS = 64
+"""How many tagged values :class:`MsgspecTranscoder` keeps for reuse (cleared when full)."""
 
 
 class MsgspecTranscoder(JSONTranscoder):
@@ -80,7 +82,11 @@ class MsgspecTranscoder(JSONTranscoder):
         super().__init__()
         self._encoder = msgspec.json.Encoder()
         self._decoders: dict[str, Callable[[Any], Any]] = {}
-        self._encoders: dict[type, tuple[str, Callable[[Any], Any]]] = {}
+        self._encoders: dict[type, tuple[str, Callable[[Any], Any], bool]] = {}
+        # id(value) -> (value, its tag) for UUIDs and datetimes (immutable): the events of one save repeat
+        # the same few such objects (tenant, campaign, queue and template ids, the timestamp). Holding the
+        # value keeps its id from being reused while the entry exists.
+        self._recent: dict[int, tuple[Any, dict[str, Any]]] = {}
 
     def register(self, transcoding: Transcoding) -> None:
         super().register(transcoding)
@@ -89,7 +95,8 @@ class MsgspecTranscoder(JSONTranscoder):
         fast = _FAST_DECODERS.get(type(transcoding))
         self._decoders[transcoding.name] = fast or transcoding.decode
         encode = _FAST_ENCODERS.get(type(transcoding), transcoding.encode)
-        self._encoders[transcoding.type] = (transcoding.name, encode)
+        reused = type(transcoding) in _REUSED_TAGS
+        self._encoders[transcoding.type] = (transcoding.name, encode, reused)
 
     def encode(self, obj: Any) -> bytes:
         return self._encoder.encode(self._tag(obj))
@@ -103,17 +110,21 @@ class MsgspecTranscoder(JSONTranscoder):
             return obj
         if kind is dict:
             tagged = {}
-            encoders = self._encoders
+            encoders, recent = self._encoders, self._recent
             for key, value in obj.items():  # inline the common cases: no call per plain or tagged value
                 kind = type(value)
                 if kind in _PLAIN:
                     tagged[key] = value
+                elif (known := recent.get(id(value))) is not None and known[0] is value:
+                    tagged[key] = known[1]  # msgspec only reads it: one dict may stand in many events
                 elif (encoder := encoders.get(kind)) is not None:
                     data = encoder[1](value)
-                    tagged[key] = {
-                        "_type_": encoder[0],
-                        "_data_": data if type(data) in _PLAIN else self._tag(data),
-                    }
+                    tag = {"_type_": encoder[0], "_data_": data if type(data) in _PLAIN else self._tag(data)}
+                    if encoder[2]:
+                        if len(recent) >= _RECENT_TAGS:
+                            recent.clear()
+                        recent[id(value)] = (value, tag)
+                    tagged[key] = tag
                 else:
                     tagged[key] = self._tag(value)
             return tagged
@@ -173,6 +184,10 @@ _FAST_ENCODERS: dict[type, Callable[[Any], Any]] = {
 """What each transcoding's ``encode`` returns, computed by the C function it calls (``obj.hex``,
 ``isoformat``, ``str``); keyed by the transcoding's class, so a subclass that encodes otherwise keeps its
 own method."""
+
+_REUSED_TAGS = frozenset({UUIDAsHex, DatetimeAsISO})
+"""The transcodings whose tags :class:`MsgspecTranscoder` reuses for the same object (ids and instants are
+passed to many events; amounts and dates are parsed per contact)."""
 
 _FAST_DECODERS: dict[type, Callable[[Any], Any]] = {
     UUIDAsHex: _uuid_from_hex,

@@ -110,3 +110,24 @@ def test_a_creation_event_saved_alone_is_stored_as_its_aggregate_would_be() -> N
     assert stored_alone.state == stored_through.state
     assert (stored_alone.topic, stored_alone.originator_version) == ("billing.Contact.Added", 1)
     assert store.repository.get(alone).phone == "+5511987654321"
+
+
+def test_values_shared_by_many_events_encode_as_the_library_does_and_the_reuse_stays_bounded() -> None:
+    fast, plain = transcoders()
+    tenant, at = UUID("12345678-1234-5678-1234-567812345678"), datetime(2025, 1, 24, 21, 5, tzinfo=UTC)
+    states = [
+        {
+            "tenant_id": tenant,
+            "timestamp": at,
+            "id": UUID(int=i),
+            "amount": Decimal(i),
+            "day": date(2025, 1, 1),
+        }
+        for i in range(1000)
+    ]
+    assert [fast.encode(state) for state in states] == [plain.encode(state) for state in states]
+    assert 0 < len(fast._recent) <= 64
+    assert (
+        fast.encode({"tenant_id": UUID(str(tenant))})
+        == b'{"tenant_id":{"_type_":"uuid_hex","_data_":"12345678123456781234567812345678"}}'
+    )
