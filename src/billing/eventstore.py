@@ -14,6 +14,7 @@ Library facts relied on (eventsourcing 9.5, ``eventsourcing.postgres``):
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
@@ -22,7 +23,7 @@ from uuid import UUID, SafeUUID
 
 import msgspec
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import Aggregate, DomainEvent
 from eventsourcing.persistence import (
     DatetimeAsISO,
     DecimalAsStr,
@@ -40,7 +41,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import retry
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import tuple_row
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composable, Identifier
 
 from billing.domain import apikey, campaign, contact, queue, template, tenant  # noqa: F401  (registers topics)
 from billing.metrics import SAVE_LATENCY
@@ -64,6 +65,8 @@ class DateAsISO(Transcoding):
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
+_RECENT_TAGS = 64
+"""How many tagged values :class:`MsgspecTranscoder` keeps for reuse (cleared when full)."""
 
 
 class MsgspecTranscoder(JSONTranscoder):
@@ -79,13 +82,21 @@ class MsgspecTranscoder(JSONTranscoder):
         super().__init__()
         self._encoder = msgspec.json.Encoder()
         self._decoders: dict[str, Callable[[Any], Any]] = {}
+        self._encoders: dict[type, tuple[str, Callable[[Any], Any], bool]] = {}
+        # id(value) -> (value, its tag) for UUIDs and datetimes (immutable): the events of one save repeat
+        # the same few such objects (tenant, campaign, queue and template ids, the timestamp). Holding the
+        # value keeps its id from being reused while the entry exists.
+        self._recent: dict[int, tuple[Any, dict[str, Any]]] = {}
 
     def register(self, transcoding: Transcoding) -> None:
         super().register(transcoding)
-        # The library's own transcodings, decoded by the C constructors they call (same values, without
-        # a Python method and its type assertion per value).
+        # The library's own transcodings (and DateAsISO), decoded and encoded by the C functions they call
+        # (same values, without a Python method and its type assertion per value).
         fast = _FAST_DECODERS.get(type(transcoding))
         self._decoders[transcoding.name] = fast or transcoding.decode
+        encode = _FAST_ENCODERS.get(type(transcoding), transcoding.encode)
+        reused = type(transcoding) in _REUSED_TAGS
+        self._encoders[transcoding.type] = (transcoding.name, encode, reused)
 
     def encode(self, obj: Any) -> bytes:
         return self._encoder.encode(self._tag(obj))
@@ -99,17 +110,21 @@ class MsgspecTranscoder(JSONTranscoder):
             return obj
         if kind is dict:
             tagged = {}
-            types = self.types
+            encoders, recent = self._encoders, self._recent
             for key, value in obj.items():  # inline the common cases: no call per plain or tagged value
                 kind = type(value)
                 if kind in _PLAIN:
                     tagged[key] = value
-                elif (transcoding := types.get(kind)) is not None:
-                    data = transcoding.encode(value)
-                    tagged[key] = {
-                        "_type_": transcoding.name,
-                        "_data_": data if type(data) in _PLAIN else self._tag(data),
-                    }
+                elif (known := recent.get(id(value))) is not None and known[0] is value:
+                    tagged[key] = known[1]  # msgspec only reads it: one dict may stand in many events
+                elif (encoder := encoders.get(kind)) is not None:
+                    data = encoder[1](value)
+                    tag = {"_type_": encoder[0], "_data_": data if type(data) in _PLAIN else self._tag(data)}
+                    if encoder[2]:
+                        if len(recent) >= _RECENT_TAGS:
+                            recent.clear()
+                        recent[id(value)] = (value, tag)
+                    tagged[key] = tag
                 else:
                     tagged[key] = self._tag(value)
             return tagged
@@ -160,6 +175,20 @@ def _uuid_from_hex(data: str) -> UUID:
     return value
 
 
+_FAST_ENCODERS: dict[type, Callable[[Any], Any]] = {
+    UUIDAsHex: operator.attrgetter("hex"),
+    DatetimeAsISO: datetime.isoformat,
+    DecimalAsStr: str,
+    DateAsISO: date.isoformat,
+}
+"""What each transcoding's ``encode`` returns, computed by the C function it calls (``obj.hex``,
+``isoformat``, ``str``); keyed by the transcoding's class, so a subclass that encodes otherwise keeps its
+own method."""
+
+_REUSED_TAGS = frozenset({UUIDAsHex, DatetimeAsISO})
+"""The transcodings whose tags :class:`MsgspecTranscoder` reuses for the same object (ids and instants are
+passed to many events; amounts and dates are parsed per contact)."""
+
 _FAST_DECODERS: dict[type, Callable[[Any], Any]] = {
     UUIDAsHex: _uuid_from_hex,
     DatetimeAsISO: datetime.fromisoformat,
@@ -191,13 +220,10 @@ class CopyingApplicationRecorder(PostgresApplicationRecorder):
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)  # as the library's own path
     def _copy_events(self, stored_events: Sequence[StoredEvent]) -> list[int]:
         table = SQL("{0}.{1}").format(Identifier(self.datastore.schema), Identifier(self.events_table_name))
-        copy_sql = SQL("COPY {0} (originator_id, originator_version, topic, state) FROM STDIN").format(table)
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
             self._lock_table(curs)
             self._notify_channel(curs)
-            with curs.copy(copy_sql) as copy:
-                for event in stored_events:
-                    copy.write_row((event.originator_id, event.originator_version, event.topic, event.state))
+            self._copy_rows(curs, table, stored_events)
             # Under the EXCLUSIVE lock no other insert takes ids, so this save's ids are the last n.
             curs.execute(
                 SQL("SELECT currval(pg_get_serial_sequence({0}, 'notification_id')) AS last").format(
@@ -209,6 +235,24 @@ class CopyingApplicationRecorder(PostgresApplicationRecorder):
             assert row is not None
             last = int(row["last"])
         return list(range(last - len(stored_events) + 1, last + 1))
+
+    def _copy_rows(self, curs: Any, table: Composable, stored_events: Sequence[StoredEvent]) -> None:
+        """``COPY`` ``stored_events`` into ``table`` (inside the caller's transaction) in PostgreSQL's binary
+        format: the ``state`` bytes go as they are instead of the text format's hex escape (twice their
+        size, parsed back by the server). Same rows: ``originator_id`` (the datastore's id type),
+        ``originator_version`` (``bigint``), ``topic``, ``state`` (``bytea``), the library's columns.
+        Measured: 10,000 rows of ~970 B, 0.06 s in text format, 0.024 s in binary.
+
+        Raises:
+            psycopg.Error: as the statement fails (a duplicate version: a unique violation).
+        """
+        copy_sql = SQL(
+            "COPY {0} (originator_id, originator_version, topic, state) FROM STDIN (FORMAT BINARY)"
+        ).format(table)
+        with curs.copy(copy_sql) as copy:
+            copy.set_types([self.datastore.originator_id_type, "int8", "text", "bytea"])
+            for event in stored_events:
+                copy.write_row((event.originator_id, event.originator_version, event.topic, event.state))
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)  # as the library's own
     def select_notifications(
@@ -289,12 +333,7 @@ class CopyingApplicationRecorder(PostgresApplicationRecorder):
             todo = [e for e in stored_events if UUID(str(e.originator_id)) not in moved]
             if todo:
                 self._notify_channel(curs)
-                copy_sql = SQL("COPY {0} (originator_id, originator_version, topic, state) FROM STDIN")
-                with curs.copy(copy_sql.format(table)) as copy:
-                    for event in todo:
-                        copy.write_row(
-                            (event.originator_id, event.originator_version, event.topic, event.state)
-                        )
+                self._copy_rows(curs, table, todo)
         return moved
 
 
@@ -463,6 +502,32 @@ def fold(events: Sequence[Any]) -> Any:
     for event in events:
         aggregate = event.mutate(aggregate)
     return aggregate
+
+
+def save_batch(store: EventStore, *objs: Any) -> None:
+    """Save the pending events of aggregates, and domain events alone (a new aggregate's creation event,
+    e.g. :meth:`billing.domain.contact.Contact.creation_event`), in ONE transaction: what ``store.save``
+    records, through the same mapper and recorder, without the library's ``Recording`` and
+    ``Notification`` per event that ``save`` returns and nothing here reads (1.5 µs a pair, 15 ms of a
+    10,000-contact POST). ``save`` does nothing else for this application: snapshots and the aggregate
+    cache are off (:func:`event_store_env`), and its ``_notify`` / ``notify`` hooks are the library's
+    no-ops. Timed into ``billing_eventstore_save_seconds``.
+
+    Raises:
+        IntegrityError: a version is taken (e.g. an idempotent retry's campaign); nothing was saved.
+        psycopg.Error: the database is unreachable.
+    """
+    events: list[Any] = []
+    for obj in objs:
+        if isinstance(obj, Aggregate):
+            events.extend(obj.collect_events())
+        elif isinstance(obj, DomainEvent):
+            events.append(obj)
+        else:
+            raise TypeError(f"neither an aggregate nor a domain event: {obj!r}")
+    to_stored = store.mapper.to_stored_event
+    with SAVE_LATENCY.time():
+        store.recorder.insert_events([to_stored(event) for event in events])
 
 
 def save_unless_moved(store: EventStore, aggregates: Sequence[Any]) -> set[UUID]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -187,12 +188,30 @@ async def serve_until(server: Any, stop: asyncio.Event, what: str) -> None:
 
 
 def _build_app(create_app: Callable[[Any], Any], container: Any) -> Any:
-    """``create_app(container)``, then our logging set up again (a framework may install its own)."""
+    """``create_app(container)``, then our logging set up again (a framework may install its own), then
+    the startup heap frozen (:func:`freeze_startup_heap`)."""
     from billing.logging import configure_logging
 
     app = create_app(container)
     configure_logging(container.settings.log_format, container.settings.log_level)
+    freeze_startup_heap()
     return app
+
+
+def freeze_startup_heap() -> int:
+    """Collect the garbage of startup, then move every object still alive (modules, the app, the
+    container: they live as long as the process) out of the cyclic garbage collector's reach with
+    :func:`gc.freeze`. Returns how many objects were frozen.
+
+    Why: a full collection traverses every tracked object. A 10,000-contact POST allocates enough to
+    trigger one or two, and each traversed the ~137,000 startup objects as well: 70-140 ms of the POST
+    went to the collector, 20-30 ms once they were frozen (``bench/ingest.py``; median POST 0.59 s ->
+    0.51 s). Frozen objects are still freed by reference counting; only a cycle among them would stay.
+    Call it once, when the process is built and about to serve.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 async def _run_api(container: Any, stop: asyncio.Event, host: str, port: int) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -40,6 +42,66 @@ def test_contact_is_sent_after_a_claim() -> None:
         "billing.Contact.Sent",
     ]
     assert contact.collect_events() == []
+
+
+CREATION_VALUES: dict[str, dict[str, Any]] = {
+    "added": {
+        "tenant_id": UUID("00000000-0000-0000-0000-00000000000a"),
+        "campaign_id": UUID("00000000-0000-0000-0000-00000000000b"),
+        "queue_id": UUID("00000000-0000-0000-0000-00000000000c"),
+        "index": 3,
+        "template_type": "overdue",
+        "external_id": "lote-1",
+        "invoice_ref": "NF-3",
+        "fields": {"nome": "Ana", "telefone": "11987654321", "external_id": "NF-3"},
+        "telefone": "11987654321",
+        "phone": "+5511987654321",
+        "gateway_number": "5511987654321",
+        "amount": Decimal("150.00"),
+        "amount_total": None,
+        "due_date": date(2025, 1, 15),
+        "ordinal": 2,
+        "template_id": UUID("00000000-0000-0000-0000-00000000000d"),
+    },
+    "rejected": {
+        "tenant_id": UUID("00000000-0000-0000-0000-00000000000a"),
+        "campaign_id": UUID("00000000-0000-0000-0000-00000000000b"),
+        "queue_id": UUID("00000000-0000-0000-0000-00000000000c"),
+        "index": 4,
+        "template_type": "overdue",
+        "external_id": None,
+        "invoice_ref": None,
+        "fields": {"nome": "Bia", "telefone": "123"},
+        "telefone": "123",
+        "code": "invalid_phone",
+        "message": "telefone is not a valid phone number",
+        "field": "contacts[4].telefone",
+    },
+}
+
+
+@pytest.mark.parametrize("kind", ["added", "rejected"])
+def test_creation_event_is_the_event_create_records_and_folds_into_the_same_contact(kind: str) -> None:
+    event_class = Contact.Added if kind == "added" else Contact.Rejected
+    contact_id = UUID("00000000-0000-0000-0000-000000000001")
+    values = CREATION_VALUES[kind]
+    event = Contact.creation_event(event_class, id=contact_id, at=T0, **values)
+    created = Contact._create(event_class, id=contact_id, timestamp=T0, **values)
+    [recorded] = created.collect_events()
+    assert type(event) is event_class
+    assert list(vars(event).items()) == list(vars(recorded).items())  # same fields, same order
+    assert event.originator_version == 1
+    assert event.originator_topic == "billing.Contact"
+    assert vars(event.mutate(None)) == vars(created)
+
+
+def test_creation_event_refuses_a_missing_or_unknown_field() -> None:
+    values = dict(CREATION_VALUES["added"])
+    del values["phone"]
+    with pytest.raises(TypeError, match="phone"):
+        Contact.creation_event(Contact.Added, id=uuid4(), at=T0, **values)
+    with pytest.raises(TypeError, match="colour"):
+        Contact.creation_event(Contact.Added, id=uuid4(), at=T0, **CREATION_VALUES["added"], colour="red")
 
 
 def test_sent_contact_cannot_be_claimed_again() -> None:

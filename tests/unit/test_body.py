@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal
+from typing import Any
 
+import msgspec
 import pytest
 
-from billing.api.body import decode_body, is_json
+from billing.api.body import _SendWithoutNul, decode_body, is_json
 from billing.api.schemas import (
     CancelContactsRequest,
     ConfigPatch,
@@ -161,3 +163,62 @@ def test_numbers_in_contacts_are_exact_decimals() -> None:
 )
 def test_only_json_is_json(content_type: str | None, ok: bool) -> None:
     assert is_json(content_type) is ok
+
+
+def _schema_of(kind: type) -> dict[str, Any]:
+    """The JSON schema of a Struct without its prose (descriptions, examples, titles), and without the
+    patterns inside ``contacts``."""
+
+    def strip(node: Any, drop: frozenset[str]) -> Any:
+        if isinstance(node, dict):
+            return {
+                key: strip(value, drop | {"pattern"} if key == "contacts" else drop)
+                for key, value in node.items()
+                if key not in drop
+            }
+        if isinstance(node, list):
+            return [strip(value, drop) for value in node]
+        return node
+
+    _, components = msgspec.json.schema_components([kind])
+    schema: dict[str, Any] = strip(components[kind.__name__], frozenset({"description", "examples", "title"}))
+    return schema
+
+
+def test_the_nul_free_send_decoder_is_send_request_without_the_contacts_nul_patterns() -> None:
+    assert _SendWithoutNul.__struct_fields__ == SendRequest.__struct_fields__
+    assert _SendWithoutNul.__struct_defaults__ == SendRequest.__struct_defaults__
+    assert _schema_of(_SendWithoutNul) == _schema_of(SendRequest)
+    assert "pattern" in str(_schema_of(SendRequest))  # external_id keeps its own
+
+
+def test_a_body_without_nul_decodes_to_the_send_request_the_full_decoder_gives() -> None:
+    body = (
+        b'{"contacts": [{"nome": "Ana", "telefone": "11987654321", "valor": 150.5, "n": 3, "ok": true,'
+        b' "nada": null}], "external_id": "lote-1", "allow_duplicate_phones": true,'
+        b' "template_id": "00000000-0000-0000-0000-000000000001", "template_type": "overdue"}'
+    )
+    decoded = decode_body(body, SendRequest)
+    full = msgspec.json.decode(body, type=SendRequest)
+    assert type(decoded) is SendRequest
+    assert decoded.contacts == [
+        {
+            "nome": "Ana",
+            "telefone": "11987654321",
+            "valor": Decimal("150.5"),
+            "n": 3,
+            "ok": True,
+            "nada": None,
+        }
+    ]
+    assert [
+        decoded.external_id,
+        decoded.allow_duplicate_phones,
+        decoded.template_id,
+        decoded.template_type,
+    ] == [
+        full.external_id,
+        full.allow_duplicate_phones,
+        full.template_id,
+        full.template_type,
+    ]

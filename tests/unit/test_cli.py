@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import gc
 
 import pytest
 
 from billing.cli import build_parser, main, parse_instance
+from billing.runtime import freeze_startup_heap
 
 EVERY_COMMAND = [
     "migrate",
@@ -183,3 +185,16 @@ def test_parse_instance(text: str, expected: tuple[str, str, str]) -> None:
 def test_parse_instance_refuses_malformed_values(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="expected NAME:KEY"):
         parse_instance(text)
+
+
+def test_the_startup_heap_is_frozen_out_of_the_collectors_reach() -> None:
+    alive_at_startup: list[object] = [object()]
+    try:
+        frozen = freeze_startup_heap()
+        assert frozen == gc.get_freeze_count() > 0
+        assert not any(obj is alive_at_startup for obj in gc.get_objects())
+        created_after: list[object] = [object()]
+        assert any(obj is created_after for obj in gc.get_objects())
+    finally:
+        gc.unfreeze()
+    assert any(obj is alive_at_startup for obj in gc.get_objects())

@@ -4,7 +4,7 @@ duplicate phones in one batch, variables needed inside template branches, policy
 from __future__ import annotations
 
 from datetime import date
-from decimal import Decimal
+from decimal import Context, Decimal, localcontext
 
 import pytest
 
@@ -42,6 +42,14 @@ def test_an_amount_finer_than_a_centavo_is_refused(amount: str) -> None:
 @pytest.mark.parametrize("amount", ["0.01", "150.5", "1.500", "1000000000000", "-3.10"])
 def test_whole_centavos_pass(amount: str) -> None:
     assert require_cents(Decimal(amount), field="valor") == Decimal(amount)
+
+
+def test_the_centavo_rule_ignores_the_callers_decimal_context() -> None:
+    with localcontext(Context(prec=3)):
+        assert require_cents(Decimal("1234567.89"), field="valor") == Decimal("1234567.89")
+        with pytest.raises(InvalidValue) as caught:
+            require_cents(Decimal("1234567.891"), field="valor")
+    assert caught.value.code == "invalid_amount"
 
 
 def test_1e_minus_400_is_rejected_for_every_type() -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, localcontext
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from billing.domain.errors import InvalidValue
-from billing.domain.money import format_brl, parse_amount, require_positive
+from billing.domain.money import _FORMS, format_brl, parse_amount, require_positive
 from tests.cases import load_cases
 
 CASES = {case["id"]: case for case in load_cases("money.json")}
@@ -173,3 +176,20 @@ def test_parse_amount_ignores_caller_decimal_context() -> None:
     with localcontext() as ctx:
         ctx.prec = 3
         assert str(parse_amount("-R$ 1.234.567,89")) == "-1234567.89"
+
+
+SEPARATE_FORMS = [  # the string forms as separate patterns, in the order the module docstring gives
+    ("plain", re.compile(r"\d+", re.ASCII)),
+    ("ambiguous", re.compile(r"\d{1,3}[.,]\d{3}", re.ASCII)),
+    ("dot", re.compile(r"\d+\.\d+", re.ASCII)),
+    ("comma", re.compile(r"\d+,\d+", re.ASCII)),
+    ("grouped", re.compile(r"\d{1,3}(?:\.\d{3})+(?:,\d+)?", re.ASCII)),
+]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(body=st.text(alphabet="0123456789.,١", max_size=14))
+def test_one_fullmatch_names_the_first_form_that_matches_the_whole_string(body: str) -> None:
+    first = next((name for name, pattern in SEPARATE_FORMS if pattern.fullmatch(body)), None)
+    form = _FORMS.fullmatch(body)
+    assert (form.lastgroup if form else None) == first

@@ -12,7 +12,8 @@ from uuid import UUID
 import pytest
 from eventsourcing.persistence import JSONTranscoder, TranscodingNotRegisteredError
 
-from billing.eventstore import EventStore, MsgspecTranscoder
+from billing.domain.contact import Contact
+from billing.eventstore import EventStore, MsgspecTranscoder, save_batch
 
 
 class Colour(StrEnum):
@@ -80,3 +81,53 @@ def test_tags_resolve_inside_lists_and_untagged_lookalikes_stay_dicts() -> None:
     uuid = fast.decode(b'{"_type_":"uuid_hex","_data_":"12345678123456781234567812345678"}')
     assert uuid == UUID("12345678-1234-5678-1234-567812345678")
     assert hash(uuid) == hash(UUID("12345678-1234-5678-1234-567812345678")) and str(uuid).count("-") == 4
+
+
+def test_a_creation_event_saved_alone_is_stored_as_its_aggregate_would_be() -> None:
+    store = EventStore(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    at = datetime(2025, 1, 24, 21, 5, tzinfo=UTC)
+    values: dict[str, Any] = {
+        "tenant_id": UUID("00000000-0000-0000-0000-00000000000a"),
+        "campaign_id": UUID("00000000-0000-0000-0000-00000000000b"),
+        "queue_id": UUID("00000000-0000-0000-0000-00000000000c"),
+        "index": 0,
+        "template_type": "overdue",
+        "external_id": "lote-1",
+        "invoice_ref": "lote-1",
+        "fields": {"nome": "Ana", "telefone": "11987654321"},
+        "telefone": "11987654321",
+        "phone": "+5511987654321",
+        "gateway_number": "5511987654321",
+        "amount": Decimal("150.00"),
+        "amount_total": None,
+        "due_date": date(2025, 1, 15),
+    }
+    alone, through = UUID(int=1), UUID(int=2)
+    save_batch(store, Contact.creation_event(Contact.Added, id=alone, at=at, **values))
+    store.save(Contact._create(Contact.Added, id=through, timestamp=at, **values))
+    [stored_alone] = store.recorder.select_events(alone)
+    [stored_through] = store.recorder.select_events(through)
+    assert stored_alone.state == stored_through.state
+    assert (stored_alone.topic, stored_alone.originator_version) == ("billing.Contact.Added", 1)
+    assert store.repository.get(alone).phone == "+5511987654321"
+
+
+def test_values_shared_by_many_events_encode_as_the_library_does_and_the_reuse_stays_bounded() -> None:
+    fast, plain = transcoders()
+    tenant, at = UUID("12345678-1234-5678-1234-567812345678"), datetime(2025, 1, 24, 21, 5, tzinfo=UTC)
+    states = [
+        {
+            "tenant_id": tenant,
+            "timestamp": at,
+            "id": UUID(int=i),
+            "amount": Decimal(i),
+            "day": date(2025, 1, 1),
+        }
+        for i in range(1000)
+    ]
+    assert [fast.encode(state) for state in states] == [plain.encode(state) for state in states]
+    assert 0 < len(fast._recent) <= 64
+    assert (
+        fast.encode({"tenant_id": UUID(str(tenant))})
+        == b'{"tenant_id":{"_type_":"uuid_hex","_data_":"12345678123456781234567812345678"}}'
+    )

@@ -15,6 +15,11 @@ Every handler with a ``data`` parameter gets its body decoded here, before its d
 Decision: JSON numbers inside contacts are decoded a second time as exact decimals (``float_hook``), once
 the first pass has proven the body well-formed; a binary float would turn ``1e-400`` into ``0.0`` before
 the amount rules could see it.
+
+Decision: a send body without the JSON escape ``\u0000`` (the only way JSON text holds a NUL) is decoded
+first without the NUL pattern on the contacts' keys and values (``_SendWithoutNul``, otherwise the same
+Struct): that pattern is a Python ``re`` call per string, 30 of the 40 ms of decoding 10,000 contacts. A
+body it refuses is decoded again the full way, so every error stays the same.
 """
 
 from __future__ import annotations
@@ -22,22 +27,28 @@ from __future__ import annotations
 import contextlib
 import re
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
+from uuid import UUID
 
 import msgspec
 from litestar import Request
 from litestar.handlers import HTTPRouteHandler
+from msgspec import Meta
 
 from billing.api.schemas import (
     MAX_CONTACTS,
+    MAX_VALUE_LENGTH,
     NO_NUL,
     ConfigPatch,
     ContactValue,
     DayWindows,
+    ExternalId,
     PreviewRequest,
     SendRequest,
+    TemplateTypeName,
 )
 from billing.domain.errors import DomainError, InvalidValue
+from billing.domain.ingestion import MAX_FIELD_NAME_LENGTH, MAX_FIELDS
 
 JSON_MEDIA_TYPE = "application/json"
 
@@ -93,6 +104,32 @@ _LOCATORS: dict[type, type] = {
 
 class _ExactContacts(msgspec.Struct):
     contacts: list[dict[str, Any]]
+
+
+class _SendWithoutNul(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """:class:`SendRequest` without the NUL pattern on the contacts' keys and values (every other limit
+    as there), for a body in which no string can hold U+0000 (:func:`decode_body`)."""
+
+    contacts: Annotated[
+        list[
+            Annotated[
+                dict[
+                    Annotated[str, Meta(min_length=1, max_length=MAX_FIELD_NAME_LENGTH)],
+                    Annotated[str, Meta(max_length=MAX_VALUE_LENGTH)] | int | float | bool | None,
+                ],
+                Meta(max_length=MAX_FIELDS),
+            ]
+        ],
+        Meta(min_length=1, max_length=MAX_CONTACTS),
+    ]
+    template_type: TemplateTypeName | None = None
+    external_id: ExternalId | None = None
+    allow_duplicate_phones: bool = False
+    template_id: UUID | None = None
+
+
+_NUL_ESCAPE = b"\\u0000"
+"""The only way JSON text carries U+0000 (a raw control character in a string is malformed JSON)."""
 
 
 _exact = msgspec.json.Decoder(_ExactContacts, float_hook=Decimal)
@@ -222,6 +259,15 @@ def decode_body(body: bytes, kind: type) -> Any:
     Raises:
         InvalidValue: ``invalid_json`` (400) for text that is not JSON; the codes of :func:`invalid_from`.
     """
+    if kind is SendRequest and _NUL_ESCAPE not in body:
+        # No string of this body can hold a NUL, so the NUL patterns on the contacts' keys and values
+        # (msgspec calls Python's re per string: 120,000 calls, three quarters of decoding 10,000 contacts)
+        # cannot fail; a body refused for anything else is decoded again below, for the same error.
+        with contextlib.suppress(msgspec.ValidationError, msgspec.DecodeError):
+            twin = _decoder(_SendWithoutNul).decode(body)
+            value = SendRequest(**{name: getattr(twin, name) for name in SendRequest.__struct_fields__})
+            value.contacts = _exact.decode(body).contacts  # as below
+            return value
     try:
         value = _decoder(kind).decode(body)
     except msgspec.ValidationError as exc:

