@@ -183,12 +183,9 @@ def _refuse_webhook(message: str) -> InvalidValue:
     return InvalidValue(message, code="unsafe_url", field="url")
 
 
-def check_webhook_url(url: str, *, allow_private: bool, resolver: Resolver = system_resolver) -> None:
-    """The save-time check of an ERP webhook endpoint: :func:`check_url`'s, stricter — ``url`` must be
-    http(s), carry no credentials, and have a host (even a literal address goes through ``resolver``,
-    blocking) whose every address :func:`check_address` allows; ``allow_private`` is the operator's
-    ``BILLING_WEBHOOKS_ALLOW_PRIVATE``. At call time the dispatcher's client is :func:`guarded_client`,
-    which checks each connection's address again (DNS rebinding).
+def check_webhook_shape(url: str) -> tuple[str, int]:
+    """The part of :func:`check_webhook_url` that needs no I/O: ``url`` must be http(s) with a host and no
+    credentials. Returns ``(host, port)`` (port: the URL's, else 443 for https and 80 for http).
 
     Raises:
         InvalidValue: code ``unsafe_url`` (field ``url``), naming the reason.
@@ -202,6 +199,21 @@ def check_webhook_url(url: str, *, allow_private: bool, resolver: Resolver = sys
     parts, host, port = target
     if parts.username or parts.password:
         raise _refuse_webhook("url must not carry credentials")
+    return host, port
+
+
+def check_webhook_url(url: str, *, allow_private: bool, resolver: Resolver = system_resolver) -> None:
+    """The save-time check of an ERP webhook endpoint: :func:`check_url`'s, stricter — ``url`` must pass
+    :func:`check_webhook_shape` and have a host (even a literal address goes through ``resolver``,
+    blocking) whose every address :func:`check_address` allows; ``allow_private`` is the operator's
+    ``BILLING_WEBHOOKS_ALLOW_PRIVATE``. At call time the dispatcher checks the shape only and its client,
+    :func:`guarded_client`, resolves the host once when it connects and checks every address then (DNS
+    rebinding).
+
+    Raises:
+        InvalidValue: code ``unsafe_url`` (field ``url``), naming the reason.
+    """
+    host, port = check_webhook_shape(url)
     try:
         resolved = _check_resolved(host, port, resolver, allow_private=allow_private)
     except (OSError, UnicodeError):

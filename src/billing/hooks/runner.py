@@ -62,15 +62,16 @@ async def run_hooks(
             polls when no notification wakes it.
         allow_private: ERP endpoints may be loopback or private addresses
             (``BILLING_WEBHOOKS_ALLOW_PRIVATE``).
-        erp_http: the client of ERP calls (default: :func:`billing.netguard.guarded_client`, which checks
-            each connection's address, closed at the end).
+        erp_http: the client of ERP calls (default: :func:`billing.netguard.guarded_client`, closed at the
+            end); it must check each connection's address as that one does — the dispatcher checks only
+            the URL's shape, so the host is resolved once per connection.
         interval_s: seconds between the inbox's and the dispatcher's passes.
     """
     own_http = erp_http is None
     http = erp_http or guarded_client(allow_private=allow_private)
     inbox = InboxApplier(store, pool, clock, send_confirmation=_confirmation_sender(store, gateways))
     outbox = ErpOutbox(store, pool, clock)
-    dispatcher = ErpDispatcher(store, pool, clock, http, allow_private=allow_private)
+    dispatcher = ErpDispatcher(store, pool, clock, http)
     log.info("hooks_started")
     try:
         await asyncio.gather(
