@@ -180,8 +180,8 @@ async def test_the_health_probe_reports_a_refused_address_as_a_misconfiguration(
 
     dns["evo.metadata.test"] = "169.254.169.254"
     gateway = {"base_url": "http://evo.metadata.test", "instance": "x", "api_key": "k"}
-    async with guarded_client(allow_private=True) as http:
-        probe = await probe_connection_state(http, gateway, timeout_s=5)
+    async with GuardedTransport(allow_private=True) as transport:
+        probe = await probe_connection_state(transport, gateway, timeout_s=5)
     assert (probe.state, probe.misconfigured) == (None, "gateway_address_refused")
 
 

@@ -922,15 +922,15 @@ class SettingsController(Controller):
     @post("/gateway/test", opt=ADMIN)
     async def test_gateway(self, request: Req) -> Template:
         """ "Testar conexão": the gateway's ``connectionState`` for the settings in the form, through the
-        SSRF guard (:func:`billing.netguard.guarded_client`; a refused address reads as misconfigured)."""
-        from billing.netguard import guarded_client
+        SSRF guard (:class:`billing.netguard.GuardedTransport`; a refused address reads as misconfigured)."""
+        from billing.netguard import GuardedTransport
 
         form = await _form(request)
         tenant = await _tenant(request, current_user(request))
         config = self._gateway_form(form, tenant.gateway)
         allow_private = _services(request).container.settings.gateway_allow_private
-        async with guarded_client(allow_private=allow_private) as http:
-            probe = await probe_connection_state(http, config, timeout_s=10)
+        async with GuardedTransport(allow_private=allow_private) as transport:
+            probe = await probe_connection_state(transport, config, timeout_s=10)
         return await page(request, "_gateway_test.html", probe=probe)
 
 

@@ -135,7 +135,7 @@ class HealthPort(Protocol):
         tenant_id: UUID,
         generation: int,
         *,
-        http: Any,
+        transport: Any,
         gateway: Mapping[str, str],
         timeout_s: float,
         now: datetime,
@@ -178,9 +178,10 @@ _Read = tuple[Contact | None, Queue | None, Tenant | None]
 
 
 class GatewayFactory(Protocol):
-    """Builds the Evolution API client of a tenant's gateway config; ``http`` is the shared HTTP client."""
+    """Builds the Evolution API client of a tenant's gateway config; ``transport`` is the shared HTTP
+    transport (the health probe's too)."""
 
-    http: Any
+    transport: Any
 
     def __call__(self, config: Mapping[str, str]) -> GatewayClient: ...
 
@@ -219,7 +220,7 @@ class JobHandler:
         ledger: send ledger and gateway blocks (:class:`~billing.worker.ledger.SendLedger`).
         renderer: renders a contact's message (:class:`~billing.worker.rendering.Renderer`).
         health: per-process gateway health (:class:`~billing.worker.health.GatewayHealth`).
-        gateways: builds a tenant's gateway client (its ``http`` is the shared HTTP client).
+        gateways: builds a tenant's gateway client (its ``transport`` is the shared HTTP transport).
         clock: the time source.
         lease_s: a claim's lease (``BILLING_DISPATCH_LEASE_S``).
         gateway_timeout_s: one gateway call's timeout, on top of its typing delay.
@@ -466,7 +467,7 @@ class JobHandler:
         verdict, code = await self.health.check(
             tenant.id,
             tenant.gateway_generation,
-            http=self.gateways.http,
+            transport=self.gateways.transport,
             gateway=tenant.gateway,
             timeout_s=self.gateway_timeout_s,
             now=facts.now,
