@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,11 +30,10 @@ if TYPE_CHECKING:
     from billing.worker.handler import JobHandler
     from billing.worker.scheduler import Scheduler
 
-GatewayFactory = Callable[[Mapping[str, str]], EvolutionClient]
-
 
 class GatewayClients:
-    """Builds a tenant's Evolution API client on the one shared HTTP transport (``transport``, which the
+    """The :class:`~billing.gateway.client.GatewayFactory` of a process: builds a tenant's Evolution API
+    client on the one shared HTTP transport (``transport``, which the
     health probe, :func:`billing.worker.health.probe_connection_state`, calls too).
 
     ``config`` is ``{base_url, instance, api_key, api_version}`` (see :mod:`billing.domain.tenant`);

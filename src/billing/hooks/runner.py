@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 import httpx
@@ -13,7 +13,7 @@ from billing.db import ViewsPool
 from billing.domain.delivery import OutcomeKind
 from billing.domain.tenant import Tenant
 from billing.eventstore import EventStore, get_owned
-from billing.gateway.client import EvolutionClient
+from billing.gateway.client import GatewayFactory
 from billing.hooks.erp import ErpDispatcher, ErpOutbox
 from billing.hooks.inbox import InboxApplier
 from billing.netguard import guarded_client
@@ -23,12 +23,9 @@ __all__ = ["run_hooks"]
 
 log = structlog.get_logger(__name__)
 
-Gateways = Callable[[Mapping[str, str]], EvolutionClient]
-"""``gateways(config)`` → the Evolution API client of a tenant's gateway config."""
-
 
 def _confirmation_sender(
-    store: EventStore, gateways: Gateways
+    store: EventStore, gateways: GatewayFactory
 ) -> Callable[[UUID, str, str], Awaitable[str | None]]:
     async def send(tenant_id: UUID, phone: str, text: str) -> str | None:
         tenant = await asyncio.to_thread(get_owned, store, tenant_id, Tenant)
@@ -44,7 +41,7 @@ async def run_hooks(
     store: EventStore,
     pool: ViewsPool,
     clock: Clock,
-    gateways: Gateways,
+    gateways: GatewayFactory,
     stop: asyncio.Event,
     *,
     database_url: str,

@@ -67,6 +67,7 @@ from billing.domain.template import MessageTemplate  # noqa: F401  (registers th
 from billing.domain.tenant import Tenant
 from billing.domain.types import ContactStatus, PauseReason
 from billing.eventstore import EventStore
+from billing.gateway.client import GatewayFactory
 from billing.outbox.broker import Delivery
 from billing.outbox.jobs import SendJob, decode_job
 from billing.services.clock import Clock
@@ -145,14 +146,6 @@ class HealthPort(Protocol):
     def record_success(self, tenant_id: UUID, generation: int) -> None: ...
 
 
-class GatewayClient(Protocol):
-    """What the handler uses of :class:`~billing.gateway.client.EvolutionClient`."""
-
-    async def send_text(self, number: str, text: str, *, delay_ms: int | None = None) -> SendOutcome: ...
-
-    async def lookup_accounts(self, numbers: Sequence[str]) -> dict[str, str | None]: ...
-
-
 class RecipientPort(Protocol):
     """Gathers the facts about the person (:class:`billing.worker.recipient.Recipient`):
     ``gather_known_many`` blocking, in a thread, for several contacts at once (None for a contact when only
@@ -175,15 +168,6 @@ _PreClaim = tuple[JobFacts, Tenant, bool]
 facts are still to gather (else only the throttle)."""
 _Read = tuple[Contact | None, Queue | None, Tenant | None]
 """A job's contact, queue and tenant as read by the grouped read (the tenant only when not cached)."""
-
-
-class GatewayFactory(Protocol):
-    """Builds the Evolution API client of a tenant's gateway config; ``transport`` is the shared HTTP
-    transport (the health probe's too)."""
-
-    transport: Any
-
-    def __call__(self, config: Mapping[str, str]) -> GatewayClient: ...
 
 
 class TenantCache:
