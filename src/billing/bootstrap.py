@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,20 +30,16 @@ if TYPE_CHECKING:
     from billing.worker.handler import JobHandler
     from billing.worker.scheduler import Scheduler
 
-GatewayFactory = Callable[[Mapping[str, str]], EvolutionClient]
-
 
 class GatewayClients:
-    """Builds a tenant's Evolution API client on the one shared HTTP transport (``transport``, and
-    ``http``, an ``httpx.AsyncClient`` over the same transport, for the health probe).
+    """The :class:`~billing.gateway.client.GatewayFactory` of a process: builds a tenant's Evolution API
+    client on the one shared HTTP transport (``transport``, which the
+    health probe, :func:`billing.worker.health.probe_connection_state`, calls too).
 
     ``config`` is ``{base_url, instance, api_key, api_version}`` (see :mod:`billing.domain.tenant`);
     ``timeout_s`` is each call's timeout on top of its typing delay (``BILLING_GATEWAY_TIMEOUT_S``)."""
 
-    def __init__(
-        self, http: httpx.AsyncClient, transport: httpx.AsyncBaseTransport, *, timeout_s: float
-    ) -> None:
-        self.http = http
+    def __init__(self, transport: httpx.AsyncBaseTransport, *, timeout_s: float) -> None:
         self.transport = transport
         self.timeout_s = timeout_s
 
@@ -70,8 +66,8 @@ class Container:
         clock: the time source.
         gateway_transport: the shared HTTP transport of gateway calls (default:
             :class:`billing.netguard.GuardedTransport`, which refuses forbidden addresses at connect time;
-            tests set an ``httpx.ASGITransport`` on a simulator).
-        http: an ``httpx.AsyncClient`` over ``gateway_transport`` (made on first use).
+            tests set an ``httpx.ASGITransport`` on a simulator); the gateway clients and the health
+            probe call it directly.
     """
 
     settings: Settings
@@ -80,18 +76,13 @@ class Container:
     broker: Broker | None
     clock: Clock = field(default_factory=SystemClock)
     gateway_transport: httpx.AsyncBaseTransport | None = None
-    http: httpx.AsyncClient | None = None
 
     def gateways(self) -> GatewayClients:
         """The gateway client factory on this process's shared HTTP transport (created on first use); every
         gateway call passes the SSRF guard (:mod:`billing.netguard`) unless a test set its own transport."""
         if self.gateway_transport is None:
             self.gateway_transport = GuardedTransport(allow_private=self.settings.gateway_allow_private)
-        if self.http is None:
-            self.http = httpx.AsyncClient(
-                transport=self.gateway_transport, trust_env=False, follow_redirects=False
-            )
-        return GatewayClients(self.http, self.gateway_transport, timeout_s=self.settings.gateway_timeout_s)
+        return GatewayClients(self.gateway_transport, timeout_s=self.settings.gateway_timeout_s)
 
     def check_gateway_url(self, url: str) -> None:
         """The save-time SSRF check of a tenant's gateway URL under this process's settings
@@ -100,9 +91,7 @@ class Container:
 
     async def aclose(self) -> None:
         """Close what this container opened."""
-        if self.http is not None:
-            await self.http.aclose()  # and the transport it is built on
-        elif self.gateway_transport is not None:
+        if self.gateway_transport is not None:
             await self.gateway_transport.aclose()
         if self.broker is not None:
             await self.broker.close()

@@ -27,7 +27,7 @@ import socket
 import ssl
 from collections.abc import Callable, Iterable
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import anyio
 import httpcore
@@ -108,6 +108,35 @@ def _literal(host: str) -> IPAddress | None:
         return None
 
 
+def _http_target(url: str) -> tuple[SplitResult, str, int] | None:
+    """``(parts, host, port)`` of ``url`` when it is an http(s) URL with a host (``port``: the URL's, else
+    443 for https and 80 for http), None when it is not.
+
+    Raises:
+        ValueError: not a valid URL (``urlsplit``'s refusals: a port out of range, a bad IPv6 literal).
+    """
+    parts = urlsplit(url)
+    host = parts.hostname
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if parts.scheme not in ("http", "https") or not host:
+        return None
+    return parts, host, port
+
+
+def _check_resolved(host: str, port: int, resolver: Resolver, *, allow_private: bool) -> bool:
+    """Check every address ``resolver`` gives for ``host:port`` (:func:`check_address`, in its order);
+    False when it gives none.
+
+    Raises:
+        UnsafeAddressError: an address is refused.
+        OSError, UnicodeError: as ``resolver`` raises them (the host does not resolve).
+    """
+    addresses = _addresses(resolver(host, port))
+    for address in addresses:
+        check_address(address, allow_private=allow_private)
+    return bool(addresses)
+
+
 def check_url(url: str, *, allow_private: bool, resolve: bool = True) -> None:
     """The save-time check of a tenant-given URL.
 
@@ -121,13 +150,12 @@ def check_url(url: str, *, allow_private: bool, resolve: bool = True) -> None:
         UnsafeAddressError: not http(s), no host, or an address refused by :func:`check_address`.
     """
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        target = _http_target(url)
     except ValueError as exc:
         raise UnsafeAddressError(f"not a valid URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not host:
+    if target is None:
         raise UnsafeAddressError("must be an http:// or https:// URL with a host")
+    _, host, port = target
     literal = _literal(host)
     if literal is not None:
         check_address(literal, allow_private=allow_private)
@@ -135,54 +163,68 @@ def check_url(url: str, *, allow_private: bool, resolve: bool = True) -> None:
     if not resolve:
         return
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        _check_resolved(host, port, system_resolver, allow_private=allow_private)
     except (socket.gaierror, UnicodeError):
         return
-    for address in _addresses(info[4][0] for info in infos):
-        check_address(address, allow_private=allow_private)
 
 
 def system_resolver(host: str, port: int) -> list[str]:
-    """The addresses of ``host`` per the system resolver (``getaddrinfo``)."""
-    return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
+    """The addresses of ``host`` per the system resolver (``getaddrinfo``), each once, in its order.
+
+    Raises:
+        socket.gaierror: the name does not resolve.
+    """
+    return list(
+        dict.fromkeys(str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+    )
 
 
 def _refuse_webhook(message: str) -> InvalidValue:
     return InvalidValue(message, code="unsafe_url", field="url")
 
 
-def check_webhook_url(url: str, *, allow_private: bool, resolver: Resolver = system_resolver) -> None:
-    """The save-time check of an ERP webhook endpoint: ``url`` must be http(s), carry no credentials, and
-    have a host whose every address (``resolver``, blocking) :func:`check_address` allows —
-    ``allow_private`` is the operator's ``BILLING_WEBHOOKS_ALLOW_PRIVATE``. At call time the dispatcher's
-    client is :func:`guarded_client`, which checks each connection's address again (DNS rebinding).
+def check_webhook_shape(url: str) -> tuple[str, int]:
+    """The part of :func:`check_webhook_url` that needs no I/O: ``url`` must be http(s) with a host and no
+    credentials. Returns ``(host, port)`` (port: the URL's, else 443 for https and 80 for http).
 
     Raises:
         InvalidValue: code ``unsafe_url`` (field ``url``), naming the reason.
     """
     try:
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        target = _http_target(url)
     except ValueError:
         raise _refuse_webhook("url is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if target is None:
         raise _refuse_webhook("url must be an http(s) URL with a host")
+    parts, host, port = target
     if parts.username or parts.password:
         raise _refuse_webhook("url must not carry credentials")
+    return host, port
+
+
+def check_webhook_url(url: str, *, allow_private: bool, resolver: Resolver = system_resolver) -> None:
+    """The save-time check of an ERP webhook endpoint: :func:`check_url`'s, stricter — ``url`` must pass
+    :func:`check_webhook_shape` and have a host (even a literal address goes through ``resolver``,
+    blocking) whose every address :func:`check_address` allows; ``allow_private`` is the operator's
+    ``BILLING_WEBHOOKS_ALLOW_PRIVATE``. At call time the dispatcher checks the shape only and its client,
+    :func:`guarded_client`, resolves the host once when it connects and checks every address then (DNS
+    rebinding).
+
+    Raises:
+        InvalidValue: code ``unsafe_url`` (field ``url``), naming the reason.
+    """
+    host, port = check_webhook_shape(url)
     try:
-        addresses = list(resolver(parts.hostname, port))
+        resolved = _check_resolved(host, port, resolver, allow_private=allow_private)
     except (OSError, UnicodeError):
         raise _refuse_webhook("url's host does not resolve") from None
-    if not addresses:
+    except UnsafeAddressError:
+        raise _refuse_webhook(
+            "url points to a link-local, metadata, reserved or (not allowed by the operator: "
+            "BILLING_WEBHOOKS_ALLOW_PRIVATE) private address"
+        ) from None
+    if not resolved:
         raise _refuse_webhook("url's host does not resolve")
-    for text in addresses:
-        try:
-            check_address(text.split("%")[0], allow_private=allow_private)
-        except UnsafeAddressError:
-            raise _refuse_webhook(
-                "url points to a link-local, metadata, reserved or (not allowed by the operator: "
-                "BILLING_WEBHOOKS_ALLOW_PRIVATE) private address"
-            ) from None
 
 
 def _addresses(raw: Iterable[str | int]) -> list[IPAddress]:

@@ -6,13 +6,21 @@ endpoint URLs guarded, and the settings' validation."""
 from __future__ import annotations
 
 import asyncio
+import http.server
+import socket
+import threading
 from datetime import timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
+import pytest
+
+import billing.netguard as netguard
 from billing.domain.contact import Contact
 from billing.domain.queue import Queue
+from billing.hooks.erp import ErpDispatcher
 from billing.hooks.inbox import InboxApplier
+from billing.netguard import guarded_client
 from tests.integration.test_admin_api import BASE, Api, api, contact, send
 
 __all__ = ["api"]  # the fixture
@@ -277,3 +285,84 @@ async def test_the_optional_confirmation_is_sent_once_and_recorded(api: Api) -> 
     assert [e["type"].rsplit(".", 1)[1] for e in history["conversation"]] == [
         "Opened", "Replied", "OptedOut", "ConfirmationSent", "Replied",
     ]  # fmt: skip
+
+
+ERP_HOST = "erp.resolve-once.test"
+
+
+class _ErpReceiver(http.server.BaseHTTPRequestHandler):
+    posts: list[str] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        type(self).posts.append(self.headers["Billing-Event-Id"])
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def test_an_erp_delivery_resolves_the_endpoints_host_once(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dispatcher checks the URL's shape; the guarded client resolves the host when it connects and
+    judges every address (a refused one is recorded as ``unsafe_url``), so each delivery asks the resolver
+    once, not once for a check and again for the connection."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ErpReceiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    resolved: list[str] = []  # the names asked of the resolver, by either path (thread or event loop)
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != ERP_HOST:
+            return real(host, port, *args, **kwargs)
+        resolved.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    async def getaddrinfo_async(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        return getaddrinfo(host, port)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(netguard.anyio, "getaddrinfo", getaddrinfo_async)
+    engagement = api.client.app.state.services.engagement
+    monkeypatch.setattr(engagement, "allow_private", True)
+    url = f"http://{ERP_HOST}:{server.server_address[1]}/hooks"
+    endpoint = await asyncio.to_thread(engagement.add_endpoint, api.tenant_id, url, ["contact.sent"])
+    resolved.clear()  # the save-time check resolved it (once)
+    container = api.container
+    now = container.clock.now()
+
+    def queue_delivery() -> UUID:
+        event_id = uuid4()
+        with container.pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO erp_deliveries (event_id, endpoint_id, tenant_id, event_type, payload,"
+                " created_at, next_attempt_at) VALUES (%s, %s, %s, 'contact.sent', '{}', %s, %s)",
+                (event_id, endpoint["endpoint_id"], api.tenant_id, now, now),
+            )
+        return event_id
+
+    def outcome(event_id: UUID) -> tuple[Any, ...]:
+        with container.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT state, attempts, last_error FROM erp_deliveries WHERE event_id = %s", (event_id,)
+            ).fetchone()
+        assert row is not None
+        return row["state"], row["attempts"], row["last_error"]
+
+    try:
+        for allow_private, state, error, posts in (
+            (True, "delivered", None, 1),
+            (False, "pending", "unsafe_url", 1),
+        ):
+            event_id = await asyncio.to_thread(queue_delivery)
+            async with guarded_client(allow_private=allow_private) as http_client:
+                dispatcher = ErpDispatcher(container.store, container.pool, container.clock, http_client)
+                assert await dispatcher.dispatch_due() == 1
+            assert await asyncio.to_thread(outcome, event_id) == (state, 1, error)
+            assert (resolved, len(_ErpReceiver.posts)) == ([ERP_HOST], posts)
+            resolved.clear()
+    finally:
+        server.shutdown()
+        server.server_close()

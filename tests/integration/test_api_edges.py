@@ -339,3 +339,9 @@ def test_tenant_create_refuses_a_metadata_gateway(
         main([*argv, "http://127.0.0.1:8081"])
     assert exit_info.value.code == 0
     uuid.UUID(capsys.readouterr().out.strip())
+
+
+async def test_a_readiness_probe_takes_one_pool_connection(api: Api) -> None:
+    api.container.pool.pop_stats()
+    ready = await api.client.get("/health/ready")
+    assert (ready.status_code, api.container.pool.get_stats().get("requests_num")) == (200, 1)

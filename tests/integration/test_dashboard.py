@@ -438,3 +438,50 @@ def test_billing_user_create_reads_the_password_from_stdin(database_url: str) ->
     assert short.returncode == 2 and "password" in short.stderr
     container.pool.close()
     container.store.close()
+
+
+async def test_the_settings_page_refuses_a_policy_in_portuguese(dash: Dash) -> None:
+    assert (await dash.login()).status_code == 303
+    token = await dash.csrf("/dashboard/settings/")
+    week = {
+        f"{day}_{edge}": ""
+        for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+        for edge in ("start", "end")
+    }
+    refusals = [
+        (
+            "limits",
+            {"messages_per_minute": "0", "max_messages_per_day": "100"},
+            "Mensagens por minuto: informe um número inteiro de 1 a 1.000.",
+        ),
+        (
+            "limits",
+            {"messages_per_minute": "20", "max_messages_per_day": "2000000"},
+            "Limite diário: informe um número inteiro de 1 a 1.000.000.",
+        ),
+        (
+            "hours",
+            {**week, "mon_start": "08:00", "mon_end": "18:00", "timezone": "Marte/Olimpo"},
+            "Fuso horário desconhecido: use um nome como America/Sao_Paulo.",
+        ),
+        (
+            "hours",
+            {**week, "tue_start": "09:00", "tue_end": "09:00"},
+            "Terça: horário inválido — abertura e fechamento devem ser diferentes, e o horário não pode "
+            "invadir o de outro dia.",
+        ),
+        (
+            "hours",
+            {**week, "wed_start": "09:00"},
+            "Quarta: informe a hora em que fecha em HH:MM (00:00 a 23:59).",
+        ),
+        (
+            "holidays",
+            {"subdivision": "XX", "extra_dates": ""},
+            "Estado desconhecido para os feriados: use a sigla da UF, como SP.",
+        ),
+    ]
+    for form, data, message in refusals:
+        page = await dash.client.post(f"/dashboard/settings/{form}", data={"_csrf_token": token, **data})
+        shown = re.search(r'id="settings-error">([^<]*)</p>', page.text)
+        assert (page.status_code, shown and shown.group(1)) == (422, message), data

@@ -119,8 +119,8 @@ class Worker:
         self.stop.set()
         if self.task is not None:
             await asyncio.wait_for(self.task, WAIT_S)
-        assert self.container.http is not None
-        await self.container.http.aclose()
+        assert self.container.gateway_transport is not None
+        await self.container.gateway_transport.aclose()
         self.container.pool.close()
         self.container.store.close()
 

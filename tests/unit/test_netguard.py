@@ -15,6 +15,7 @@ import pytest
 
 import billing.netguard as netguard
 from billing.domain.delivery import OutcomeKind
+from billing.domain.errors import InvalidValue
 from billing.gateway.client import EvolutionClient
 from billing.netguard import (
     GuardedTransport,
@@ -179,6 +180,55 @@ async def test_the_health_probe_reports_a_refused_address_as_a_misconfiguration(
 
     dns["evo.metadata.test"] = "169.254.169.254"
     gateway = {"base_url": "http://evo.metadata.test", "instance": "x", "api_key": "k"}
-    async with guarded_client(allow_private=True) as http:
-        probe = await probe_connection_state(http, gateway, timeout_s=5)
+    async with GuardedTransport(allow_private=True) as transport:
+        probe = await probe_connection_state(transport, gateway, timeout_s=5)
     assert (probe.state, probe.misconfigured) == (None, "gateway_address_refused")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://[::1", "not a valid URL: Invalid IPv6 URL"),
+        ("http://evo.example.com:99999/", "not a valid URL: Port out of range 0-65535"),
+        ("ftp://evo.example.com/", "must be an http:// or https:// URL with a host"),
+        ("http://169.254.169.254/", "169.254.169.254 is a link-local, metadata or reserved address"),
+        ("http://10.0.0.1:8080/", "10.0.0.1 is a loopback or private address"),
+    ],
+)
+def test_the_save_time_refusals_say_why(url: str, message: str) -> None:
+    with pytest.raises(UnsafeAddressError) as refused:
+        check_url(url, allow_private=False)
+    assert str(refused.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("url", "answer", "message"),
+    [
+        ("http://[::1", ["8.8.8.8"], "url is not a valid URL"),
+        ("ftp://erp.example/", ["8.8.8.8"], "url must be an http(s) URL with a host"),
+        ("https://u:p@erp.example/", ["8.8.8.8"], "url must not carry credentials"),
+        ("https://erp.example/", [], "url's host does not resolve"),
+        ("https://erp.example/", OSError("no such name"), "url's host does not resolve"),
+        (
+            "https://erp.example/",
+            ["8.8.8.8", "fe80::1%eth0"],
+            "url points to a link-local, metadata, reserved or (not allowed by the operator: "
+            "BILLING_WEBHOOKS_ALLOW_PRIVATE) private address",
+        ),
+        ("https://8.8.8.8/", ["10.0.0.1"], "url points to a link-local"),  # a literal is resolved too
+    ],
+)
+def test_the_webhook_refusals_say_why(url: str, answer: list[str] | OSError, message: str) -> None:
+    asked: list[tuple[str, int]] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        asked.append((host, port))
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
+
+    with pytest.raises(InvalidValue) as refused:
+        netguard.check_webhook_url(url, allow_private=False, resolver=resolver)
+    assert (refused.value.code, refused.value.field) == ("unsafe_url", "url")
+    assert str(refused.value).startswith(message)
+    assert asked in ([], [(url.split("/")[2].split("@")[-1], 443)])

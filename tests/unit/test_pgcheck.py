@@ -11,7 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from billing.db import READ_RETRY_PAUSES_S, read_retrying_async
+import billing.db
+from billing.db import READ_RETRY_PAUSES_S, read_retrying, read_retrying_async
 from billing.pgcheck import AsyncConnectionCheck, ConnectionCheck
 
 
@@ -152,3 +153,30 @@ async def test_an_async_read_is_repeated_after_each_failure_then_the_last_error_
     with pytest.raises(psycopg.OperationalError, match="#4"):
         await read(4)
     assert len(calls) == 1 + len(READ_RETRY_PAUSES_S)
+
+
+def test_a_read_is_repeated_three_times_with_the_pauses_then_the_last_error_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pauses: list[float] = []
+    monkeypatch.setattr(billing.db.time, "sleep", pauses.append)
+    calls: list[int] = []
+
+    @read_retrying
+    def read(fail_times: int) -> str:
+        calls.append(fail_times)
+        if len(calls) <= fail_times:
+            raise psycopg.OperationalError(f"terminated #{len(calls)}")
+        return "row"
+
+    assert READ_RETRY_PAUSES_S == (0.0, 0.05, 0.2)
+    assert read(0) == "row"
+    assert (len(calls), pauses) == (1, [])
+    calls.clear()
+    assert read(3) == "row"  # three failures, three repeats, each after its pause
+    assert (len(calls), pauses) == (4, [0.0, 0.05, 0.2])
+    calls.clear()
+    pauses.clear()
+    with pytest.raises(psycopg.OperationalError, match="#4"):
+        read(4)
+    assert (len(calls), pauses) == (4, [0.0, 0.05, 0.2])

@@ -127,7 +127,7 @@ class FakeGateway:
     """Answers every send with ``answer``; with ``hold`` set, waits for it first (a slow gateway)."""
 
     def __init__(self) -> None:
-        self.http = None
+        self.transport = None
         self.calls: list[tuple[str, str, int | None]] = []
         self.answer = SendOutcome(
             kind=OutcomeKind.SENT, code="sent", message="", retryable=False, message_id="3EB0AA"

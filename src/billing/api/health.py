@@ -12,12 +12,22 @@ from billing.api.auth import bearer_token
 from billing.api.deps import Services, run_sync
 from billing.api.docs import errors
 from billing.api.errors import Unauthorized
-from billing.projections.tracking import load_position
 from billing.projections.views import PROJECTION
 
 READY_ERROR_WINDOW_S = 300
 """Readiness is refused while ``projection_errors`` grows: a row recorded within this many seconds (the
 database's clock) makes ``/health/ready`` answer 503; see docs/architecture.md, "Health"."""
+
+
+_READY_SQL = """
+SELECT (SELECT position FROM tracking WHERE name = %s) AS position,
+       count(*) AS total,
+       count(*) FILTER (WHERE recorded_at > now() - make_interval(secs => %s)) AS recent
+FROM projection_errors
+"""
+"""The projection's position (NULL before its first batch) and the projection errors, in total and within
+the window — as :func:`billing.projections.tracking.load_position` and a count would read them, on one
+connection."""
 
 
 @get("/health/live", tags=["health"], sync_to_thread=False)
@@ -29,15 +39,10 @@ def live() -> dict[str, str]:
 def _health(services: Services) -> dict[str, Any]:
     """The detail of readiness (raises when PostgreSQL or a table is unreachable)."""
     container = services.container
-    projected = load_position(container.pool, PROJECTION)
-    with container.pool.connection() as conn:
-        row = conn.execute(
-            "SELECT count(*) AS total,"
-            " count(*) FILTER (WHERE recorded_at > now() - make_interval(secs => %s)) AS recent"
-            " FROM projection_errors",
-            (READY_ERROR_WINDOW_S,),
-        ).fetchone()
+    with container.pool.connection() as conn:  # one connection, one round trip: both tables answer
+        row = conn.execute(_READY_SQL, (PROJECTION, READY_ERROR_WINDOW_S)).fetchone()
     head = container.store.recorder.max_notification_id() or 0
+    projected = int(row["position"] or 0) if row else 0
     total, recent = (int(row["total"]), int(row["recent"])) if row else (0, 0)
     return {
         "status": "unavailable" if recent else "ok",

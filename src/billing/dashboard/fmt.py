@@ -13,6 +13,8 @@ from babel.numbers import format_decimal, format_percent
 from billing.domain.money import format_brl
 
 LOCALE = "pt_BR"
+WEEKDAYS = ("Segunda", "Terça", "Quarta", "Quinta", "Sexta", "Sábado", "Domingo")
+"""Weekday names, index 0 = Monday (as :data:`billing.domain.calendar.DAY_NAMES`)."""
 
 STATUS_LABELS = {
     "queued": "na fila",

@@ -22,9 +22,10 @@ from markupsafe import Markup, escape
 import billing.dashboard.fmt as fmt
 from billing.api.deps import Services, run_sync
 from billing.api.schemas import SendRequest, event_doc
+from billing.dashboard.policy_errors import policy_error
 from billing.dashboard.security import LOGIN_RATE_LIMIT, current_user
 from billing.dashboard.upload import KNOWN_FIELDS, Sheet, guess_mapping, read_sheet, to_contacts
-from billing.domain.calendar import DAY_NAMES
+from billing.domain.calendar import DAY_NAMES, PolicyError
 from billing.domain.campaign import Campaign
 from billing.domain.contact import Contact
 from billing.domain.errors import DomainError, NotFound
@@ -40,7 +41,6 @@ from billing.worker.health import probe_connection_state
 
 Req = Request[Any, Any, Any]
 ADMIN = {"admin": True}
-WEEKDAYS_PT = ("Segunda", "Terça", "Quarta", "Quinta", "Sexta", "Sábado", "Domingo")
 SAMPLE = (
     "nome: Maria Souza\ntelefone: (11) 98765-4321\nvalor: 1234,56\ndata_vencimento: 05/11/2026\n"
     "numero_fatura: 12345"
@@ -789,7 +789,7 @@ def _hours_of(policy: dict[str, Any]) -> list[dict[str, Any]]:
         days.append(
             {
                 "name": name,
-                "label": WEEKDAYS_PT[i],
+                "label": fmt.WEEKDAYS[i],
                 "start": first.start.strftime("%H:%M") if first else "",
                 "end": first.end.strftime("%H:%M") if first else "",
             }
@@ -837,8 +837,9 @@ class SettingsController(Controller):
                 policy=policy,
                 gateway=gateway,
             )
-        except DomainError as exc:
-            return await self._page(request, status_code=422, error=_error(exc), section=what)
+        except DomainError as exc:  # a policy's refusal in Portuguese (the API keeps the domain's English)
+            error = policy_error(exc) if isinstance(exc, PolicyError) else _error(exc)
+            return await self._page(request, status_code=422, error=error, section=what)
         await _record(request, f"settings.{what}", what)
         return Redirect(f"/dashboard/settings/?saved={what}", status_code=303)
 
@@ -922,15 +923,15 @@ class SettingsController(Controller):
     @post("/gateway/test", opt=ADMIN)
     async def test_gateway(self, request: Req) -> Template:
         """ "Testar conexão": the gateway's ``connectionState`` for the settings in the form, through the
-        SSRF guard (:func:`billing.netguard.guarded_client`; a refused address reads as misconfigured)."""
-        from billing.netguard import guarded_client
+        SSRF guard (:class:`billing.netguard.GuardedTransport`; a refused address reads as misconfigured)."""
+        from billing.netguard import GuardedTransport
 
         form = await _form(request)
         tenant = await _tenant(request, current_user(request))
         config = self._gateway_form(form, tenant.gateway)
         allow_private = _services(request).container.settings.gateway_allow_private
-        async with guarded_client(allow_private=allow_private) as http:
-            probe = await probe_connection_state(http, config, timeout_s=10)
+        async with GuardedTransport(allow_private=allow_private) as transport:
+            probe = await probe_connection_state(transport, config, timeout_s=10)
         return await page(request, "_gateway_test.html", probe=probe)
 
 

@@ -3,6 +3,6 @@
 The classification of answers is pure domain logic: :mod:`billing.domain.delivery`.
 """
 
-from billing.gateway.client import WHATSAPP_NUMBERS_BATCH, EvolutionClient, GatewayError
+from billing.gateway.client import WHATSAPP_NUMBERS_BATCH, EvolutionClient, GatewayError, GatewayFactory
 
-__all__ = ["WHATSAPP_NUMBERS_BATCH", "EvolutionClient", "GatewayError"]
+__all__ = ["WHATSAPP_NUMBERS_BATCH", "EvolutionClient", "GatewayError", "GatewayFactory"]

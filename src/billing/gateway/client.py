@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -37,7 +37,7 @@ from billing.domain.delivery import (
 )
 from billing.netguard import refused_by_guard
 
-__all__ = ["WHATSAPP_NUMBERS_BATCH", "ApiVersion", "EvolutionClient", "GatewayError"]
+__all__ = ["WHATSAPP_NUMBERS_BATCH", "ApiVersion", "EvolutionClient", "GatewayError", "GatewayFactory"]
 
 log = logging.getLogger(__name__)
 
@@ -339,6 +339,18 @@ class EvolutionClient:
                 exists = answer.get("exists") is True and isinstance(jid, str) and bool(jid)
                 result[original] = str(jid) if exists else None
         return result
+
+
+class GatewayFactory(Protocol):
+    """``gateways(config)`` → the :class:`EvolutionClient` of a tenant's gateway config
+    (``{base_url, instance, api_key, api_version}``, see :mod:`billing.domain.tenant`), on ``transport``:
+    the process's one shared HTTP transport, which the health probe
+    (:func:`billing.worker.health.probe_connection_state`) calls too. Production's is
+    :class:`billing.bootstrap.GatewayClients`."""
+
+    transport: httpx.AsyncBaseTransport
+
+    def __call__(self, config: Mapping[str, str]) -> EvolutionClient: ...
 
 
 def _match_numbers(batch: Sequence[str], answers: list[object]) -> dict[str, bool]:

@@ -9,7 +9,8 @@ from the ``queue_status`` view instead (each completed queue once, ``erp_complet
 :class:`ErpDispatcher` posts due deliveries: body = the stored payload (same bytes on every retry),
 headers ``Billing-Signature: t=…,v1=…`` (HMAC-SHA256 over ``"<t>.<body>"``, :mod:`billing.domain.signing`)
 and ``Billing-Event-Id`` (the ERP de-duplicates on it: delivery is at least once). Any 2xx is delivered;
-anything else, a timeout or an unsafe address (checked again before each call: DNS rebinding) is an
+anything else, a timeout or an unsafe address (judged by the guarded client when it connects: the host is
+resolved once, every address checked, so a name re-pointed since it was saved is refused) is an
 attempt recorded in ``erp_attempts`` and retried after :data:`~billing.domain.engagement.ERP_RETRY_DELAYS_S`
 (≥ 24 h in all), then given up. Rows are claimed with ``FOR UPDATE SKIP LOCKED`` and a short lease, so
 several processes share the work.
@@ -38,7 +39,7 @@ from billing.domain.errors import InvalidValue
 from billing.domain.queue import Queue
 from billing.domain.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, signature_header
 from billing.eventstore import EventStore, get_owned
-from billing.netguard import Resolver, check_webhook_url, refused_by_guard, system_resolver
+from billing.netguard import check_webhook_shape, refused_by_guard
 from billing.projections.follower import NotificationFollower
 from billing.projections.tracking import load_position, record_error, save_position
 from billing.services.clock import Clock
@@ -258,8 +259,9 @@ class ErpDispatcher:
     """Posts due ERP deliveries (see the module docstring).
 
     Args:
-        http: the HTTP client of ERP calls (owned by the caller).
-        allow_private / resolver: the URL guard's settings (:func:`billing.netguard.check_webhook_url`).
+        http: the HTTP client of ERP calls (owned by the caller): :func:`billing.netguard.guarded_client`,
+            which resolves each new connection's host once and refuses an unsafe address — the
+            dispatcher itself checks only the URL's shape (:func:`billing.netguard.check_webhook_shape`).
         batch: deliveries claimed per pass.
     """
 
@@ -270,16 +272,12 @@ class ErpDispatcher:
         clock: Clock,
         http: httpx.AsyncClient,
         *,
-        allow_private: bool = False,
-        resolver: Resolver = system_resolver,
         batch: int = 20,
     ) -> None:
         self.store = store
         self.pool = pool
         self.clock = clock
         self.http = http
-        self.allow_private = allow_private
-        self.resolver = resolver
         self.batch = batch
 
     async def run(self, stop: asyncio.Event, outbox: ErpOutbox, *, interval_s: float = 0.5) -> None:
@@ -326,9 +324,7 @@ class ErpDispatcher:
         status: int | None = None
         error: str | None = None
         try:
-            await asyncio.to_thread(
-                check_webhook_url, endpoint["url"], allow_private=self.allow_private, resolver=self.resolver
-            )
+            check_webhook_shape(endpoint["url"])  # no I/O: the guarded client resolves, once
             headers = {
                 "content-type": "application/json",
                 SIGNATURE_HEADER: signature_header(

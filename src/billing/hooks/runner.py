@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 import httpx
@@ -13,7 +13,7 @@ from billing.db import ViewsPool
 from billing.domain.delivery import OutcomeKind
 from billing.domain.tenant import Tenant
 from billing.eventstore import EventStore, get_owned
-from billing.gateway.client import EvolutionClient
+from billing.gateway.client import GatewayFactory
 from billing.hooks.erp import ErpDispatcher, ErpOutbox
 from billing.hooks.inbox import InboxApplier
 from billing.netguard import guarded_client
@@ -23,12 +23,9 @@ __all__ = ["run_hooks"]
 
 log = structlog.get_logger(__name__)
 
-Gateways = Callable[[Mapping[str, str]], EvolutionClient]
-"""``gateways(config)`` → the Evolution API client of a tenant's gateway config."""
-
 
 def _confirmation_sender(
-    store: EventStore, gateways: Gateways
+    store: EventStore, gateways: GatewayFactory
 ) -> Callable[[UUID, str, str], Awaitable[str | None]]:
     async def send(tenant_id: UUID, phone: str, text: str) -> str | None:
         tenant = await asyncio.to_thread(get_owned, store, tenant_id, Tenant)
@@ -44,7 +41,7 @@ async def run_hooks(
     store: EventStore,
     pool: ViewsPool,
     clock: Clock,
-    gateways: Gateways,
+    gateways: GatewayFactory,
     stop: asyncio.Event,
     *,
     database_url: str,
@@ -62,15 +59,16 @@ async def run_hooks(
             polls when no notification wakes it.
         allow_private: ERP endpoints may be loopback or private addresses
             (``BILLING_WEBHOOKS_ALLOW_PRIVATE``).
-        erp_http: the client of ERP calls (default: :func:`billing.netguard.guarded_client`, which checks
-            each connection's address, closed at the end).
+        erp_http: the client of ERP calls (default: :func:`billing.netguard.guarded_client`, closed at the
+            end); it must check each connection's address as that one does — the dispatcher checks only
+            the URL's shape, so the host is resolved once per connection.
         interval_s: seconds between the inbox's and the dispatcher's passes.
     """
     own_http = erp_http is None
     http = erp_http or guarded_client(allow_private=allow_private)
     inbox = InboxApplier(store, pool, clock, send_confirmation=_confirmation_sender(store, gateways))
     outbox = ErpOutbox(store, pool, clock)
-    dispatcher = ErpDispatcher(store, pool, clock, http, allow_private=allow_private)
+    dispatcher = ErpDispatcher(store, pool, clock, http)
     log.info("hooks_started")
     try:
         await asyncio.gather(

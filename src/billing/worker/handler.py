@@ -67,6 +67,7 @@ from billing.domain.template import MessageTemplate  # noqa: F401  (registers th
 from billing.domain.tenant import Tenant
 from billing.domain.types import ContactStatus, PauseReason
 from billing.eventstore import EventStore
+from billing.gateway.client import GatewayFactory
 from billing.outbox.broker import Delivery
 from billing.outbox.jobs import SendJob, decode_job
 from billing.services.clock import Clock
@@ -135,7 +136,7 @@ class HealthPort(Protocol):
         tenant_id: UUID,
         generation: int,
         *,
-        http: Any,
+        transport: Any,
         gateway: Mapping[str, str],
         timeout_s: float,
         now: datetime,
@@ -143,14 +144,6 @@ class HealthPort(Protocol):
     def trip(self, tenant_id: UUID, generation: int, *, now: datetime) -> datetime: ...
     def record_problem(self, tenant_id: UUID, generation: int) -> bool: ...
     def record_success(self, tenant_id: UUID, generation: int) -> None: ...
-
-
-class GatewayClient(Protocol):
-    """What the handler uses of :class:`~billing.gateway.client.EvolutionClient`."""
-
-    async def send_text(self, number: str, text: str, *, delay_ms: int | None = None) -> SendOutcome: ...
-
-    async def lookup_accounts(self, numbers: Sequence[str]) -> dict[str, str | None]: ...
 
 
 class RecipientPort(Protocol):
@@ -175,14 +168,6 @@ _PreClaim = tuple[JobFacts, Tenant, bool]
 facts are still to gather (else only the throttle)."""
 _Read = tuple[Contact | None, Queue | None, Tenant | None]
 """A job's contact, queue and tenant as read by the grouped read (the tenant only when not cached)."""
-
-
-class GatewayFactory(Protocol):
-    """Builds the Evolution API client of a tenant's gateway config; ``http`` is the shared HTTP client."""
-
-    http: Any
-
-    def __call__(self, config: Mapping[str, str]) -> GatewayClient: ...
 
 
 class TenantCache:
@@ -219,7 +204,7 @@ class JobHandler:
         ledger: send ledger and gateway blocks (:class:`~billing.worker.ledger.SendLedger`).
         renderer: renders a contact's message (:class:`~billing.worker.rendering.Renderer`).
         health: per-process gateway health (:class:`~billing.worker.health.GatewayHealth`).
-        gateways: builds a tenant's gateway client (its ``http`` is the shared HTTP client).
+        gateways: builds a tenant's gateway client (its ``transport`` is the shared HTTP transport).
         clock: the time source.
         lease_s: a claim's lease (``BILLING_DISPATCH_LEASE_S``).
         gateway_timeout_s: one gateway call's timeout, on top of its typing delay.
@@ -466,7 +451,7 @@ class JobHandler:
         verdict, code = await self.health.check(
             tenant.id,
             tenant.gateway_generation,
-            http=self.gateways.http,
+            transport=self.gateways.transport,
             gateway=tenant.gateway,
             timeout_s=self.gateway_timeout_s,
             now=facts.now,

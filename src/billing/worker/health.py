@@ -52,9 +52,12 @@ class Probe:
 
 
 async def probe_connection_state(
-    http: httpx.AsyncClient, gateway: Mapping[str, str], *, timeout_s: float
+    transport: httpx.AsyncBaseTransport, gateway: Mapping[str, str], *, timeout_s: float
 ) -> Probe:
-    """``GET {base_url}/instance/connectionState/{instance}`` with header ``apikey``.
+    """``GET {base_url}/instance/connectionState/{instance}`` with header ``apikey``, straight on
+    ``transport`` (the shared gateway transport, as :class:`~billing.gateway.client.EvolutionClient`
+    calls it), within ``timeout_s`` seconds overall (also on transports that ignore httpx timeouts, such
+    as ``ASGITransport``).
 
     200 ``{"instance": {"instanceName", "state"?}}`` → the state; an answer that
     :func:`~billing.domain.delivery.classify_send_response` calls MISCONFIGURED (401, 403, 404, 3xx) → its
@@ -63,15 +66,22 @@ async def probe_connection_state(
     """
     url = f"{gateway['base_url'].rstrip('/')}/instance/connectionState/{quote(gateway['instance'], safe='')}"
     headers = {"apikey": gateway["api_key"], "accept": "application/json"}
+    request = httpx.Request(
+        "GET", url, headers=headers, extensions={"timeout": httpx.Timeout(timeout_s).as_dict()}
+    )
     try:
         async with asyncio.timeout(timeout_s):
-            response = await http.get(url, headers=headers, timeout=timeout_s)
+            response = await transport.handle_async_request(request)
+            try:
+                content = await response.aread()
+            finally:
+                await response.aclose()
     except (httpx.HTTPError, TimeoutError) as exc:
         if refused_by_guard(exc) is not None:  # the URL points at a refused address (billing.netguard)
             return Probe(None, misconfigured="gateway_address_refused")
         return Probe(None)
     try:
-        body: object = msgspec.json.decode(response.content) if response.content else None
+        body: object = msgspec.json.decode(content) if content else None
     except msgspec.DecodeError:
         body = None
     if response.status_code == 200:
@@ -130,7 +140,7 @@ class GatewayHealth:
         tenant_id: UUID,
         generation: int,
         *,
-        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         gateway: Mapping[str, str],
         timeout_s: float,
         now: datetime,
@@ -149,7 +159,7 @@ class GatewayHealth:
             async with lock:
                 entry = self._entry(tenant_id, generation)
                 if self._stale(entry, now):
-                    entry.probe = await probe_connection_state(http, gateway, timeout_s=timeout_s)
+                    entry.probe = await probe_connection_state(transport, gateway, timeout_s=timeout_s)
                     entry.checked_at = now
         probe = entry.probe
         assert probe is not None

@@ -1,0 +1,52 @@
+"""The gateway health probe on the shared gateway transport (as the gateway clients call it): the
+simulator's answers over ``ASGITransport``, and the probe's timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from billing.gateway.simulator import EvolutionSimulator
+from billing.worker.health import Probe, probe_connection_state
+
+GATEWAY = {"base_url": "http://sim", "instance": "loja", "api_key": "k"}
+
+
+async def test_the_probe_reads_the_state_over_the_shared_transport() -> None:
+    sim = EvolutionSimulator(time_scale=0.0, seed=1)
+    sim.add_instance("loja", api_key="k", state="open")
+    transport = httpx.ASGITransport(app=sim.asgi_app)
+    assert await probe_connection_state(transport, GATEWAY, timeout_s=5) == Probe("open")
+    sim.set_state("loja", None)
+    assert await probe_connection_state(transport, GATEWAY, timeout_s=5) == Probe(None)
+    wrong_key = {**GATEWAY, "api_key": "nope"}
+    assert await probe_connection_state(transport, wrong_key, timeout_s=5) == Probe(None, "unauthorized")
+    unknown = {**GATEWAY, "instance": "outra"}
+    assert await probe_connection_state(transport, unknown, timeout_s=5) == Probe(None, "instance_not_found")
+
+
+class Recording(httpx.AsyncBaseTransport):
+    """Answers 200 ``open`` (after ``hold`` seconds), keeping the requests it was given."""
+
+    def __init__(self, hold: float = 0.0) -> None:
+        self.hold = hold
+        self.requests: list[httpx.Request] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        await asyncio.sleep(self.hold)
+        return httpx.Response(200, json={"instance": {"instanceName": "loja", "state": "open"}})
+
+
+async def test_the_probe_keeps_its_timeouts() -> None:
+    transport = Recording()
+    assert await probe_connection_state(transport, GATEWAY, timeout_s=2.5) == Probe("open")
+    [request] = transport.requests
+    assert (str(request.url), request.method) == ("http://sim/instance/connectionState/loja", "GET")
+    assert (request.headers["apikey"], request.headers["accept"]) == ("k", "application/json")
+    assert request.extensions["timeout"] == {"connect": 2.5, "read": 2.5, "write": 2.5, "pool": 2.5}
+    slow = Recording(hold=5.0)  # a transport that ignores httpx timeouts (as ASGITransport does)
+    started = asyncio.get_running_loop().time()
+    assert await probe_connection_state(slow, GATEWAY, timeout_s=0.05) == Probe(None)
+    assert asyncio.get_running_loop().time() - started < 1.0
