@@ -607,3 +607,38 @@ def test_the_batched_contact_update_casts_each_column_to_its_type_in_the_view(
     assert {c: spelled.get(t, t) for c, t in CONTACT_MUTABLE_TYPES.items()} == {
         c: catalog[c] for c in CONTACT_MUTABLE
     }
+
+
+@pytest.mark.parametrize("one_batch", [True, False], ids=["one batch", "cancel and send in two batches"])
+def test_a_contact_cancelled_in_flight_then_sent_counts_as_sent_only(
+    container: Container, database_url: str, one_batch: bool
+) -> None:
+    store = container.store
+    tenant_id = uuid.uuid4()
+    posted = post(tenant_id, accepted=2, when=at(0))
+    store.save(*posted.aggregates())
+    in_flight, waiting = posted.contacts
+    in_flight.dispatch(at=at(10), lease=LEASE)  # the gateway call is under way...
+    store.save(in_flight)
+    for contact in (in_flight, waiting):  # ...when the queue is cancelled (13:59)
+        assert contact.cancel(reason="queue_cancelled", at=at(119))
+    store.save(in_flight, waiting)
+    if not one_batch:
+        project_pending(store, container.pool)
+    in_flight.record_sent(gateway_message_id="WA-0", remote_jid=None, text="Olá", at=at(121))  # went out
+    store.save(in_flight)
+    project_pending(store, container.pool)
+
+    hours = rows(
+        database_url,
+        "SELECT hour, outcome, n FROM outcome_counts WHERE tenant_id = %s AND outcome IN ('sent', 'cancelled') "
+        "ORDER BY hour, outcome",
+        tenant_id,
+    )
+    # the in-flight contact moved from cancelled (13:00) to sent (14:00); the waiting one stays cancelled
+    assert [(r["hour"], r["outcome"], r["n"]) for r in hours] == [
+        (at(60), "cancelled", 1),
+        (at(120), "sent", 1),
+    ]
+    q = queue_row(database_url, posted.queue.id)
+    assert counters(q) == counts(total=2, sent=1, cancelled=1)

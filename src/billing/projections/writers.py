@@ -264,10 +264,11 @@ class ViewWriter:
 
     # --- helpers ---------------------------------------------------------------------------------------
 
-    def _count_outcome(self, tenant_id: UUID, at: datetime, outcome: str) -> None:
-        """One more contact reached ``outcome`` in the UTC hour of ``at`` (the overview's read model)."""
+    def _count_outcome(self, tenant_id: UUID, at: datetime, outcome: str, by: int = 1) -> None:
+        """``by`` more contacts (-1: one fewer) reached ``outcome`` in the UTC hour of ``at`` (the
+        overview's read model)."""
         key = (tenant_id, at.replace(minute=0, second=0, microsecond=0), outcome)
-        self._outcomes[key] = self._outcomes.get(key, 0) + 1
+        self._outcomes[key] = self._outcomes.get(key, 0) + by
 
     def _touch_queue(
         self, queue_id: UUID, at: datetime, *, contact: bool = False, dispatched: bool = False
@@ -442,11 +443,16 @@ class ViewWriter:
         current = self.contacts.get(e.originator_id)
         if current is None:
             raise NotApplicable(f"contact {e.originator_id} was never projected")
-        before = current["status"]
+        before, before_at = current["status"], current["updated_at"]
         current.update(values)  # the writer's own copy of the row (nothing below can fail)
         current["updated_at"] = e.timestamp
         if current["status"] != before and current["status"] in FINAL_OUTCOMES:
             self._count_outcome(current["tenant_id"], e.timestamp, current["status"])
+            if before in FINAL_OUTCOMES:
+                # cancelled, then Sent: the cancellation came while the message was in flight, and it
+                # went out. The contact moves from the first outcome to the second (counted at the hour
+                # of the event that set the first, the row's last update), never counted twice.
+                self._count_outcome(current["tenant_id"], before_at, before, by=-1)
         self._changed.add(e.originator_id)
         self._touch_queue(current["queue_id"], e.timestamp, contact=not receipt, dispatched=dispatched)
 
