@@ -631,8 +631,8 @@ def test_a_contact_cancelled_in_flight_then_sent_counts_as_sent_only(
 
     hours = rows(
         database_url,
-        "SELECT hour, outcome, n FROM outcome_counts WHERE tenant_id = %s AND outcome IN ('sent', 'cancelled') "
-        "ORDER BY hour, outcome",
+        "SELECT hour, outcome, n FROM outcome_counts "
+        "WHERE tenant_id = %s AND outcome IN ('sent', 'cancelled') ORDER BY hour, outcome",
         tenant_id,
     )
     # the in-flight contact moved from cancelled (13:00) to sent (14:00); the waiting one stays cancelled
