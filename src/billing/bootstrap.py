@@ -12,6 +12,7 @@ import asyncio
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 import httpx
@@ -119,7 +120,7 @@ def build_handler(
     from billing.worker.health import GatewayHealth
     from billing.worker.ledger import SendLedger, margin_for
     from billing.worker.recipient import Recipient
-    from billing.worker.rendering import Renderer
+    from billing.worker.rendering import Renderer, template_variations_at
 
     linger_s = container.settings.save_linger_ms / 1000
     return JobHandler(
@@ -127,7 +128,11 @@ def build_handler(
         saves=GroupCommitter.for_store(container.store, linger_s=linger_s),
         tenants=TenantCache(ttl_s=cache_ttl_s),
         ledger=SendLedger(container.pool, margin=margin_for(container.clock)),
-        renderer=Renderer(container.pool, ttl_s=cache_ttl_s),
+        renderer=Renderer(
+            container.pool,
+            ttl_s=cache_ttl_s,
+            variations_at=partial(template_variations_at, container.store),
+        ),
         health=GatewayHealth(),
         gateways=container.gateways(),
         clock=container.clock,

@@ -443,6 +443,20 @@ def get_owned(
     return aggregate
 
 
+def get_at_version(store: EventStore, aggregate_id: UUID, kind: type[A], version: int) -> A | None:
+    """The aggregate ``aggregate_id`` as it was at ``version`` (its events up to that one folded, the
+    library's ``repository.get(..., version=...)``), when it exists and is a ``kind``; else None.
+
+    Raises:
+        Exception: the database is unreachable.
+    """
+    try:
+        aggregate: object = store.repository.get(aggregate_id, version=version)
+    except AggregateNotFoundError:
+        return None
+    return aggregate if isinstance(aggregate, kind) else None
+
+
 def load_many(store: EventStore, aggregate_ids: Iterable[UUID]) -> dict[UUID, Any]:
     """The current state of many aggregates, read with ONE query on the events table (primary key
     ``(originator_id, originator_version)``) instead of one ``repository.get`` each.

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 
 from billing.domain.contact import Contact
-from billing.worker.rendering import Renderer
+from billing.worker.rendering import Renderer, RenderError
 from tests.factories import added_contact
 
 TEMPLATE = UUID(int=7)
@@ -97,3 +97,81 @@ def test_a_template_read_whose_connection_died_is_read_once_more() -> None:
     renderer = Renderer(pool, ttl_s=60)  # type: ignore[arg-type]
     rendered = renderer.render(contact(), now=NOW, tz=ZoneInfo("America/Sao_Paulo"))
     assert (rendered.text, pool.reads) == ("Aviso.", 2)
+
+
+class EditedPool(FakePool):
+    """The views hold version 4 of the template, which needs ``numero_fatura``."""
+
+    def __init__(self, variations: list[str]) -> None:
+        super().__init__()
+        self.variations = variations
+
+
+class EditedCursor(FakeCursor):
+    def fetchone(self) -> dict[str, Any]:
+        assert isinstance(self.pool, EditedPool)
+        return {"template_id": TEMPLATE, "version": 4, "variations": self.pool.variations}
+
+
+def edited_renderer(versions: dict[int, list[str]], reads: list[tuple[UUID, int]]) -> Renderer:
+    pool = EditedPool(["Fatura {{numero_fatura}} de {{nome}}.", "Olá {{nome}}, fatura {{numero_fatura}}."])
+
+    @contextmanager
+    def connection() -> Iterator[Any]:
+        class Conn:
+            def cursor(self, **kw: Any) -> FakeCursor:
+                return EditedCursor(pool)
+
+        yield Conn()
+
+    pool.connection = connection  # type: ignore[method-assign]
+
+    def variations_at(template_id: UUID, version: int) -> list[str] | None:
+        reads.append((template_id, version))
+        return versions.get(version)
+
+    return Renderer(pool, ttl_s=60, variations_at=variations_at)  # type: ignore[arg-type]
+
+
+def accepted(version: int | None, **fields: str) -> Contact:
+    return added_contact(
+        at=NOW, template_id=TEMPLATE, template_version=version, fields={"nome": "Ana", **fields}, ordinal=1
+    )
+
+
+def test_a_contact_accepted_before_an_edit_that_needs_a_new_variable_gets_its_accepted_version() -> None:
+    reads: list[tuple[UUID, int]] = []
+    renderer = edited_renderer({2: ["Oi {{nome}}.", "Olá {{nome}}, tudo bem?"]}, reads)
+    one = accepted(2)  # checked against version 2, no numero_fatura
+    assert renderer.ready(one) is False  # the views are not read yet
+    first = renderer.render(one, now=NOW, tz=ZoneInfo("America/Sao_Paulo"))
+    assert (first.text, first.template_version, first.variation) == ("Olá Ana, tudo bem?", 2, 1)
+    assert reads == [(TEMPLATE, 2)]
+    assert renderer.ready(one) is True  # version 2 is held now: the next render reads nothing
+    assert renderer.render(one, now=NOW, tz=ZoneInfo("America/Sao_Paulo")) == first
+    assert reads == [(TEMPLATE, 2)]
+
+
+def test_the_current_version_is_used_when_the_contact_has_its_variables() -> None:
+    reads: list[tuple[UUID, int]] = []
+    renderer = edited_renderer({2: ["Oi {{nome}}."]}, reads)
+    rendered = renderer.render(accepted(2, numero_fatura="NF-9"), now=NOW, tz=ZoneInfo("America/Sao_Paulo"))
+    assert (rendered.text, rendered.template_version, rendered.variation) == ("Olá Ana, fatura NF-9.", 4, 1)
+    assert reads == []  # an edit that fixes a typo reaches the waiting messages
+
+
+def test_without_an_accepted_version_the_missing_variable_fails_as_before() -> None:
+    reads: list[tuple[UUID, int]] = []
+    renderer = edited_renderer({}, reads)
+    for one in (accepted(None), accepted(3)):  # stored before the field; a version the store lacks
+        try:
+            renderer.render(one, now=NOW, tz=ZoneInfo("America/Sao_Paulo"))
+        except RenderError as exc:
+            assert (exc.code, exc.message, exc.retryable) == (
+                "missing_variable",
+                "the template needs numero_fatura",
+                False,
+            )
+        else:
+            raise AssertionError("rendered")
+    assert reads == [(TEMPLATE, 3)]

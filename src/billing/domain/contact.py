@@ -51,6 +51,7 @@ class Contact(Aggregate):
         error_code: str | None
         cancelled_in_flight: bool
         template_id: UUID | None
+        template_version: int | None
         deferred_for: str | None
         delivered_at: datetime | None
         read_at: datetime | None
@@ -87,11 +88,16 @@ class Contact(Aggregate):
         ordinal: int = 0
         template_id: UUID | None = None  # the template the send named; None: the type's default
         invoice_ref: str | None = None
+        template_version: int | None = None
+        """The version of ``template_id`` whose variables this contact was checked against (None: stored
+        before the field). The message renders with the template's current version, or with this one when
+        the current one needs a variable the contact lacks (an edit after acceptance)."""
 
         def apply(self, aggregate: Contact) -> None:
             aggregate._init_common(self.tenant_id, self.campaign_id, self.queue_id, self.index)
             aggregate.ordinal = self.ordinal
             aggregate.template_id = self.template_id
+            aggregate.template_version = self.template_version
             aggregate.template_type = self.template_type
             aggregate.external_id = self.external_id
             aggregate.invoice_ref = self.invoice_ref
@@ -313,6 +319,7 @@ class Contact(Aggregate):
         self.error_code = None
         self.cancelled_in_flight = False
         self.template_id: UUID | None = None
+        self.template_version: int | None = None
         self.delivered_at = self.read_at = self.played_at = self.replied_at = None
         self.deferred_for = None
         self.cancel_reason = None

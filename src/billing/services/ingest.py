@@ -152,10 +152,10 @@ class IngestService:
 
     def sending_template(
         self, tenant_id: UUID, template_type: TemplateType, template_id: UUID | None = None
-    ) -> tuple[UUID, list[Template]]:
-        """The template a batch will be sent with — the named one, else the type's default — and its
-        variations, parsed (a contact must satisfy them all, since any variation may be chosen). A template
-        that is neither is never used.
+    ) -> tuple[UUID, int, list[Template]]:
+        """The template a batch will be sent with — the named one, else the type's default — as ``(id,
+        version, variations parsed)`` (a contact must satisfy every variation, since any may be chosen). A
+        template that is neither is never used.
 
         Raises:
             InvalidValue (naming ``template_id`` or ``template_type``): ``template_not_found``,
@@ -184,7 +184,7 @@ class IngestService:
                 code="no_active_template",
                 field="template_type",
             )
-        return row["template_id"], [parse_template(text) for text in row["variations"]]
+        return row["template_id"], int(row["version"]), [parse_template(text) for text in row["variations"]]
 
     def submit(
         self,
@@ -222,7 +222,9 @@ class IngestService:
                 return replay
         else:
             campaign_id, queue_id = uuid4(), uuid4()
-        template_id, templates = self.sending_template(tenant_id, path_type, request.template_id)
+        template_id, template_version, templates = self.sending_template(
+            tenant_id, path_type, request.template_id
+        )
         now = self.clock.now()
         policy = self._tenant_policy(tenant_id)
         today = now.astimezone(policy.calendar.tz).date()
@@ -254,6 +256,7 @@ class IngestService:
                         due_date=outcome.due_date,
                         ordinal=len(contacts) - len(rejections),
                         template_id=template_id,
+                        template_version=template_version,
                         **common,
                     )
                 )
@@ -320,7 +323,7 @@ class IngestService:
         Raises:
             InvalidValue: as :meth:`submit` (template and request checks).
         """
-        template_id, parsed = self.sending_template(tenant_id, path_type, request.template_id)
+        template_id, _, parsed = self.sending_template(tenant_id, path_type, request.template_id)
         now = self.clock.now()
         policy = self._tenant_policy(tenant_id)
         zone = policy.calendar.tz

@@ -8,11 +8,17 @@ at position ``ordinal`` among its batch's accepted contacts gets variation ``cho
 (anti-ban rotation, ``docs/evolution-api.md``, "Sending politely"). Variables come from
 ``message_variables`` at ``now`` in the tenant's zone (DESIGN.md: days are counted at the moment of
 sending).
+
+The text is the template's current version (an edit that fixes a typo reaches the waiting messages), but
+when that version needs a variable the contact lacks — the template was edited after the batch was
+accepted — the version the contact was checked against at ingestion (``Contact.template_version``) is
+rendered instead, read from the event store: an accepted reminder is never failed by a later edit.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,10 +30,25 @@ from psycopg_pool import ConnectionPool
 
 from billing.db import read_retrying
 from billing.domain.contact import Contact
+from billing.domain.template import MessageTemplate
 from billing.domain.templating import Template, TemplateSyntaxError, parse_template
 from billing.domain.variables import choose_variation, message_variables
+from billing.eventstore import EventStore, get_at_version
 
-__all__ = ["RenderError", "Rendered", "Renderer"]
+__all__ = ["RenderError", "Rendered", "Renderer", "template_variations_at"]
+
+
+def template_variations_at(store: EventStore, template_id: UUID, version: int) -> list[str] | None:
+    """The variations' texts of template ``template_id`` at ``version`` (its aggregate version), from the
+    event store; None when there is no such template or version (:class:`Renderer`'s ``variations_at``).
+
+    Raises:
+        Exception: the database is unreachable.
+    """
+    template = get_at_version(store, template_id, MessageTemplate, version)
+    if template is None or template.version != version:
+        return None
+    return list(template.variations)
 
 
 @dataclass(frozen=True)
@@ -63,11 +84,21 @@ class Renderer:
     Args:
         pool: sync psycopg pool with dict rows.
         ttl_s: seconds a tenant's active template list is reused.
+        variations_at: ``(template_id, version) -> the variations' texts at that version`` (None when the
+            template has no such version); blocking (the event store). Without it a contact is always
+            rendered with the current version.
     """
 
-    def __init__(self, pool: ConnectionPool[Any], *, ttl_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool[Any],
+        *,
+        ttl_s: float = 5.0,
+        variations_at: Callable[[UUID, int], list[str] | None] | None = None,
+    ) -> None:
         self._pool = pool
         self.ttl_s = ttl_s
+        self._variations_at = variations_at
         self._parsed: dict[tuple[UUID, int], list[Template]] = {}
         self._active: dict[
             tuple[UUID, str, UUID | None], tuple[float, list[tuple[UUID, int, int, Template]]]
@@ -98,7 +129,14 @@ class Renderer:
         fresh (the handler then renders on the event loop instead of handing the call to a thread)."""
         key = (contact.tenant_id, contact.template_type, getattr(contact, "template_id", None))
         cached = self._active.get(key)
-        return cached is not None and time.monotonic() - cached[0] < self.ttl_s
+        if cached is None or time.monotonic() - cached[0] >= self.ttl_s:
+            return False
+        pinned, entries = getattr(contact, "template_version", None), cached[1]
+        if pinned is None or not entries or self._variations_at is None:
+            return True
+        template_id, version = entries[0][0], entries[0][1]
+        # accepted against another version, which the render may need to read: ready once it is held
+        return pinned == version or (template_id, pinned) in self._parsed
 
     @read_retrying
     def _read_active(
@@ -130,6 +168,31 @@ class Renderer:
             self._parsed[key] = parsed
         return [(key[0], key[1], i, template) for i, template in enumerate(parsed)]
 
+    def _accepted_version(self, contact: Contact, template_id: UUID, current: int) -> list[Template] | None:
+        """The parsed variations of the version ``contact`` was accepted against, when it is not
+        ``current`` and can be read (cached by ``(template_id, version)``); else None.
+
+        Raises:
+            RenderError: ``template_error`` when that version does not parse (it did when saved: a bug).
+        """
+        pinned = getattr(contact, "template_version", None)
+        if pinned is None or pinned == current or self._variations_at is None:
+            return None
+        key = (template_id, pinned)
+        parsed = self._parsed.get(key)
+        if parsed is None:
+            texts = self._variations_at(template_id, pinned)
+            if not texts:
+                return None
+            try:
+                parsed = [parse_template(text) for text in texts]
+            except TemplateSyntaxError as exc:
+                raise RenderError(
+                    "template_error", f"template {template_id} v{pinned} does not parse: {exc}"
+                ) from None
+            self._parsed[key] = parsed
+        return parsed
+
     def render(self, contact: Contact, *, now: datetime, tz: ZoneInfo) -> Rendered:
         """The message for ``contact`` at ``now`` (aware) in the tenant zone ``tz``.
 
@@ -157,6 +220,16 @@ class Renderer:
             tz=tz,
         )
         missing = template.missing_variables(variables)
+        accepted = self._accepted_version(contact, template_id, version) if missing else None
+        if accepted is not None:  # edited after acceptance to need what the contact lacks
+            index = choose_variation(contact.ordinal, len(accepted))
+            if not accepted[index].missing_variables(variables):
+                version, variation, template, missing = (
+                    contact.template_version or version,
+                    index,
+                    accepted[index],
+                    [],
+                )
         if missing:
             raise RenderError("missing_variable", f"the template needs {', '.join(missing)}")
         text = template.render(variables)
