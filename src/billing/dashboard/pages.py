@@ -831,8 +831,8 @@ class SettingsController(Controller):
         gateway: dict[str, Any] | None = None,
     ) -> Response[Any]:
         try:
-            await run_sync(
-                _services(request).tenants.configure,
+            await run_sync(  # the API's path: the paused queues are re-evaluated at once
+                _services(request).config.change,
                 current_user(request).tenant_id,
                 policy=policy,
                 gateway=gateway,

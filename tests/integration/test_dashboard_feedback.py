@@ -1,0 +1,51 @@
+"""The dashboard as a new user met it in a browser, over the real PostgreSQL: the settings forms re-evaluate
+paused queues as ``PATCH /config/`` does, confirmations after a redirect, pt-BR wording (plurals, template
+errors, the admin actions' targets) and the small things of the page (favicon, read-only notice, the
+active period)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from billing.api.schemas import SendRequest
+from billing.domain.queue import Queue
+from billing.domain.types import TemplateType
+from tests.integration.test_dashboard import Dash, dash, dash_ingest
+
+__all__ = ["dash"]  # the fixture, shared with test_dashboard
+
+WEEK = {
+    f"{day}_{edge}": ""
+    for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+    for edge in ("start", "end")
+}
+
+
+async def test_saving_wider_hours_resumes_a_queue_paused_outside_business_hours(dash: Dash) -> None:
+    # Tuesday 10:00 in São Paulo, the shop opens at 14:00: the worker paused the queue until then
+    dash.tenants.configure(dash.tenant_id, policy={"windows": {"tue": [["14:00", "18:00"]]}})
+    sent = dash_ingest(dash).submit(
+        tenant_id=dash.tenant_id,
+        path_type=TemplateType.OVERDUE,
+        request=SendRequest(
+            contacts=[
+                {"nome": "Bia", "telefone": "11987654321", "valor": "10", "data_vencimento": "2026-11-20"}
+            ]
+        ),
+    )
+    dash.project()
+    queue = dash.container.store.repository.get(sent.queue_id)
+    now = dash.container.clock.now()
+    queue.pause(reason="outside_business_hours", resume_at=now + timedelta(hours=4), at=now)
+    dash.container.store.save(queue)
+    assert (await dash.login()).status_code == 303
+    token = await dash.csrf("/dashboard/settings/")
+    saved = await dash.client.post(
+        "/dashboard/settings/hours",
+        data={**WEEK, "tue_start": "08:00", "tue_end": "18:00", "_csrf_token": token},
+        follow_redirects=False,
+    )
+    assert (saved.status_code, saved.headers["location"]) == (303, "/dashboard/settings/?saved=hours")
+    reviewed = dash.container.store.repository.get(sent.queue_id)
+    assert isinstance(reviewed, Queue)
+    assert (reviewed.paused_reason, reviewed.resume_at) == (None, None)
