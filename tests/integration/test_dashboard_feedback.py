@@ -5,12 +5,13 @@ active period)."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from billing.api.schemas import SendRequest
 from billing.domain.queue import Queue
 from billing.domain.types import TemplateType
-from tests.integration.test_dashboard import Dash, dash, dash_ingest
+from tests.integration.test_dashboard import Dash, csrf_of, dash, dash_ingest
 
 __all__ = ["dash"]  # the fixture, shared with test_dashboard
 
@@ -49,3 +50,28 @@ async def test_saving_wider_hours_resumes_a_queue_paused_outside_business_hours(
     reviewed = dash.container.store.repository.get(sent.queue_id)
     assert isinstance(reviewed, Queue)
     assert (reviewed.paused_reason, reviewed.resume_at) == (None, None)
+
+
+async def test_a_revoked_key_reads_revoked_at_once_with_a_confirmation(dash: Dash) -> None:
+    dash.tenants.issue_api_key(dash.tenant_id, "erp")
+    dash.project()
+    assert (await dash.login()).status_code == 303
+    listed = await dash.client.get("/dashboard/api-keys/")
+    key_id = re.search(r'action="/dashboard/api-keys/([0-9a-f-]{36})/revoke"', listed.text)
+    assert key_id
+    revoked = await dash.client.post(
+        f"/dashboard/api-keys/{key_id.group(1)}/revoke", data={"_csrf_token": csrf_of(listed.text)}
+    )
+    assert revoked.status_code == 200  # the projection has not seen the revocation yet
+    assert 'id="notice">Chave revogada: o ERP que a usa deixa de ser aceito em instantes.<' in revoked.text
+    row = re.search(r"<td>erp</td>(.*?)</tr>", revoked.text, re.S)
+    assert row and re.findall(r"<td>(ativa|revogada[^<]*)</td>", row.group(1)) == [
+        "revogada em 01/12/2026 10:00"
+    ]
+    assert "/revoke" not in row.group(1)
+    dash.project()
+    again = await dash.client.get("/dashboard/api-keys/")
+    row = re.search(r"<td>erp</td>(.*?)</tr>", again.text, re.S)
+    assert row and re.findall(r"<td>(ativa|revogada[^<]*)</td>", row.group(1)) == [
+        "revogada em 01/12/2026 10:00"
+    ]

@@ -25,6 +25,7 @@ from billing.api.schemas import SendRequest, event_doc
 from billing.dashboard.policy_errors import policy_error
 from billing.dashboard.security import LOGIN_RATE_LIMIT, current_user
 from billing.dashboard.upload import KNOWN_FIELDS, Sheet, guess_mapping, read_sheet, to_contacts
+from billing.domain.apikey import ApiKey
 from billing.domain.calendar import DAY_NAMES, PolicyError
 from billing.domain.campaign import Campaign
 from billing.domain.contact import Contact
@@ -95,6 +96,7 @@ async def page(request: Req, name: str, *, status_code: int = 200, **context: An
 NOTICES = {
     "invited": "Usuário convidado: ele aparece na lista em instantes.",
     "removed": "Usuário removido.",
+    "revoked": "Chave revogada: o ERP que a usa deixa de ser aceito em instantes.",
 }
 """Confirmations shown after a redirect (``?done=<key>``; ``?saved=…``: "Alterações salvas.")."""
 
@@ -739,18 +741,40 @@ class ApiKeysController(Controller):
 
     path = "/api-keys"
 
-    async def _page(self, request: Req, **extra: Any) -> Template:
-        keys = await run_sync(_queries(request).api_keys, current_user(request).tenant_id)
+    async def _page(self, request: Req, *, revoked: UUID | None = None, **extra: Any) -> Template:
+        tenant_id = current_user(request).tenant_id
+        keys = await run_sync(_queries(request).api_keys, tenant_id)
+        if revoked is not None:
+            keys = await run_sync(self._as_stored, request, keys, tenant_id, revoked)
         return await page(request, "api_keys.html", keys=keys, **extra)
 
+    @staticmethod
+    def _as_stored(
+        request: Req, keys: list[dict[str, Any]], tenant_id: UUID, key_id: UUID
+    ) -> list[dict[str, Any]]:
+        """``keys`` with the row of ``key_id`` as the event store has it when the views do not show its
+        revocation yet (the projection lags the redirect); unknown and foreign ids change nothing."""
+        stored = get_owned(_services(request).container.store, key_id, ApiKey, tenant_id)
+        if stored is None or not stored.revoked:
+            return keys
+        return [
+            {**k, "revoked_at": stored.modified_on}
+            if k["key_id"] == key_id and k["revoked_at"] is None
+            else k
+            for k in keys
+        ]
+
     @get("/")
-    async def list_keys(self, request: Req) -> Template:
+    async def list_keys(self, request: Req, revoked: UUID | None = None) -> Template:
         """The keys (never their text), and once, right after its creation, the new key's text (carried
-        from the POST in the encrypted session and removed from it as it is shown)."""
+        from the POST in the encrypted session and removed from it as it is shown). ``revoked``: the key
+        just revoked, shown revoked even before the views have it."""
         new = request.session.pop("new_key", None) if request.scope.get("session") else None
         if new:
             request.set_session({k: v for k, v in request.session.items()})
-        return await self._page(request, new_key=new and new["key"], new_name=new and new["name"])
+        return await self._page(
+            request, revoked=revoked, new_key=new and new["key"], new_name=new and new["name"]
+        )
 
     @post("/", opt=ADMIN)
     async def create(self, request: Req) -> Response[Any]:
@@ -771,7 +795,7 @@ class ApiKeysController(Controller):
         """Revoke a key (404 for another tenant's)."""
         await run_sync(_services(request).tenants.revoke_api_key, current_user(request).tenant_id, key_id)
         await _record(request, "api_key.revoke", str(key_id))
-        return Redirect("/dashboard/api-keys/", status_code=303)
+        return Redirect(f"/dashboard/api-keys/?done=revoked&revoked={key_id}", status_code=303)
 
 
 # --- settings ---------------------------------------------------------------------------------------
