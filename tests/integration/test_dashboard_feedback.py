@@ -75,3 +75,74 @@ async def test_a_revoked_key_reads_revoked_at_once_with_a_confirmation(dash: Das
     assert row and re.findall(r"<td>(ativa|revogada[^<]*)</td>", row.group(1)) == [
         "revogada em 01/12/2026 10:00"
     ]
+
+
+def _cards(html: str) -> dict[str, str]:
+    """``{id: "<number> <label>"}`` of the page's counter cards."""
+    found = re.findall(r'<span class="n" id="([a-z-]+)">([^<]*)</span>([^<]*)</article>', html)
+    return {key: f"{n} {text.strip()}" for key, n, text in found}
+
+
+async def test_counters_agree_in_number_with_their_count(dash: Dash) -> None:
+    from uuid import uuid5
+
+    from billing.domain.contact import Contact
+
+    sent = dash_ingest(dash).submit(
+        tenant_id=dash.tenant_id,
+        path_type=TemplateType.NOTIFICATION,
+        request=SendRequest(
+            contacts=[{"nome": "Bia", "telefone": "11987654321"}, {"nome": "Caio", "telefone": "11912345678"}]
+        ),
+    )
+    dash.project()
+    contact = dash.container.store.repository.get(uuid5(sent.campaign_id, "0"))
+    assert isinstance(contact, Contact)
+    now = dash.container.clock.now()
+    contact.dispatch(at=now, lease=timedelta(minutes=5))
+    contact.record_failure(code="gateway_down", message="503", retryable=False, retry_at=None, at=now)
+    dash.container.store.save(contact)
+    dash.project()
+    assert (await dash.login()).status_code == 303
+    overview = await dash.client.get("/dashboard/?days=1")
+    assert "<li>1 mensagem falhou no período.</li>" in overview.text
+    cards = _cards(overview.text)
+    assert (cards["total-sent"], cards["total-failed"], cards["total-delivered"]) == (
+        "0 enviadas",
+        "1 falhou",
+        "0 entregues",
+    )
+    assert "<title>01/12/2026: 1 falhou</title>" in overview.text  # the chart's bar
+    campaign = _cards((await dash.client.get(f"/dashboard/campaigns/{sent.campaign_id}")).text)
+    assert [campaign[f"count-{k}"] for k in ("total", "pending", "failed", "sent")] == [
+        "2 total",
+        "1 pendente",
+        "1 falhou",
+        "0 enviadas",
+    ]
+
+
+async def test_the_preview_of_one_row_speaks_of_one_message(dash: Dash) -> None:
+    assert (await dash.login()).status_code == 303
+    token = await dash.csrf("/dashboard/campaigns/new")
+    one = "Cliente;Celular\nMaria Souza;(11) 98765-4321\n"
+    mapping = await dash.client.post(
+        "/dashboard/campaigns/new",
+        data={"template_type": "notification", "template_id": "", "external_id": "", "_csrf_token": token},
+        files={"file": ("export.csv", one.encode(), "text/csv")},
+    )
+    assert "<p>1 linha. Diga o que é cada coluna" in mapping.text
+    fields = dict(re.findall(r'name="(map_\d+)"[^>]*value="([^"]*)"', mapping.text))
+    sheet = re.search(r'name="sheet" value="([^"]+)"', mapping.text)
+    assert sheet
+    form = {"sheet": sheet.group(1), "template_type": "notification", "template_id": "", "external_id": ""}
+    preview = await dash.client.post(
+        "/dashboard/campaigns/preview", data={**form, **fields, "_csrf_token": token}
+    )
+    cards = _cards(preview.text)
+    assert (cards["preview-total"], cards["preview-accepted"], cards["preview-rejected"]) == (
+        "1 linha",
+        "1 será enviada",
+        "0 rejeitadas",
+    )
+    assert re.search(r">Enviar 1 mensagem</button>", preview.text)

@@ -106,6 +106,35 @@ def percent(value: float | None) -> str:
     return format_percent(value, "#,##0.0%", locale=LOCALE)
 
 
+COUNTED = {
+    "total": ("total", "total"),
+    "pending": ("pendente", "pendentes"),
+    "dispatched": ("em envio", "em envio"),
+    "sent": ("enviada", "enviadas"),
+    "failed": ("falhou", "falharam"),
+    "skipped": ("ignorada", "ignoradas"),
+    "rejected": ("rejeitada", "rejeitadas"),
+    "cancelled": ("cancelada", "canceladas"),
+    "delivered": ("entregue", "entregues"),
+    "read": ("lida", "lidas"),
+    "replied": ("respondida", "respondidas"),
+}
+"""A counter's words ``(one, many)`` after its number: "1 enviada", "3 enviadas"."""
+
+
+def plural(n: int | None, one: str, many: str) -> str:
+    """``one`` for exactly 1, else ``many`` (pt-BR: "0 mensagens", "1 mensagem", "2 mensagens")."""
+    return one if n == 1 else many
+
+
+def counted(n: int | None, key: str) -> str:
+    """The words after the number ``n`` of a counter of ``key`` (a contact status or ``total``), in
+    agreement with ``n``: ``counted(1, "failed") == "falhou"``, ``counted(2, "failed") == "falharam"``;
+    the key itself when unknown."""
+    one, many = COUNTED.get(key, (key, key))
+    return plural(n, one, many)
+
+
 ACTION_LABELS = {
     "api_key.create": "criou uma chave de API",
     "api_key.revoke": "revogou uma chave de API",

@@ -184,7 +184,7 @@ def _chart(per_day: list[tuple[Any, dict[str, int]]]) -> Markup:
         for outcome in outcomes:
             h = (height - 2 * pad) * counts[outcome] / peak
             if h > 0:
-                title = escape(f"{label}: {counts[outcome]} {fmt.label(outcome)}")
+                title = escape(f"{label}: {counts[outcome]} {fmt.counted(counts[outcome], outcome)}")
                 parts.append(
                     f'<rect class="{outcome}" x="{pad + i * step + step * 0.15:.1f}" y="{y - h:.1f}" '
                     f'width="{step * 0.7:.1f}" height="{h:.1f}"><title>{title}</title></rect>'
@@ -228,8 +228,9 @@ class OverviewController(Controller):
                     f"Campanha {q['campaign_id'][:8]} pausada: {fmt.label(q['paused_reason'], 'pause')}"
                     + (f" até {fmt.instant(q['resume_at'], tz)}" if q["resume_at"] else "")
                 )
-        if data["totals"]["failed"]:
-            attention.append(f"{fmt.number(data['totals']['failed'])} mensagens falharam no período.")
+        if failed := data["totals"]["failed"]:
+            words = fmt.plural(failed, "mensagem falhou", "mensagens falharam")
+            attention.append(f"{fmt.number(failed)} {words} no período.")
         return await page(
             request,
             "overview.html",
