@@ -5,6 +5,7 @@ active period)."""
 
 from __future__ import annotations
 
+import html
 import re
 from datetime import timedelta
 
@@ -146,3 +147,43 @@ async def test_the_preview_of_one_row_speaks_of_one_message(dash: Dash) -> None:
         "0 rejeitadas",
     )
     assert re.search(r">Enviar 1 mensagem</button>", preview.text)
+
+
+async def test_template_errors_read_in_portuguese_on_the_editor_and_the_preview(dash: Dash) -> None:
+    assert (await dash.login()).status_code == 303
+    token = await dash.csrf("/dashboard/templates/new")
+    refused = await dash.client.post(
+        "/dashboard/templates/",
+        data={
+            "name": "Lembrete",
+            "template_type": "notification",
+            "variation": ["Oi {{nome_cliente}}", "Olá,\nsua fatura {{#if valor}} vence"],
+            "_csrf_token": token,
+        },
+    )
+    shown = re.search(r'id="save-error">([^<]*)</p>', refused.text)
+    assert (refused.status_code, shown and html.unescape(shown.group(1))) == (
+        422,
+        "Linha 2, coluna 12 da variação 2: o bloco '{{#if}}' aberto aqui não é fechado com '{{/if}}'.",
+    )
+    unnamed = await dash.client.post(
+        "/dashboard/templates/",
+        data={"name": " ", "template_type": "notification", "variation": "Oi", "_csrf_token": token},
+    )
+    shown = re.search(r'id="save-error">([^<]*)</p>', unnamed.text)
+    assert (unnamed.status_code, shown and shown.group(1)) == (422, "Dê um nome ao template.")
+    preview = await dash.client.post(
+        "/dashboard/templates/preview",
+        data={
+            "variation": ["Oi {{nome_cliente}}", "Oi {{/if}}", "{{a.b}}"],
+            "sample": "",
+            "_csrf_token": token,
+        },
+    )
+    errors = {
+        n: html.unescape(t) for n, t in re.findall(r'id="preview-error-(\d)">([^<]*)</p>', preview.text)
+    }
+    assert errors == {
+        "2": "Linha 1, coluna 4: '{{/if}}' sem o '{{#if}}' que ele fecharia.",
+        "3": "Linha 1, coluna 1: caminhos como «a.b» não são aceitos, só nomes simples de campos.",
+    }

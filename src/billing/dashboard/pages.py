@@ -24,6 +24,7 @@ from billing.api.deps import Services, run_sync
 from billing.api.schemas import SendRequest, event_doc
 from billing.dashboard.policy_errors import policy_error
 from billing.dashboard.security import LOGIN_RATE_LIMIT, current_user
+from billing.dashboard.template_errors import template_error
 from billing.dashboard.upload import KNOWN_FIELDS, Sheet, guess_mapping, read_sheet, to_contacts
 from billing.domain.apikey import ApiKey
 from billing.domain.calendar import DAY_NAMES, PolicyError
@@ -664,8 +665,8 @@ class TemplatesController(Controller):
                         "required": sorted(parsed.required_variables),
                     }
                 )
-            except DomainError as exc:
-                items.append({"n": i + 1, "error": _error(exc)})
+            except DomainError as exc:  # in Portuguese (the API keeps the domain's English)
+                items.append({"n": i + 1, "error": template_error(exc, name_variation=False)})
         return await page(request, "_template_preview.html", items=items)
 
     async def _save(self, request: Req, template_id: UUID | None) -> Response[Any]:
@@ -699,7 +700,11 @@ class TemplatesController(Controller):
                 "variations": variations or [""],
             }
             return await self._editor(
-                request, doc, status_code=422, error=_error(exc), sample=str(form.get("sample") or SAMPLE)
+                request,
+                doc,
+                status_code=422,
+                error=template_error(exc),  # in Portuguese (the API keeps the domain's English)
+                sample=str(form.get("sample") or SAMPLE),
             )
         return Redirect(f"/dashboard/templates/{template.id}?saved=1", status_code=303)
 
