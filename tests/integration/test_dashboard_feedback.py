@@ -187,3 +187,34 @@ async def test_template_errors_read_in_portuguese_on_the_editor_and_the_preview(
         "2": "Linha 1, coluna 4: '{{/if}}' sem o '{{#if}}' que ele fecharia.",
         "3": "Linha 1, coluna 1: caminhos como «a.b» não são aceitos, só nomes simples de campos.",
     }
+
+
+async def test_admin_actions_name_their_target_in_portuguese(dash: Dash) -> None:
+    assert (await dash.login()).status_code == 303
+    token = await dash.csrf("/dashboard/templates/new")
+    created = await dash.client.post(
+        "/dashboard/templates/",
+        data={"name": "Lembrete", "template_type": "notification", "variation": "Oi", "_csrf_token": token},
+        follow_redirects=False,
+    )
+    assert created.status_code == 303
+    await dash.client.post("/dashboard/api-keys/", data={"name": "ERP", "_csrf_token": token})
+    dash.project()
+    keys = await dash.client.get("/dashboard/api-keys/")
+    key_id = re.search(r'action="/dashboard/api-keys/([0-9a-f-]{36})/revoke"', keys.text)
+    prefix = re.search(r"<code>(bk_[^<]*)…</code>", keys.text)
+    assert key_id and prefix
+    await dash.client.post(f"/dashboard/api-keys/{key_id.group(1)}/revoke", data={"_csrf_token": token})
+    limits = {"messages_per_minute": "10", "max_messages_per_day": "100", "_csrf_token": token}
+    assert (await dash.client.post("/dashboard/settings/limits", data=limits)).status_code == 200
+    dash.project()
+    users = await dash.client.get("/dashboard/users/")
+    rows = re.findall(r"<td>([^<]*)<small>\(([a-z_.]+)\)</small></td><td>([^<]*)</td></tr>", users.text)
+    assert sorted(
+        (action, html.unescape(target)) for _, action, target in rows
+    ) == [  # one instant: any order
+        ("api_key.create", f"chave «ERP» ({prefix.group(1)}…)"),
+        ("api_key.revoke", "chave «ERP»"),
+        ("settings.limits", "limites de envio"),
+        ("template.create", "template «Lembrete»"),
+    ]

@@ -1019,9 +1019,12 @@ class UsersController(Controller):
         tenant_id = current_user(request).tenant_id
         users = await run_sync(services.users.list_users, tenant_id)
         actions = await run_sync(services.users.actions, tenant_id)
-        return await page(
-            request, "users.html", status_code=status_code, users=users, actions=actions, **extra
-        )
+        templates = await run_sync(services.queries.list_templates, tenant_id)
+        keys = await run_sync(_queries(request).api_keys, tenant_id)
+        names = {str(t["template_id"]): t["name"] for t in templates}
+        names.update({str(k["key_id"]): k["name"] for k in keys})
+        shown = [{**a, "target": fmt.action_target(a["action"], a["target"], names)} for a in actions]
+        return await page(request, "users.html", status_code=status_code, users=users, actions=shown, **extra)
 
     @get("/")
     async def list_users(self, request: Req) -> Template:
