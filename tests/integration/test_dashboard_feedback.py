@@ -218,3 +218,11 @@ async def test_admin_actions_name_their_target_in_portuguese(dash: Dash) -> None
         ("settings.limits", "limites de envio"),
         ("template.create", "template «Lembrete»"),
     ]
+
+
+async def test_every_page_links_a_favicon_the_app_serves(dash: Dash) -> None:
+    login = await dash.client.get("/dashboard/login")
+    assert '<link rel="icon" href="/dashboard/static/favicon.svg" type="image/svg+xml">' in login.text
+    icon = await dash.client.get("/dashboard/static/favicon.svg")
+    assert (icon.status_code, icon.headers["content-type"]) == (200, "image/svg+xml")
+    assert icon.text.startswith("<svg ") and "<title>billing</title>" in icon.text
