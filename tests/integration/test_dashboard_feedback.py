@@ -226,3 +226,17 @@ async def test_every_page_links_a_favicon_the_app_serves(dash: Dash) -> None:
     icon = await dash.client.get("/dashboard/static/favicon.svg")
     assert (icon.status_code, icon.headers["content-type"]) == (200, "image/svg+xml")
     assert icon.text.startswith("<svg ") and "<title>billing</title>" in icon.text
+
+
+async def test_the_cancel_button_stands_apart_from_the_counters(dash: Dash) -> None:
+    sent = dash_ingest(dash).submit(
+        tenant_id=dash.tenant_id,
+        path_type=TemplateType.NOTIFICATION,
+        request=SendRequest(contacts=[{"nome": "Bia", "telefone": "11987654321"}]),
+    )
+    dash.project()
+    assert (await dash.login()).status_code == 303
+    campaign = await dash.client.get(f"/dashboard/campaigns/{sent.campaign_id}")
+    assert re.search(r'</div>\s*<form class="cancel-queue" method="post"', campaign.text)
+    css = (await dash.client.get("/dashboard/static/app.css")).text
+    assert "form.cancel-queue { margin-top: 1.5rem; }" in css
