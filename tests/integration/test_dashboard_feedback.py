@@ -240,3 +240,18 @@ async def test_the_cancel_button_stands_apart_from_the_counters(dash: Dash) -> N
     assert re.search(r'</div>\s*<form class="cancel-queue" method="post"', campaign.text)
     css = (await dash.client.get("/dashboard/static/app.css")).text
     assert "form.cancel-queue { margin-top: 1.5rem; }" in css
+
+
+async def test_a_viewer_is_told_the_settings_are_read_only(dash: Dash) -> None:
+    notice = (
+        '<p class="notice" role="note" id="read-only">Seu perfil é somente leitura: você vê as '
+        "configurações, mas só um administrador pode alterá-las.</p>"
+    )
+    assert (await dash.login("vera@loja.example")).status_code == 303
+    viewer = await dash.client.get("/dashboard/settings/")
+    assert viewer.status_code == 200 and notice in viewer.text
+    assert viewer.text.count("<fieldset disabled>") == 3
+    await dash.client.post("/dashboard/logout", data={"_csrf_token": csrf_of(viewer.text)})
+    assert (await dash.login()).status_code == 303
+    admin = await dash.client.get("/dashboard/settings/")
+    assert 'id="read-only"' not in admin.text and "disabled" not in admin.text
