@@ -255,3 +255,15 @@ async def test_a_viewer_is_told_the_settings_are_read_only(dash: Dash) -> None:
     assert (await dash.login()).status_code == 303
     admin = await dash.client.get("/dashboard/settings/")
     assert 'id="read-only"' not in admin.text and "disabled" not in admin.text
+
+
+async def test_the_overviews_active_period_is_marked(dash: Dash) -> None:
+    assert (await dash.login()).status_code == 303
+    overview = await dash.client.get("/dashboard/?days=30")
+    period = re.search(r'<nav aria-label="Período" class="periods">(.*?)</nav>', overview.text, re.S)
+    assert period
+    link = r'<a href="/dashboard/\?days=(\d+)"( aria-current="page")?>([^<]*)</a>'
+    links = re.findall(link, period.group(1))
+    assert links == [("1", "", "Hoje"), ("7", "", "7 dias"), ("30", ' aria-current="page"', "30 dias")]
+    css = (await dash.client.get("/dashboard/static/app.css")).text
+    assert 'nav.periods a[aria-current="page"] {' in css
