@@ -321,8 +321,8 @@ class AdminController(Controller):
         if data.policy is None and data.gateway is None:
             raise InvalidValue("nothing to change: give policy and/or gateway", code="invalid_request")
         try:
-            tenant = await run_sync(
-                services.tenants.configure,
+            tenant = await run_sync(  # a paused queue is re-evaluated at once, not at its old resume_at
+                services.config.change,
                 tenant_id,
                 policy=policy_changes(data.policy) if data.policy is not None else None,
                 gateway=msgspec.to_builtins(data.gateway) if data.gateway is not None else None,
@@ -330,12 +330,6 @@ class AdminController(Controller):
         except PolicyError as exc:  # the policy's fields are under "policy" in the body
             exc.field = f"policy.{exc.field}" if exc.field else "policy"
             raise
-        await run_sync(  # a paused queue is re-evaluated at once, not at its old resume_at
-            services.engagement.review_pauses,
-            tenant_id,
-            policy_changed=data.policy is not None,
-            gateway_changed=data.gateway is not None,
-        )
         return _config_doc(tenant)
 
     @get(

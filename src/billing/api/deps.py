@@ -18,6 +18,7 @@ from billing.bootstrap import Container
 from billing.db import async_read_pool
 from billing.domain.apikey import api_key_id
 from billing.services.cancel import CancelService
+from billing.services.config import ConfigService
 from billing.services.engagement import EngagementService
 from billing.services.history import HistoryQueries
 from billing.services.ingest import IngestService
@@ -46,16 +47,25 @@ class Services:
     key_usage: KeyUsage
     engagement: EngagementService
     history: HistoryQueries
+    config: ConfigService
+    """Policy and gateway changes with the paused queues' review (``PATCH /config/``, the settings page)."""
 
     @classmethod
     def build(cls, container: Container) -> Services:
         """Wire the services over the container's ports."""
         queries = Queries(container.pool)
+        tenants = TenantService(
+            container.store, container.clock, gateway_url_guard=container.check_gateway_url
+        )
+        engagement = EngagementService(
+            container.store,
+            container.pool,
+            container.clock,
+            allow_private=container.settings.webhooks_allow_private,
+        )
         return cls(
             container=container,
-            tenants=TenantService(
-                container.store, container.clock, gateway_url_guard=container.check_gateway_url
-            ),
+            tenants=tenants,
             ingest=IngestService(container.store, queries, container.clock),
             templates=TemplateService(container.store, container.clock),
             queries=queries,
@@ -65,13 +75,9 @@ class Services:
             cancel=CancelService(container.store, container.pool, container.clock),
             users=UserService(container.store, container.pool, container.clock),
             key_usage=KeyUsage(container.pool),
-            engagement=EngagementService(
-                container.store,
-                container.pool,
-                container.clock,
-                allow_private=container.settings.webhooks_allow_private,
-            ),
+            engagement=engagement,
             history=HistoryQueries(container.pool),
+            config=ConfigService(tenants, engagement),
         )
 
 

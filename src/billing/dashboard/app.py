@@ -41,6 +41,8 @@ def _engine_callback(engine: JinjaTemplateEngine) -> None:
         number=fmt.number,
         percent=fmt.percent,
         label=fmt.label,
+        counted=fmt.counted,
+        plural=fmt.plural,
     )
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -106,6 +107,35 @@ def percent(value: float | None) -> str:
     return format_percent(value, "#,##0.0%", locale=LOCALE)
 
 
+COUNTED = {
+    "total": ("total", "total"),
+    "pending": ("pendente", "pendentes"),
+    "dispatched": ("em envio", "em envio"),
+    "sent": ("enviada", "enviadas"),
+    "failed": ("falhou", "falharam"),
+    "skipped": ("ignorada", "ignoradas"),
+    "rejected": ("rejeitada", "rejeitadas"),
+    "cancelled": ("cancelada", "canceladas"),
+    "delivered": ("entregue", "entregues"),
+    "read": ("lida", "lidas"),
+    "replied": ("respondida", "respondidas"),
+}
+"""A counter's words ``(one, many)`` after its number: "1 enviada", "3 enviadas"."""
+
+
+def plural(n: int | None, one: str, many: str) -> str:
+    """``one`` for exactly 1, else ``many`` (pt-BR: "0 mensagens", "1 mensagem", "2 mensagens")."""
+    return one if n == 1 else many
+
+
+def counted(n: int | None, key: str) -> str:
+    """The words after the number ``n`` of a counter of ``key`` (a contact status or ``total``), in
+    agreement with ``n``: ``counted(1, "failed") == "falhou"``, ``counted(2, "failed") == "falharam"``;
+    the key itself when unknown."""
+    one, many = COUNTED.get(key, (key, key))
+    return plural(n, one, many)
+
+
 ACTION_LABELS = {
     "api_key.create": "criou uma chave de API",
     "api_key.revoke": "revogou uma chave de API",
@@ -123,6 +153,40 @@ ACTION_LABELS = {
     "settings.limits": "alterou os limites de envio",
     "settings.gateway": "alterou o gateway do WhatsApp",
 }
+SETTINGS_LABELS = {
+    "hours": "horário comercial",
+    "holidays": "feriados",
+    "limits": "limites de envio",
+    "gateway": "gateway do WhatsApp",
+}
+"""The settings forms, as the ``settings.<form>`` admin actions name them in their target."""
+
+
+def action_target(action: str, target: str, names: Mapping[str, str]) -> str:
+    """The readable target of an admin action as recorded (``billing.dashboard.pages`` records ids, a
+    form's name, a key's ``name (prefix)``, a queue's ``id (count)``, a user's email): a template or key
+    by its name from ``names`` (id → name; the short id when unknown), a settings form by its
+    Portuguese name."""
+    if action.startswith("settings."):
+        return SETTINGS_LABELS.get(target, target)
+    if action.startswith("template."):
+        return f"template «{names[target]}»" if target in names else f"template {target[:8]}"
+    if action == "api_key.revoke":
+        return f"chave «{names[target]}»" if target in names else f"chave {target[:8]}"
+    if action == "api_key.create":
+        name, _, prefix = target.rpartition(" (")
+        return f"chave «{name}» ({prefix.rstrip(')')}…)" if name else f"chave «{target}»"
+    if action == "campaign.send":
+        return f"campanha {target[:8]}"
+    if action == "queue.cancel":
+        queue, _, count = target.partition(" (")
+        n = int(count.rstrip(")")) if count.rstrip(")").isdigit() else None
+        if n is None:
+            return f"fila {queue[:8]}"
+        return f"fila {queue[:8]} ({number(n)} {plural(n, 'envio cancelado', 'envios cancelados')})"
+    return target
+
+
 EVENT_LABELS = {
     "added": "aceito no lote",
     "rejected": "rejeitado",

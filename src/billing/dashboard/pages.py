@@ -24,7 +24,9 @@ from billing.api.deps import Services, run_sync
 from billing.api.schemas import SendRequest, event_doc
 from billing.dashboard.policy_errors import policy_error
 from billing.dashboard.security import LOGIN_RATE_LIMIT, current_user
+from billing.dashboard.template_errors import template_error
 from billing.dashboard.upload import KNOWN_FIELDS, Sheet, guess_mapping, read_sheet, to_contacts
+from billing.domain.apikey import ApiKey
 from billing.domain.calendar import DAY_NAMES, PolicyError
 from billing.domain.campaign import Campaign
 from billing.domain.contact import Contact
@@ -95,6 +97,7 @@ async def page(request: Req, name: str, *, status_code: int = 200, **context: An
 NOTICES = {
     "invited": "Usuário convidado: ele aparece na lista em instantes.",
     "removed": "Usuário removido.",
+    "revoked": "Chave revogada: o ERP que a usa deixa de ser aceito em instantes.",
 }
 """Confirmations shown after a redirect (``?done=<key>``; ``?saved=…``: "Alterações salvas.")."""
 
@@ -182,7 +185,7 @@ def _chart(per_day: list[tuple[Any, dict[str, int]]]) -> Markup:
         for outcome in outcomes:
             h = (height - 2 * pad) * counts[outcome] / peak
             if h > 0:
-                title = escape(f"{label}: {counts[outcome]} {fmt.label(outcome)}")
+                title = escape(f"{label}: {counts[outcome]} {fmt.counted(counts[outcome], outcome)}")
                 parts.append(
                     f'<rect class="{outcome}" x="{pad + i * step + step * 0.15:.1f}" y="{y - h:.1f}" '
                     f'width="{step * 0.7:.1f}" height="{h:.1f}"><title>{title}</title></rect>'
@@ -226,8 +229,9 @@ class OverviewController(Controller):
                     f"Campanha {q['campaign_id'][:8]} pausada: {fmt.label(q['paused_reason'], 'pause')}"
                     + (f" até {fmt.instant(q['resume_at'], tz)}" if q["resume_at"] else "")
                 )
-        if data["totals"]["failed"]:
-            attention.append(f"{fmt.number(data['totals']['failed'])} mensagens falharam no período.")
+        if failed := data["totals"]["failed"]:
+            words = fmt.plural(failed, "mensagem falhou", "mensagens falharam")
+            attention.append(f"{fmt.number(failed)} {words} no período.")
         return await page(
             request,
             "overview.html",
@@ -661,8 +665,8 @@ class TemplatesController(Controller):
                         "required": sorted(parsed.required_variables),
                     }
                 )
-            except DomainError as exc:
-                items.append({"n": i + 1, "error": _error(exc)})
+            except DomainError as exc:  # in Portuguese (the API keeps the domain's English)
+                items.append({"n": i + 1, "error": template_error(exc, name_variation=False)})
         return await page(request, "_template_preview.html", items=items)
 
     async def _save(self, request: Req, template_id: UUID | None) -> Response[Any]:
@@ -696,7 +700,11 @@ class TemplatesController(Controller):
                 "variations": variations or [""],
             }
             return await self._editor(
-                request, doc, status_code=422, error=_error(exc), sample=str(form.get("sample") or SAMPLE)
+                request,
+                doc,
+                status_code=422,
+                error=template_error(exc),  # in Portuguese (the API keeps the domain's English)
+                sample=str(form.get("sample") or SAMPLE),
             )
         return Redirect(f"/dashboard/templates/{template.id}?saved=1", status_code=303)
 
@@ -739,18 +747,40 @@ class ApiKeysController(Controller):
 
     path = "/api-keys"
 
-    async def _page(self, request: Req, **extra: Any) -> Template:
-        keys = await run_sync(_queries(request).api_keys, current_user(request).tenant_id)
+    async def _page(self, request: Req, *, revoked: UUID | None = None, **extra: Any) -> Template:
+        tenant_id = current_user(request).tenant_id
+        keys = await run_sync(_queries(request).api_keys, tenant_id)
+        if revoked is not None:
+            keys = await run_sync(self._as_stored, request, keys, tenant_id, revoked)
         return await page(request, "api_keys.html", keys=keys, **extra)
 
+    @staticmethod
+    def _as_stored(
+        request: Req, keys: list[dict[str, Any]], tenant_id: UUID, key_id: UUID
+    ) -> list[dict[str, Any]]:
+        """``keys`` with the row of ``key_id`` as the event store has it when the views do not show its
+        revocation yet (the projection lags the redirect); unknown and foreign ids change nothing."""
+        stored = get_owned(_services(request).container.store, key_id, ApiKey, tenant_id)
+        if stored is None or not stored.revoked:
+            return keys
+        return [
+            {**k, "revoked_at": stored.modified_on}
+            if k["key_id"] == key_id and k["revoked_at"] is None
+            else k
+            for k in keys
+        ]
+
     @get("/")
-    async def list_keys(self, request: Req) -> Template:
+    async def list_keys(self, request: Req, revoked: UUID | None = None) -> Template:
         """The keys (never their text), and once, right after its creation, the new key's text (carried
-        from the POST in the encrypted session and removed from it as it is shown)."""
+        from the POST in the encrypted session and removed from it as it is shown). ``revoked``: the key
+        just revoked, shown revoked even before the views have it."""
         new = request.session.pop("new_key", None) if request.scope.get("session") else None
         if new:
             request.set_session({k: v for k, v in request.session.items()})
-        return await self._page(request, new_key=new and new["key"], new_name=new and new["name"])
+        return await self._page(
+            request, revoked=revoked, new_key=new and new["key"], new_name=new and new["name"]
+        )
 
     @post("/", opt=ADMIN)
     async def create(self, request: Req) -> Response[Any]:
@@ -771,7 +801,7 @@ class ApiKeysController(Controller):
         """Revoke a key (404 for another tenant's)."""
         await run_sync(_services(request).tenants.revoke_api_key, current_user(request).tenant_id, key_id)
         await _record(request, "api_key.revoke", str(key_id))
-        return Redirect("/dashboard/api-keys/", status_code=303)
+        return Redirect(f"/dashboard/api-keys/?done=revoked&revoked={key_id}", status_code=303)
 
 
 # --- settings ---------------------------------------------------------------------------------------
@@ -831,8 +861,8 @@ class SettingsController(Controller):
         gateway: dict[str, Any] | None = None,
     ) -> Response[Any]:
         try:
-            await run_sync(
-                _services(request).tenants.configure,
+            await run_sync(  # the API's path: the paused queues are re-evaluated at once
+                _services(request).config.change,
                 current_user(request).tenant_id,
                 policy=policy,
                 gateway=gateway,
@@ -989,9 +1019,12 @@ class UsersController(Controller):
         tenant_id = current_user(request).tenant_id
         users = await run_sync(services.users.list_users, tenant_id)
         actions = await run_sync(services.users.actions, tenant_id)
-        return await page(
-            request, "users.html", status_code=status_code, users=users, actions=actions, **extra
-        )
+        templates = await run_sync(services.queries.list_templates, tenant_id)
+        keys = await run_sync(_queries(request).api_keys, tenant_id)
+        names = {str(t["template_id"]): t["name"] for t in templates}
+        names.update({str(k["key_id"]): k["name"] for k in keys})
+        shown = [{**a, "target": fmt.action_target(a["action"], a["target"], names)} for a in actions]
+        return await page(request, "users.html", status_code=status_code, users=users, actions=shown, **extra)
 
     @get("/")
     async def list_users(self, request: Req) -> Template:

@@ -34,6 +34,7 @@ from billing.domain.errors import DomainError
 
 __all__ = [
     "MAX_NESTING",
+    "SYNTAX_ERROR_KINDS",
     "If",
     "Node",
     "Template",
@@ -61,14 +62,28 @@ class TemplateSyntaxError(DomainError):
         line: 1-based line of the start of the offending tag (lines end at ``\\n``).
         column: 1-based column of that tag start, counted in Unicode code points.
         reason: the message without its position prefix.
+        kind: which refusal it is, for a caller that words it in another language (one of
+            :data:`SYNTAX_ERROR_KINDS`; ``"syntax"`` when not told).
+        params: the parts of the template that refusal is about (``tag``: the offending tag as shown in
+            ``reason``; ``name``: a variable name as written; ``block``: ``"if"``/``"unless"``;
+            ``opened_line``/``opened_column``: where that block opened; ``limit``: a bound).
 
     ``message`` reads ``"line 1, column 5: unclosed tag '{{'"``; ``details`` is
-    ``{"line": 1, "column": 5}``.
+    ``{"line": 1, "column": 5}`` (``kind`` and ``params`` are not in ``details``: the API's body is the
+    same).
     """
 
     code = "template_error"
 
-    def __init__(self, reason: str, *, line: int, column: int) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        line: int,
+        column: int,
+        kind: str = "syntax",
+        params: Mapping[str, str | int] | None = None,
+    ) -> None:
         super().__init__(
             f"line {line}, column {column}: {reason}",
             details={"line": line, "column": column},
@@ -76,6 +91,36 @@ class TemplateSyntaxError(DomainError):
         self.line = line
         self.column = column
         self.reason = reason
+        self.kind = kind
+        self.params: dict[str, str | int] = dict(params or {})
+
+
+SYNTAX_ERROR_KINDS = (
+    "unclosed_comment",
+    "triple_stash",
+    "unclosed_tag",
+    "empty_tag",
+    "whitespace_control",
+    "block_without_name",
+    "unsupported_block",
+    "block_arguments",
+    "unsupported_closing",
+    "partial",
+    "ampersand",
+    "inverse_section",
+    "else_arguments",
+    "helper",
+    "path",
+    "reserved_word",
+    "invalid_name",
+    "else_outside_block",
+    "close_without_open",
+    "nesting_too_deep",
+    "second_else",
+    "unclosed_block",
+    "mismatched_close",
+)
+"""The ``kind`` of every :class:`TemplateSyntaxError` the parser raises."""
 
 
 # --------------------------------------------------------------------------------------------- AST
@@ -280,9 +325,9 @@ def _position(source: str, pos: int) -> tuple[int, int]:
     return line, column
 
 
-def _error(source: str, pos: int, reason: str) -> TemplateSyntaxError:
+def _error(source: str, pos: int, reason: str, kind: str, **params: str | int) -> TemplateSyntaxError:
     line, column = _position(source, pos)
-    return TemplateSyntaxError(reason, line=line, column=column)
+    return TemplateSyntaxError(reason, line=line, column=column, kind=kind, params=params)
 
 
 def _shown(tag_inner: str) -> str:
@@ -305,25 +350,40 @@ def _tokenize(source: str) -> list[_Token]:
         if source.startswith("{{!--", start):
             end = source.find("--}}", start + 3)  # "{{!--}}" is a (empty) comment, as in Handlebars
             if end < 0:
-                raise _error(source, start, "unclosed comment '{{!--' (it must end with '--}}')")
+                raise _error(
+                    source,
+                    start,
+                    "unclosed comment '{{!--' (it must end with '--}}')",
+                    "unclosed_comment",
+                    tag="{{!--",
+                )
             tokens.append(_Token("comment", start))
             i = end + 4
             continue
         if source.startswith("{{!", start):
             end = source.find("}}", start + 3)
             if end < 0:
-                raise _error(source, start, "unclosed comment '{{!' (it must end with '}}')")
+                raise _error(
+                    source,
+                    start,
+                    "unclosed comment '{{!' (it must end with '}}')",
+                    "unclosed_comment",
+                    tag="{{!",
+                )
             tokens.append(_Token("comment", start))
             i = end + 2
             continue
         if source.startswith("{{{", start):
             raise _error(
-                source, start, "'{{{' (triple-stash) is not supported: nothing is escaped, use '{{name}}'"
+                source,
+                start,
+                "'{{{' (triple-stash) is not supported: nothing is escaped, use '{{name}}'",
+                "triple_stash",
             )
         end = source.find("}}", start + 2)
         inner = source[start + 2 : end] if end >= 0 else ""
         if end < 0 or "{{" in inner or "\n" in inner:
-            raise _error(source, start, "unclosed tag '{{'")
+            raise _error(source, start, "unclosed tag '{{'", "unclosed_tag")
         tokens.append(_classify(source, start, inner))
         i = end + 2
     return tokens
@@ -333,62 +393,109 @@ def _classify(source: str, start: int, inner: str) -> _Token:
     """Turn the text between ``{{`` and ``}}`` into a token, refusing anything unsupported."""
     text = inner.strip()
     if not text:
-        raise _error(source, start, "empty tag '{{}}'")
+        raise _error(source, start, "empty tag '{{}}'", "empty_tag")
     if text.startswith("~") or text.endswith("~"):
-        raise _error(source, start, f"whitespace control '~' is not supported: {_shown(inner)}")
+        raise _error(
+            source,
+            start,
+            f"whitespace control '~' is not supported: {_shown(inner)}",
+            "whitespace_control",
+            tag=_shown(inner),
+        )
     sigil = text[0]
     if sigil == "#":
         words = text[1:].split()
         if not words:
-            raise _error(source, start, "block tag '{{#}}' without a name")
+            raise _error(source, start, "block tag '{{#}}' without a name", "block_without_name")
         block, args = words[0], words[1:]
         if block not in ("if", "unless"):
             raise _error(
-                source, start, f"unsupported block {_shown('#' + block)}: only #if and #unless exist"
+                source,
+                start,
+                f"unsupported block {_shown('#' + block)}: only #if and #unless exist",
+                "unsupported_block",
+                tag=_shown("#" + block),
             )
         if len(args) != 1:
             raise _error(
-                source, start, f"{_shown('#' + block)} takes exactly one variable name: {_shown(inner)}"
+                source,
+                start,
+                f"{_shown('#' + block)} takes exactly one variable name: {_shown(inner)}",
+                "block_arguments",
+                block=block,
+                tag=_shown(inner),
             )
         return _Token("open", start, block, _check_name(source, start, args[0]))
     if sigil == "/":
         words = text[1:].split()
         if len(words) != 1 or words[0] not in ("if", "unless"):
             raise _error(
-                source, start, f"unsupported closing tag {_shown(inner)}: only /if and /unless exist"
+                source,
+                start,
+                f"unsupported closing tag {_shown(inner)}: only /if and /unless exist",
+                "unsupported_closing",
+                tag=_shown(inner),
             )
         return _Token("close", start, words[0])
     if sigil == ">":
-        raise _error(source, start, f"partials are not supported: {_shown(inner)}")
+        raise _error(
+            source, start, f"partials are not supported: {_shown(inner)}", "partial", tag=_shown(inner)
+        )
     if sigil == "&":
-        raise _error(source, start, f"'{{{{&' is not supported (nothing is escaped): {_shown(inner)}")
+        raise _error(
+            source,
+            start,
+            f"'{{{{&' is not supported (nothing is escaped): {_shown(inner)}",
+            "ampersand",
+            tag=_shown(inner),
+        )
     if sigil == "^":
         raise _error(
-            source, start, f"inverse sections are not supported, use {{{{#unless}}}}: {_shown(inner)}"
+            source,
+            start,
+            f"inverse sections are not supported, use {{{{#unless}}}}: {_shown(inner)}",
+            "inverse_section",
+            tag=_shown(inner),
         )
     words = text.split()
     if words[0] == "else":
         if len(words) == 1:
             return _Token("else", start)
         raise _error(
-            source, start, f"{_shown(inner)} is not supported: nest an {{{{#if}}}} inside {{{{else}}}}"
+            source,
+            start,
+            f"{_shown(inner)} is not supported: nest an {{{{#if}}}} inside {{{{else}}}}",
+            "else_arguments",
+            tag=_shown(inner),
         )
     if len(words) > 1:
-        raise _error(source, start, f"helpers are not supported: {_shown(inner)}")
+        raise _error(
+            source, start, f"helpers are not supported: {_shown(inner)}", "helper", tag=_shown(inner)
+        )
     return _Token("var", start, _check_name(source, start, text))
 
 
 def _check_name(source: str, start: int, raw: str) -> str:
     name = unicodedata.normalize("NFC", raw)
     if any(c in name for c in "./[]@"):
-        raise _error(source, start, f"paths such as {raw!r} are not supported, only plain variable names")
+        raise _error(
+            source,
+            start,
+            f"paths such as {raw!r} are not supported, only plain variable names",
+            "path",
+            name=raw,
+        )
     if name in _RESERVED:
-        raise _error(source, start, f"{raw!r} is a reserved word, not a variable name")
+        raise _error(
+            source, start, f"{raw!r} is a reserved word, not a variable name", "reserved_word", name=raw
+        )
     if not _is_identifier(name):
         raise _error(
             source,
             start,
             f"invalid variable name {raw!r}: use letters, digits and '_', not starting with a digit",
+            "invalid_name",
+            name=raw,
         )
     return name
 
@@ -469,9 +576,18 @@ class _Parser:
         body, end = self._body(0)
         if end is not None:
             if end.kind == "else":
-                raise _error(self._source, end.pos, "'{{else}}' outside an {{#if}} or {{#unless}} block")
+                raise _error(
+                    self._source,
+                    end.pos,
+                    "'{{else}}' outside an {{#if}} or {{#unless}} block",
+                    "else_outside_block",
+                )
             raise _error(
-                self._source, end.pos, f"'{{{{/{end.value}}}}}' without a matching '{{{{#{end.value}}}}}'"
+                self._source,
+                end.pos,
+                f"'{{{{/{end.value}}}}}' without a matching '{{{{#{end.value}}}}}'",
+                "close_without_open",
+                block=end.value,
             )
         return body
 
@@ -498,19 +614,39 @@ class _Parser:
     def _block(self, opening: _Token, depth: int) -> Node:
         src = self._source
         if depth > MAX_NESTING:
-            raise _error(src, opening.pos, f"blocks nested deeper than {MAX_NESTING} levels")
+            raise _error(
+                src,
+                opening.pos,
+                f"blocks nested deeper than {MAX_NESTING} levels",
+                "nesting_too_deep",
+                limit=MAX_NESTING,
+            )
         line, column = _position(src, opening.pos)
         opened = f"'{{{{#{opening.value}}}}}' opened at line {line}, column {column}"
+        where: dict[str, str | int] = {"block": opening.value, "opened_line": line, "opened_column": column}
         then, end = self._body(depth)
         otherwise: tuple[Node, ...] = ()
         if end is not None and end.kind == "else":
             otherwise, end = self._body(depth)
             if end is not None and end.kind == "else":
-                raise _error(src, end.pos, f"second '{{{{else}}}}' in the {opened}")
+                raise _error(src, end.pos, f"second '{{{{else}}}}' in the {opened}", "second_else", **where)
         if end is None:
-            raise _error(src, opening.pos, f"{opened} is never closed with '{{{{/{opening.value}}}}}'")
+            raise _error(
+                src,
+                opening.pos,
+                f"{opened} is never closed with '{{{{/{opening.value}}}}}'",
+                "unclosed_block",
+                **where,
+            )
         if end.value != opening.value:
-            raise _error(src, end.pos, f"'{{{{/{end.value}}}}}' does not close the {opened}")
+            raise _error(
+                src,
+                end.pos,
+                f"'{{{{/{end.value}}}}}' does not close the {opened}",
+                "mismatched_close",
+                closing=end.value,
+                **where,
+            )
         if opening.value == "if":
             return If(opening.name, then, otherwise)
         return Unless(opening.name, then, otherwise)
