@@ -345,3 +345,19 @@ async def test_a_readiness_probe_takes_one_pool_connection(api: Api) -> None:
     api.container.pool.pop_stats()
     ready = await api.client.get("/health/ready")
     assert (ready.status_code, api.container.pool.get_stats().get("requests_num")) == (200, 1)
+
+
+# ------------------------------------------------------------------------------------------ error shape
+
+
+async def test_an_error_with_no_input_to_blame_still_carries_field_null(api: Api) -> None:
+    unknown = await api.client.get(f"{BASE}/no-such-route", headers=api.admin)
+    wrong_method = await api.client.delete(f"{BASE}/queue/{uuid.uuid4()}/status", headers=api.public)
+    assert (unknown.status_code, unknown.json()) == (
+        404,
+        {"code": "not_found", "message": "Not Found", "field": None},
+    )
+    assert (wrong_method.status_code, wrong_method.json()) == (
+        405,
+        {"code": "method_not_allowed", "message": "Method Not Allowed", "field": None},
+    )

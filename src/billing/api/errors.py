@@ -1,4 +1,4 @@
-"""One table mapping application errors to HTTP answers ``{code, message, field?, details?}``.
+"""One table mapping application errors to HTTP answers ``{code, message, field, details?}``.
 
 Domain errors carry no HTTP status (STYLE.md 7); this module is the only place that gives them one.
 """
@@ -46,10 +46,9 @@ class Unauthorized(DomainError):
 def error_body(
     code: str, message: str, field: str | None = None, details: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The error document."""
-    body: dict[str, Any] = {"code": code, "message": message}
-    if field is not None:
-        body["field"] = field
+    """The error document: ``field`` is always present, null when no single input is to blame (an unknown
+    path, a method the path does not take, an internal error)."""
+    body: dict[str, Any] = {"code": code, "message": message, "field": field}
     if details:
         body["details"] = details
     return body
