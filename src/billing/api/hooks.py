@@ -15,6 +15,7 @@ from litestar.params import Parameter
 from litestar.security.jwt import Token
 
 from billing.api.auth import ALGORITHM, API_KEY_HEADER, Admin
+from billing.api.body import BODY_FIELD
 from billing.api.deps import Services, provide_services, run_sync
 from billing.api.docs import BODY_ERRORS, errors
 from billing.api.errors import Unauthorized
@@ -78,9 +79,11 @@ class GatewayWebhookController(Controller):
             body = msgspec.json.decode(await request.body())
             batch = parse_webhook(body, event_hint=event)
         except msgspec.DecodeError as exc:
-            raise InvalidValue(f"body is not valid JSON: {exc}", code="invalid_json") from None
+            raise InvalidValue(
+                f"body is not valid JSON: {exc}", code="invalid_json", field=BODY_FIELD
+            ) from None
         except ValueError as exc:
-            raise InvalidValue(str(exc), code="invalid_request") from None
+            raise InvalidValue(str(exc), code="invalid_request", field=BODY_FIELD) from None
         now = services.container.clock.now()
         new = await run_sync(store_batch, services.container.pool, tenant_id, batch, at=now)
         changed = 0
