@@ -10,9 +10,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import jwt
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -361,3 +362,42 @@ async def test_an_error_with_no_input_to_blame_still_carries_field_null(api: Api
         405,
         {"code": "method_not_allowed", "message": "Method Not Allowed", "field": None},
     )
+
+
+async def test_an_admin_refusal_says_what_is_wrong_with_the_authorization_header(api: Api) -> None:
+    an_hour_ago = int((datetime.now(UTC) - timedelta(hours=1)).timestamp())
+    expired = jwt.encode({"exp": an_hour_ago, "sub": str(api.tenant_id)}, SECRET, algorithm="HS256")
+    cases = [
+        ({}, "missing Authorization: Bearer <admin JWT> header"),
+        (
+            api.public,
+            "missing Authorization: Bearer <admin JWT> header "
+            "(this endpoint takes an admin token, not X-Billing-API-Key)",
+        ),
+        (
+            {"Authorization": f"Basic {api.token}"},
+            "the Authorization header must be 'Bearer <admin JWT>' (no other scheme)",
+        ),
+        (
+            {"Authorization": "Bearer abc"},
+            "the Authorization header's Bearer value is not a JWT (Not enough segments)",
+        ),
+        (
+            {"Authorization": f"Bearer {mint_token('x' * 32, api.tenant_id)}"},
+            "the admin token's signature does not match this server's BILLING_JWT_SECRET",
+        ),
+        (
+            {"Authorization": f"Bearer {expired}"},
+            "the admin token has expired; mint a new one (billing admin token --tenant ID)",
+        ),
+        (
+            {"Authorization": f"Bearer {mint_token(SECRET, 'not-a-tenant')}"},
+            "the admin token's sub claim is not a tenant id",
+        ),
+    ]
+    for headers, message in cases:
+        response = await api.client.get(f"{BASE}/templates/", headers=headers)
+        assert (response.status_code, response.json()) == (
+            401,
+            {"code": "unauthorized", "message": message, "field": "Authorization"},
+        ), headers
