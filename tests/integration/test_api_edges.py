@@ -401,3 +401,15 @@ async def test_an_admin_refusal_says_what_is_wrong_with_the_authorization_header
             401,
             {"code": "unauthorized", "message": message, "field": "Authorization"},
         ), headers
+
+
+async def test_a_missing_query_parameter_is_named_in_field(api: Api) -> None:
+    response = await api.client.get(f"{BASE}/contacts", headers=api.public)
+    assert (response.status_code, response.json()) == (
+        422,
+        {
+            "code": "invalid_request",
+            "message": "external_id is required (query parameter)",
+            "field": "external_id",
+        },
+    )

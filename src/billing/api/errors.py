@@ -5,6 +5,7 @@ Domain errors carry no HTTP status (STYLE.md 7); this module is the only place t
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import structlog
@@ -80,14 +81,24 @@ HTTP_CODES = {
 }
 
 
+_MISSING_PARAMETER = re.compile(r"^Missing required (?P<kind>\w+) parameter '(?P<name>[^']+)'")
+"""litestar's refusal of a request without a required parameter (its ValidationException has no ``extra``
+then, only this text naming the parameter as the client writes it)."""
+
+
 def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     """Answer litestar's own errors in the same shape. A parameter litestar refuses (query, path, header)
-    goes through the same msgspec-message mapping as bodies and answers 422 naming the parameter; a body
+    goes through the same msgspec-message mapping as bodies and answers 422 naming the parameter (a
+    missing one too: ``invalid_request`` with ``field`` its name); a body
     over the endpoint's limit is 413 ``body_too_large`` with ``details.max_bytes``."""
     if isinstance(exc, ValidationException):
         extra = exc.extra if isinstance(exc.extra, list) else []
         first = extra[0] if extra and isinstance(extra[0], dict) else {}
-        error = invalid_from_message(str(first.get("message", exc.detail)), first.get("key"))
+        if not first and (missing := _MISSING_PARAMETER.match(str(exc.detail))):
+            name, kind = missing.group("name"), missing.group("kind")
+            error = InvalidValue(f"{name} is required ({kind} parameter)", code="invalid_request", field=name)
+        else:
+            error = invalid_from_message(str(first.get("message", exc.detail)), first.get("key"))
         return domain_error_handler(request, error)
     if isinstance(exc, TooManyRequestsException):  # billing.api.ratelimit
         return Response(
