@@ -413,3 +413,20 @@ async def test_a_missing_query_parameter_is_named_in_field(api: Api) -> None:
             "field": "external_id",
         },
     )
+
+
+async def test_a_refused_header_is_named_as_the_client_writes_it(api: Api) -> None:
+    response = await api.client.post(
+        f"{BASE}/send/notification",
+        json={"contacts": [{"nome": "Ana", "telefone": "11987654321"}]},
+        headers={**api.public, "Idempotency-Key": "k" * 300},
+    )
+    assert (response.status_code, response.json()) == (
+        422,
+        {
+            "code": "value_too_long",
+            "message": "Idempotency-Key is longer than 255 characters",
+            "field": "Idempotency-Key",
+            "details": {"max_length": 255},
+        },
+    )

@@ -17,6 +17,7 @@ from litestar.exceptions import (
     TooManyRequestsException,
     ValidationException,
 )
+from litestar.params import ParameterKwarg
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from billing.api.body import invalid_from_message
@@ -81,6 +82,17 @@ HTTP_CODES = {
 }
 
 
+def wire_name(request: Request[Any, Any, Any], key: str) -> str:
+    """The name a client writes for the handler's parameter ``key``: the header's own name for a header
+    parameter (``idempotency_key`` → ``Idempotency-Key``), an aliased query parameter's alias, else
+    ``key`` (a query or path parameter, a body path)."""
+    parameter = request.route_handler.parsed_fn_signature.parameters.get(key)
+    kwarg = parameter.kwarg_definition if parameter is not None else None
+    if isinstance(kwarg, ParameterKwarg) and kwarg.name:
+        return kwarg.name
+    return key
+
+
 _MISSING_PARAMETER = re.compile(r"^Missing required (?P<kind>\w+) parameter '(?P<name>[^']+)'")
 """litestar's refusal of a request without a required parameter (its ValidationException has no ``extra``
 then, only this text naming the parameter as the client writes it)."""
@@ -98,7 +110,9 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
             name, kind = missing.group("name"), missing.group("kind")
             error = InvalidValue(f"{name} is required ({kind} parameter)", code="invalid_request", field=name)
         else:
-            error = invalid_from_message(str(first.get("message", exc.detail)), first.get("key"))
+            key = first.get("key")
+            name = wire_name(request, key) if isinstance(key, str) else None
+            error = invalid_from_message(str(first.get("message", exc.detail)), name)
         return domain_error_handler(request, error)
     if isinstance(exc, TooManyRequestsException):  # billing.api.ratelimit
         return Response(
