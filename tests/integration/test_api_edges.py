@@ -430,3 +430,25 @@ async def test_a_refused_header_is_named_as_the_client_writes_it(api: Api) -> No
             "details": {"max_length": 255},
         },
     )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "name"),
+    [
+        ("get", "/queue/abc/status", "queue_id"),
+        ("post", "/queue/abc/cancel", "queue_id"),
+        ("post", "/queue/abc/pause", "queue_id"),
+        ("get", "/campaign/abc/contacts", "campaign_id"),
+        ("get", "/history/contact/abc", "contact_id"),
+        ("get", "/history/template/abc", "template_id"),
+        ("delete", "/api-keys/abc/", "key_id"),
+    ],
+)
+async def test_an_id_in_the_path_that_is_no_uuid_is_refused_naming_it(
+    api: Api, method: str, path: str, name: str
+) -> None:
+    response = await getattr(api.client, method)(f"{BASE}{path}", headers={**api.public, **api.admin})
+    assert (response.status_code, response.json()) == (
+        422,
+        {"code": "invalid_request", "message": f"{name} in the path: Invalid UUID", "field": name},
+    )

@@ -101,7 +101,9 @@ then, only this text naming the parameter as the client writes it)."""
 def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     """Answer litestar's own errors in the same shape. A parameter litestar refuses (query, path, header)
     goes through the same msgspec-message mapping as bodies and answers 422 naming the parameter (a
-    missing one too: ``invalid_request`` with ``field`` its name); a body
+    missing one too: ``invalid_request`` with ``field`` its name; a path id that is no UUID: the API's
+    routes declare ``{queue_id:str}`` with a ``UUID`` argument, so litestar refuses it here instead of
+    answering a bare 404); a body
     over the endpoint's limit is 413 ``body_too_large`` with ``details.max_bytes``."""
     if isinstance(exc, ValidationException):
         extra = exc.extra if isinstance(exc.extra, list) else []
@@ -109,6 +111,11 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
         if not first and (missing := _MISSING_PARAMETER.match(str(exc.detail))):
             name, kind = missing.group("name"), missing.group("kind")
             error = InvalidValue(f"{name} is required ({kind} parameter)", code="invalid_request", field=name)
+        elif first.get("source") == "path":  # e.g. /queue/abc/status: routes take any text, typed here
+            name = str(first.get("key"))
+            error = InvalidValue(
+                f"{name} in the path: {first.get('message')}", code="invalid_request", field=name
+            )
         else:
             key = first.get("key")
             name = wire_name(request, key) if isinstance(key, str) else None

@@ -100,7 +100,7 @@ class GatewayWebhookController(Controller):
         }
 
     @post(
-        "/{tenant_id:uuid}",
+        "/{tenant_id:str}",
         status_code=200,
         summary="Webhook of the tenant's Evolution API instance",
         request_max_body_size=WEBHOOK_MAX_BODY,
@@ -113,7 +113,7 @@ class GatewayWebhookController(Controller):
         return await self._receive(request, tenant_id, services, None)
 
     @post(
-        "/{tenant_id:uuid}/{event:str}",
+        "/{tenant_id:str}/{event:str}",
         status_code=200,
         summary="Webhook, one URL per event",
         request_max_body_size=WEBHOOK_MAX_BODY,
@@ -154,7 +154,7 @@ class QueueControlController(Controller):
     dependencies = {"services": Provide(provide_services), "tenant_id": Provide(provide_queue_owner)}
 
     @post(
-        "/queue/{queue_id:uuid}/pause",
+        "/queue/{queue_id:str}/pause",
         status_code=200,
         summary="Pause a queue until resumed by hand",
         responses=HOOK_ERRORS,
@@ -165,7 +165,7 @@ class QueueControlController(Controller):
         return {"queue_id": str(queue.id), "paused_reason": queue.paused_reason}
 
     @post(
-        "/queue/{queue_id:uuid}/resume",
+        "/queue/{queue_id:str}/resume",
         status_code=200,
         summary="Resume a paused queue now",
         responses=HOOK_ERRORS,
