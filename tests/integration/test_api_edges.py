@@ -452,3 +452,41 @@ async def test_an_id_in_the_path_that_is_no_uuid_is_refused_naming_it(
         422,
         {"code": "invalid_request", "message": f"{name} in the path: Invalid UUID", "field": name},
     )
+
+
+async def test_a_not_found_names_the_path_parameter(api: Api) -> None:
+    unknown = uuid.uuid4()
+    cases = [
+        ("get", f"/queue/{unknown}/status", "queue_not_found", "queue not found", "queue_id"),
+        ("get", f"/history/contact/{unknown}", "contact_not_found", "contact not found", "contact_id"),
+        (
+            "get",
+            f"/history/contact/{unknown}?format=csv",
+            "contact_not_found",
+            "no contact of this tenant matches this contact",
+            "contact_id",
+        ),
+        (
+            "get",
+            "/history/invoice/NF-404",
+            "invoice_not_found",
+            "no contact of this tenant matches this invoice",
+            "ref",
+        ),
+        (
+            "get",
+            "/history/phone/5511987654321",
+            "phone_not_found",
+            "no contact of this tenant matches this phone",
+            "e164",
+        ),
+        ("get", f"/history/template/{unknown}", "template_not_found", "template not found", "template_id"),
+        ("delete", f"/templates/{unknown}/", "template_not_found", "template not found", "template_id"),
+        ("delete", f"/api-keys/{unknown}/", "api_key_not_found", "api key not found", "key_id"),
+    ]
+    for method, path, code, message, field in cases:
+        response = await getattr(api.client, method)(f"{BASE}{path}", headers={**api.public, **api.admin})
+        assert (response.status_code, response.json()) == (
+            404,
+            {"code": code, "message": message, "field": field},
+        ), path

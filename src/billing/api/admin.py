@@ -447,16 +447,23 @@ async def _is_default(services: Services, template: Any) -> bool:
 
 
 HistoryFormat = Literal["json", "csv"]
+HISTORY_PATH_PARAMETERS = {"contact": "contact_id", "invoice": "ref", "phone": "e164"}
+"""The path parameter of each history route, the ``field`` of its ``<kind>_not_found``."""
 
 
 async def _history_entries(
     services: Services, what: HistoryFilter, kind: str, *, found: bool = False
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
     """``(contacts, entries, truncated)`` of ``what`` (at most MAX_ENTRIES entries). Raises NotFound
-    ``<kind>_not_found`` when no contact matches, unless ``found`` (something else was found)."""
+    ``<kind>_not_found`` (``field``: the route's path parameter) when no contact matches, unless
+    ``found`` (something else was found)."""
     contacts = await run_sync(services.history.contacts, what)
     if not contacts and not found:
-        raise NotFound(f"no contact of this tenant matches this {kind}", code=f"{kind}_not_found", field=kind)
+        raise NotFound(
+            f"no contact of this tenant matches this {kind}",
+            code=f"{kind}_not_found",
+            field=HISTORY_PATH_PARAMETERS[kind],
+        )
     entries = await run_sync(services.history.entries, what, limit=MAX_ENTRIES + 1)
     return contacts, entries[:MAX_ENTRIES], len(entries) > MAX_ENTRIES
 
