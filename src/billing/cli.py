@@ -52,6 +52,7 @@ COMMANDS = """commands:
   projections status            each follower's position, lag and recorded errors
   history export                write a tenant's history (evidence) to a CSV/JSON file
   worker                        consume jobs and send messages through the Evolution API
+  hooks                         apply the gateway's receipts and replies, deliver the signed ERP webhooks
   gateway-simulator             serve a fake Evolution API
   dev                           everything in one process on embedded defaults (first run, demos)
 
