@@ -490,3 +490,23 @@ async def test_a_not_found_names_the_path_parameter(api: Api) -> None:
             404,
             {"code": code, "message": message, "field": field},
         ), path
+
+
+async def test_a_csv_history_says_its_charset_once(api: Api) -> None:
+    sent = await api.client.post(
+        f"{BASE}/send/notification",
+        json={"external_id": "NF-7", "contacts": [{"nome": "Ana", "telefone": "11987654321"}]},
+        headers=api.public,
+    )
+    assert sent.status_code == 202
+    project_pending(api.container.store, api.container.pool)
+    contact_id = (await api.client.get(f"{BASE}/contacts?external_id=NF-7", headers=api.public)).json()[
+        "items"
+    ][0]["contact_id"]
+    for path in (
+        "/history/invoice/NF-7?format=csv",
+        f"/history/contact/{contact_id}?format=csv",
+        "/history/phone/5511987654321?format=csv",
+    ):
+        response = await api.client.get(f"{BASE}{path}", headers=api.admin)
+        assert (response.status_code, response.headers["content-type"]) == (200, "text/csv; charset=utf-8")

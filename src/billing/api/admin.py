@@ -469,9 +469,10 @@ async def _history_entries(
 
 
 def _csv(entries: list[dict[str, Any]], kind: str) -> Response[str]:
-    """The entries as a CSV attachment (columns: ``billing.services.history.CSV_COLUMNS``)."""
+    """The entries as a CSV attachment (columns: ``billing.services.history.CSV_COLUMNS``); litestar
+    adds ``charset=utf-8`` to a ``text/`` media type itself."""
     return Response(
         to_csv(entries),
-        media_type="text/csv; charset=utf-8",
+        media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="history-{kind}.csv"'},
     )
