@@ -156,6 +156,7 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
         run_worker_process,
     )
     from billing.gateway.simulator import EvolutionSimulator
+    from billing.metrics import register_database_collector
     from billing.outbox.memory import InMemoryBroker
     from billing.webapp import create_app
 
@@ -164,6 +165,9 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
     broker = InMemoryBroker(prefix=settings.broker_prefix)
     await broker.declare_topology()
     container = await asyncio.to_thread(_open_container_sync, settings, broker)
+    # the projections run here, so the API's /metrics carries the database gauges (billing_queues,
+    # billing_follower_*) as the projections process's own port does in production
+    register_database_collector(container.store.recorder.max_notification_id, container.pool)
     try:
         state = _DevState(args.data_dir)
         simulator = EvolutionSimulator()
