@@ -337,6 +337,8 @@ DEMO_BODY = (
     '{"nome": "João Lima", "telefone": "(21) 99876-5432", "mensagem": "Seu boleto foi registrado."}, '
     '{"nome": "Ana Costa", "telefone": "31998296801"}]}'
 )
+DEMO_IDEMPOTENCY_KEY = "demo-1"
+"""The ``Idempotency-Key`` of the printed curl command: run twice, it queues one batch."""
 
 
 def _admin_token(settings: Settings, tenant_id: UUID) -> str:
@@ -394,10 +396,12 @@ async def _announce(
         f"  Tenant:     {tenant_id}",
         *(f"  {name + ':':<11} {value}" for name, value in extra.items()),
         "",
-        "Send three notifications (sent 24/7):",
-        f"  curl -sS -X POST {api}/send/notification \\",
+        "Send three notifications (sent 24/7); a repeat with the same Idempotency-Key is answered from",
+        "the first (header Idempotent-Replayed: true), so change the key for a new batch:",
+        f"  curl -sS -i -X POST {api}/send/notification \\",
         "    -H 'Content-Type: application/json' \\",
         f"    -H 'X-Billing-API-Key: {api_key}' \\",
+        f"    -H 'Idempotency-Key: {DEMO_IDEMPOTENCY_KEY}' \\",
         f"    -d '{DEMO_BODY}'",
         "",
         "Then poll the queue's status and list the campaign's contacts (ids from the answer above):",

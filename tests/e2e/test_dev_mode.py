@@ -156,3 +156,22 @@ def test_billing_dev_metrics_carry_the_database_gauges_of_its_projections(dev_se
         for name in ("billing_follower_position", "billing_follower_lag_events"):
             assert f'{name}{{follower="{follower}"}}' in samples
         assert f'billing_follower_errors{{follower="{follower}"}} 0.0' in text.splitlines()
+
+
+def test_billing_dev_prints_a_curl_command_with_an_idempotency_key(dev_server: str, tmp_path: Path) -> None:
+    deadline = time.monotonic() + 10
+    while (
+        "Send three notifications" not in (tmp_path / "dev.log").read_text() and time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    lines = (tmp_path / "dev.log").read_text().splitlines()
+    start = lines.index(
+        "Send three notifications (sent 24/7); a repeat with the same Idempotency-Key is answered from"
+    )
+    assert lines[start + 1 : start + 6] == [
+        "the first (header Idempotent-Replayed: true), so change the key for a new batch:",
+        f"  curl -sS -i -X POST {dev_server}{BASE}/send/notification \\",
+        "    -H 'Content-Type: application/json' \\",
+        f"    -H 'X-Billing-API-Key: {API_KEY}' \\",
+        "    -H 'Idempotency-Key: demo-1' \\",
+    ]
