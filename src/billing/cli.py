@@ -31,7 +31,7 @@ from billing.runtime import (
     _open_container,
     _run_process,
     _safe_url,
-    load_settings,
+    load_cli_settings,
 )
 from billing.settings import SettingsError
 
@@ -232,7 +232,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     from billing.db import MigrationError, migrate
 
-    settings = load_settings()
+    settings = load_cli_settings()
     try:
         applied = migrate(settings.database_url)
     except MigrationError as exc:
@@ -385,7 +385,7 @@ def cmd_projections(args: argparse.Namespace) -> int:
 
 def cmd_projections_rebuild(args: argparse.Namespace) -> int:
     """``billing projections rebuild``: rebuild the read models from the event log, then exit."""
-    settings = load_settings()
+    settings = load_cli_settings()
     from billing.progress import replay_progress
     from billing.projections.views import rebuild_projections as rebuild
 
