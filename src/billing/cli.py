@@ -31,7 +31,7 @@ from billing.runtime import (
     _open_container,
     _run_process,
     _safe_url,
-    load_settings,
+    load_cli_settings,
 )
 from billing.settings import SettingsError
 
@@ -52,6 +52,7 @@ COMMANDS = """commands:
   projections status            each follower's position, lag and recorded errors
   history export                write a tenant's history (evidence) to a CSV/JSON file
   worker                        consume jobs and send messages through the Evolution API
+  hooks                         apply the gateway's receipts and replies, deliver the signed ERP webhooks
   gateway-simulator             serve a fake Evolution API
   dev                           everything in one process on embedded defaults (first run, demos)
 
@@ -231,7 +232,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     from billing.db import MigrationError, migrate
 
-    settings = load_settings()
+    settings = load_cli_settings()
     try:
         applied = migrate(settings.database_url)
     except MigrationError as exc:
@@ -384,7 +385,7 @@ def cmd_projections(args: argparse.Namespace) -> int:
 
 def cmd_projections_rebuild(args: argparse.Namespace) -> int:
     """``billing projections rebuild``: rebuild the read models from the event log, then exit."""
-    settings = load_settings()
+    settings = load_cli_settings()
     from billing.progress import replay_progress
     from billing.projections.views import rebuild_projections as rebuild
 

@@ -13,7 +13,7 @@ from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from billing.cli_errors import CliError
-from billing.runtime import _admin_container, _close_sync, load_settings
+from billing.runtime import _admin_container, _close_sync, load_cli_settings
 
 __all__ = ["add_history_parser", "cmd_history_export", "cmd_projections_status", "cmd_projections_verify"]
 
@@ -62,7 +62,7 @@ def cmd_projections_verify(args: argparse.Namespace) -> int:
     from billing.progress import replay_progress
     from billing.projections.verify import REBUILD_BATCH_SIZE, verify_projections
 
-    settings = load_settings()
+    settings = load_cli_settings()
     container = _admin_container()
     try:
         with replay_progress("replaying into a scratch schema") as progress:

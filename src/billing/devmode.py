@@ -156,6 +156,7 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
         run_worker_process,
     )
     from billing.gateway.simulator import EvolutionSimulator
+    from billing.metrics import register_database_collector
     from billing.outbox.memory import InMemoryBroker
     from billing.webapp import create_app
 
@@ -164,6 +165,9 @@ async def _dev_main(settings: Settings, args: argparse.Namespace) -> int:
     broker = InMemoryBroker(prefix=settings.broker_prefix)
     await broker.declare_topology()
     container = await asyncio.to_thread(_open_container_sync, settings, broker)
+    # the projections run here, so the API's /metrics carries the database gauges (billing_queues,
+    # billing_follower_*) as the projections process's own port does in production
+    register_database_collector(container.store.recorder.max_notification_id, container.pool)
     try:
         state = _DevState(args.data_dir)
         simulator = EvolutionSimulator()
@@ -333,6 +337,8 @@ DEMO_BODY = (
     '{"nome": "João Lima", "telefone": "(21) 99876-5432", "mensagem": "Seu boleto foi registrado."}, '
     '{"nome": "Ana Costa", "telefone": "31998296801"}]}'
 )
+DEMO_IDEMPOTENCY_KEY = "demo-1"
+"""The ``Idempotency-Key`` of the printed curl command: run twice, it queues one batch."""
 
 
 def _admin_token(settings: Settings, tenant_id: UUID) -> str:
@@ -390,10 +396,12 @@ async def _announce(
         f"  Tenant:     {tenant_id}",
         *(f"  {name + ':':<11} {value}" for name, value in extra.items()),
         "",
-        "Send three notifications (sent 24/7):",
-        f"  curl -sS -X POST {api}/send/notification \\",
+        "Send three notifications (sent 24/7); a repeat with the same Idempotency-Key is answered from",
+        "the first (header Idempotent-Replayed: true), so change the key for a new batch:",
+        f"  curl -sS -i -X POST {api}/send/notification \\",
         "    -H 'Content-Type: application/json' \\",
         f"    -H 'X-Billing-API-Key: {api_key}' \\",
+        f"    -H 'Idempotency-Key: {DEMO_IDEMPOTENCY_KEY}' \\",
         f"    -d '{DEMO_BODY}'",
         "",
         "Then poll the queue's status and list the campaign's contacts (ids from the answer above):",

@@ -14,7 +14,8 @@ queue statuses are fixed names. No phone numbers, no ids.
 
 Hooks are one-liners at the instrumented spots (worker handler, gateway call, relay publish, event-store
 save); the state of the database (queues by status, follower lag) is read at scrape time by
-:class:`DatabaseCollector`, registered by the ``projections`` process only (one per database).
+:class:`DatabaseCollector`, registered by the ``projections`` process only (one per database), and by
+``billing dev``, where the projections share the API's process and its ``/metrics``.
 """
 
 from __future__ import annotations
@@ -216,6 +217,16 @@ class DatabaseCollector(Collector):
 _collector: DatabaseCollector | None = None
 
 
+def register_database_collector(head: Callable[[], int | None], pool: ConnectionSource) -> None:
+    """Register one :class:`DatabaseCollector` over ``head`` and ``pool`` in this process's registry
+    (once; later calls do nothing): by the ``projections`` process, and by ``billing dev``, whose API
+    serves it on ``/metrics`` since the projections run in the same process."""
+    global _collector
+    if _collector is None:
+        _collector = DatabaseCollector(head, pool)
+        REGISTRY.register(_collector)
+
+
 def serve(
     command: str,
     *,
@@ -233,10 +244,8 @@ def serve(
     Raises:
         OSError: the port is taken.
     """
-    global _collector
-    if command == "projections" and _collector is None:
-        _collector = DatabaseCollector(head, pool)
-        REGISTRY.register(_collector)
+    if command == "projections":
+        register_database_collector(head, pool)
     if not port:
         return ()
     return start_http_server(port, addr=host)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import inspect
+import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
@@ -28,6 +29,16 @@ def load_settings(**overrides: object) -> Settings:
 
     configure_logging(settings.log_format, settings.log_level)
     return settings
+
+
+def load_cli_settings() -> Settings:
+    """:func:`load_settings` for a one-shot command a person runs (migrate, rebuild, tenant create…):
+    its log lines are in the console format, read next to its progress and output, unless
+    ``BILLING_LOG_FORMAT`` chooses one; the long-running processes keep the settings' format (json)."""
+    overrides: dict[str, object] = {}
+    if not os.environ.get("BILLING_LOG_FORMAT"):
+        overrides["log_format"] = "console"
+    return load_settings(**overrides)
 
 
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -83,7 +94,7 @@ async def _open_container(settings: Settings, *, broker: bool) -> Any:
 
 
 def _admin_container() -> Any:
-    return _open_container_sync(load_settings())
+    return _open_container_sync(load_cli_settings())
 
 
 def _close_sync(container: Any) -> None:

@@ -280,6 +280,7 @@ async def test_cancellation_does_not_depend_on_the_projections_lag(database_url:
         assert behind.json() == {
             "code": "projections_behind",
             "message": "the contact views are still catching up with recent requests; retry shortly",
+            "field": None,
             "details": {"retry_after_s": 1},
         }
 

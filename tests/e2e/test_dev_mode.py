@@ -145,3 +145,33 @@ def test_billing_dev_prints_the_dashboard_url_and_a_demo_login_that_works(
         )
         assert answer.status_code == 200, answer.text
         assert "Empresa Demo" in answer.text and "Visão geral" in answer.text
+
+
+def test_billing_dev_metrics_carry_the_database_gauges_of_its_projections(dev_server: str) -> None:
+    text = httpx.get(f"{dev_server}/metrics", timeout=10).text
+    samples = {line.split(" ")[0] for line in text.splitlines() if line.startswith("billing_")}
+    for status in ("queued", "running", "paused", "completed", "cancelled"):
+        assert f'billing_queues{{status="{status}"}} 0.0' in text.splitlines()
+    for follower in ("projections", "relay"):
+        for name in ("billing_follower_position", "billing_follower_lag_events"):
+            assert f'{name}{{follower="{follower}"}}' in samples
+        assert f'billing_follower_errors{{follower="{follower}"}} 0.0' in text.splitlines()
+
+
+def test_billing_dev_prints_a_curl_command_with_an_idempotency_key(dev_server: str, tmp_path: Path) -> None:
+    deadline = time.monotonic() + 10
+    while (
+        "Send three notifications" not in (tmp_path / "dev.log").read_text() and time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    lines = (tmp_path / "dev.log").read_text().splitlines()
+    start = lines.index(
+        "Send three notifications (sent 24/7); a repeat with the same Idempotency-Key is answered from"
+    )
+    assert lines[start + 1 : start + 6] == [
+        "the first (header Idempotent-Replayed: true), so change the key for a new batch:",
+        f"  curl -sS -i -X POST {dev_server}{BASE}/send/notification \\",
+        "    -H 'Content-Type: application/json' \\",
+        f"    -H 'X-Billing-API-Key: {API_KEY}' \\",
+        "    -H 'Idempotency-Key: demo-1' \\",
+    ]

@@ -75,7 +75,7 @@ async def test_webhook_needs_the_tenants_secret(api: Api) -> None:
         "queues_changed": 0,
     }
     bad = await api.client.post(f"{BASE}/gateway/events/{api.tenant_id}", content=b"{", headers=headers)
-    assert (bad.status_code, bad.json()["code"]) == (400, "invalid_json")
+    assert (bad.status_code, bad.json()["code"], bad.json()["field"]) == (400, "invalid_json", "body")
 
 
 async def test_receipts_before_the_send_duplicated_and_out_of_order_are_applied_once(api: Api) -> None:

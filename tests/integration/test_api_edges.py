@@ -10,9 +10,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import jwt
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -345,3 +346,167 @@ async def test_a_readiness_probe_takes_one_pool_connection(api: Api) -> None:
     api.container.pool.pop_stats()
     ready = await api.client.get("/health/ready")
     assert (ready.status_code, api.container.pool.get_stats().get("requests_num")) == (200, 1)
+
+
+# ------------------------------------------------------------------------------------------ error shape
+
+
+async def test_an_error_with_no_input_to_blame_still_carries_field_null(api: Api) -> None:
+    unknown = await api.client.get(f"{BASE}/no-such-route", headers=api.admin)
+    wrong_method = await api.client.delete(f"{BASE}/queue/{uuid.uuid4()}/status", headers=api.public)
+    assert (unknown.status_code, unknown.json()) == (
+        404,
+        {"code": "not_found", "message": "Not Found", "field": None},
+    )
+    assert (wrong_method.status_code, wrong_method.json()) == (
+        405,
+        {"code": "method_not_allowed", "message": "Method Not Allowed", "field": None},
+    )
+
+
+async def test_an_admin_refusal_says_what_is_wrong_with_the_authorization_header(api: Api) -> None:
+    an_hour_ago = int((datetime.now(UTC) - timedelta(hours=1)).timestamp())
+    expired = jwt.encode({"exp": an_hour_ago, "sub": str(api.tenant_id)}, SECRET, algorithm="HS256")
+    cases = [
+        ({}, "missing Authorization: Bearer <admin JWT> header"),
+        (
+            api.public,
+            "missing Authorization: Bearer <admin JWT> header "
+            "(this endpoint takes an admin token, not X-Billing-API-Key)",
+        ),
+        (
+            {"Authorization": f"Basic {api.token}"},
+            "the Authorization header must be 'Bearer <admin JWT>' (no other scheme)",
+        ),
+        (
+            {"Authorization": "Bearer abc"},
+            "the Authorization header's Bearer value is not a JWT (Not enough segments)",
+        ),
+        (
+            {"Authorization": f"Bearer {mint_token('x' * 32, api.tenant_id)}"},
+            "the admin token's signature does not match this server's BILLING_JWT_SECRET",
+        ),
+        (
+            {"Authorization": f"Bearer {expired}"},
+            "the admin token has expired; mint a new one (billing admin token --tenant ID)",
+        ),
+        (
+            {"Authorization": f"Bearer {mint_token(SECRET, 'not-a-tenant')}"},
+            "the admin token's sub claim is not a tenant id",
+        ),
+    ]
+    for headers, message in cases:
+        response = await api.client.get(f"{BASE}/templates/", headers=headers)
+        assert (response.status_code, response.json()) == (
+            401,
+            {"code": "unauthorized", "message": message, "field": "Authorization"},
+        ), headers
+
+
+async def test_a_missing_query_parameter_is_named_in_field(api: Api) -> None:
+    response = await api.client.get(f"{BASE}/contacts", headers=api.public)
+    assert (response.status_code, response.json()) == (
+        422,
+        {
+            "code": "invalid_request",
+            "message": "external_id is required (query parameter)",
+            "field": "external_id",
+        },
+    )
+
+
+async def test_a_refused_header_is_named_as_the_client_writes_it(api: Api) -> None:
+    response = await api.client.post(
+        f"{BASE}/send/notification",
+        json={"contacts": [{"nome": "Ana", "telefone": "11987654321"}]},
+        headers={**api.public, "Idempotency-Key": "k" * 300},
+    )
+    assert (response.status_code, response.json()) == (
+        422,
+        {
+            "code": "value_too_long",
+            "message": "Idempotency-Key is longer than 255 characters",
+            "field": "Idempotency-Key",
+            "details": {"max_length": 255},
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "name"),
+    [
+        ("get", "/queue/abc/status", "queue_id"),
+        ("post", "/queue/abc/cancel", "queue_id"),
+        ("post", "/queue/abc/pause", "queue_id"),
+        ("get", "/campaign/abc/contacts", "campaign_id"),
+        ("get", "/history/contact/abc", "contact_id"),
+        ("get", "/history/template/abc", "template_id"),
+        ("delete", "/api-keys/abc/", "key_id"),
+    ],
+)
+async def test_an_id_in_the_path_that_is_no_uuid_is_refused_naming_it(
+    api: Api, method: str, path: str, name: str
+) -> None:
+    response = await getattr(api.client, method)(f"{BASE}{path}", headers={**api.public, **api.admin})
+    assert (response.status_code, response.json()) == (
+        422,
+        {"code": "invalid_request", "message": f"{name} in the path: Invalid UUID", "field": name},
+    )
+
+
+async def test_a_not_found_names_the_path_parameter(api: Api) -> None:
+    unknown = uuid.uuid4()
+    cases = [
+        ("get", f"/queue/{unknown}/status", "queue_not_found", "queue not found", "queue_id"),
+        ("get", f"/history/contact/{unknown}", "contact_not_found", "contact not found", "contact_id"),
+        (
+            "get",
+            f"/history/contact/{unknown}?format=csv",
+            "contact_not_found",
+            "no contact of this tenant matches this contact",
+            "contact_id",
+        ),
+        (
+            "get",
+            "/history/invoice/NF-404",
+            "invoice_not_found",
+            "no contact of this tenant matches this invoice",
+            "ref",
+        ),
+        (
+            "get",
+            "/history/phone/5511987654321",
+            "phone_not_found",
+            "no contact of this tenant matches this phone",
+            "e164",
+        ),
+        ("get", f"/history/template/{unknown}", "template_not_found", "template not found", "template_id"),
+        ("delete", f"/templates/{unknown}/", "template_not_found", "template not found", "template_id"),
+        ("delete", f"/api-keys/{unknown}/", "api_key_not_found", "api key not found", "key_id"),
+    ]
+    for method, path, code, message, field in cases:
+        response = await getattr(api.client, method)(f"{BASE}{path}", headers={**api.public, **api.admin})
+        assert (response.status_code, response.json()) == (
+            404,
+            {"code": code, "message": message, "field": field},
+        ), path
+
+
+async def test_a_csv_history_says_its_charset_once(api: Api) -> None:
+    sent = await api.client.post(
+        f"{BASE}/send/notification",
+        json={"external_id": "NF-7", "contacts": [{"nome": "Ana", "telefone": "11987654321"}]},
+        headers=api.public,
+    )
+    assert sent.status_code == 202
+    project_pending(api.container.store, api.container.pool)
+    contact_id = (await api.client.get(f"{BASE}/contacts?external_id=NF-7", headers=api.public)).json()[
+        "items"
+    ][0]["contact_id"]
+    for path in (
+        "/history/invoice/NF-7?format=csv",
+        f"/history/contact/{contact_id}?format=csv",
+        "/history/phone/5511987654321?format=csv",
+    ):
+        response = await api.client.get(f"{BASE}{path}", headers=api.admin)
+        assert (response.status_code, response.headers["content-type"]) == (200, "text/csv; charset=utf-8")

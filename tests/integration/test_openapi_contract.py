@@ -111,7 +111,7 @@ def test_the_document_declares_the_real_error_shape_statuses_and_headers(
     body_schema = send["requestBody"]["content"]["application/json"]["schema"]
     assert body_schema["allOf"] == [{"$ref": "#/components/schemas/SendRequest"}]
     assert body_schema["examples"][0]["contacts"][0]["nome"] == "Maria Souza"
-    assert set(doc["components"]["schemas"]["ErrorBody"]["required"]) == {"code", "message"}
+    assert set(doc["components"]["schemas"]["ErrorBody"]["required"]) == {"code", "message", "field"}
     assert doc["components"]["securitySchemes"]["ApiKey"]["name"] == "X-Billing-API-Key"
     for path, item in doc["paths"].items():
         for method, operation in item.items():

@@ -3,8 +3,13 @@ progress after each batch (the CLI's progress bar)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import psycopg
 
@@ -46,3 +51,28 @@ def test_rebuild_in_batches_reports_progress_and_gives_the_same_views(database_u
     finally:
         container.pool.close()
         container.store.close()
+
+
+def test_the_rebuild_command_logs_for_a_person_unless_a_format_is_chosen(database_url: str) -> None:
+    billing = Path(sys.executable).with_name("billing")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    env["BILLING_DATABASE_URL"] = database_url
+
+    def run(**extra: str) -> list[str]:
+        done = subprocess.run(
+            [str(billing), "projections", "rebuild"],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return (done.stderr + done.stdout).splitlines()
+
+    console = run()
+    assert console[0].endswith(
+        " [info     ] projections truncated; replaying the notification log [billing.projections.views]"
+    )
+    assert console[-1] == "projections rebuilt (0 notifications replayed)"
+    chosen = run(BILLING_LOG_FORMAT="json")
+    assert json.loads(chosen[0])["event"] == "projections truncated; replaying the notification log"

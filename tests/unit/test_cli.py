@@ -21,6 +21,9 @@ EVERY_COMMAND = [
     "projections",
     "projections rebuild",
     "worker",
+    "hooks",
+    "history export",
+    "user create",
     "gateway-simulator",
     "dev",
 ]
@@ -52,6 +55,14 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     for command in EVERY_COMMAND:
         assert command in listed, f"{command!r} missing from billing --help"
     assert "BILLING_DATABASE_URL" in out
+
+
+def test_help_lists_every_command_the_parser_takes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--help"]) == 0
+    out = capsys.readouterr().out
+    listed = {line.strip().split(" ")[0] for line in out.splitlines() if line.startswith("  ")}
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) - listed == set()
 
 
 @pytest.mark.parametrize(

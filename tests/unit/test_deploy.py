@@ -122,3 +122,14 @@ def test_the_readme_says_how_to_start_it() -> None:
     readme = (DEPLOY / "README.md").read_text()
     assert "docker compose -f deploy/compose.yaml up -d --build" in readme
     assert "BILLING_JWT_SECRET" in readme
+
+
+def test_the_readmes_list_every_service_and_process_of_the_recipe() -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    table = {m.group(1) for m in re.finditer(r"^\| `([a-z-]+)` \|", readme, re.MULTILINE)}
+    assert table == set(SERVICES)
+    for needed in ("user create", "BILLING_OPERATOR_TOKEN", "BILLING_PUBLIC_URL"):
+        assert needed in readme, needed
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    processes = {m.group(1) for m in re.finditer(r"^\| `billing ([a-z-]+)` \|", operations, re.MULTILINE)}
+    assert processes == {s["command"][0] for s in BILLING_SERVICES.values()}

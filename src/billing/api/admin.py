@@ -155,7 +155,11 @@ class AdminController(Controller):
         key_id = api_key_id(hash_api_key(key))
         return ApiKeyIssued(key_id=key_id, name=name, prefix=key[:8], api_key=key)
 
-    @delete("/api-keys/{key_id:uuid}/", status_code=204, responses=_ops(s404=("api_key_not_found",)))
+    @delete(
+        "/api-keys/{key_id:str}/",
+        status_code=204,
+        responses=_ops(s404=("api_key_not_found",), s422=("invalid_request",)),
+    )
     async def revoke_api_key(self, request: Req, key_id: UUID, services: Services) -> None:
         """Revoke a key (404 for another tenant's)."""
         await run_sync(services.tenants.revoke_api_key, request.user.tenant_id, key_id)
@@ -189,7 +193,7 @@ class AdminController(Controller):
         return _template_doc(template)
 
     @patch(
-        "/templates/{template_id:uuid}/",
+        "/templates/{template_id:str}/",
         request_max_body_size=TEMPLATE_BODY,
         responses=_body_ops(TEMPLATE_CODES, s404=("template_not_found",)),
     )
@@ -207,16 +211,22 @@ class AdminController(Controller):
         template = await run_sync(services.templates.change, request.user.tenant_id, template_id, **changes)
         return _template_doc(template, default=await _is_default(services, template))
 
-    @delete("/templates/{template_id:uuid}/", status_code=200, responses=_ops(s404=("template_not_found",)))
+    @delete(
+        "/templates/{template_id:str}/",
+        status_code=200,
+        responses=_ops(s404=("template_not_found",), s422=("invalid_request",)),
+    )
     async def deactivate_template(self, request: Req, template_id: UUID, services: Services) -> TemplateDoc:
         """Deactivate a template; its history stays."""
         template = await run_sync(services.templates.deactivate, request.user.tenant_id, template_id)
         return _template_doc(template, default=False)
 
     @post(
-        "/templates/{template_id:uuid}/default",
+        "/templates/{template_id:str}/default",
         status_code=200,
-        responses=_ops(s404=("template_not_found",), s422=("template_inactive", "template_not_found")),
+        responses=_ops(
+            s404=("template_not_found",), s422=("template_inactive", "template_not_found", "invalid_request")
+        ),
     )
     async def make_default_template(self, request: Req, template_id: UUID, services: Services) -> TemplateDoc:
         """Make the template its type's default (the one sends without ``template_id`` use); 422
@@ -225,7 +235,7 @@ class AdminController(Controller):
         return _template_doc(template, default=True)
 
     @post(
-        "/templates/{template_id:uuid}/preview",
+        "/templates/{template_id:str}/preview",
         status_code=200,
         request_max_body_size=PREVIEW_BODY,
         responses=_body_ops(
@@ -333,7 +343,7 @@ class AdminController(Controller):
         return _config_doc(tenant)
 
     @get(
-        "/history/contact/{contact_id:uuid}",
+        "/history/contact/{contact_id:str}",
         responses=_ops(s404=("contact_not_found",), s422=("invalid_request",)),
     )
     async def contact_history(
@@ -414,7 +424,10 @@ class AdminController(Controller):
         )
         return found
 
-    @get("/history/template/{template_id:uuid}", responses=_ops(s404=("template_not_found",)))
+    @get(
+        "/history/template/{template_id:str}",
+        responses=_ops(s404=("template_not_found",), s422=("invalid_request",)),
+    )
     async def template_history(self, request: Req, template_id: UUID, services: Services) -> TemplateHistory:
         """Every version of one template, oldest first: what it said from which instant (``at``) on."""
         events = await run_sync(
@@ -434,24 +447,32 @@ async def _is_default(services: Services, template: Any) -> bool:
 
 
 HistoryFormat = Literal["json", "csv"]
+HISTORY_PATH_PARAMETERS = {"contact": "contact_id", "invoice": "ref", "phone": "e164"}
+"""The path parameter of each history route, the ``field`` of its ``<kind>_not_found``."""
 
 
 async def _history_entries(
     services: Services, what: HistoryFilter, kind: str, *, found: bool = False
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
     """``(contacts, entries, truncated)`` of ``what`` (at most MAX_ENTRIES entries). Raises NotFound
-    ``<kind>_not_found`` when no contact matches, unless ``found`` (something else was found)."""
+    ``<kind>_not_found`` (``field``: the route's path parameter) when no contact matches, unless
+    ``found`` (something else was found)."""
     contacts = await run_sync(services.history.contacts, what)
     if not contacts and not found:
-        raise NotFound(f"no contact of this tenant matches this {kind}", code=f"{kind}_not_found", field=kind)
+        raise NotFound(
+            f"no contact of this tenant matches this {kind}",
+            code=f"{kind}_not_found",
+            field=HISTORY_PATH_PARAMETERS[kind],
+        )
     entries = await run_sync(services.history.entries, what, limit=MAX_ENTRIES + 1)
     return contacts, entries[:MAX_ENTRIES], len(entries) > MAX_ENTRIES
 
 
 def _csv(entries: list[dict[str, Any]], kind: str) -> Response[str]:
-    """The entries as a CSV attachment (columns: ``billing.services.history.CSV_COLUMNS``)."""
+    """The entries as a CSV attachment (columns: ``billing.services.history.CSV_COLUMNS``); litestar
+    adds ``charset=utf-8`` to a ``text/`` media type itself."""
     return Response(
         to_csv(entries),
-        media_type="text/csv; charset=utf-8",
+        media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="history-{kind}.csv"'},
     )

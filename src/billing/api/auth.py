@@ -13,12 +13,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import jwt
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
+from billing.api.errors import Unauthorized
+
 API_KEY_HEADER = "X-Billing-API-Key"
+AUTH_HEADER = "Authorization"
 ALGORITHM = "HS256"
 
 
@@ -66,20 +70,54 @@ def bearer_token(header: str | None) -> str | None:
     return token
 
 
+def token_refusal(cause: BaseException | None) -> str:
+    """What is wrong with a refused admin token, from the PyJWT error litestar's ``Token.decode`` chained
+    (None: the token decoded but its ``sub`` is no tenant id)."""
+    if cause is None:
+        return "the admin token's sub claim is not a tenant id"
+    if isinstance(cause, jwt.ExpiredSignatureError):
+        return "the admin token has expired; mint a new one (billing admin token --tenant ID)"
+    if isinstance(cause, jwt.InvalidSignatureError):
+        return "the admin token's signature does not match this server's BILLING_JWT_SECRET"
+    if isinstance(cause, jwt.InvalidAlgorithmError):
+        return f"the admin token must be signed with {ALGORITHM}"
+    if isinstance(cause, jwt.MissingRequiredClaimError):
+        return f"the admin token has no {cause.claim!r} claim"
+    if isinstance(cause, jwt.DecodeError):
+        return f"the Authorization header's Bearer value is not a JWT ({cause})"
+    return f"the admin token is not valid ({cause})"
+
+
 class BearerJWTMiddleware(JWTAuthenticationMiddleware):
-    """litestar's JWT middleware, refusing every scheme but ``Bearer`` with 401."""
+    """litestar's JWT middleware, refusing every scheme but ``Bearer`` with 401, each refusal saying what
+    is wrong (``field``: ``Authorization``)."""
 
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        """Authenticate ``Authorization: Bearer <JWT>``. Raises NotAuthorizedException otherwise."""
+        """Authenticate ``Authorization: Bearer <JWT>``.
+
+        Raises:
+            Unauthorized: no ``Authorization`` header (an API key where an admin token belongs, too),
+                another scheme, or a token that does not verify.
+        """
         header = connection.headers.get(self.auth_header)
         if not header:
-            raise NotAuthorizedException("No JWT token found in request header")
+            hint = f" (this endpoint takes an admin token, not {API_KEY_HEADER})"
+            raise Unauthorized(
+                f"missing {AUTH_HEADER}: Bearer <admin JWT> header"
+                + (hint if connection.headers.get(API_KEY_HEADER) else ""),
+                field=AUTH_HEADER,
+            )
         token = bearer_token(header)
         if token is None:
-            raise NotAuthorizedException("the Authorization header must use the Bearer scheme")
-        return await self.authenticate_token(encoded_token=token, connection=connection)
+            raise Unauthorized(
+                f"the {AUTH_HEADER} header must be 'Bearer <admin JWT>' (no other scheme)", field=AUTH_HEADER
+            )
+        try:
+            return await self.authenticate_token(encoded_token=token, connection=connection)
+        except NotAuthorizedException as exc:
+            raise Unauthorized(token_refusal(exc.__cause__), field=AUTH_HEADER) from None
 
 
 def jwt_auth(secret: str) -> JWTAuth[Admin, Token]:

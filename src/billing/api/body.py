@@ -150,6 +150,10 @@ def _decoder(kind: type) -> msgspec.json.Decoder[Any]:
     return decoder
 
 
+BODY_FIELD = "body"
+"""The ``field`` of an error about the body as a whole (not JSON, not an object)."""
+
+
 def field_path(path: str) -> str | None:
     """msgspec's ``$``-path as the product writes fields: ``.contacts[3].nome`` → ``contacts[3].nome``
     (``""`` → None, the body itself)."""
@@ -189,7 +193,9 @@ def invalid_from(exc: msgspec.ValidationError, body: bytes, kind: type) -> Inval
     is_key = at is not None and "`key` in" in at.group(0)
     if "[...]" in raw_path:
         raw_path = _locate_key(body, kind, raw_path)
-    return invalid_from_message(text[: at.start()] if at else text, field_path(raw_path), is_key=is_key)
+    error = invalid_from_message(text[: at.start()] if at else text, field_path(raw_path), is_key=is_key)
+    error.field = error.field or BODY_FIELD  # e.g. an array where the body's object belongs
+    return error
 
 
 def invalid_from_message(head: str, path: str | None, *, is_key: bool = False) -> InvalidValue:
@@ -273,7 +279,7 @@ def decode_body(body: bytes, kind: type) -> Any:
     except msgspec.ValidationError as exc:
         raise invalid_from(exc, body, kind) from None
     except msgspec.DecodeError as exc:
-        raise InvalidValue(f"body is not valid JSON: {exc}", code="invalid_json") from None
+        raise InvalidValue(f"body is not valid JSON: {exc}", code="invalid_json", field=BODY_FIELD) from None
     if kind is SendRequest:
         value.contacts = _exact.decode(body).contacts  # safe: the first pass proved every value a scalar
     return value

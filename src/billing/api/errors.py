@@ -1,10 +1,11 @@
-"""One table mapping application errors to HTTP answers ``{code, message, field?, details?}``.
+"""One table mapping application errors to HTTP answers ``{code, message, field, details?}``.
 
 Domain errors carry no HTTP status (STYLE.md 7); this module is the only place that gives them one.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import structlog
@@ -16,6 +17,7 @@ from litestar.exceptions import (
     TooManyRequestsException,
     ValidationException,
 )
+from litestar.params import ParameterKwarg
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from billing.api.body import invalid_from_message
@@ -46,10 +48,9 @@ class Unauthorized(DomainError):
 def error_body(
     code: str, message: str, field: str | None = None, details: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The error document."""
-    body: dict[str, Any] = {"code": code, "message": message}
-    if field is not None:
-        body["field"] = field
+    """The error document: ``field`` is always present, null when no single input is to blame (an unknown
+    path, a method the path does not take, an internal error)."""
+    body: dict[str, Any] = {"code": code, "message": message, "field": field}
     if details:
         body["details"] = details
     return body
@@ -81,14 +82,44 @@ HTTP_CODES = {
 }
 
 
+def wire_name(request: Request[Any, Any, Any], key: str) -> str:
+    """The name a client writes for the handler's parameter ``key``: the header's own name for a header
+    parameter (``idempotency_key`` → ``Idempotency-Key``), an aliased query parameter's alias, else
+    ``key`` (a query or path parameter, a body path)."""
+    parameter = request.route_handler.parsed_fn_signature.parameters.get(key)
+    kwarg = parameter.kwarg_definition if parameter is not None else None
+    if isinstance(kwarg, ParameterKwarg) and kwarg.name:
+        return kwarg.name
+    return key
+
+
+_MISSING_PARAMETER = re.compile(r"^Missing required (?P<kind>\w+) parameter '(?P<name>[^']+)'")
+"""litestar's refusal of a request without a required parameter (its ValidationException has no ``extra``
+then, only this text naming the parameter as the client writes it)."""
+
+
 def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     """Answer litestar's own errors in the same shape. A parameter litestar refuses (query, path, header)
-    goes through the same msgspec-message mapping as bodies and answers 422 naming the parameter; a body
+    goes through the same msgspec-message mapping as bodies and answers 422 naming the parameter (a
+    missing one too: ``invalid_request`` with ``field`` its name; a path id that is no UUID: the API's
+    routes declare ``{queue_id:str}`` with a ``UUID`` argument, so litestar refuses it here instead of
+    answering a bare 404); a body
     over the endpoint's limit is 413 ``body_too_large`` with ``details.max_bytes``."""
     if isinstance(exc, ValidationException):
         extra = exc.extra if isinstance(exc.extra, list) else []
         first = extra[0] if extra and isinstance(extra[0], dict) else {}
-        error = invalid_from_message(str(first.get("message", exc.detail)), first.get("key"))
+        if not first and (missing := _MISSING_PARAMETER.match(str(exc.detail))):
+            name, kind = missing.group("name"), missing.group("kind")
+            error = InvalidValue(f"{name} is required ({kind} parameter)", code="invalid_request", field=name)
+        elif first.get("source") == "path":  # e.g. /queue/abc/status: routes take any text, typed here
+            name = str(first.get("key"))
+            error = InvalidValue(
+                f"{name} in the path: {first.get('message')}", code="invalid_request", field=name
+            )
+        else:
+            key = first.get("key")
+            name = wire_name(request, key) if isinstance(key, str) else None
+            error = invalid_from_message(str(first.get("message", exc.detail)), name)
         return domain_error_handler(request, error)
     if isinstance(exc, TooManyRequestsException):  # billing.api.ratelimit
         return Response(

@@ -15,6 +15,7 @@ from litestar.params import Parameter
 from litestar.security.jwt import Token
 
 from billing.api.auth import ALGORITHM, API_KEY_HEADER, Admin
+from billing.api.body import BODY_FIELD
 from billing.api.deps import Services, provide_services, run_sync
 from billing.api.docs import BODY_ERRORS, errors
 from billing.api.errors import Unauthorized
@@ -78,9 +79,11 @@ class GatewayWebhookController(Controller):
             body = msgspec.json.decode(await request.body())
             batch = parse_webhook(body, event_hint=event)
         except msgspec.DecodeError as exc:
-            raise InvalidValue(f"body is not valid JSON: {exc}", code="invalid_json") from None
+            raise InvalidValue(
+                f"body is not valid JSON: {exc}", code="invalid_json", field=BODY_FIELD
+            ) from None
         except ValueError as exc:
-            raise InvalidValue(str(exc), code="invalid_request") from None
+            raise InvalidValue(str(exc), code="invalid_request", field=BODY_FIELD) from None
         now = services.container.clock.now()
         new = await run_sync(store_batch, services.container.pool, tenant_id, batch, at=now)
         changed = 0
@@ -97,7 +100,7 @@ class GatewayWebhookController(Controller):
         }
 
     @post(
-        "/{tenant_id:uuid}",
+        "/{tenant_id:str}",
         status_code=200,
         summary="Webhook of the tenant's Evolution API instance",
         request_max_body_size=WEBHOOK_MAX_BODY,
@@ -110,7 +113,7 @@ class GatewayWebhookController(Controller):
         return await self._receive(request, tenant_id, services, None)
 
     @post(
-        "/{tenant_id:uuid}/{event:str}",
+        "/{tenant_id:str}/{event:str}",
         status_code=200,
         summary="Webhook, one URL per event",
         request_max_body_size=WEBHOOK_MAX_BODY,
@@ -151,7 +154,7 @@ class QueueControlController(Controller):
     dependencies = {"services": Provide(provide_services), "tenant_id": Provide(provide_queue_owner)}
 
     @post(
-        "/queue/{queue_id:uuid}/pause",
+        "/queue/{queue_id:str}/pause",
         status_code=200,
         summary="Pause a queue until resumed by hand",
         responses=HOOK_ERRORS,
@@ -162,7 +165,7 @@ class QueueControlController(Controller):
         return {"queue_id": str(queue.id), "paused_reason": queue.paused_reason}
 
     @post(
-        "/queue/{queue_id:uuid}/resume",
+        "/queue/{queue_id:str}/resume",
         status_code=200,
         summary="Resume a paused queue now",
         responses=HOOK_ERRORS,

@@ -164,9 +164,9 @@ class PublicController(Controller):
         return await self._send(TemplateType.NOTIFICATION, data, idempotency_key, services, tenant_id)
 
     @get(
-        "/queue/{queue_id:uuid}/status",
+        "/queue/{queue_id:str}/status",
         summary="A queue's status and counters",
-        responses=with_common({404: ("queue_not_found",)}),
+        responses=with_common({404: ("queue_not_found",), 422: ("invalid_request",)}),
     )
     async def queue_status(self, queue_id: UUID, services: Services, tenant_id: UUID) -> QueueStatusDoc:
         """The queue status document (404 for unknown or another tenant's queue)."""
@@ -177,7 +177,7 @@ class PublicController(Controller):
         return result
 
     @get(
-        "/campaign/{campaign_id:uuid}/contacts",
+        "/campaign/{campaign_id:str}/contacts",
         summary="A campaign's contacts (paged)",
         responses=with_common({404: ("campaign_not_found",), 422: ("invalid_request", "out_of_range")}),
     )
@@ -226,10 +226,10 @@ class PublicController(Controller):
         return result
 
     @post(
-        "/queue/{queue_id:uuid}/cancel",
+        "/queue/{queue_id:str}/cancel",
         status_code=200,
         summary="Cancel a queue's unsent contacts",
-        responses=with_common({404: ("queue_not_found",)}),
+        responses=with_common({404: ("queue_not_found",), 422: ("invalid_request",)}),
     )
     async def cancel_queue(self, queue_id: UUID, services: Services, tenant_id: UUID) -> QueueCancelled:
         """Cancel the queue; answers how many contacts were cancelled."""

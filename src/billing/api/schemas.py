@@ -88,11 +88,12 @@ ContactStatusName = Literal["pending", "dispatched", "sent", "failed", "skipped"
 
 class ErrorBody(Struct, omit_defaults=True):
     """Every 4xx/5xx answer: a machine-readable ``code``, a human ``message`` naming the ``field`` (a path
-    such as ``contacts[3].telefone``, a header or a query parameter), and sometimes ``details``."""
+    such as ``contacts[3].telefone``, a header or a query parameter; null when no single input is to
+    blame), and sometimes ``details``."""
 
     code: str
     message: str
-    field: str | None = None
+    field: str | None
     details: dict[str, Any] | None = None
 
 

@@ -210,10 +210,10 @@ def aggregate_history(
     """Every stored event of the tenant's aggregate ``aggregate_id`` of type ``kind``, oldest first.
 
     Raises:
-        NotFound: code ``<name>_not_found`` — no such aggregate, or another tenant's.
+        NotFound: code ``<name>_not_found``, field ``<name>_id`` — no such aggregate, or another tenant's.
     """
     events = list(store.events.get(aggregate_id))  # read once: the check folds the same events
     aggregate = fold(events) if events else None
     if not isinstance(aggregate, kind) or getattr(aggregate, "tenant_id", None) != tenant_id:
-        raise NotFound(f"{name} not found", code=f"{name}_not_found")
+        raise NotFound(f"{name} not found", code=f"{name}_not_found", field=f"{name}_id")
     return events

@@ -33,7 +33,7 @@ class TemplateService:
         """The tenant's template. Raises NotFound (unknown or another tenant's)."""
         template = get_owned(self.store, template_id, MessageTemplate, tenant_id)
         if template is None:
-            raise NotFound("template not found", code="template_not_found")
+            raise NotFound("template not found", code="template_not_found", field="template_id")
         return template
 
     def create(

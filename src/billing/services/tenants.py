@@ -148,7 +148,7 @@ class TenantService:
         """Revoke one of the tenant's keys. Raises NotFound (unknown or another tenant's key)."""
         api_key = get_owned(self.store, key_id, ApiKey, tenant_id)
         if api_key is None:
-            raise NotFound("api key not found", code="api_key_not_found")
+            raise NotFound("api key not found", code="api_key_not_found", field="key_id")
         api_key.revoke(at=self.clock.now())
         self.store.save(api_key)
         with self._lock:
