@@ -25,7 +25,14 @@ from billing.api.schemas import SendRequest, event_doc
 from billing.dashboard.policy_errors import policy_error
 from billing.dashboard.security import LOGIN_RATE_LIMIT, current_user
 from billing.dashboard.template_errors import template_error
-from billing.dashboard.upload import KNOWN_FIELDS, Sheet, guess_mapping, read_sheet, to_contacts
+from billing.dashboard.upload import (
+    INVOICE_FIELD,
+    KNOWN_FIELDS,
+    Sheet,
+    guess_mapping,
+    read_sheet,
+    to_contacts,
+)
 from billing.domain.apikey import ApiKey
 from billing.domain.calendar import DAY_NAMES, PolicyError
 from billing.domain.campaign import Campaign
@@ -266,6 +273,12 @@ def _template_type(value: Any) -> TemplateType:
         return TemplateType.OVERDUE
 
 
+def _invoice_column(form: dict[str, Any]) -> int | None:
+    """The index of the column chosen as the contacts' invoice reference (None: the batch's)."""
+    value = str(form.get("invoice_column") or "")
+    return int(value) if value.isdigit() else None
+
+
 def _optional_uuid(value: Any) -> UUID | None:
     try:
         return UUID(str(value)) if value else None
@@ -386,6 +399,8 @@ class CampaignsController(Controller):
             packed=_pack(sheet),
             mapping=guess_mapping(sheet.columns),
             known=KNOWN_FIELDS,
+            invoice_field=INVOICE_FIELD,
+            invoice_column=None,
             template_type=_template_type(form.get("template_type")).value,
             template_id=str(form.get("template_id") or ""),
             external_id=str(form.get("external_id") or ""),
@@ -393,7 +408,7 @@ class CampaignsController(Controller):
 
     def _request(self, form: dict[str, Any], sheet: Sheet) -> SendRequest:
         mapping = {c: str(form.get(f"map_{i}") or "") for i, c in enumerate(sheet.columns)}
-        contacts = to_contacts(sheet, mapping)
+        contacts = to_contacts(sheet, mapping, _invoice_column(form))
         return SendRequest(
             contacts=contacts,
             external_id=str(form.get("external_id") or "") or None,
@@ -411,6 +426,8 @@ class CampaignsController(Controller):
             "sheet": sheet,
             "packed": form.get("sheet"),
             "known": KNOWN_FIELDS,
+            "invoice_field": INVOICE_FIELD,
+            "invoice_column": _invoice_column(form),
             "template_type": kind.value,
             "template_id": str(form.get("template_id") or ""),
             "external_id": str(form.get("external_id") or ""),
@@ -453,6 +470,8 @@ class CampaignsController(Controller):
                 sheet=sheet,
                 packed=form.get("sheet"),
                 known=KNOWN_FIELDS,
+                invoice_field=INVOICE_FIELD,
+                invoice_column=_invoice_column(form),
                 template_type=kind.value,
                 template_id=str(form.get("template_id") or ""),
                 external_id=str(form.get("external_id") or ""),

