@@ -5,11 +5,17 @@ version, the gateway's id, CSV), the missing field named, and the header and cha
 from __future__ import annotations
 
 import re
+from csv import reader
+from datetime import timedelta
+from io import StringIO
 from typing import Any
+from uuid import uuid4, uuid5
 
 from billing.api.auth import mint_token
+from billing.api.schemas import SendRequest
 from billing.domain.contact import Contact
-from tests.integration.test_dashboard import CSV, SECRET, Dash, dash
+from billing.domain.types import TemplateType
+from tests.integration.test_dashboard import CSV, SECRET, Dash, dash, dash_ingest
 
 __all__ = ["dash"]  # the fixture, shared with test_dashboard
 
@@ -80,3 +86,57 @@ async def test_without_an_invoice_column_the_batch_reference_is_the_invoice(dash
     assert (await dash.client.get(f"{API}/history/invoice/F-1", headers=admin)).status_code == 404
     batch_ref = await dash.client.get(f"{API}/history/invoice/lote-1", headers=admin)
     assert [c["nome"] for c in batch_ref.json()["contacts"]] == ["Maria Souza", "João Lima", "Sem Fone"]
+
+
+async def test_the_contacts_events_page_names_the_contact_and_shows_what_the_api_has(dash: Dash) -> None:
+    sent = dash_ingest(dash).submit(
+        tenant_id=dash.tenant_id,
+        path_type=TemplateType.NOTIFICATION,
+        request=SendRequest(contacts=[{"nome": "Bia Reis", "telefone": "(11) 98765-4321"}]),
+    )
+    contact_id = uuid5(sent.campaign_id, "0")
+    contact = dash.container.store.repository.get(contact_id)
+    assert isinstance(contact, Contact)
+    now = dash.container.clock.now()
+    template_id = dash.tenants.get_tenant(dash.tenant_id).default_template("notification")
+    contact.dispatch(at=now, lease=timedelta(minutes=5))
+    contact.record_sent(
+        gateway_message_id="3EB0ABC123",
+        remote_jid="5511987654321@s.whatsapp.net",
+        text="Olá Bia",
+        at=now,
+        template_id=template_id,
+        template_version=1,
+        variation=0,
+    )
+    dash.container.store.save(contact)
+    dash.project()
+    assert (await dash.login()).status_code == 303
+    events = await dash.client.get(f"/dashboard/history/contact/{contact_id}")
+    assert events.status_code == 200
+    assert (
+        f'<p id="contact-header"><strong>Bia Reis</strong> · +5511987654321 · '
+        f'<a href="/dashboard/campaigns/{sent.campaign_id}">campanha {str(sent.campaign_id)[:8]}</a></p>'
+    ) in events.text
+    assert (
+        f'<small class="sent-meta">template <a href="/dashboard/templates/{template_id}">v1</a>, '
+        "variação 1 · id no gateway: <code>3EB0ABC123</code></small>"
+    ) in events.text
+    csv_path = f"/dashboard/history/contact/{contact_id}/export.csv"
+    link = f'<a href="{csv_path}" download id="contact-csv">Baixar CSV</a>'
+    assert link in events.text
+    csv = await dash.client.get(f"/dashboard/history/contact/{contact_id}/export.csv")
+    assert (csv.status_code, csv.headers["content-type"]) == (200, "text/csv; charset=utf-8")
+    assert csv.headers["content-disposition"] == f'attachment; filename="historico-contato-{contact_id}.csv"'
+    admin = {"Authorization": f"Bearer {mint_token(SECRET, dash.tenant_id)}"}
+    api = await dash.client.get(f"{API}/history/contact/{contact_id}?format=csv", headers=admin)
+    assert csv.text == api.text  # the API's export, with the dashboard's session
+    rows = list(reader(StringIO(csv.text)))
+    assert [(r[1], r[12], r[15]) for r in rows] == [
+        ("event", "template_version", "gateway_message_id"),
+        ("added", "1", ""),
+        ("dispatched", "", ""),
+        ("sent", "1", "3EB0ABC123"),
+    ]
+    unknown = await dash.client.get(f"/dashboard/history/contact/{uuid4()}/export.csv")
+    assert unknown.status_code == 404

@@ -42,8 +42,8 @@ from billing.domain.phone import normalize_phone
 from billing.domain.template import MessageTemplate, parse_variations
 from billing.domain.tenant import Tenant
 from billing.domain.types import ContactStatus, TemplateType
-from billing.eventstore import get_owned
-from billing.services.history import aggregate_history
+from billing.eventstore import fold, get_owned
+from billing.services.history import MAX_ENTRIES, HistoryFilter, aggregate_history, to_csv
 from billing.services.overview import PERIODS, DashboardQueries
 from billing.services.users import SessionUser
 from billing.worker.health import probe_connection_state
@@ -1014,7 +1014,8 @@ class HistoryController(Controller):
 
     @get("/contact/{contact_id:uuid}")
     async def contact(self, request: Req, contact_id: UUID) -> Template:
-        """Every event of one contact, oldest first (the admin API's audit history)."""
+        """Every event of one contact, oldest first (the admin API's audit history), under a header naming
+        the contact and its phone (E.164, or as sent when it was not a valid one), with the CSV link."""
         events = await run_sync(
             aggregate_history,
             _services(request).container.store,
@@ -1023,8 +1024,30 @@ class HistoryController(Controller):
             Contact,
             "contact",
         )
+        contact: Contact = fold(events)
         return await page(
-            request, "history_contact.html", contact_id=contact_id, events=[event_doc(e) for e in events]
+            request,
+            "history_contact.html",
+            contact_id=contact_id,
+            nome=contact.fields.get("nome") or "",
+            phone=contact.phone or contact.telefone,
+            campaign_id=contact.campaign_id,
+            events=[event_doc(e) for e in events],
+        )
+
+    @get("/contact/{contact_id:uuid}/export.csv")
+    async def contact_csv(self, request: Req, contact_id: UUID) -> Response[bytes]:
+        """The contact's history as the admin API's ``?format=csv`` gives it (the history projection's
+        entries, columns ``billing.services.history.CSV_COLUMNS``), with the dashboard's session."""
+        services = _services(request)
+        tenant_id = current_user(request).tenant_id
+        await run_sync(aggregate_history, services.container.store, tenant_id, contact_id, Contact, "contact")
+        what = HistoryFilter(tenant_id, contact_id=contact_id)
+        entries = await run_sync(services.history.entries, what, limit=MAX_ENTRIES)
+        return Response(
+            to_csv(entries).encode(),
+            media_type="text/csv",  # litestar adds "; charset=utf-8"
+            headers={"Content-Disposition": f'attachment; filename="historico-contato-{contact_id}.csv"'},
         )
 
 
