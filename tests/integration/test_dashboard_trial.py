@@ -140,3 +140,33 @@ async def test_the_contacts_events_page_names_the_contact_and_shows_what_the_api
     ]
     unknown = await dash.client.get(f"/dashboard/history/contact/{uuid4()}/export.csv")
     assert unknown.status_code == 404
+
+
+async def test_a_missing_variable_names_the_field_on_the_campaigns_contacts(dash: Dash) -> None:
+    full = {"nome": "Caio", "telefone": "11912345678", "valor": "10", "data_vencimento": "2026-11-20"}
+    sent = dash_ingest(dash).submit(
+        tenant_id=dash.tenant_id,
+        path_type=TemplateType.OVERDUE,
+        request=SendRequest(
+            contacts=[{"nome": "Bia", "telefone": "11987654321", "data_vencimento": "2026-11-20"}, full]
+        ),
+    )
+    assert [(r["code"], r["names"]) for r in sent.rejections] == [("missing_variable", ["valor"])]
+    caio = dash.container.store.repository.get(uuid5(sent.campaign_id, "1"))
+    assert isinstance(caio, Contact)
+    now = dash.container.clock.now()
+    caio.dispatch(at=now, lease=timedelta(minutes=5))
+    caio.record_failure(
+        code="missing_variable",
+        message="the template needs valor_total, nome_cliente",
+        retryable=False,
+        retry_at=None,
+        at=now,
+    )
+    dash.container.store.save(caio)
+    dash.project()
+    assert (await dash.login()).status_code == 303
+    table = await dash.client.get(f"/dashboard/campaigns/{sent.campaign_id}/contacts")
+    errors = re.findall(r'<td data-label="Erro"><span title="[^"]*">([^<]*)</span>', table.text)
+    assert errors == ["falta o campo valor", "faltam os campos nome e valor_total"]
+    assert "falta um campo que o template usa" not in table.text
