@@ -170,3 +170,14 @@ async def test_a_missing_variable_names_the_field_on_the_campaigns_contacts(dash
     errors = re.findall(r'<td data-label="Erro"><span title="[^"]*">([^<]*)</span>', table.text)
     assert errors == ["falta o campo valor", "faltam os campos nome e valor_total"]
     assert "falta um campo que o template usa" not in table.text
+
+
+async def test_the_headers_email_stands_level_with_the_logout_button(dash: Dash) -> None:
+    assert (await dash.login()).status_code == 303
+    overview = await dash.client.get("/dashboard/")
+    # the e-mail follows the hidden CSRF input, so Pico styles it as a field's helper text (pulled up)
+    assert re.search(
+        r'<input type="hidden" name="_csrf_token"[^>]*>\s*<small>ana@loja.example</small>', overview.text
+    )
+    css = (await dash.client.get("/dashboard/static/app.css")).text
+    assert "header.app .topline form small { margin: 0; }" in css
