@@ -181,3 +181,21 @@ async def test_the_headers_email_stands_level_with_the_logout_button(dash: Dash)
     )
     css = (await dash.client.get("/dashboard/static/app.css")).text
     assert "header.app .topline form small { margin: 0; }" in css
+
+
+async def test_the_chart_of_one_day_is_one_slim_bar(dash: Dash) -> None:
+    dash_ingest(dash).submit(
+        tenant_id=dash.tenant_id,
+        path_type=TemplateType.NOTIFICATION,
+        request=SendRequest(contacts=[{"nome": "Bia", "telefone": "123"}]),  # rejected: a bar of 1
+    )
+    dash.project()
+    assert (await dash.login()).status_code == 303
+    today = await dash.client.get("/dashboard/?days=1")
+    # 616 units of chart for one day: the bar is 40 wide (not 70% of it, 431), centred in its day
+    assert re.findall(r'<rect class="(\w+)" x="([\d.]+)" y="[\d.]+" width="([\d.]+)"', today.text) == [
+        ("rejected", "312.0", "40.0")
+    ]
+    month = await dash.client.get("/dashboard/?days=30")
+    widths = set(re.findall(r'<rect class="\w+" x="[\d.]+" y="[\d.]+" width="([\d.]+)"', month.text))
+    assert widths == {"14.4"}  # 30 days: 70% of a day's 20.5 units, under the cap

@@ -174,6 +174,10 @@ def _safe_next(target: str) -> str:
 # --- overview ---------------------------------------------------------------------------------------
 
 
+BAR_MAX = 40
+"""The widest bar of the overview's chart, in its viewBox units (640 wide): about 6% of the chart."""
+
+
 def _chart(per_day: list[tuple[Any, dict[str, int]]]) -> Markup:
     """The stacked bar chart of sends per day by outcome, as inline SVG built here (a Jinja loop over
     150 bars costs tens of milliseconds; this costs well under one). Every bar has a ``<title>``."""
@@ -181,6 +185,7 @@ def _chart(per_day: list[tuple[Any, dict[str, int]]]) -> Markup:
     width, height, pad = 640, 180, 24
     peak = max([sum(c[o] for o in outcomes) for _, c in per_day] + [1])
     step = (width - pad) / max(1, len(per_day))
+    bar = min(step * 0.7, BAR_MAX)  # one day (Hoje) is one slim bar, not the whole width
     parts = [
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-labelledby="chart-title">',
         f'<title id="chart-title">Mensagens por dia e resultado (máximo {peak} por dia)</title>',
@@ -194,8 +199,8 @@ def _chart(per_day: list[tuple[Any, dict[str, int]]]) -> Markup:
             if h > 0:
                 title = escape(f"{label}: {counts[outcome]} {fmt.counted(counts[outcome], outcome)}")
                 parts.append(
-                    f'<rect class="{outcome}" x="{pad + i * step + step * 0.15:.1f}" y="{y - h:.1f}" '
-                    f'width="{step * 0.7:.1f}" height="{h:.1f}"><title>{title}</title></rect>'
+                    f'<rect class="{outcome}" x="{pad + i * step + (step - bar) / 2:.1f}" y="{y - h:.1f}" '
+                    f'width="{bar:.1f}" height="{h:.1f}"><title>{title}</title></rect>'
                 )
                 y -= h
         if len(per_day) <= 7 or i % 5 == 0:
