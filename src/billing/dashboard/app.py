@@ -41,6 +41,7 @@ def _engine_callback(engine: JinjaTemplateEngine) -> None:
         number=fmt.number,
         percent=fmt.percent,
         label=fmt.label,
+        error_text=fmt.error_text,
         counted=fmt.counted,
         plural=fmt.plural,
     )

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from babel.dates import format_date, format_datetime
 from babel.numbers import format_decimal, format_percent
 
+from billing.domain.ingestion import missing_fields
 from billing.domain.money import format_brl
 
 LOCALE = "pt_BR"
@@ -216,3 +217,21 @@ def label(value: str | None, table: str = "status") -> str:
         "event": EVENT_LABELS,
     }[table]
     return labels.get(value or "", value or "")
+
+
+def words(items: list[str]) -> str:
+    """A pt-BR list: ``a``, ``a e b``, ``a, b e c``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " e " + items[-1]
+
+
+def error_text(error: Mapping[str, str | None] | None) -> str:
+    """The Portuguese text of a contact's stored error ``{code, message}``: a ``missing_variable`` names
+    the contact fields its message names ("falta o campo valor", "faltam os campos nome e valor"); any
+    other code its label (:func:`label`)."""
+    if not error:
+        return ""
+    code = error.get("code") or ""
+    fields = missing_fields(error.get("message")) if code == "missing_variable" else []
+    if fields:
+        return f"falta o campo {fields[0]}" if len(fields) == 1 else f"faltam os campos {words(fields)}"
+    return label(code, "error")

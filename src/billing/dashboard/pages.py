@@ -25,7 +25,14 @@ from billing.api.schemas import SendRequest, event_doc
 from billing.dashboard.policy_errors import policy_error
 from billing.dashboard.security import LOGIN_RATE_LIMIT, current_user
 from billing.dashboard.template_errors import template_error
-from billing.dashboard.upload import KNOWN_FIELDS, Sheet, guess_mapping, read_sheet, to_contacts
+from billing.dashboard.upload import (
+    INVOICE_FIELD,
+    KNOWN_FIELDS,
+    Sheet,
+    guess_mapping,
+    read_sheet,
+    to_contacts,
+)
 from billing.domain.apikey import ApiKey
 from billing.domain.calendar import DAY_NAMES, PolicyError
 from billing.domain.campaign import Campaign
@@ -35,8 +42,8 @@ from billing.domain.phone import normalize_phone
 from billing.domain.template import MessageTemplate, parse_variations
 from billing.domain.tenant import Tenant
 from billing.domain.types import ContactStatus, TemplateType
-from billing.eventstore import get_owned
-from billing.services.history import aggregate_history
+from billing.eventstore import fold, get_owned
+from billing.services.history import MAX_ENTRIES, HistoryFilter, aggregate_history, to_csv
 from billing.services.overview import PERIODS, DashboardQueries
 from billing.services.users import SessionUser
 from billing.worker.health import probe_connection_state
@@ -167,6 +174,10 @@ def _safe_next(target: str) -> str:
 # --- overview ---------------------------------------------------------------------------------------
 
 
+BAR_MAX = 40
+"""The widest bar of the overview's chart, in its viewBox units (640 wide): about 6% of the chart."""
+
+
 def _chart(per_day: list[tuple[Any, dict[str, int]]]) -> Markup:
     """The stacked bar chart of sends per day by outcome, as inline SVG built here (a Jinja loop over
     150 bars costs tens of milliseconds; this costs well under one). Every bar has a ``<title>``."""
@@ -174,6 +185,7 @@ def _chart(per_day: list[tuple[Any, dict[str, int]]]) -> Markup:
     width, height, pad = 640, 180, 24
     peak = max([sum(c[o] for o in outcomes) for _, c in per_day] + [1])
     step = (width - pad) / max(1, len(per_day))
+    bar = min(step * 0.7, BAR_MAX)  # one day (Hoje) is one slim bar, not the whole width
     parts = [
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-labelledby="chart-title">',
         f'<title id="chart-title">Mensagens por dia e resultado (máximo {peak} por dia)</title>',
@@ -187,8 +199,8 @@ def _chart(per_day: list[tuple[Any, dict[str, int]]]) -> Markup:
             if h > 0:
                 title = escape(f"{label}: {counts[outcome]} {fmt.counted(counts[outcome], outcome)}")
                 parts.append(
-                    f'<rect class="{outcome}" x="{pad + i * step + step * 0.15:.1f}" y="{y - h:.1f}" '
-                    f'width="{step * 0.7:.1f}" height="{h:.1f}"><title>{title}</title></rect>'
+                    f'<rect class="{outcome}" x="{pad + i * step + (step - bar) / 2:.1f}" y="{y - h:.1f}" '
+                    f'width="{bar:.1f}" height="{h:.1f}"><title>{title}</title></rect>'
                 )
                 y -= h
         if len(per_day) <= 7 or i % 5 == 0:
@@ -264,6 +276,12 @@ def _template_type(value: Any) -> TemplateType:
         return TemplateType(str(value))
     except ValueError:
         return TemplateType.OVERDUE
+
+
+def _invoice_column(form: dict[str, Any]) -> int | None:
+    """The index of the column chosen as the contacts' invoice reference (None: the batch's)."""
+    value = str(form.get("invoice_column") or "")
+    return int(value) if value.isdigit() else None
 
 
 def _optional_uuid(value: Any) -> UUID | None:
@@ -386,6 +404,8 @@ class CampaignsController(Controller):
             packed=_pack(sheet),
             mapping=guess_mapping(sheet.columns),
             known=KNOWN_FIELDS,
+            invoice_field=INVOICE_FIELD,
+            invoice_column=None,
             template_type=_template_type(form.get("template_type")).value,
             template_id=str(form.get("template_id") or ""),
             external_id=str(form.get("external_id") or ""),
@@ -393,7 +413,7 @@ class CampaignsController(Controller):
 
     def _request(self, form: dict[str, Any], sheet: Sheet) -> SendRequest:
         mapping = {c: str(form.get(f"map_{i}") or "") for i, c in enumerate(sheet.columns)}
-        contacts = to_contacts(sheet, mapping)
+        contacts = to_contacts(sheet, mapping, _invoice_column(form))
         return SendRequest(
             contacts=contacts,
             external_id=str(form.get("external_id") or "") or None,
@@ -411,6 +431,8 @@ class CampaignsController(Controller):
             "sheet": sheet,
             "packed": form.get("sheet"),
             "known": KNOWN_FIELDS,
+            "invoice_field": INVOICE_FIELD,
+            "invoice_column": _invoice_column(form),
             "template_type": kind.value,
             "template_id": str(form.get("template_id") or ""),
             "external_id": str(form.get("external_id") or ""),
@@ -453,6 +475,8 @@ class CampaignsController(Controller):
                 sheet=sheet,
                 packed=form.get("sheet"),
                 known=KNOWN_FIELDS,
+                invoice_field=INVOICE_FIELD,
+                invoice_column=_invoice_column(form),
                 template_type=kind.value,
                 template_id=str(form.get("template_id") or ""),
                 external_id=str(form.get("external_id") or ""),
@@ -995,7 +1019,8 @@ class HistoryController(Controller):
 
     @get("/contact/{contact_id:uuid}")
     async def contact(self, request: Req, contact_id: UUID) -> Template:
-        """Every event of one contact, oldest first (the admin API's audit history)."""
+        """Every event of one contact, oldest first (the admin API's audit history), under a header naming
+        the contact and its phone (E.164, or as sent when it was not a valid one), with the CSV link."""
         events = await run_sync(
             aggregate_history,
             _services(request).container.store,
@@ -1004,8 +1029,30 @@ class HistoryController(Controller):
             Contact,
             "contact",
         )
+        contact: Contact = fold(events)
         return await page(
-            request, "history_contact.html", contact_id=contact_id, events=[event_doc(e) for e in events]
+            request,
+            "history_contact.html",
+            contact_id=contact_id,
+            nome=contact.fields.get("nome") or "",
+            phone=contact.phone or contact.telefone,
+            campaign_id=contact.campaign_id,
+            events=[event_doc(e) for e in events],
+        )
+
+    @get("/contact/{contact_id:uuid}/export.csv")
+    async def contact_csv(self, request: Req, contact_id: UUID) -> Response[bytes]:
+        """The contact's history as the admin API's ``?format=csv`` gives it (the history projection's
+        entries, columns ``billing.services.history.CSV_COLUMNS``), with the dashboard's session."""
+        services = _services(request)
+        tenant_id = current_user(request).tenant_id
+        await run_sync(aggregate_history, services.container.store, tenant_id, contact_id, Contact, "contact")
+        what = HistoryFilter(tenant_id, contact_id=contact_id)
+        entries = await run_sync(services.history.entries, what, limit=MAX_ENTRIES)
+        return Response(
+            to_csv(entries).encode(),
+            media_type="text/csv",  # litestar adds "; charset=utf-8"
+            headers={"Content-Disposition": f'attachment; filename="historico-contato-{contact_id}.csv"'},
         )
 
 

@@ -17,6 +17,9 @@ from billing.domain.errors import InvalidValue
 MAX_ROWS = 10_000  # a campaign is one batch: the public API's limit
 MAX_BYTES = 5_000_000
 KNOWN_FIELDS = ("nome", "telefone", "valor", "valor_total", "data_vencimento")
+INVOICE_FIELD = "external_id"
+"""The contact field of its own invoice reference (``billing.services.ingest.invoice_ref``: else the
+batch's): the history and the cancel by invoice find the contact by it."""
 _GUESSES = {
     "nome": ("nome", "cliente", "name", "razao_social", "razão social"),
     "telefone": ("telefone", "celular", "fone", "whatsapp", "phone"),
@@ -118,15 +121,25 @@ def guess_mapping(columns: Sequence[str]) -> dict[str, str]:
     return mapping
 
 
-def to_contacts(sheet: Sheet, mapping: Mapping[str, str]) -> list[dict[str, Any]]:
+def to_contacts(
+    sheet: Sheet, mapping: Mapping[str, str], invoice_column: int | None = None
+) -> list[dict[str, Any]]:
     """Contacts for the ingestion service: each row's mapped columns under their field name (a column
-    mapped to ``""`` is left out; empty cells are left out).
+    mapped to ``""`` is left out; empty cells are left out). ``invoice_column`` (an index of
+    ``sheet.columns``) also feeds :data:`INVOICE_FIELD`, the contact's own invoice reference, as text:
+    one column can be both a template variable (``numero_fatura``) and the invoice.
 
     Raises:
-        InvalidValue: ``invalid_mapping`` when two columns map to one field or no column is ``telefone``.
+        InvalidValue: ``invalid_mapping`` when two columns map to one field (the invoice column counts as
+            mapped to ``external_id``), ``invoice_column`` is not a column, or no column is ``telefone``.
     """
     fields = [mapping.get(c, "").strip() for c in sheet.columns]
     used = [f for f in fields if f]
+    if invoice_column is not None:
+        if not 0 <= invoice_column < len(sheet.columns):
+            raise InvalidValue("coluna da fatura inexistente", code="invalid_mapping", field="mapping")
+        if fields[invoice_column] != INVOICE_FIELD:  # mapped to it already: one use, not two
+            used.append(INVOICE_FIELD)
     if len(used) != len(set(used)):
         raise InvalidValue("duas colunas para o mesmo campo", code="invalid_mapping", field="mapping")
     if "telefone" not in used:
@@ -137,5 +150,7 @@ def to_contacts(sheet: Sheet, mapping: Mapping[str, str]) -> list[dict[str, Any]
         for name, value in zip(fields, row, strict=True):
             if name and str(value).strip():
                 contact[name] = value
+        if invoice_column is not None and str(row[invoice_column]).strip():
+            contact[INVOICE_FIELD] = str(row[invoice_column]).strip()
         contacts.append(contact)
     return contacts

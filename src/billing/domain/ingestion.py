@@ -6,6 +6,7 @@ refuse for the whole batch; everything here concerns one contact's *data* (DESIG
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -63,6 +64,23 @@ def missing_variables(fields: Mapping[str, str], required: Iterable[str]) -> lis
     variable (``nome_cliente``, ``dias_atraso``…) needs its source field (:data:`DERIVED_FROM`); a blank
     value counts as absent."""
     return [name for name in sorted(set(required)) if not _present(fields, DERIVED_FROM.get(name, name))]
+
+
+_SEND = re.compile(r"\(send: ([^)]*)\)")
+_NEEDS = re.compile(r"needs:? ([^(]*)")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def missing_fields(message: str | None) -> list[str]:
+    """The contact fields (sorted, no repeats) a stored ``missing_variable`` error ``message`` names: the
+    ``(send: …)`` list of an ingestion rejection (:func:`screen_contact`), else the variables after
+    ``needs`` (the worker's render failure, "the template needs valor, nome_cliente") each turned into
+    its source field (:data:`DERIVED_FROM`). Empty when the message names none."""
+    found = _SEND.search(message or "") or _NEEDS.search(message or "")
+    if found is None:
+        return []
+    names = (name.strip() for name in found.group(1).split(","))
+    return sorted({DERIVED_FROM.get(name, name) for name in names if _NAME.fullmatch(name)})
 
 
 SEND_TIME_VARIABLES = frozenset({"dias_atraso", "dias_para_vencer", "vencida", "vence_hoje"})
