@@ -252,6 +252,7 @@ async def test_new_campaign_upload_mapping_preview_and_send_through_the_ingestio
     assert re.search(r'id="count-total">3<', page.text) and re.search(r'id="count-rejected">1<', page.text)
     assert 'hx-trigger="every 1s"' in page.text  # live progress until the queue ends
     export = await dash.client.get(f"/dashboard/campaigns/{campaign_id}/export.csv")
+    assert export.headers["content-type"] == "text/csv; charset=utf-8"  # one charset, not two
     lines = export.content.decode("utf-8-sig").splitlines()
     assert lines[0].startswith("linha;nome;telefone;status")
     assert lines[1].startswith("1;Maria Souza;+5511987654321;pendente")

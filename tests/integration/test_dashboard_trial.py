@@ -67,6 +67,12 @@ async def test_a_column_mapped_as_the_invoice_feeds_each_contacts_external_id(da
     maria = dash.container.store.repository.get(contacts[0]["contact_id"])
     assert isinstance(maria, Contact)
     assert (maria.fields["numero_fatura"], maria.fields["external_id"]) == ("F-1", "F-1")
+    # the dashboard's history search finds her by her own invoice too, and the batch by its reference
+    own = await dash.client.get("/dashboard/history/", params={"q": "F-1"})
+    assert re.findall(r'<td class="status-\w+">', own.text) == ['<td class="status-pending">']
+    assert "<td>F-1</td><td>lote-1</td>" in own.text
+    whole = await dash.client.get("/dashboard/history/", params={"q": "lote-1"})
+    assert len(re.findall(r"ver eventos", whole.text)) == 3
 
 
 async def test_without_an_invoice_column_the_batch_reference_is_the_invoice(dash: Dash) -> None:

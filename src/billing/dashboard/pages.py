@@ -577,7 +577,7 @@ class CampaignsController(Controller):
             )
         return Response(
             ("\ufeff" + out.getvalue()).encode(),
-            media_type="text/csv; charset=utf-8",
+            media_type="text/csv",  # litestar adds "; charset=utf-8"
             headers={"Content-Disposition": f'attachment; filename="campanha-{campaign_id}.csv"'},
         )
 

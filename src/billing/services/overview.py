@@ -185,12 +185,15 @@ class DashboardQueries:
         return [self._history_item(r) for r in rows]
 
     def history_by_invoice(self, tenant_id: UUID, reference: str, limit: int = 200) -> list[dict[str, Any]]:
-        """Every contact of the tenant whose batch carried ``external_id`` = ``reference``, oldest first."""
+        """Every contact of the tenant about invoice ``reference`` (its ``invoice_ref``: its own
+        ``external_id`` field, else its batch's, as the admin API's ``/history/invoice/{ref}``) or whose
+        batch carried ``external_id`` = ``reference``; oldest first, at most ``limit``."""
         with self.pool.connection() as conn:
             rows = conn.execute(
-                "SELECT * FROM campaign_contacts WHERE tenant_id = %s AND external_id = %s "
+                "SELECT * FROM campaign_contacts "
+                "WHERE tenant_id = %s AND (invoice_ref = %s OR external_id = %s) "
                 "ORDER BY created_at, idx LIMIT %s",
-                (tenant_id, reference, limit),
+                (tenant_id, reference, reference, limit),
             ).fetchall()
         return [self._history_item(r) for r in rows]
 
@@ -201,6 +204,7 @@ class DashboardQueries:
             "campaign_id": str(r["campaign_id"]),
             "template_type": r["template_type"],
             "external_id": r["external_id"],
+            "invoice": r["invoice_ref"],
             "created_at": r["created_at"],
             "updated_at": r["updated_at"],
         }
