@@ -23,7 +23,7 @@ from uuid import UUID, SafeUUID
 
 import msgspec
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.domain import Aggregate, DomainEvent
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import (
     DatetimeAsISO,
     DecimalAsStr,
@@ -516,32 +516,6 @@ def fold(events: Sequence[Any]) -> Any:
     for event in events:
         aggregate = event.mutate(aggregate)
     return aggregate
-
-
-def save_batch(store: EventStore, *objs: Any) -> None:
-    """Save the pending events of aggregates, and domain events alone (a new aggregate's creation event,
-    e.g. :meth:`billing.domain.contact.Contact.creation_event`), in ONE transaction: what ``store.save``
-    records, through the same mapper and recorder, without the library's ``Recording`` and
-    ``Notification`` per event that ``save`` returns and nothing here reads (1.5 µs a pair, 15 ms of a
-    10,000-contact POST). ``save`` does nothing else for this application: snapshots and the aggregate
-    cache are off (:func:`event_store_env`), and its ``_notify`` / ``notify`` hooks are the library's
-    no-ops. Timed into ``billing_eventstore_save_seconds``.
-
-    Raises:
-        IntegrityError: a version is taken (e.g. an idempotent retry's campaign); nothing was saved.
-        psycopg.Error: the database is unreachable.
-    """
-    events: list[Any] = []
-    for obj in objs:
-        if isinstance(obj, Aggregate):
-            events.extend(obj.collect_events())
-        elif isinstance(obj, DomainEvent):
-            events.append(obj)
-        else:
-            raise TypeError(f"neither an aggregate nor a domain event: {obj!r}")
-    to_stored = store.mapper.to_stored_event
-    with SAVE_LATENCY.time():
-        store.recorder.insert_events([to_stored(event) for event in events])
 
 
 def save_unless_moved(store: EventStore, aggregates: Sequence[Any]) -> set[UUID]:

@@ -16,7 +16,7 @@ import pytest
 from eventsourcing.application import AggregateNotFoundError
 
 from billing.domain.contact import Contact
-from billing.eventstore import EventStore, save_batch, save_group
+from billing.eventstore import EventStore, save_group
 from billing.worker.groupcommit import GroupCommitter, IntegrityError
 from tests.unit.test_aggregates import CREATION_VALUES, T0, new_contact
 
@@ -234,23 +234,21 @@ def test_save_group_keeps_the_events_when_the_group_conflicts() -> None:
     assert store.repository.get(fresh.id).version == fresh.version
 
 
-def test_save_batch_saves_aggregates_and_creation_events_together_or_nothing() -> None:
+def test_the_store_saves_aggregates_and_bare_creation_events_together_or_nothing() -> None:
     store = memory_store()
     contact, taken = new_contact(), new_contact()
     store.save(taken)
     alone = Contact.creation_event(Contact.Added, id=uuid4(), at=T0, **ADDED)
-    assert save_batch(store, contact, alone) is None
+    assert len(store.save(contact, alone)) == 2
     assert not contact.pending_events
     assert store.repository.get(contact.id).version == 1
     assert store.repository.get(alone.originator_id).phone == "+5511987654321"
     again = Contact.creation_event(Contact.Added, id=taken.id, at=T0, **ADDED)  # version 1 is taken
     fresh = new_contact()
     with pytest.raises(IntegrityError):
-        save_batch(store, fresh, again)
+        store.save(fresh, again)
     with pytest.raises(AggregateNotFoundError):
         store.repository.get(fresh.id)
-    with pytest.raises(TypeError, match="neither an aggregate nor a domain event"):
-        save_batch(store, {"id": 1})
 
 
 async def test_the_committer_over_a_store_saves_contacts_and_reports_the_stale_one() -> None:

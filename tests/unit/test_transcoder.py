@@ -13,7 +13,7 @@ import pytest
 from eventsourcing.persistence import JSONTranscoder, TranscodingNotRegisteredError
 
 from billing.domain.contact import Contact
-from billing.eventstore import EventStore, MsgspecTranscoder, save_batch
+from billing.eventstore import EventStore, MsgspecTranscoder
 
 
 class Colour(StrEnum):
@@ -103,7 +103,7 @@ def test_a_creation_event_saved_alone_is_stored_as_its_aggregate_would_be() -> N
         "due_date": date(2025, 1, 15),
     }
     alone, through = UUID(int=1), UUID(int=2)
-    save_batch(store, Contact.creation_event(Contact.Added, id=alone, at=at, **values))
+    store.save(Contact.creation_event(Contact.Added, id=alone, at=at, **values))
     store.save(Contact._create(Contact.Added, id=through, timestamp=at, **values))
     [stored_alone] = store.recorder.select_events(alone)
     [stored_through] = store.recorder.select_events(through)

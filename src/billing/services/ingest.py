@@ -33,7 +33,7 @@ from billing.domain.templating import Template, parse_template
 from billing.domain.tenant import Tenant
 from billing.domain.types import TemplateType
 from billing.domain.variables import choose_variation, message_variables
-from billing.eventstore import EventStore, get_owned, save_batch
+from billing.eventstore import EventStore, get_owned
 from billing.services.clock import Clock
 from billing.services.queries import Queries
 
@@ -295,7 +295,7 @@ class IngestService:
             at=now,
         )
         try:
-            save_batch(self.store, campaign, queue, *contacts)
+            self.store.save(campaign, queue, *contacts)  # aggregates and bare creation events
         except IntegrityError:
             if idempotency_key is None:
                 raise
