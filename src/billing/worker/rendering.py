@@ -159,21 +159,28 @@ class Renderer:
         if row is None:
             return []
         key = (row["template_id"], int(row["version"]))
-        parsed = self._parsed.get(key)
-        if parsed is None:
-            try:
-                parsed = [parse_template(text) for text in row["variations"]]
-            except TemplateSyntaxError as exc:
-                raise RenderError("template_error", f"template {key[0]} does not parse: {exc}") from None
-            self._parsed[key] = parsed
+        parsed = self._parsed.get(key) or self._parse(key, row["variations"])
         return [(key[0], key[1], i, template) for i, template in enumerate(parsed)]
+
+    def _parse(self, key: tuple[UUID, int], texts: list[str]) -> list[Template]:
+        """The variations ``texts`` of template version ``key`` parsed, and kept under ``key``.
+
+        Raises:
+            RenderError: ``template_error`` when one does not parse (it did when saved: a bug).
+        """
+        try:
+            parsed = [parse_template(text) for text in texts]
+        except TemplateSyntaxError as exc:
+            raise RenderError("template_error", f"template {key[0]} does not parse: {exc}") from None
+        self._parsed[key] = parsed
+        return parsed
 
     def _accepted_version(self, contact: Contact, template_id: UUID, current: int) -> list[Template] | None:
         """The parsed variations of the version ``contact`` was accepted against, when it is not
         ``current`` and can be read (cached by ``(template_id, version)``); else None.
 
         Raises:
-            RenderError: ``template_error`` when that version does not parse (it did when saved: a bug).
+            RenderError: ``template_error`` when that version does not parse.
         """
         pinned = getattr(contact, "template_version", None)
         if pinned is None or pinned == current or self._variations_at is None:
@@ -182,15 +189,7 @@ class Renderer:
         parsed = self._parsed.get(key)
         if parsed is None:
             texts = self._variations_at(template_id, pinned)
-            if not texts:
-                return None
-            try:
-                parsed = [parse_template(text) for text in texts]
-            except TemplateSyntaxError as exc:
-                raise RenderError(
-                    "template_error", f"template {template_id} v{pinned} does not parse: {exc}"
-                ) from None
-            self._parsed[key] = parsed
+            parsed = self._parse(key, texts) if texts else None
         return parsed
 
     def render(self, contact: Contact, *, now: datetime, tz: ZoneInfo) -> Rendered:
