@@ -14,6 +14,7 @@ from eventsourcing.persistence import JSONTranscoder, TranscodingNotRegisteredEr
 
 from billing.domain.contact import Contact
 from billing.eventstore import EventStore, MsgspecTranscoder
+from tests.unit.test_aggregates import CREATION_VALUES
 
 
 class Colour(StrEnum):
@@ -86,22 +87,7 @@ def test_tags_resolve_inside_lists_and_untagged_lookalikes_stay_dicts() -> None:
 def test_a_creation_event_saved_alone_is_stored_as_its_aggregate_would_be() -> None:
     store = EventStore(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
     at = datetime(2025, 1, 24, 21, 5, tzinfo=UTC)
-    values: dict[str, Any] = {
-        "tenant_id": UUID("00000000-0000-0000-0000-00000000000a"),
-        "campaign_id": UUID("00000000-0000-0000-0000-00000000000b"),
-        "queue_id": UUID("00000000-0000-0000-0000-00000000000c"),
-        "index": 0,
-        "template_type": "overdue",
-        "external_id": "lote-1",
-        "invoice_ref": "lote-1",
-        "fields": {"nome": "Ana", "telefone": "11987654321"},
-        "telefone": "11987654321",
-        "phone": "+5511987654321",
-        "gateway_number": "5511987654321",
-        "amount": Decimal("150.00"),
-        "amount_total": None,
-        "due_date": date(2025, 1, 15),
-    }
+    values = CREATION_VALUES["added"]  # the fields a POST gives a contact
     alone, through = UUID(int=1), UUID(int=2)
     store.save(Contact.creation_event(Contact.Added, id=alone, at=at, **values))
     store.save(Contact._create(Contact.Added, id=through, timestamp=at, **values))
