@@ -1,9 +1,9 @@
 """Benchmark: one POST of 10,000 contacts against the real PostgreSQL, over real HTTP.
 
-Prints the time to 202 and contacts/s, and — in the same run — the rate of a raw psycopg ``COPY`` of
-10,000 rows of the same size into a scratch table (the physical limit). Goal: the 202 within 5× the raw
-``COPY``. Both are the median over ``--runs`` (the ``COPY`` alone varies about 2× between runs on a shared
-machine). The raw ``COPY`` is in text format (the goal's baseline); the same rows in binary format are
+Prints the time to 202 and contacts/s (the body is encoded before the clock starts), and — in the same
+run — the rate of a raw psycopg ``COPY`` of 10,000 rows of the same size into a scratch table (the
+physical limit). Goal: the 202 within 5× the raw ``COPY``. Both are the median over ``--runs`` (the
+``COPY`` alone varies about 2× between runs on a shared machine). The raw ``COPY`` is in text format (the goal's baseline); the same rows in binary format are
 printed beside it, since the event store's ``COPY`` is binary.
 
 Run: ``.venv/bin/python bench/ingest.py [--contacts 10000] [--runs 3]`` (PostgreSQL at 127.0.0.1:5432).
@@ -12,6 +12,7 @@ Run: ``.venv/bin/python bench/ingest.py [--contacts 10000] [--runs 3]`` (Postgre
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import threading
@@ -90,9 +91,13 @@ def main() -> None:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             for run in range(args.runs):
                 body = {"external_id": f"bench-{run}", "contacts": contacts(args.contacts, run)}
+                # Encoded before the clock starts: the ERP's work, not the service's (httpx's json= would
+                # add ~0.1 s of this process's CPU to every POST).
+                content = json.dumps(body).encode()
+                headers = {"X-Billing-API-Key": key, "Content-Type": "application/json"}
                 started, cpu = time.perf_counter(), time.process_time()
                 response = client.post(
-                    "/api/billing/v1/billing/send/overdue", json=body, headers={"X-Billing-API-Key": key}
+                    "/api/billing/v1/billing/send/overdue", content=content, headers=headers
                 )
                 elapsed = time.perf_counter() - started
                 cpus.append(time.process_time() - cpu)

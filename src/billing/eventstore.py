@@ -23,7 +23,7 @@ from uuid import UUID, SafeUUID
 
 import msgspec
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import Aggregate, DomainEvent
 from eventsourcing.persistence import (
     DatetimeAsISO,
     DecimalAsStr,
@@ -345,8 +345,9 @@ class EventStore(Application[Any]):
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[Any]]:
         """The library's ``save`` (one transaction, see the module docstring), collecting the pending events
-        of our aggregates with a plain class check: the library's ``isinstance`` against its
-        ``typing.Protocol`` classes costs ~0.2 ms per aggregate, a quarter of a 10,000-contact save.
+        of our aggregates, and our bare domain events, with a plain class check: the library's ``isinstance``
+        against its ``typing.Protocol`` classes costs ~0.2 ms per aggregate, a quarter of a 10,000-contact
+        save (and ~13 % of a 10,000-contact POST for bare events).
         Timed into ``billing_eventstore_save_seconds``."""
         with SAVE_LATENCY.time():
             return self._save(objs, kwargs)
@@ -357,6 +358,8 @@ class EventStore(Application[Any]):
             if isinstance(obj, Aggregate):
                 processing_event.events.extend(obj.collect_events())
                 processing_event.aggregates[obj.id] = obj
+            elif isinstance(obj, DomainEvent):  # a bare creation event (Contact.creation_event)
+                processing_event.events.append(obj)
             elif obj is not None:
                 processing_event.collect_events(obj)
         processing_event.saved_kwargs.update(kwargs)

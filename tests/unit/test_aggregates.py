@@ -102,6 +102,8 @@ def test_creation_event_refuses_a_missing_or_unknown_field() -> None:
         Contact.creation_event(Contact.Added, id=uuid4(), at=T0, **values)
     with pytest.raises(TypeError, match="colour"):
         Contact.creation_event(Contact.Added, id=uuid4(), at=T0, **CREATION_VALUES["added"], colour="red")
+    with pytest.raises(TypeError, match="UUID"):
+        Contact.creation_event(Contact.Added, id="c-1", at=T0, **CREATION_VALUES["added"])  # type: ignore[arg-type]
 
 
 def test_sent_contact_cannot_be_claimed_again() -> None:

@@ -170,3 +170,15 @@ def test_missing_derived_variable_names_the_field_to_send() -> None:
     )
     assert isinstance(outcome, RejectedContact)
     assert (outcome.field, outcome.details) == ("contacts[1].nome", {"names": ["nome_cliente"]})
+
+
+def test_contact_ids_are_uuid5_of_the_campaign_and_each_index() -> None:
+    from uuid import UUID, uuid5
+
+    from billing.domain.ingestion import contact_ids
+
+    campaign_id = UUID("6f1c1d3e-2b7a-4c1e-9a57-0d6a2f4b8c90")
+    ids = contact_ids(campaign_id, 1_001)
+    assert ids == [uuid5(campaign_id, str(index)) for index in range(1_001)]
+    assert ids[0] == UUID("ce03351a-2b46-5eb9-bb96-719d559976dc")  # the stdlib's uuid5 of this pair
+    assert contact_ids(campaign_id, 0) == []

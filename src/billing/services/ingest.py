@@ -24,6 +24,7 @@ from billing.domain.errors import Conflict, InvalidValue, NotFound
 from billing.domain.ingestion import (
     AcceptedContact,
     RejectedContact,
+    contact_ids,
     reject_duplicate_phones,
     screen_contact,
 )
@@ -231,9 +232,10 @@ class IngestService:
         outcomes = screen_batch(request, path_type, templates, policy.allowed_countries, today)
         contacts: list[Contact.Created] = []  # the creation events alone (Contact.creation_event)
         rejections: list[dict[str, Any]] = []
+        ids = contact_ids(campaign_id, len(outcomes))
         for index, outcome in enumerate(outcomes):
             common: dict[str, Any] = {
-                "id": uuid5(campaign_id, str(index)),
+                "id": ids[index],
                 "at": now,
                 "tenant_id": tenant_id,
                 "campaign_id": campaign_id,
