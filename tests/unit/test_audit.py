@@ -193,3 +193,25 @@ def test_a_claim_decision_records_the_throttle_counts_and_versions_it_was_decide
         "sent_today": 7,
         "local_date": "2025-01-20",
     }
+
+
+def test_a_history_row_holds_the_events_own_fields_as_json_builtins() -> None:
+    import json
+
+    from billing.projections.history import event_data, history_row
+    from tests.unit.test_aggregates import CREATION_VALUES
+
+    at = datetime(2025, 1, 20, 12, 0, 2, tzinfo=UTC)
+    contact_id, tenant_id = uuid4(), uuid4()
+    event = Contact.creation_event(Contact.Added, id=contact_id, at=at, **CREATION_VALUES["added"])
+    row = history_row(7, tenant_id, event)
+    assert row[:6] == (7, tenant_id, contact_id, 1, "billing.Contact.Added", at)
+    data = json.loads(row[6])
+    assert data == event_data(event)
+    values = CREATION_VALUES["added"]
+    assert data["campaign_id"] == str(values["campaign_id"])
+    assert data["amount"] == str(values["amount"])
+    assert data["due_date"] == values["due_date"].isoformat()
+    assert data["fields"] == values["fields"]
+    assert set(data) == set(values) | {"template_version"}  # its one default field not given
+    assert (data["amount_total"], data["template_version"]) == (None, None)

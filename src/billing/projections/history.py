@@ -32,9 +32,20 @@ def handles(topic: str) -> bool:
 
 def event_data(event: Any) -> dict[str, Any]:
     """The event's own fields as JSON-ready builtins (UUIDs, instants and amounts as strings)."""
-    data = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name not in _ENVELOPE}
-    result: dict[str, Any] = msgspec.to_builtins(data)
+    result: dict[str, Any] = msgspec.to_builtins(_own_fields(event))
     return result
+
+
+def _own_fields(event: Any) -> dict[str, Any]:
+    """The event's own fields (its dataclass fields but the envelope), by name, in field order."""
+    names = _FIELD_NAMES.get(type(event))
+    if names is None:
+        names = tuple(f.name for f in dataclasses.fields(event) if f.name not in _ENVELOPE)
+        _FIELD_NAMES[type(event)] = names
+    return {name: getattr(event, name) for name in names}
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def history_row(notification_id: int, tenant_id: UUID, event: Any) -> tuple[Any, ...]:
@@ -46,7 +57,8 @@ def history_row(notification_id: int, tenant_id: UUID, event: Any) -> tuple[Any,
         event.originator_version,
         type(event).TOPIC,
         event.timestamp,
-        msgspec.json.encode(event_data(event)).decode(),
+        # msgspec writes UUIDs, instants, dates and decimals as the same strings as to_builtins does
+        msgspec.json.encode(_own_fields(event)).decode(),
     )
 
 
