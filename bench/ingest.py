@@ -3,8 +3,9 @@
 Prints the time to 202 and contacts/s (the body is encoded before the clock starts), and — in the same
 run — the rate of a raw psycopg ``COPY`` of 10,000 rows of the same size into a scratch table (the
 physical limit). Goal: the 202 within 5× the raw ``COPY``. Both are the median over ``--runs`` (the
-``COPY`` alone varies about 2× between runs on a shared machine). The raw ``COPY`` is in text format (the goal's baseline); the same rows in binary format are
-printed beside it, since the event store's ``COPY`` is binary.
+``COPY`` alone varies about 2× between runs on a shared machine). The raw ``COPY`` is in text format
+(the goal's baseline); the same rows in binary format are printed beside it, since the event store's
+``COPY`` is binary.
 
 Run: ``.venv/bin/python bench/ingest.py [--contacts 10000] [--runs 3]`` (PostgreSQL at 127.0.0.1:5432).
 """
