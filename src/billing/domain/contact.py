@@ -305,7 +305,7 @@ class Contact(Aggregate):
             TypeError: ``values`` miss a field of ``event_class`` or name one it does not have; ``id`` is
                 not a ``UUID``.
         """
-        order, allowed, required, defaults = _event_shape(event_class)
+        template, allowed, required = _event_shape(event_class)
         unknown = values.keys() - allowed
         if unknown:
             raise TypeError(f"{event_class.__qualname__} has no field {', '.join(sorted(unknown))}")
@@ -322,8 +322,8 @@ class Contact(Aggregate):
         )
         event = object.__new__(event_class)
         state = event.__dict__
-        for name in order:
-            state[name] = values[name] if name in values else defaults[name]
+        state.update(template)  # every field in order (the defaults' values), then the given values
+        state.update(values)  # in place: updating an existing key keeps its position
         return event
 
     def _init_common(self, tenant_id: UUID, campaign_id: UUID, queue_id: UUID, index: int) -> None:
@@ -484,14 +484,15 @@ class Contact(Aggregate):
             raise Conflict(f"contact is {self.status.value}, not dispatched", code="not_dispatched")
 
 
-_EventShape = tuple[tuple[str, ...], frozenset[str], frozenset[str], dict[str, Any]]
+_EventShape = tuple[dict[str, Any], frozenset[str], frozenset[str]]
 _EVENT_SHAPES: dict[type, _EventShape] = {}
 _SET_BY_CREATION = frozenset({"originator_id", "originator_version", "originator_topic", "timestamp"})
 
 
 def _event_shape(event_class: type) -> _EventShape:
-    """``(field names in order, names ``values`` may give, required ones, defaults)`` of a dataclass event
-    class, computed once per class (a field with a ``default_factory`` is refused: none has one)."""
+    """``(every field in order with its default or None, names ``values`` may give, required ones)`` of a
+    dataclass event class, computed once per class (a ``default_factory`` field is refused: none has
+    one)."""
     shape = _EVENT_SHAPES.get(event_class)
     if shape is None:
         fields = dataclasses.fields(event_class)
@@ -499,6 +500,7 @@ def _event_shape(event_class: type) -> _EventShape:
             raise TypeError(f"{event_class.__qualname__}: creation_event takes no default_factory field")
         defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
         allowed = frozenset(f.name for f in fields) - _SET_BY_CREATION
-        shape = (tuple(f.name for f in fields), allowed, allowed - defaults.keys(), defaults)
+        template = {f.name: defaults.get(f.name) for f in fields}
+        shape = (template, allowed, allowed - defaults.keys())
         _EVENT_SHAPES[event_class] = shape
     return shape
