@@ -10,7 +10,7 @@ after the creation comes from the contact's creation row (``campaign_contacts``)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -62,10 +62,16 @@ def history_row(notification_id: int, tenant_id: UUID, event: Any) -> tuple[Any,
     )
 
 
-def write_history(conn: psycopg.Connection[Any], events: Sequence[tuple[int, Any]]) -> None:
+def write_history(
+    conn: psycopg.Connection[Any],
+    events: Sequence[tuple[int, Any]],
+    contacts: Mapping[UUID, Mapping[str, Any]] | None = None,
+) -> None:
     """Append the history rows of ``events`` (``(notification id, decoded event)`` in log order; events of
     other aggregates are ignored) with one COPY. A contact event whose contact was never projected is
-    skipped (its creation failed and is recorded in ``projection_errors``)."""
+    skipped (its creation failed and is recorded in ``projection_errors``). ``contacts`` are
+    ``campaign_contacts`` rows by contact id the caller already holds (the views writer's, with their
+    ``tenant_id``): only the tenants of the other contacts are read from the table."""
     wanted = [(nid, e) for nid, e in events if handles(type(e).TOPIC)]
     if not wanted:
         return
@@ -74,10 +80,14 @@ def write_history(conn: psycopg.Connection[Any], events: Sequence[tuple[int, Any
         tenant = getattr(e, "tenant_id", None)
         if tenant is not None:
             tenants[e.originator_id] = tenant
-    unknown = list({e.originator_id for _, e in wanted} - tenants.keys())
+    unknown = {e.originator_id for _, e in wanted} - tenants.keys()
+    if contacts:
+        for cid in [cid for cid in unknown if cid in contacts]:
+            tenants[cid] = contacts[cid]["tenant_id"]
+            unknown.discard(cid)
     if unknown:
         rows = conn.execute(
-            "SELECT contact_id, tenant_id FROM campaign_contacts WHERE contact_id = ANY(%s)", (unknown,)
+            "SELECT contact_id, tenant_id FROM campaign_contacts WHERE contact_id = ANY(%s)", (list(unknown),)
         ).fetchall()
         for row in rows:
             cid, tid = (row["contact_id"], row["tenant_id"]) if isinstance(row, dict) else row

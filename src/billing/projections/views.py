@@ -185,7 +185,7 @@ def _apply(
         else:
             applied.append((n.id, event))
     writer.flush()
-    history.write_history(conn, applied)
+    history.write_history(conn, applied, writer.contacts)  # its rows give the tenants of later events
     return failures
 
 

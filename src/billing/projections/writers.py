@@ -33,6 +33,7 @@ from uuid import UUID
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from billing.domain.apikey import ApiKey
@@ -187,10 +188,10 @@ class ViewWriter:
         wanted = [cid for cid in set(contact_ids) if cid not in self.contacts]
         if not wanted:
             return
-        cur = self.conn.execute(_SELECT_CONTACTS, (wanted,))
-        for row in cur.fetchall():
-            record = dict(row) if isinstance(row, dict) else dict(zip(CONTACT_COLUMNS, row, strict=True))
-            self.contacts[record["contact_id"]] = record
+        with self.conn.cursor(row_factory=tuple_row) as cur:  # one dict per row, built here
+            for row in cur.execute(_SELECT_CONTACTS, (wanted,)).fetchall():
+                record = dict(zip(CONTACT_COLUMNS, row, strict=True))
+                self.contacts[record["contact_id"]] = record
 
     def apply(self, event: Any) -> None:
         """Apply one event. Events of types that change no view are ignored.
