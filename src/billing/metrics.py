@@ -149,18 +149,21 @@ SELECT CASE WHEN cancelled_at IS NOT NULL THEN 'cancelled'
             WHEN paused_reason IS NOT NULL THEN 'paused'
             WHEN started_at IS NOT NULL THEN 'running'
             ELSE 'queued' END AS status,
-       count(*) AS n
+       count(*) AS n,
+       coalesce(sum(pending), 0) AS open
 FROM queue_status GROUP BY 1
 """
 QUEUE_STATUSES = ("queued", "running", "paused", "completed", "cancelled")
+OPEN_QUEUE_STATUSES = ("queued", "running", "paused")
 FOLLOWERS = ("projections", "relay")
 
 
 class DatabaseCollector(Collector):
     """Reads, at scrape time, the sending queues by status (``billing_queues``), each follower's
     position and lag behind the notification log (``billing_follower_position``,
-    ``billing_follower_lag_events``), its recorded errors (``billing_follower_errors``) and the open
-    contacts (``billing_contacts_open``). A failed read yields nothing (the scrape still answers)."""
+    ``billing_follower_lag_events``), its recorded errors (``billing_follower_errors``) and the contacts
+    still to be sent (pending or in flight) of the queues that are not over, by the queue's status
+    (``billing_contacts_open``). A failed read yields nothing (the scrape still answers)."""
 
     def __init__(self, head: Callable[[], int | None], pool: ConnectionSource) -> None:
         """``head``: the notification log's last id (the event store recorder's ``max_notification_id``);
@@ -174,9 +177,17 @@ class DatabaseCollector(Collector):
         except Exception:  # the database is down: report no database metrics rather than fail the scrape
             return
         queues = GaugeMetricFamily("billing_queues", "Sending queues by status", labels=["status"])
+        open_contacts = GaugeMetricFamily(
+            "billing_contacts_open",
+            "Contacts still to be sent (pending or in flight) in queues not completed or cancelled",
+            labels=["queue_status"],
+        )
         for status in QUEUE_STATUSES:
             queues.add_metric([status], facts["queues"].get(status, 0))
+            if status in OPEN_QUEUE_STATUSES:
+                open_contacts.add_metric([status], facts["open"].get(status, 0))
         yield queues
+        yield open_contacts
         position = GaugeMetricFamily(
             "billing_follower_position", "Last notification id handled, per follower", labels=["follower"]
         )
@@ -200,7 +211,9 @@ class DatabaseCollector(Collector):
     def _read(self) -> dict[str, Any]:
         head = self.head() or 0
         with self.pool.connection() as conn:
-            queues = {r["status"]: int(r["n"]) for r in conn.execute(_QUEUE_STATUS).fetchall()}
+            rows = conn.execute(_QUEUE_STATUS).fetchall()
+            queues = {r["status"]: int(r["n"]) for r in rows}
+            open_contacts = {r["status"]: int(r["open"]) for r in rows}
             positions = {
                 r["name"]: int(r["position"])
                 for r in conn.execute("SELECT name, position FROM tracking").fetchall()
@@ -211,7 +224,13 @@ class DatabaseCollector(Collector):
                     "SELECT projection, count(*) AS n FROM projection_errors GROUP BY projection"
                 ).fetchall()
             }
-        return {"head": head, "queues": queues, "positions": positions, "errors": errors}
+        return {
+            "head": head,
+            "queues": queues,
+            "open": open_contacts,
+            "positions": positions,
+            "errors": errors,
+        }
 
 
 _collector: DatabaseCollector | None = None

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, get
 from litestar.datastructures import MutableScopeHeaders
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.response import Redirect
 from litestar.types import Message, Scope
 
 from billing.api.admin import AdminController
@@ -54,6 +55,16 @@ async def _security_headers(message: Message, scope: Scope) -> None:
         headers["X-Content-Type-Options"] = "nosniff"
 
 
+FAVICON = "/dashboard/static/favicon.svg"
+
+
+@get("/favicon.ico", include_in_schema=False, sync_to_thread=False)
+def favicon() -> Redirect:
+    """``GET /favicon.ico`` (what a browser asks for on any page without an icon link, e.g. the JSON API
+    or ``/schema``): a permanent redirect to the dashboard's SVG icon."""
+    return Redirect(FAVICON, status_code=301)
+
+
 DEFAULT_MAX_BODY = 1024
 """Body limit (bytes) of the endpoints that take no body; those that take one set their own."""
 
@@ -92,6 +103,7 @@ def create_app(container: Container) -> Litestar:
             ready,
             health_detail,
             MetricsController,
+            favicon,
             assets_router(),
             *dashboard_routers(secret, secure_cookies=secure),
         ],

@@ -210,6 +210,8 @@ def test_metrics_move_as_a_batch_is_sent_by_two_worker_processes(stack_of: Any) 
     projections = after["projections"]
     assert value(projections, "billing_queues", status="completed") == 1
     assert value(projections, "billing_queues", status="paused") == 1
+    assert value(projections, "billing_contacts_open", queue_status="paused") == 1  # the Sunday contact
+    assert projections[("billing_contacts_open", (("queue_status", "running"),))] == 0  # present, empty
     assert value(projections, "billing_follower_position", follower="projections") > 0
     assert value(projections, "billing_follower_errors", follower="projections") == 0
 

@@ -226,6 +226,10 @@ async def test_every_page_links_a_favicon_the_app_serves(dash: Dash) -> None:
     icon = await dash.client.get("/dashboard/static/favicon.svg")
     assert (icon.status_code, icon.headers["content-type"]) == (200, "image/svg+xml")
     assert icon.text.startswith("<svg ") and "<title>billing</title>" in icon.text
+    legacy = await dash.client.get("/favicon.ico", follow_redirects=False)  # browsers ask for it
+    assert (legacy.status_code, legacy.headers.get("location")) == (301, "/dashboard/static/favicon.svg"), (
+        legacy.text
+    )
 
 
 async def test_the_cancel_button_stands_apart_from_the_counters(dash: Dash) -> None:

@@ -57,6 +57,7 @@ PUBLIC_PATHS = [
     "^/api/billing/v1/billing/contacts(/|$)",
     "^/api/billing/v1/billing/gateway/events/",
     "^/dashboard",
+    "^/favicon\\.ico$",
 ]
 
 
