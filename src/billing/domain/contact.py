@@ -305,21 +305,16 @@ class Contact(Aggregate):
             TypeError: ``values`` miss a field of ``event_class`` or name one it does not have; ``id`` is
                 not a ``UUID``.
         """
-        template, allowed, required = _event_shape(event_class)
-        unknown = values.keys() - allowed
-        if unknown:
-            raise TypeError(f"{event_class.__qualname__} has no field {', '.join(sorted(unknown))}")
-        missing = required - values.keys()
-        if missing:
-            raise TypeError(f"{event_class.__qualname__} misses field {', '.join(sorted(missing))}")
+        template, allowed, required = _event_shape(event_class, cls)
+        keys = values.keys()
+        if not keys <= allowed:  # subset tests: no set built per event
+            raise TypeError(f"{event_class.__qualname__} has no field {', '.join(sorted(keys - allowed))}")
+        if not required <= keys:
+            raise TypeError(f"{event_class.__qualname__} misses field {', '.join(sorted(required - keys))}")
         if not isinstance(id, UUID):
             raise TypeError(f"{event_class.__qualname__} needs a UUID id, not {id!r}")
-        values.update(
-            originator_id=id,
-            originator_version=cls.INITIAL_VERSION,
-            originator_topic=get_topic(cls),
-            timestamp=at,
-        )
+        values["originator_id"] = id
+        values["timestamp"] = at
         event = object.__new__(event_class)
         state = event.__dict__
         state.update(template)  # every field in order (the defaults' values), then the given values
@@ -489,10 +484,10 @@ _EVENT_SHAPES: dict[type, _EventShape] = {}
 _SET_BY_CREATION = frozenset({"originator_id", "originator_version", "originator_topic", "timestamp"})
 
 
-def _event_shape(event_class: type) -> _EventShape:
-    """``(every field in order with its default or None, names ``values`` may give, required ones)`` of a
-    dataclass event class, computed once per class (a ``default_factory`` field is refused: none has
-    one)."""
+def _event_shape(event_class: type, aggregate_class: type[Aggregate]) -> _EventShape:
+    """``(every field in order with its default, or None, names ``values`` may give, required ones)`` of a
+    dataclass creation event class of ``aggregate_class``, computed once per class; the template holds
+    version 1 and the aggregate's topic already (a ``default_factory`` field is refused: none has one)."""
     shape = _EVENT_SHAPES.get(event_class)
     if shape is None:
         fields = dataclasses.fields(event_class)
@@ -501,6 +496,8 @@ def _event_shape(event_class: type) -> _EventShape:
         defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
         allowed = frozenset(f.name for f in fields) - _SET_BY_CREATION
         template = {f.name: defaults.get(f.name) for f in fields}
+        template["originator_version"] = aggregate_class.INITIAL_VERSION
+        template["originator_topic"] = get_topic(aggregate_class)
         shape = (template, allowed, allowed - defaults.keys())
         _EVENT_SHAPES[event_class] = shape
     return shape
