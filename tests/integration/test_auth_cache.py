@@ -19,10 +19,13 @@ def test_cached_tenant_answers_after_a_lookup_and_forgets_a_revoked_key(database
         tenant_id = tenants.create_tenant(name="Loja", gateway=GATEWAY)
         key = tenants.issue_api_key(tenant_id, "erp")
         assert tenants.cached_tenant(key) == (False, None)  # never looked up
+        assert tenants.cached_tenant(key, hash_api_key(key)) == (False, None)
         assert tenants.cached_tenant("") == (True, None)
         assert tenants.cached_tenant("x" * 257) == (True, None)
         assert tenants.authenticate(key) == tenant_id
         assert tenants.cached_tenant(key) == (True, tenant_id)
+        assert tenants.cached_tenant(key, hash_api_key(key)) == (True, tenant_id)
+        assert api_key_id(hash_api_key(key)) is api_key_id(hash_api_key(key))  # cached: the same object
         assert tenants.authenticate("bk_unknown") is None
         assert tenants.cached_tenant("bk_unknown") == (True, None)
 

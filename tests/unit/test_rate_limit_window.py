@@ -10,9 +10,8 @@ from typing import Any
 
 import msgspec
 import pytest
-from litestar.stores.memory import MemoryStore
 
-from billing.api.ratelimit import KeyRateLimitMiddleware, Window, build_rate_limit
+from billing.api.ratelimit import KeyRateLimitMiddleware, ProcessStore, Window, build_rate_limit
 
 
 async def _app(scope: Any, receive: Any, send: Any) -> None:
@@ -28,7 +27,7 @@ def middleware() -> KeyRateLimitMiddleware:
 async def test_each_request_adds_one_to_the_stored_count_until_the_reset(
     middleware: KeyRateLimitMiddleware,
 ) -> None:
-    store = MemoryStore()
+    store = ProcessStore()
     first = await middleware.retrieve_window("k", store)
     now = int(time.time())
     assert first.count == 0 and now + 59 <= first.reset <= now + 60
@@ -41,10 +40,46 @@ async def test_each_request_adds_one_to_the_stored_count_until_the_reset(
 
 
 async def test_an_ended_window_or_another_format_starts_a_new_one(middleware: KeyRateLimitMiddleware) -> None:
-    store = MemoryStore()
+    store = ProcessStore()
     now = int(time.time())
     await store.set("ended", msgspec.json.encode(Window(count=9, reset=now - 1)))
     await store.set("library", b'{"history":[1,2,3],"reset":%d}' % (now + 30))
     for key in ("ended", "library", "absent"):
         window = await middleware.retrieve_window(key, store)
         assert window.count == 0 and window.reset >= now + 59, key
+
+
+async def test_the_process_store_keeps_a_value_until_it_expires() -> None:
+    now = [100.0]
+    store = ProcessStore(clock=lambda: now[0])
+    await store.set("w", "ab", expires_in=60)
+    await store.set("forever", b"x")
+    assert (await store.get("w"), await store.expires_in("w"), await store.exists("w")) == (b"ab", 60, True)
+    assert (await store.get("forever"), await store.expires_in("forever")) == (b"x", None)
+    now[0] = 159.5
+    assert await store.get("w", renew_for=30) == b"ab"  # renewed: 30 s from now
+    now[0] = 189.0
+    assert await store.expires_in("w") == 0
+    now[0] = 189.5
+    assert (await store.get("w"), await store.exists("w"), await store.expires_in("w")) == (None, False, None)
+    assert await store.get("forever", renew_for=5) == b"x" and await store.expires_in("forever") is None
+    await store.delete("forever")
+    await store.delete("absent")
+    assert await store.get("forever") is None
+
+
+async def test_the_process_store_drops_expired_entries_once_it_is_full() -> None:
+    now = [0.0]
+    store = ProcessStore(clock=lambda: now[0])
+    for index in range(ProcessStore.SWEEP_AT):
+        await store.set(f"old-{index}", b"1", expires_in=1)
+    now[0] = 2.0
+    await store.set("new", b"2", expires_in=1)
+    assert len(store._data) == 1 and await store.get("new") == b"2"
+    await store.delete_all()
+    assert await store.get("new") is None
+
+
+def test_without_redis_the_rate_limit_keeps_its_windows_in_a_process_store() -> None:
+    _, stores = build_rate_limit(default_limit=5, overrides={}, redis_url="", tenant_of=None)
+    assert [type(store) for store in stores.values()] == [ProcessStore]

@@ -103,12 +103,13 @@ async def api_key_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseR
     if not key:
         raise Unauthorized(f"missing {API_KEY_HEADER} header", field=API_KEY_HEADER)
     services: Services = connection.app.state.services
-    known, tenant_id = services.tenants.cached_tenant(key)  # a recent answer: no thread hop
+    digest = hash_api_key(key)  # once per request
+    known, tenant_id = services.tenants.cached_tenant(key, digest)  # a recent answer: no thread hop
     if not known:
         tenant_id = await run_sync(services.tenants.authenticate, key)
     if tenant_id is None:
         raise Unauthorized("unknown or revoked API key", field=API_KEY_HEADER)
-    key_id = api_key_id(hash_api_key(key))
+    key_id = api_key_id(digest)
     if services.key_usage.due(key_id):
         await run_sync(services.key_usage.touch, key_id, services.container.clock.now())
     connection.state.tenant_id = tenant_id

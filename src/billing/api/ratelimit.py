@@ -1,8 +1,8 @@
 """Per-API-key rate limit of the public API: litestar's ``RateLimitMiddleware`` and its stores.
 
 What litestar gives: the middleware and its configuration (a fixed window per identity, kept in a
-litestar ``Store``), the ``RateLimit-Limit/-Remaining/-Reset/-Policy`` header names, the stores
-(``MemoryStore``; ``RedisStore`` shared by every ``api`` process when ``BILLING_REDIS_URL`` is set). What
+litestar ``Store``), the ``RateLimit-Limit/-Remaining/-Reset/-Policy`` header names, the ``Store``
+interface and ``RedisStore``, shared by every ``api`` process when ``BILLING_REDIS_URL`` is set. What
 this subclass adds:
 
 - the identity is the API key (its SHA-256, never the clear text), not the client address; requests
@@ -15,7 +15,9 @@ this subclass adds:
   (seconds until the window resets) beside the ``RateLimit-*`` headers;
 - a window is stored as its count and reset time (:class:`Window`), not the library's list of every
   request's timestamp: the library only counts that list, but decodes and re-encodes it whole on every
-  request (1,200 integers at the default limit; with Redis, shipped both ways).
+  request (1,200 integers at the default limit; with Redis, shipped both ways);
+- without Redis the windows are kept in a :class:`ProcessStore` (litestar's ``Store`` interface over a
+  dict), not a ``MemoryStore``, whose anyio lock yields to the event loop on every read and write.
 
 If the shared store is unreachable the request is let through (logged): the limit protects the service,
 it must not stop it.
@@ -30,6 +32,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -43,7 +46,6 @@ from litestar.middleware.rate_limit import (
     RateLimitMiddleware,
 )
 from litestar.stores.base import Store
-from litestar.stores.memory import MemoryStore
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from billing.api.auth import API_KEY_HEADER
@@ -64,6 +66,73 @@ class Window(msgspec.Struct, array_like=True):
 
 
 _WINDOW_DECODER = msgspec.json.Decoder(Window)
+
+
+class ProcessStore(Store):
+    """litestar's ``Store`` interface over a dict of this process (what the rate limit uses without Redis).
+
+    Like litestar's ``MemoryStore`` but without its lock: each method reads and writes the dict with no
+    ``await`` in between, so on one event loop it is atomic already, while ``MemoryStore``'s anyio lock
+    yields to the loop on every ``get`` and ``set`` (two extra turns of the loop per public request, each
+    one a wait behind every other ready task). Not for use from several threads. Expiry times are on
+    ``clock`` (seconds, monotonic); expired entries are dropped when read, and all of them once the store
+    holds :attr:`SWEEP_AT` entries.
+    """
+
+    SWEEP_AT = 10_000
+
+    __slots__ = ("_clock", "_data")
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._data: dict[str, tuple[bytes, float | None]] = {}
+
+    def _deadline(self, expires_in: int | timedelta | None) -> float | None:
+        seconds = expires_in.total_seconds() if isinstance(expires_in, timedelta) else expires_in
+        return self._clock() + seconds if seconds else None
+
+    def _live(self, key: str) -> tuple[bytes, float | None] | None:
+        item = self._data.get(key)
+        if item is not None and item[1] is not None and item[1] <= self._clock():
+            del self._data[key]
+            return None
+        return item
+
+    async def set(self, key: str, value: str | bytes, expires_in: int | timedelta | None = None) -> None:
+        """Store ``value`` (str as UTF-8) under ``key``, for ``expires_in`` seconds (None: no expiry)."""
+        if len(self._data) >= self.SWEEP_AT:
+            now = self._clock()
+            self._data = {k: v for k, v in self._data.items() if v[1] is None or v[1] > now}
+        self._data[key] = (value.encode() if isinstance(value, str) else value, self._deadline(expires_in))
+
+    async def get(self, key: str, renew_for: int | timedelta | None = None) -> bytes | None:
+        """The value of ``key``, or None when absent or expired; ``renew_for`` restarts its expiry (only
+        for a value stored with one, as ``MemoryStore`` does)."""
+        item = self._live(key)
+        if item is None:
+            return None
+        if renew_for and item[1] is not None:
+            self._data[key] = (item[0], self._deadline(renew_for))
+        return item[0]
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key`` (no-op when absent)."""
+        self._data.pop(key, None)
+
+    async def delete_all(self) -> None:
+        """Remove everything."""
+        self._data.clear()
+
+    async def exists(self, key: str) -> bool:
+        """True when ``key`` holds a value that has not expired."""
+        return self._live(key) is not None
+
+    async def expires_in(self, key: str) -> int | None:
+        """Whole seconds until ``key`` expires; None when absent or stored without expiry."""
+        item = self._live(key)
+        if item is None or item[1] is None:
+            return None
+        return int(item[1] - self._clock())
 
 
 class KeyRateLimitMiddleware(RateLimitMiddleware):
@@ -198,7 +267,7 @@ def build_rate_limit(
     Args:
         default_limit: requests per minute of a key without an override (``BILLING_RATE_LIMIT_PER_MINUTE``).
         overrides: :meth:`billing.settings.Settings.rate_limit_overrides`.
-        redis_url: ``BILLING_REDIS_URL``; empty: a per-process ``MemoryStore``.
+        redis_url: ``BILLING_REDIS_URL``; empty: a per-process :class:`ProcessStore`.
         tenant_of: ``async (key) -> tenant id | None`` (only called when there are overrides).
     """
     redis = None
@@ -210,7 +279,7 @@ def build_rate_limit(
         redis = Redis.from_url(redis_url)
         store = RedisStore(redis, namespace="billing_rate_limit", handle_client_shutdown=True)
     else:
-        store = MemoryStore()
+        store = ProcessStore()
     config = KeyRateLimitConfig(
         rate_limit=(WINDOW, default_limit),
         store=STORE_NAME,

@@ -7,6 +7,7 @@ request by one read of the event store, with no lookup table to keep in step.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING
 from uuid import UUID, uuid5
 
@@ -15,6 +16,7 @@ from eventsourcing.domain import Aggregate
 API_KEY_NAMESPACE = UUID("5b1f2d0e-7c1a-4a8e-9a51-6f0f3c6b2a10")
 
 
+@lru_cache(maxsize=4096)  # every public request derives it: the keys in use stay cached
 def api_key_id(key_hash: str) -> UUID:
     """The aggregate id of the key whose SHA-256 hex digest is ``key_hash`` (UUID v5, RFC 4122)."""
     return uuid5(API_KEY_NAMESPACE, key_hash)

@@ -155,12 +155,13 @@ class TenantService:
             self._auth_generation += 1
             self._auth_cache.clear()
 
-    def cached_tenant(self, key: str) -> tuple[bool, UUID | None]:
+    def cached_tenant(self, key: str, digest: str | None = None) -> tuple[bool, UUID | None]:
         """``(True, tenant or None)`` when :meth:`authenticate` answered ``key`` less than 10 s ago, else
-        ``(False, None)``: no I/O, so an async caller can skip the thread hop on a hit."""
+        ``(False, None)``: no I/O, so an async caller can skip the thread hop on a hit. ``digest``: the
+        key's :func:`hash_api_key` when the caller has it already."""
         if not key or len(key) > 256:
             return True, None
-        digest = hash_api_key(key)
+        digest = digest or hash_api_key(key)
         with self._lock:
             hit = self._auth_cache.get(digest)
         if hit is not None and time.monotonic() - hit[0] < AUTH_CACHE_TTL_S:
