@@ -82,3 +82,24 @@ async def test_a_linger_of_zero_reads_at_once_after_a_notify(monkeypatch: pytest
         "read",
         ("wait", ("wakeup", "stop"), 1.0),
     ]
+
+
+def test_a_projection_batch_pauses_the_cyclic_gc_and_restores_its_state() -> None:
+    import gc
+
+    from billing.projections.views import paused_cyclic_gc
+
+    assert gc.isenabled()
+    with paused_cyclic_gc():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), paused_cyclic_gc():
+        raise RuntimeError("a failed batch")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with paused_cyclic_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # it was off before: left off
+    finally:
+        gc.enable()
