@@ -218,7 +218,8 @@ def freeze_startup_heap() -> int:
     trigger one or two, and each traversed the ~137,000 startup objects as well: 70-140 ms of the POST
     went to the collector, 20-30 ms once they were frozen (``bench/ingest.py``; median POST 0.59 s ->
     0.51 s). Frozen objects are still freed by reference counting; only a cycle among them would stay.
-    Call it once, when the process is built and about to serve.
+    Call it once, when the process is built and about to serve: the API once its app is built, the other
+    processes once their container is open.
     """
     gc.collect()
     gc.freeze()
@@ -256,6 +257,8 @@ def _run_process(
                 head=container.store.recorder.max_notification_id,
                 pool=container.pool,
             )
+        if fn is not None:
+            freeze_startup_heap()  # the API freezes once its app is built (_build_app)
         log.info("process started", command=command)
         try:
             if fn is None:
