@@ -124,7 +124,7 @@ def paused_cyclic_gc() -> Iterator[None]:
 
     Applying a batch allocates a few objects per event (decoded events, rows, tuples) and frees them by
     reference counting: no cycles. The collector still ran on every 700 allocations and walked the young
-    objects each time, a third of a rebuild's CPU (``bench/rebuild.py``: 60,000 events, 4.1 s → 2.3–2.7
+    objects each time, a third of a rebuild's CPU (``bench/rebuild.py``: 60,000 events, 4.1 s → 2.3–3.0
     s of CPU, read and apply paused). It is process-wide, so it is paused only for one batch (bounded:
     one transaction's events); cycles made meanwhile, if any, are collected once it is back on (Python's
     ``gc`` documentation: "automatic collection can be disabled if you are sure your program does not
