@@ -65,12 +65,12 @@ def history_row(notification_id: int, tenant_id: UUID, event: Any) -> tuple[Any,
 def write_history(
     conn: psycopg.Connection[Any],
     events: Sequence[tuple[int, Any]],
-    contacts: Mapping[UUID, Mapping[str, Any]] | None = None,
+    contacts: Mapping[UUID, Mapping[str, Any]],
 ) -> None:
     """Append the history rows of ``events`` (``(notification id, decoded event)`` in log order; events of
     other aggregates are ignored) with one COPY. A contact event whose contact was never projected is
-    skipped (its creation failed and is recorded in ``projection_errors``). ``contacts`` are
-    ``campaign_contacts`` rows by contact id the caller already holds (the views writer's, with their
+    skipped (its creation failed and is recorded in ``projection_errors``). ``contacts`` are the
+    ``campaign_contacts`` rows by contact id the caller holds (the views writer's, with their
     ``tenant_id``): only the tenants of the other contacts are read from the table."""
     wanted = [(nid, e) for nid, e in events if handles(type(e).TOPIC)]
     if not wanted:
@@ -81,10 +81,9 @@ def write_history(
         if tenant is not None:
             tenants[e.originator_id] = tenant
     unknown = {e.originator_id for _, e in wanted} - tenants.keys()
-    if contacts:
-        for cid in [cid for cid in unknown if cid in contacts]:
-            tenants[cid] = contacts[cid]["tenant_id"]
-            unknown.discard(cid)
+    held = unknown & contacts.keys()
+    tenants.update((cid, contacts[cid]["tenant_id"]) for cid in held)
+    unknown -= held  # a topic the views writer does not preload (added later): read from the table
     if unknown:
         rows = conn.execute(
             "SELECT contact_id, tenant_id FROM campaign_contacts WHERE contact_id = ANY(%s)", (list(unknown),)
