@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -50,6 +49,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from billing.api.auth import API_KEY_HEADER
 from billing.logging import get_logger
+from billing.services.tenants import hash_api_key
 
 STORE_NAME = "rate_limit"
 WINDOW: DurationUnit = "minute"
@@ -153,7 +153,7 @@ class KeyRateLimitMiddleware(RateLimitMiddleware):
             await self.app(scope, receive, send)
             return
         limit = await self.key_config.limit_for(request, key)
-        cache_key = f"{type(self).__name__}::{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+        cache_key = f"{type(self).__name__}::{hash_api_key(key)[:32]}"  # never the clear key
         store = self.config.get_store_from_app(app)
         try:
             async with self._window_lock(cache_key):
