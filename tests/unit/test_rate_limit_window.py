@@ -80,6 +80,22 @@ async def test_the_process_store_drops_expired_entries_once_it_is_full() -> None
     assert await store.get("new") is None
 
 
+async def test_a_process_store_full_of_live_keys_is_not_swept_on_every_write() -> None:
+    now = [0.0]
+    store = ProcessStore(clock=lambda: now[0])
+    size = ProcessStore.SWEEP_AT
+    for index in range(size):
+        await store.set(f"live-{index}", b"1", expires_in=60)
+    await store.set("one-more", b"1", expires_in=60)  # a sweep that finds nothing to drop
+    assert (len(store._data), store._next_sweep) == (size + 1, 2 * size)
+    now[0] = 61.0  # every entry so far has expired
+    for index in range(size - 1):
+        await store.set(f"new-{index}", b"2", expires_in=60)
+    assert len(store._data) == 2 * size  # no sweep yet: the expired ones are still held
+    await store.set("last", b"2", expires_in=60)  # the sweep at twice the live count drops them
+    assert (len(store._data), store._next_sweep) == (size, 2 * (size - 1))  # 9,999 live + "last"
+
+
 def test_without_redis_the_rate_limit_keeps_its_windows_in_a_process_store() -> None:
     _, stores = build_rate_limit(default_limit=5, overrides={}, redis_url="", tenant_of=None)
     assert [type(store) for store in stores.values()] == [ProcessStore]

@@ -76,16 +76,18 @@ class ProcessStore(Store):
     yields to the loop on every ``get`` and ``set`` (two extra turns of the loop per public request, each
     one a wait behind every other ready task). Not for use from several threads. Expiry times are on
     ``clock`` (seconds, monotonic); expired entries are dropped when read, and all of them once the store
-    holds :attr:`SWEEP_AT` entries.
+    holds :attr:`SWEEP_AT` entries — or, when more are alive, twice as many as the last sweep left (so a
+    store of many live keys is not swept on every write).
     """
 
     SWEEP_AT = 10_000
 
-    __slots__ = ("_clock", "_data")
+    __slots__ = ("_clock", "_data", "_next_sweep")
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._data: dict[str, tuple[bytes, float | None]] = {}
+        self._next_sweep = self.SWEEP_AT
 
     def _deadline(self, expires_in: int | timedelta | None) -> float | None:
         seconds = expires_in.total_seconds() if isinstance(expires_in, timedelta) else expires_in
@@ -100,9 +102,10 @@ class ProcessStore(Store):
 
     async def set(self, key: str, value: str | bytes, expires_in: int | timedelta | None = None) -> None:
         """Store ``value`` (str as UTF-8) under ``key``, for ``expires_in`` seconds (None: no expiry)."""
-        if len(self._data) >= self.SWEEP_AT:
+        if len(self._data) >= self._next_sweep:
             now = self._clock()
             self._data = {k: v for k, v in self._data.items() if v[1] is None or v[1] > now}
+            self._next_sweep = max(self.SWEEP_AT, 2 * len(self._data))
         self._data[key] = (value.encode() if isinstance(value, str) else value, self._deadline(expires_in))
 
     async def get(self, key: str, renew_for: int | timedelta | None = None) -> bytes | None:
