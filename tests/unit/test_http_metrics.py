@@ -1,5 +1,6 @@
 """The API's HTTP metrics middleware (``billing.webapp.HttpMetricsMiddleware``) records what litestar's own
-Prometheus middleware records: the same series, counts and histogram counts for the same requests."""
+Prometheus middleware records: the same series, counts and histogram counts for the same requests, a
+request counted in progress while it runs, and real durations."""
 
 from __future__ import annotations
 
@@ -13,12 +14,17 @@ from prometheus_client import REGISTRY
 
 from billing.webapp import PROMETHEUS, HttpMetricsMiddleware
 
+PREFIX = "billing_test_http"
+ROUTE = {"app_name": "billing", "method": "GET", "path": "/things/{thing_id}"}
+
 
 @get("/things/{thing_id:str}", sync_to_thread=False)
-def thing(thing_id: str) -> dict[str, str]:
+def thing(thing_id: str) -> dict[str, Any]:
     if thing_id == "broken":
         raise HTTPException(status_code=503, detail="down")
-    return {"id": thing_id}
+    # this request, as the in-progress gauge counts it while it runs
+    in_progress = REGISTRY.get_sample_value(f"{PREFIX}_requests_in_progress", {**ROUTE, "status_code": "200"})
+    return {"id": thing_id, "in_progress": in_progress}
 
 
 REQUESTS = [("/things/a", 200), ("/things/b", 200), ("/things/broken", 503), ("/nowhere", 404)]
@@ -35,13 +41,21 @@ def samples(prefix: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def delta(config: PrometheusConfig, prefix: str) -> dict[Any, float]:
-    before = samples(prefix)
+    """What the four requests add to each sample, and the request duration sum added for status 200."""
+    duration = f"{prefix}_request_duration_seconds_sum"
+    labels = {**ROUTE, "status_code": "200"}
+    before, before_sum = samples(prefix), REGISTRY.get_sample_value(duration, labels) or 0.0
     app = Litestar([thing], middleware=[config.middleware])
     with TestClient(app) as client:
         for path, status in REQUESTS:
-            assert client.get(path).status_code == status
+            response = client.get(path)
+            assert response.status_code == status
+            if status == 200:
+                assert response.json()["in_progress"] == 1.0  # counted while it runs
     after = samples(prefix)
-    return {key: value - before.get(key, 0.0) for key, value in after.items() if value != before.get(key, 0)}
+    added = {key: value - before.get(key, 0.0) for key, value in after.items() if value != before.get(key, 0)}
+    added[duration, ()] = (REGISTRY.get_sample_value(duration, labels) or 0.0) - before_sum
+    return added
 
 
 def test_the_api_records_the_same_series_as_litestars_middleware() -> None:
@@ -50,10 +64,13 @@ def test_the_api_records_the_same_series_as_litestars_middleware() -> None:
         "group_path": True,
         "exclude_unhandled_paths": PROMETHEUS.exclude_unhandled_paths,
     }
-    prefix = "billing_test_http"
+    prefix = PREFIX
     ours = delta(PrometheusConfig(prefix=prefix, middleware_class=HttpMetricsMiddleware, **options), prefix)
     theirs = delta(PrometheusConfig(prefix=prefix, middleware_class=PrometheusMiddleware, **options), prefix)
+    summed = (f"{prefix}_request_duration_seconds_sum", ())
+    durations = (ours.pop(summed), theirs.pop(summed))
     assert ours == theirs
+    assert all(0 < seconds < 5 for seconds in durations)  # two requests' real durations, both ways
     route = (("app_name", "billing"), ("method", "GET"), ("path", "/things/{thing_id}"))
 
     def series(status: str) -> tuple[tuple[str, str], ...]:
