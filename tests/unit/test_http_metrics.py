@@ -1,6 +1,6 @@
-"""The API's HTTP metrics middleware (``billing.webapp.HttpMetricsMiddleware``) records what litestar's own
-Prometheus middleware records: the same series, counts and histogram counts for the same requests, a
-request counted in progress while it runs, and real durations."""
+"""The API's HTTP metrics middleware (``billing.api.http_metrics.HttpMetricsMiddleware``) records what
+litestar's own Prometheus middleware records: the same series, counts and histogram counts for the same
+requests, a request counted in progress while it runs, and real durations."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusMiddleware
 from litestar.testing import TestClient
 from prometheus_client import REGISTRY
 
-from billing.webapp import PROMETHEUS, HttpMetricsMiddleware
+from billing.api.http_metrics import PROMETHEUS, HttpMetricsMiddleware
 
 PREFIX = "billing_test_http"
 ROUTE = {"app_name": "billing", "method": "GET", "path": "/things/{thing_id}"}
