@@ -6,6 +6,7 @@ The API does not import the dashboard; the dashboard uses only the API's depende
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from litestar import Litestar, get
@@ -18,7 +19,7 @@ from litestar.types import Message, Scope
 from billing.api.admin import AdminController
 from billing.api.auth import jwt_auth
 from billing.api.body import BillingRequest, read_body
-from billing.api.deps import Services, run_sync
+from billing.api.deps import Services, flush_key_usage, flush_key_usage_every, run_sync
 from billing.api.docs import assets_router, finish, swagger_plugin
 from billing.api.errors import EXCEPTION_HANDLERS
 from billing.api.health import health_detail, live, ready
@@ -28,6 +29,7 @@ from billing.api.public import PublicController
 from billing.api.ratelimit import build_rate_limit
 from billing.bootstrap import Container
 from billing.dashboard.app import dashboard_middleware, dashboard_routers, template_config
+from billing.services.usage import FLUSH_EVERY_S
 
 
 async def _security_headers(message: Message, scope: Scope) -> None:
@@ -62,10 +64,17 @@ def create_app(container: Container) -> Litestar:
     async def tenant_of(key: str) -> Any:
         return await run_sync(services.tenants.authenticate, key)
 
+    background: list[asyncio.Task[None]] = []
+
     async def open_pools() -> None:
         await services.status.pool.open(wait=True, timeout=30)
+        background.append(asyncio.create_task(flush_key_usage_every(services.key_usage, FLUSH_EVERY_S)))
 
     async def close_pools() -> None:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await flush_key_usage(services.key_usage)  # the uses noted since the last flush
         await services.status.pool.close()
 
     rate_limit, stores = build_rate_limit(

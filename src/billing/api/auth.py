@@ -22,6 +22,9 @@ from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 from billing.api.errors import Unauthorized
 
 API_KEY_HEADER = "X-Billing-API-Key"
+API_KEY_DIGEST_STATE = "api_key_digest"
+"""Key of ``scope["state"]`` under which the rate limit leaves the request's API key digest (SHA-256 hex)
+for the key check, so one request hashes its key once."""
 AUTH_HEADER = "Authorization"
 ALGORITHM = "HS256"
 

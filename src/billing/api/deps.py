@@ -12,11 +12,12 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
-from billing.api.auth import API_KEY_HEADER
+from billing.api.auth import API_KEY_DIGEST_STATE, API_KEY_HEADER
 from billing.api.errors import Unauthorized
 from billing.bootstrap import Container
 from billing.db import async_read_pool
 from billing.domain.apikey import api_key_id
+from billing.logging import get_logger
 from billing.services.cancel import CancelService
 from billing.services.config import ConfigService
 from billing.services.engagement import EngagementService
@@ -29,6 +30,7 @@ from billing.services.usage import KeyUsage
 from billing.services.users import UserService
 
 T = TypeVar("T")
+log = get_logger(__name__)
 
 
 @dataclass
@@ -86,6 +88,22 @@ async def run_sync(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await asyncio.to_thread(func, *args, **kwargs)
 
 
+async def flush_key_usage(usage: KeyUsage) -> None:
+    """Write the API keys' noted uses (:meth:`KeyUsage.flush`, in a thread); a failure is logged and the
+    uses stay noted for the next flush (the last use is shown to the minute: no retry loop)."""
+    try:
+        await run_sync(usage.flush)
+    except Exception as exc:
+        log.warning("api key last use not written; retried at the next flush", error=type(exc).__name__)
+
+
+async def flush_key_usage_every(usage: KeyUsage, every_s: float) -> None:
+    """:func:`flush_key_usage` every ``every_s`` seconds until cancelled (the API's lifespan task)."""
+    while True:
+        await asyncio.sleep(every_s)
+        await flush_key_usage(usage)
+
+
 async def provide_services(request: Request[Any, Any, Any]) -> Services:
     """Litestar dependency: the app's services."""
     services: Services = request.app.state.services
@@ -103,15 +121,13 @@ async def api_key_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseR
     if not key:
         raise Unauthorized(f"missing {API_KEY_HEADER} header", field=API_KEY_HEADER)
     services: Services = connection.app.state.services
-    digest = hash_api_key(key)  # once per request
+    digest = connection.scope.get("state", {}).get(API_KEY_DIGEST_STATE) or hash_api_key(key)
     known, tenant_id = services.tenants.cached_tenant(key, digest)  # a recent answer: no thread hop
     if not known:
         tenant_id = await run_sync(services.tenants.authenticate, key)
     if tenant_id is None:
         raise Unauthorized("unknown or revoked API key", field=API_KEY_HEADER)
-    key_id = api_key_id(digest)
-    if services.key_usage.due(key_id):
-        await run_sync(services.key_usage.touch, key_id, services.container.clock.now())
+    services.key_usage.record(api_key_id(digest), services.container.clock.now())  # written behind
     connection.state.tenant_id = tenant_id
 
 

@@ -47,7 +47,7 @@ from litestar.middleware.rate_limit import (
 from litestar.stores.base import Store
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from billing.api.auth import API_KEY_HEADER
+from billing.api.auth import API_KEY_DIGEST_STATE, API_KEY_HEADER
 from billing.logging import get_logger
 from billing.services.tenants import hash_api_key
 
@@ -156,20 +156,16 @@ class KeyRateLimitMiddleware(RateLimitMiddleware):
             await self.app(scope, receive, send)
             return
         limit = await self.key_config.limit_for(request, key)
-        cache_key = f"{type(self).__name__}::{hash_api_key(key)[:32]}"  # never the clear key
+        digest = hash_api_key(key)
+        scope.setdefault("state", {})[API_KEY_DIGEST_STATE] = digest  # the key check's, not hashed again
+        cache_key = f"{type(self).__name__}::{digest[:32]}"  # never the clear key
         store = self.config.get_store_from_app(app)
         try:
-            async with self._window_lock(cache_key):
-                window = await self.retrieve_window(cache_key, store)
-                if window.count >= limit:
-                    headers = self._headers(window, limit)
-                    headers["Retry-After"] = headers[self.config.rate_limit_reset_header_key]
-                    raise TooManyRequestsException(
-                        detail=f"rate limit of {limit} requests per {WINDOW_S} s for this API key reached; "
-                        f"retry after {headers['Retry-After']} s",
-                        headers=headers,
-                    )
-                await self.count_request(cache_key, window, store)
+            if type(store) is ProcessStore:  # no await in it yields: read-check-write is atomic already
+                window = await self._count(cache_key, store, limit)
+            else:
+                async with self._window_lock(cache_key):
+                    window = await self._count(cache_key, store, limit)
         except TooManyRequestsException:
             raise
         except Exception as exc:  # the shared store is down: serve, and say so
@@ -187,9 +183,28 @@ class KeyRateLimitMiddleware(RateLimitMiddleware):
 
         await self.app(scope, receive, send_with_headers)
 
+    async def _count(self, cache_key: str, store: Store, limit: int) -> Window:
+        """Count the request in its key's window and return the window.
+
+        Raises:
+            TooManyRequestsException: the window is full (429 with ``Retry-After``).
+        """
+        window = await self.retrieve_window(cache_key, store)
+        if window.count >= limit:
+            headers = self._headers(window, limit)
+            headers["Retry-After"] = headers[self.config.rate_limit_reset_header_key]
+            raise TooManyRequestsException(
+                detail=f"rate limit of {limit} requests per {WINDOW_S} s for this API key reached; "
+                f"retry after {headers['Retry-After']} s",
+                headers=headers,
+            )
+        await self.count_request(cache_key, window, store)
+        return window
+
     @contextlib.asynccontextmanager
     async def _window_lock(self, cache_key: str) -> AsyncIterator[None]:
-        """The key's lock in this process (one per key, so keys do not wait for each other; the library
+        """For a store that may yield (Redis, another ``Store``; a :class:`ProcessStore` needs none): the
+        key's lock in this process (one per key, so keys do not wait for each other; the library
         has one lock for all), then — with the shared store — the key's Redis lock, so only one request
         of one process at a time reads and writes the key's window. The local lock is an
         ``asyncio.Lock``: free, it is taken without a turn of the event loop (anyio's always yields one)."""
