@@ -47,6 +47,8 @@ class Services:
     cancel: CancelService
     users: UserService
     key_usage: KeyUsage
+    key_lookups: KeyLookups
+    """The key check's cache misses, read together (one thread hop for all the misses of a loop turn)."""
     engagement: EngagementService
     history: HistoryQueries
     config: ConfigService
@@ -77,6 +79,7 @@ class Services:
             cancel=CancelService(container.store, container.pool, container.clock),
             users=UserService(container.store, container.pool, container.clock),
             key_usage=KeyUsage(container.pool),
+            key_lookups=KeyLookups(tenants),
             engagement=engagement,
             history=HistoryQueries(container.pool),
             config=ConfigService(tenants, engagement),
@@ -86,6 +89,53 @@ class Services:
 async def run_sync(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a synchronous service call (the event store and pool are sync) in a worker thread."""
     return await asyncio.to_thread(func, *args, **kwargs)
+
+
+class KeyLookups:
+    """The key check's cache misses, answered together: every miss of one turn of the event loop waits
+    for ONE thread hop and ONE read (:meth:`TenantService.authenticate_digests`) instead of one each.
+
+    Misses come together: when the cache's answers expire (10 s) or a process starts while many ERPs
+    poll, each of their keys misses at once. A request that is cancelled while waiting does not cancel
+    the read the others wait for. Use from one event loop (the app's).
+    """
+
+    def __init__(self, tenants: TenantService) -> None:
+        self.tenants = tenants
+        self._waiting: dict[str, asyncio.Future[UUID | None]] = {}
+        self._reads: set[asyncio.Task[None]] = set()
+
+    async def tenant_of(self, digest: str) -> UUID | None:
+        """The tenant of the key whose SHA-256 hex digest is ``digest``, or None (unknown, revoked).
+
+        Raises:
+            psycopg.Error: the database is unreachable.
+        """
+        future = self._waiting.get(digest)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            if not self._waiting:  # the first miss of this turn: read once the turn's requests are in
+                loop.call_soon(self._read_waiting)
+            future = self._waiting[digest] = loop.create_future()
+        return await asyncio.shield(future)
+
+    def _read_waiting(self) -> None:
+        batch, self._waiting = self._waiting, {}
+        task = asyncio.get_running_loop().create_task(self._read(batch))
+        self._reads.add(task)  # held until done (the loop keeps only a weak reference)
+        task.add_done_callback(self._reads.discard)
+
+    async def _read(self, batch: dict[str, asyncio.Future[UUID | None]]) -> None:
+        try:
+            answers = await asyncio.to_thread(self.tenants.authenticate_digests, list(batch))
+        except Exception as exc:
+            for future in batch.values():
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for digest, future in batch.items():
+            if not future.done():
+                future.set_result(answers[digest])
 
 
 async def flush_key_usage(usage: KeyUsage) -> None:
@@ -124,7 +174,7 @@ async def api_key_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseR
     digest = connection.scope.get("state", {}).get(API_KEY_DIGEST_STATE) or hash_api_key(key)
     known, tenant_id = services.tenants.cached_tenant(key, digest)  # a recent answer: no thread hop
     if not known:
-        tenant_id = await run_sync(services.tenants.authenticate, key)
+        tenant_id = await services.key_lookups.tenant_of(digest)
     if tenant_id is None:
         raise Unauthorized("unknown or revoked API key", field=API_KEY_HEADER)
     services.key_usage.record(api_key_id(digest), services.container.clock.now())  # written behind

@@ -7,7 +7,7 @@ import hashlib
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -17,7 +17,7 @@ from billing.domain.errors import InvalidValue, NotFound
 from billing.domain.policy import default_policy_spec
 from billing.domain.template import MessageTemplate
 from billing.domain.tenant import Tenant
-from billing.eventstore import EventStore, get_owned
+from billing.eventstore import EventStore, get_owned, load_many
 from billing.services.clock import Clock
 
 KEY_PREFIX = "bk_"
@@ -173,23 +173,43 @@ class TenantService:
         if not key or len(key) > 256:
             return None
         digest = hash_api_key(key)
+        return self.authenticate_digests([digest])[digest]
+
+    def authenticate_digests(self, digests: Iterable[str]) -> dict[str, UUID | None]:
+        """The tenant of each key given by its :func:`hash_api_key` digest (None: unknown or revoked),
+        the ones not answered in the last 10 s read with ONE query; every answer is cached 10 s (one
+        racing a revocation is returned, not cached).
+
+        Raises:
+            psycopg.Error: the database is unreachable.
+        """
         now = time.monotonic()
+        answers: dict[str, UUID | None] = {}
+        wanted: list[str] = []  # not answered in the last 10 s
         with self._lock:
-            hit = self._auth_cache.get(digest)
-            if hit is not None and now - hit[0] < AUTH_CACHE_TTL_S:
-                return hit[1]
+            for digest in digests:
+                hit = self._auth_cache.get(digest)
+                fresh = hit is not None and now - hit[0] < AUTH_CACHE_TTL_S
+                if digest not in answers and not fresh:
+                    wanted.append(digest)
+                answers[digest] = hit[1] if hit is not None and fresh else None
             generation = self._auth_generation
-        api_key = get_owned(self.store, api_key_id(digest), ApiKey)
-        tenant: UUID | None = None
-        if api_key is not None and not api_key.revoked and secrets.compare_digest(api_key.key_hash, digest):
-            tenant = api_key.tenant_id
+        if not wanted:
+            return answers
+        found = load_many(self.store, (api_key_id(d) for d in wanted))
+        for digest in wanted:
+            api_key = found.get(api_key_id(digest))
+            ok = isinstance(api_key, ApiKey) and not api_key.revoked
+            if ok and secrets.compare_digest(api_key.key_hash, digest):
+                answers[digest] = api_key.tenant_id
         with self._lock:
             if generation != self._auth_generation:
-                return tenant
-            if len(self._auth_cache) > 10_000:
+                return answers
+            if len(self._auth_cache) + len(wanted) > 10_000:
                 self._auth_cache.clear()
-            self._auth_cache[digest] = (now, tenant)
-        return tenant
+            for digest in wanted:
+                self._auth_cache[digest] = (now, answers[digest])
+        return answers
 
     def configure(
         self,
