@@ -4,11 +4,14 @@ simulator's answers over ``ASGITransport``, and the probe's timeouts."""
 from __future__ import annotations
 
 import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import httpx
 
+from billing.domain.sending import GatewayVerdict
 from billing.gateway.simulator import EvolutionSimulator
-from billing.worker.health import Probe, probe_connection_state
+from billing.worker.health import GatewayHealth, Probe, probe_connection_state
 
 GATEWAY = {"base_url": "http://sim", "instance": "loja", "api_key": "k"}
 
@@ -50,3 +53,30 @@ async def test_the_probe_keeps_its_timeouts() -> None:
     started = asyncio.get_running_loop().time()
     assert await probe_connection_state(slow, GATEWAY, timeout_s=0.05) == Probe(None)
     assert asyncio.get_running_loop().time() - started < 1.0
+
+
+async def test_an_accepted_send_stands_for_an_open_state_until_it_is_cache_s_old() -> None:
+    health = GatewayHealth(cache_s=10.0)
+    transport = Recording()
+    tenant = uuid.UUID(int=1)
+    t0 = datetime(2025, 1, 20, 13, 0, tzinfo=UTC)
+
+    async def check(at: datetime, generation: int = 1) -> GatewayVerdict:
+        verdict, _ = await health.check(
+            tenant, generation, transport=transport, gateway=GATEWAY, timeout_s=1, now=at
+        )
+        return verdict
+
+    assert await check(t0) is GatewayVerdict.OPEN
+    assert len(transport.requests) == 1  # nothing known yet: probed
+    health.record_success(tenant, 1, at=t0 + timedelta(seconds=8))
+    assert await check(t0 + timedelta(seconds=15)) is GatewayVerdict.OPEN
+    assert len(transport.requests) == 1  # the send 7 s ago answered it
+    health.record_success(tenant, 1, at=t0 + timedelta(seconds=2))  # older than what is known: no change
+    assert await check(t0 + timedelta(seconds=18, microseconds=1)) is GatewayVerdict.OPEN
+    assert len(transport.requests) == 2  # 10 s after the last accepted send: probed again
+    health.record_success(tenant, 2, at=t0 + timedelta(seconds=19))  # new gateway settings
+    assert await check(t0 + timedelta(seconds=20), generation=2) is GatewayVerdict.OPEN
+    assert len(transport.requests) == 2
+    assert await check(t0 + timedelta(seconds=21)) is GatewayVerdict.OPEN  # generation 1 was forgotten
+    assert len(transport.requests) == 3

@@ -119,7 +119,8 @@ class FakeHealth:
     def record_problem(self, tenant_id: UUID, generation: int) -> bool:
         return False
 
-    def record_success(self, tenant_id: UUID, generation: int) -> None:
+    def record_success(self, tenant_id: UUID, generation: int, *, at: datetime | None = None) -> None:
+        assert at is not None  # the instant the gateway accepted the send
         self.successes += 1
 
 

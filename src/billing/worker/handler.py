@@ -143,7 +143,7 @@ class HealthPort(Protocol):
     ) -> tuple[GatewayVerdict, str | None]: ...
     def trip(self, tenant_id: UUID, generation: int, *, now: datetime) -> datetime: ...
     def record_problem(self, tenant_id: UUID, generation: int) -> bool: ...
-    def record_success(self, tenant_id: UUID, generation: int) -> None: ...
+    def record_success(self, tenant_id: UUID, generation: int, *, at: datetime | None = None) -> None: ...
 
 
 class RecipientPort(Protocol):
@@ -630,7 +630,7 @@ class JobHandler:
         base.update(code=sent.code, http_status=sent.http_status)
         settlement = self._settle(sent, attempt, tenant, policy, done)
         if settlement.healthy:
-            self.health.record_success(tenant.id, tenant.gateway_generation)
+            self.health.record_success(tenant.id, tenant.gateway_generation, at=done)
         if settlement.block_gateway is not None:
             self._blocks.pop(tenant.id, None)
             await asyncio.to_thread(

@@ -7,7 +7,8 @@ Two signals (``docs/evolution-api.md``, "Instance health"): the advisory ``conne
 down too. When a tenant is found down the caller pauses the queue with ``gateway_disconnected`` until the
 instant :meth:`GatewayHealth.trip` returns: capped exponential backoff (``base_backoff_s`` doubled per
 consecutive outage up to ``max_backoff_s``); the next job after that re-checks ``connectionState``. A
-successful send resets everything. All instants come from the injected clock.
+successful send resets everything and counts as an ``open`` answer at its instant (no probe while a tenant
+keeps sending). All instants come from the injected clock.
 
 State is per process (a restart starts afresh, re-checking at once); the durable effect — the queue's
 pause and the contacts' ``not_before`` — is in the event store.
@@ -196,9 +197,15 @@ class GatewayHealth:
         entry.problems += 1
         return entry.problems >= self.problem_threshold
 
-    def record_success(self, tenant_id: UUID, generation: int) -> None:
-        """A send went through: the gateway is healthy, backoff and problem counts start over."""
+    def record_success(self, tenant_id: UUID, generation: int, *, at: datetime | None = None) -> None:
+        """A send went through: the gateway is healthy, backoff and problem counts start over. ``at``:
+        the instant the gateway accepted it, which also stands for a ``connectionState`` of ``open`` at
+        that instant (the instance took a message, so its connection was open), so a tenant that keeps
+        sending is not probed: the probe is made when the last accepted send is :attr:`cache_s` old."""
         entry = self._entry(tenant_id, generation)
         entry.problems = 0
         entry.outages = 0
         entry.down_until = None
+        if at is not None and (entry.checked_at is None or at >= entry.checked_at):
+            entry.probe = Probe(OPEN)
+            entry.checked_at = at
