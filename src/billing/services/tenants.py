@@ -199,8 +199,9 @@ class TenantService:
         found = load_many(self.store, (api_key_id(d) for d in wanted))
         for digest in wanted:
             api_key = found.get(api_key_id(digest))
-            ok = isinstance(api_key, ApiKey) and not api_key.revoked
-            if ok and secrets.compare_digest(api_key.key_hash, digest):
+            if not isinstance(api_key, ApiKey) or api_key.revoked:
+                continue
+            if secrets.compare_digest(api_key.key_hash, digest):
                 answers[digest] = api_key.tenant_id
         with self._lock:
             if generation != self._auth_generation:
