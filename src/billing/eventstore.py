@@ -66,6 +66,8 @@ class DateAsISO(Transcoding):
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 _RECENT_TAGS = 64
+_SEEN_VALUES = 4096
+"""How many decoded ids and instants :class:`MsgspecTranscoder` keeps per type (cleared when full)."""
 """How many tagged values :class:`MsgspecTranscoder` keeps for reuse (cleared when full)."""
 
 
@@ -87,6 +89,10 @@ class MsgspecTranscoder(JSONTranscoder):
         # the same few such objects (tenant, campaign, queue and template ids, the timestamp). Holding the
         # value keeps its id from being reused while the entry exists.
         self._recent: dict[int, tuple[Any, dict[str, Any]]] = {}
+        # decoding's mirror: name -> {text: value} for the same immutable types, so the ids and instants
+        # that many stored events repeat (tenant, campaign, queue, template; a batch's timestamp) are
+        # parsed once. Bounded: cleared when full.
+        self._seen: dict[str, dict[str, Any]] = {}
 
     def register(self, transcoding: Transcoding) -> None:
         super().register(transcoding)
@@ -97,6 +103,10 @@ class MsgspecTranscoder(JSONTranscoder):
         encode = _FAST_ENCODERS.get(type(transcoding), transcoding.encode)
         reused = type(transcoding) in _REUSED_TAGS
         self._encoders[transcoding.type] = (transcoding.name, encode, reused)
+        if reused:
+            self._seen[transcoding.name] = {}
+        else:
+            self._seen.pop(transcoding.name, None)
 
     def encode(self, obj: Any) -> bytes:
         return self._encoder.encode(self._tag(obj))
@@ -159,9 +169,18 @@ class MsgspecTranscoder(JSONTranscoder):
         data = tagged["_data_"]
         if type(data) is dict or type(data) is list:
             data = self._untag(data)
-        decoder = self._decoders.get(tagged["_type_"])
+        name = tagged["_type_"]
+        seen = self._seen.get(name)
+        if seen is not None and type(data) is str:  # an id or instant: the same text, the same value
+            value = seen.get(data)
+            if value is None:
+                if len(seen) >= _SEEN_VALUES:
+                    seen.clear()
+                value = seen[data] = self._decoders[name](data)
+            return value
+        decoder = self._decoders.get(name)
         if decoder is None:  # an unknown name: the library's own error
-            return self._decode_obj({"_type_": tagged["_type_"], "_data_": data})
+            return self._decode_obj({"_type_": name, "_data_": data})
         return decoder(data)
 
 

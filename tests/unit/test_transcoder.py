@@ -117,3 +117,20 @@ def test_values_shared_by_many_events_encode_as_the_library_does_and_the_reuse_s
         fast.encode({"tenant_id": UUID(str(tenant))})
         == b'{"tenant_id":{"_type_":"uuid_hex","_data_":"12345678123456781234567812345678"}}'
     )
+
+
+def test_ids_and_instants_repeated_by_many_events_are_parsed_once_and_the_reuse_stays_bounded() -> None:
+    fast, plain = transcoders()
+    tenant, at = UUID("12345678-1234-5678-1234-567812345678"), datetime(2025, 1, 24, 21, 5, tzinfo=UTC)
+    stored = [
+        plain.encode({"tenant_id": tenant, "timestamp": at, "id": UUID(int=i), "amount": Decimal(i)})
+        for i in range(5000)
+    ]
+    decoded = [fast.decode(data) for data in stored]
+    assert decoded == [plain.decode(data) for data in stored]
+    assert decoded[0]["tenant_id"] is decoded[1]["tenant_id"]  # one value for one text
+    assert decoded[4998]["tenant_id"] is decoded[4999]["tenant_id"]  # (again after a clearing)
+    assert decoded[0]["timestamp"] is decoded[4999]["timestamp"]  # one instant: never cleared
+    assert set(fast._seen) == {"uuid_hex", "datetime_iso"}
+    assert all(0 < len(values) <= 4096 for values in fast._seen.values())
+    assert decoded[4999]["id"] == UUID(int=4999) and decoded[1]["id"] == UUID(int=1)
