@@ -71,3 +71,15 @@ async def test_a_waiter_that_goes_away_does_not_cancel_the_others_read() -> None
     gate.set()
     assert await staying == uuid.UUID(int=3)
     assert tenants.calls == [[digest]]
+
+
+async def test_waiters_of_a_read_cancelled_at_shutdown_are_cancelled_too() -> None:
+    gate = threading.Event()
+    lookups = KeyLookups(FakeTenants(gate=gate))  # type: ignore[arg-type]
+    waiter = asyncio.create_task(lookups.tenant_of(f"{4:064x}"))
+    await asyncio.sleep(0.05)
+    [read] = lookups._reads
+    read.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiter, 2)  # not left waiting forever (TimeoutError)
+    gate.set()

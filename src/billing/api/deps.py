@@ -132,10 +132,14 @@ class KeyLookups:
             for future in batch.values():
                 if not future.done():
                     future.set_exception(exc)
-            return
-        for digest, future in batch.items():
-            if not future.done():
-                future.set_result(answers[digest])
+        else:
+            for digest, future in batch.items():
+                if not future.done():
+                    future.set_result(answers[digest])
+        finally:  # the read itself was cancelled (the app stopping): so are its waiters
+            for future in batch.values():
+                if not future.done():
+                    future.cancel()
 
 
 async def flush_key_usage(usage: KeyUsage) -> None:
