@@ -66,9 +66,9 @@ class DateAsISO(Transcoding):
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 _RECENT_TAGS = 64
+"""How many tagged values :class:`MsgspecTranscoder` keeps for reuse (cleared when full)."""
 _SEEN_VALUES = 4096
 """How many decoded ids and instants :class:`MsgspecTranscoder` keeps per type (cleared when full)."""
-"""How many tagged values :class:`MsgspecTranscoder` keeps for reuse (cleared when full)."""
 
 
 class MsgspecTranscoder(JSONTranscoder):
