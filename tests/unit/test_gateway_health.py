@@ -75,8 +75,23 @@ async def test_an_accepted_send_stands_for_an_open_state_until_it_is_cache_s_old
     health.record_success(tenant, 1, at=t0 + timedelta(seconds=2))  # older than what is known: no change
     assert await check(t0 + timedelta(seconds=18, microseconds=1)) is GatewayVerdict.OPEN
     assert len(transport.requests) == 2  # 10 s after the last accepted send: probed again
-    health.record_success(tenant, 2, at=t0 + timedelta(seconds=19))  # new gateway settings
+    health.record_success(tenant, 2, at=t0 + timedelta(seconds=19))  # new gateway settings: no probe yet
     assert await check(t0 + timedelta(seconds=20), generation=2) is GatewayVerdict.OPEN
-    assert len(transport.requests) == 2
+    assert len(transport.requests) == 3  # a success never stands in for a generation's first probe
     assert await check(t0 + timedelta(seconds=21)) is GatewayVerdict.OPEN  # generation 1 was forgotten
-    assert len(transport.requests) == 3
+    assert len(transport.requests) == 4
+
+
+async def test_a_send_in_flight_when_the_gateway_was_found_down_does_not_skip_the_re_check() -> None:
+    health = GatewayHealth(cache_s=10.0, base_backoff_s=30.0)
+    transport = Recording()
+    tenant = uuid.UUID(int=1)
+    t0 = datetime(2025, 1, 20, 13, 0, tzinfo=UTC)
+    await health.check(tenant, 1, transport=transport, gateway=GATEWAY, timeout_s=1, now=t0)
+    health.trip(tenant, 1, now=t0 + timedelta(seconds=1))  # found down
+    health.record_success(tenant, 1, at=t0 + timedelta(seconds=2))  # a send that was already under way
+    verdict, _ = await health.check(
+        tenant, 1, transport=transport, gateway=GATEWAY, timeout_s=1, now=t0 + timedelta(seconds=3)
+    )
+    assert verdict is GatewayVerdict.OPEN  # the probe (Recording answers open) decided, not the send
+    assert len(transport.requests) == 2

@@ -201,11 +201,15 @@ class GatewayHealth:
         """A send went through: the gateway is healthy, backoff and problem counts start over. ``at``:
         the instant the gateway accepted it, which also stands for a ``connectionState`` of ``open`` at
         that instant (the instance took a message, so its connection was open), so a tenant that keeps
-        sending is not probed: the probe is made when the last accepted send is :attr:`cache_s` old."""
+        sending is not probed: the probe is made when the last accepted send is :attr:`cache_s` old. It
+        never stands in for the first probe of a tenant and gateway generation, nor for the re-check
+        after a :meth:`trip`."""
         entry = self._entry(tenant_id, generation)
         entry.problems = 0
         entry.outages = 0
         entry.down_until = None
-        if at is not None and (entry.checked_at is None or at >= entry.checked_at):
+        # only over a probe already made: after a trip (checked_at cleared) the next job re-asks, so a send
+        # that was in flight when the gateway was found down does not stand for its state
+        if at is not None and entry.checked_at is not None and at >= entry.checked_at:
             entry.probe = Probe(OPEN)
             entry.checked_at = at
