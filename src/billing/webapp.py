@@ -19,7 +19,7 @@ from litestar.types import Message, Scope
 from billing.api.admin import AdminController
 from billing.api.auth import jwt_auth
 from billing.api.body import BillingRequest, read_body
-from billing.api.deps import Services, flush_key_usage, flush_key_usage_every, run_sync
+from billing.api.deps import Services, flush_key_usage_every, run_sync
 from billing.api.docs import assets_router, finish, swagger_plugin
 from billing.api.errors import EXCEPTION_HANDLERS
 from billing.api.health import health_detail, live, ready
@@ -64,17 +64,19 @@ def create_app(container: Container) -> Litestar:
     async def tenant_of(key: str) -> Any:
         return await run_sync(services.tenants.authenticate, key)
 
-    background: list[asyncio.Task[None]] = []
+    background: list[tuple[asyncio.Event, asyncio.Task[None]]] = []  # made on the app's own loop
 
     async def open_pools() -> None:
         await services.status.pool.open(wait=True, timeout=30)
-        background.append(asyncio.create_task(flush_key_usage_every(services.key_usage, FLUSH_EVERY_S)))
+        stopping = asyncio.Event()
+        flusher = flush_key_usage_every(services.key_usage, FLUSH_EVERY_S, stopping)
+        background.append((stopping, asyncio.create_task(flusher)))
 
     async def close_pools() -> None:
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        await flush_key_usage(services.key_usage)  # the uses noted since the last flush
+        for stopping, _ in background:
+            stopping.set()  # the flusher writes the uses noted since its last flush, then returns
+        await asyncio.gather(*(task for _, task in background), return_exceptions=True)
+        background.clear()
         await services.status.pool.close()
 
     rate_limit, stores = build_rate_limit(

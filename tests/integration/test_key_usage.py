@@ -64,12 +64,17 @@ class _DownPool:
 def test_a_failed_flush_keeps_the_uses_for_the_next_one_with_newer_uses_kept() -> None:
     usage = KeyUsage(_DownPool())  # type: ignore[arg-type]
     key = uuid.uuid4()
+    other = uuid.uuid4()
     usage.record(key, T0)
+    usage.record(other, T0)
     with pytest.raises(psycopg.OperationalError):
         usage.flush()
+    assert usage._pending == {key: T0, other: T0}  # kept for the next flush
     usage.record(key, T0 + timedelta(seconds=1))
-    assert usage.pending() == 1
-    assert usage._pending == {key: T0 + timedelta(seconds=1)}
+    usage.record(other, T0 - timedelta(seconds=1))
+    with pytest.raises(psycopg.OperationalError):
+        usage.flush()
+    assert usage._pending == {key: T0 + timedelta(seconds=1), other: T0}  # the newer use of each
 
 
 async def test_a_status_poll_notes_the_keys_use_and_the_api_writes_it_when_it_stops(
@@ -90,7 +95,8 @@ async def test_a_status_poll_notes_the_keys_use_and_the_api_writes_it_when_it_st
 async def test_the_api_flushes_the_noted_uses_on_its_interval(database_url: str) -> None:
     pool = open_pool(database_url, size=1)
     usage = KeyUsage(pool)
-    task = asyncio.create_task(flush_key_usage_every(usage, 0.05))
+    stop = asyncio.Event()
+    task = asyncio.create_task(flush_key_usage_every(usage, 0.05, stop))
     try:
         key = uuid.uuid4()
         usage.record(key, T0)
@@ -100,7 +106,11 @@ async def test_the_api_flushes_the_noted_uses_on_its_interval(database_url: str)
             await asyncio.sleep(0.02)
         assert await asyncio.to_thread(stored, database_url) == {key: T0}
         assert usage.pending() == 0
+        later = uuid.uuid4()
+        usage.record(later, T0)
+        stop.set()  # stopping: the last uses are written before the task returns
+        await asyncio.wait_for(task, 5)
+        assert await asyncio.to_thread(stored, database_url) == {key: T0, later: T0}
     finally:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
         pool.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -151,10 +152,12 @@ async def flush_key_usage(usage: KeyUsage) -> None:
         log.warning("api key last use not written; retried at the next flush", error=type(exc).__name__)
 
 
-async def flush_key_usage_every(usage: KeyUsage, every_s: float) -> None:
-    """:func:`flush_key_usage` every ``every_s`` seconds until cancelled (the API's lifespan task)."""
-    while True:
-        await asyncio.sleep(every_s)
+async def flush_key_usage_every(usage: KeyUsage, every_s: float, stop: asyncio.Event) -> None:
+    """:func:`flush_key_usage` every ``every_s`` seconds, and once more when ``stop`` is set, then return
+    (the API's lifespan task: a flush under way finishes before the last one starts)."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
         await flush_key_usage(usage)
 
 

@@ -57,9 +57,10 @@ class KeyUsage:
             batch, self._pending = self._pending, {}
         if not batch:
             return 0
+        keys = sorted(batch)  # every process locks the rows in one order: two flushes never deadlock
         try:
             with self.pool.connection() as conn:
-                conn.execute(_UPSERT, (list(batch), list(batch.values())))
+                conn.execute(_UPSERT, (keys, [batch[k] for k in keys]))
         except BaseException:
             for key_id, at in batch.items():
                 self.record(key_id, at)
