@@ -163,8 +163,13 @@ class TenantService:
             return True, None
         digest = digest or hash_api_key(key)
         with self._lock:
-            hit = self._auth_cache.get(digest)
-        if hit is not None and time.monotonic() - hit[0] < AUTH_CACHE_TTL_S:
+            return self._cached(digest, time.monotonic())
+
+    def _cached(self, digest: str, now: float) -> tuple[bool, UUID | None]:
+        """``(True, tenant or None)`` for an answer younger than :data:`AUTH_CACHE_TTL_S` at ``now``
+        (monotonic seconds), else ``(False, None)``. Call with the lock held."""
+        hit = self._auth_cache.get(digest)
+        if hit is not None and now - hit[0] < AUTH_CACHE_TTL_S:
             return True, hit[1]
         return False, None
 
@@ -188,11 +193,10 @@ class TenantService:
         wanted: list[str] = []  # not answered in the last 10 s
         with self._lock:
             for digest in digests:
-                hit = self._auth_cache.get(digest)
-                fresh = hit is not None and now - hit[0] < AUTH_CACHE_TTL_S
-                if digest not in answers and not fresh:
-                    wanted.append(digest)
-                answers[digest] = hit[1] if hit is not None and fresh else None
+                if digest not in answers:
+                    fresh, answers[digest] = self._cached(digest, now)
+                    if not fresh:
+                        wanted.append(digest)
             generation = self._auth_generation
         if not wanted:
             return answers
