@@ -19,7 +19,7 @@ from litestar.types import Message, Scope
 from billing.api.admin import AdminController
 from billing.api.auth import jwt_auth
 from billing.api.body import BillingRequest, read_body
-from billing.api.deps import Services, flush_key_usage_every, run_sync
+from billing.api.deps import Services, flush_key_usage_every, tenant_of_key
 from billing.api.docs import assets_router, finish, swagger_plugin
 from billing.api.errors import EXCEPTION_HANDLERS
 from billing.api.health import health_detail, live, ready
@@ -62,7 +62,7 @@ def create_app(container: Container) -> Litestar:
     secure = settings.public_url.startswith("https://")
 
     async def tenant_of(key: str) -> Any:
-        return await run_sync(services.tenants.authenticate, key)
+        return await tenant_of_key(services, key)  # the key check's own path: memory, else one read
 
     background: list[tuple[asyncio.Event, asyncio.Task[None]]] = []  # made on the app's own loop
 

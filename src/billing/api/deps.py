@@ -143,6 +143,20 @@ class KeyLookups:
                     future.cancel()
 
 
+async def tenant_of_key(services: Services, key: str, digest: str | None = None) -> UUID | None:
+    """The tenant of the clear-text API ``key`` (None: unknown, revoked): a recent answer from memory
+    (no thread hop), else through :class:`KeyLookups`. ``digest``: its :func:`hash_api_key`, when known.
+
+    Raises:
+        psycopg.Error: the database is unreachable.
+    """
+    digest = digest or hash_api_key(key)
+    known, tenant_id = services.tenants.cached_tenant(key, digest)
+    if known:
+        return tenant_id
+    return await services.key_lookups.tenant_of(digest)
+
+
 async def flush_key_usage(usage: KeyUsage) -> None:
     """Write the API keys' noted uses (:meth:`KeyUsage.flush`, in a thread); a failure is logged and the
     uses stay noted for the next flush (the last use is shown to the minute: no retry loop)."""
@@ -179,9 +193,7 @@ async def api_key_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseR
         raise Unauthorized(f"missing {API_KEY_HEADER} header", field=API_KEY_HEADER)
     services: Services = connection.app.state.services
     digest = connection.scope.get("state", {}).get(API_KEY_DIGEST_STATE) or hash_api_key(key)
-    known, tenant_id = services.tenants.cached_tenant(key, digest)  # a recent answer: no thread hop
-    if not known:
-        tenant_id = await services.key_lookups.tenant_of(digest)
+    tenant_id = await tenant_of_key(services, key, digest)
     if tenant_id is None:
         raise Unauthorized("unknown or revoked API key", field=API_KEY_HEADER)
     services.key_usage.record(api_key_id(digest), services.container.clock.now())  # written behind
