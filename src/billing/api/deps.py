@@ -157,22 +157,18 @@ async def tenant_of_key(services: Services, key: str, digest: str | None = None)
     return await services.key_lookups.tenant_of(digest)
 
 
-async def flush_key_usage(usage: KeyUsage) -> None:
-    """Write the API keys' noted uses (:meth:`KeyUsage.flush`, in a thread); a failure is logged and the
-    uses stay noted for the next flush (the last use is shown to the minute: no retry loop)."""
-    try:
-        await run_sync(usage.flush)
-    except Exception as exc:
-        log.warning("api key last use not written; retried at the next flush", error=type(exc).__name__)
-
-
 async def flush_key_usage_every(usage: KeyUsage, every_s: float, stop: asyncio.Event) -> None:
-    """:func:`flush_key_usage` every ``every_s`` seconds, and once more when ``stop`` is set, then return
-    (the API's lifespan task: a flush under way finishes before the last one starts)."""
+    """Write the API keys' noted uses (:meth:`KeyUsage.flush`, in a thread) every ``every_s`` seconds, and
+    once more when ``stop`` is set, then return (the API's lifespan task: a flush under way finishes
+    before the last one starts). A failed flush is logged and its uses stay noted for the next one (the
+    last use is shown to the minute: no retry loop)."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every_s)
-        await flush_key_usage(usage)
+        try:
+            await run_sync(usage.flush)
+        except Exception as exc:
+            log.warning("api key last use not written; retried at the next flush", error=type(exc).__name__)
 
 
 async def provide_services(request: Request[Any, Any, Any]) -> Services:
