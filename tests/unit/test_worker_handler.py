@@ -119,7 +119,7 @@ class FakeHealth:
     def record_problem(self, tenant_id: UUID, generation: int) -> bool:
         return False
 
-    def record_success(self, tenant_id: UUID, generation: int, *, at: datetime | None = None) -> None:
+    def record_success(self, tenant_id: UUID, generation: int, *, at: datetime) -> None:
         assert at is not None  # the instant the gateway accepted the send
         self.successes += 1
 

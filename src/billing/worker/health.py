@@ -197,7 +197,7 @@ class GatewayHealth:
         entry.problems += 1
         return entry.problems >= self.problem_threshold
 
-    def record_success(self, tenant_id: UUID, generation: int, *, at: datetime | None = None) -> None:
+    def record_success(self, tenant_id: UUID, generation: int, *, at: datetime) -> None:
         """A send went through: the gateway is healthy, backoff and problem counts start over. ``at``:
         the instant the gateway accepted it, which also stands for a ``connectionState`` of ``open`` at
         that instant (the instance took a message, so its connection was open), so a tenant that keeps
@@ -210,6 +210,6 @@ class GatewayHealth:
         entry.down_until = None
         # only over a probe already made: after a trip (checked_at cleared) the next job re-asks, so a send
         # that was in flight when the gateway was found down does not stand for its state
-        if at is not None and entry.checked_at is not None and at >= entry.checked_at:
+        if entry.checked_at is not None and at >= entry.checked_at:
             entry.probe = Probe(OPEN)
             entry.checked_at = at
