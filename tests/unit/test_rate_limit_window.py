@@ -5,11 +5,13 @@ costs the same at any limit; an ended or foreign-format window starts over. The 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import msgspec
 import pytest
+from litestar.exceptions import TooManyRequestsException
 
 from billing.api.ratelimit import KeyRateLimitMiddleware, ProcessStore, Window, build_rate_limit
 
@@ -99,3 +101,17 @@ async def test_a_process_store_full_of_live_keys_is_not_swept_on_every_write() -
 def test_without_redis_the_rate_limit_keeps_its_windows_in_a_process_store() -> None:
     _, stores = build_rate_limit(default_limit=5, overrides={}, redis_url="", tenant_of=None)
     assert [type(store) for store in stores.values()] == [ProcessStore]
+
+
+async def test_requests_counted_together_over_a_process_store_admit_exactly_the_limit(
+    middleware: KeyRateLimitMiddleware,
+) -> None:
+    # the middleware takes no lock over a ProcessStore: it relies on the store never yielding between the
+    # window's read and its write, so requests counted at the same time cannot all see the same count
+    store = ProcessStore()
+    results = await asyncio.gather(
+        *(middleware._count("k", store, limit=3) for _ in range(12)), return_exceptions=True
+    )
+    assert sum(isinstance(r, Window) for r in results) == 3
+    assert sum(isinstance(r, TooManyRequestsException) for r in results) == 9
+    assert (await middleware.retrieve_window("k", store)).count == 3
