@@ -2,11 +2,12 @@
 
 Builds a log like a busy day's: ``--posts`` POSTs of ``--contacts`` overdue contacts over real HTTP, then
 every contact dispatched and sent (as a worker records it: one save per step, batched here for speed), so
-about three events per contact. Then, in the same run: the rebuild (what the command runs: truncate the
-views, replay every event) timed in this process, and the baseline — a raw psycopg select of every stored
-event in notification order plus a JSON decode of each state (the least any replay must do). Goal: the
-rebuild's rate ≥ 35 % of the baseline's. ``--cli`` also times the real ``billing projections rebuild``
-command (a separate process, its start-up included), progress bar and all.
+about three events per contact. Then, in the same run: the rebuild (what the command runs: replay every
+event into copies of the views, index them, swap them in) timed in this process, and the baseline — a
+raw psycopg select of every stored event in notification order plus a JSON decode of each state (the
+least any replay must do). Goal: the rebuild's rate ≥ 35 % of the baseline's. ``--cli`` also times the
+real ``billing projections rebuild`` command (a separate process, its start-up included), progress bar
+and all.
 
 Run: ``.venv/bin/python bench/rebuild.py [--posts 2] [--contacts 10000] [--runs 2] [--cli]``.
 """
@@ -32,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BASE, GATEWAY, contacts, scratch_container, serve
 
 from billing.eventstore import load_many, save_unless_moved
-from billing.projections.views import REBUILD_BATCH_SIZE, project_pending, rebuild_projections
+from billing.projections.rebuild import REBUILD_BATCH_SIZE, rebuild_projections
+from billing.projections.views import project_pending
 from billing.services.tenants import TenantService
 from billing.webapp import create_app
 

@@ -387,7 +387,7 @@ def cmd_projections_rebuild(args: argparse.Namespace) -> int:
     """``billing projections rebuild``: rebuild the read models from the event log, then exit."""
     settings = load_cli_settings()
     from billing.progress import replay_progress
-    from billing.projections.views import rebuild_projections as rebuild
+    from billing.projections.rebuild import rebuild_projections as rebuild
 
     async def run() -> Any:
         container = await _open_container(settings, broker=False)

@@ -30,7 +30,8 @@ from billing.domain.queue import Queue
 from billing.domain.template import MessageTemplate
 from billing.domain.tenant import Tenant
 from billing.domain.user import AdminAction, User
-from billing.projections.views import VIEW_TABLES, project_pending, rebuild_projections
+from billing.projections.rebuild import rebuild_projections
+from billing.projections.views import VIEW_TABLES, project_pending
 from billing.services.queries import Queries
 from billing.settings import Settings
 
@@ -169,8 +170,11 @@ def rows(database_url: str, query: str, *params: Any) -> list[dict[str, Any]]:
 
 
 def dump(database_url: str) -> dict[str, list[dict[str, Any]]]:
-    """Every view, every row, in primary-key order."""
-    return {t: rows(database_url, f"SELECT * FROM {t} ORDER BY 1") for t in VIEW_TABLES}
+    """Every view, every row, in the order of all its columns' text (a total order whatever the key)."""
+    return {
+        t: sorted(rows(database_url, f"SELECT * FROM {t}"), key=lambda r: [str(v) for v in r.values()])
+        for t in VIEW_TABLES
+    }
 
 
 def queue_row(database_url: str, queue_id: UUID) -> dict[str, Any]:

@@ -15,19 +15,18 @@ scratch schema is dropped afterwards.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
-from billing.db import ViewsPool, open_pool
+from billing.db import ViewsPool
 from billing.eventstore import EventStore
-from billing.projections.follower import DEFAULT_BATCH_SIZE, read_after
+from billing.projections.follower import DEFAULT_BATCH_SIZE
+from billing.projections.scratch import Progress, drop_schema, live_schema, replay_upto, scratch_pool
 from billing.projections.tracking import load_position
-from billing.projections.views import PROJECTION, REBUILD_BATCH_SIZE, VIEW_TABLES, apply_batch
+from billing.projections.views import PROJECTION, REBUILD_BATCH_SIZE, VIEW_TABLES
 
 __all__ = [
     "REBUILD_BATCH_SIZE",
@@ -40,9 +39,6 @@ __all__ = [
 
 ROUNDS = 5
 """Times the comparison is retried while the live projection keeps moving."""
-Progress = Callable[[int, int, int], None]
-"""``progress(handled, position, target)``: notifications replayed so far, the position reached and the
-position to reach (the shape of :func:`billing.progress.replay_progress`)."""
 
 
 @dataclass(frozen=True)
@@ -79,29 +75,6 @@ class VerifyResult:
     @property
     def ok(self) -> bool:
         return not self.differences
-
-
-def _scratch_pool(database_url: str, schema: str) -> ViewsPool:
-    url = make_conninfo(database_url, options=f"-c search_path={schema},public")
-    return open_pool(url, size=2, name="verify")
-
-
-def _replay(
-    store: EventStore, pool: ViewsPool, upto: int, batch_size: int, progress: Progress | None
-) -> None:
-    """Apply the log into the scratch views (``pool``) from its position up to ``upto``."""
-    position = load_position(pool, PROJECTION)
-    handled = 0
-    while position < upto:
-        batch, end = read_after(store.recorder, position, batch_size)
-        batch = [n for n in batch if n.id <= upto]
-        end = min(end, upto)
-        if end <= position:
-            return
-        result = apply_batch(pool, store.mapper, batch, position, end)
-        position, handled = result.position, handled + result.applied
-        if progress is not None:
-            progress(handled, position, upto)
 
 
 def _primary_key(conn: psycopg.Connection[Any], schema: str, table: str) -> list[str]:
@@ -189,8 +162,7 @@ def verify_projections(
     """
     schema = f"billing_verify_{uuid.uuid4().hex[:10]}"
     with pool.connection() as conn:
-        live_row = conn.execute("SELECT current_schema() AS s").fetchone()
-        live = str(live_row["s"]) if live_row else "public"
+        live = live_schema(conn)
         with conn.transaction():
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
             for table in (*VIEW_TABLES, "tracking", "projection_errors"):
@@ -202,11 +174,11 @@ def verify_projections(
                         sql.Identifier(table),
                     )
                 )
-    scratch = _scratch_pool(database_url, schema)
+    scratch = scratch_pool(database_url, schema, name="verify")
     try:
         target = load_position(pool, PROJECTION)
         for _ in range(ROUNDS):
-            _replay(store, scratch, target, batch_size, progress)
+            replay_upto(store, scratch, target, batch_size, progress)
             with pool.connection() as conn:
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 row = conn.execute("SELECT position FROM tracking WHERE name = %s", (PROJECTION,)).fetchone()
@@ -222,8 +194,7 @@ def verify_projections(
         raise RuntimeError(f"the live projection kept moving during {ROUNDS} comparisons; stop it and retry")
     finally:
         scratch.close()
-        with pool.connection() as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        drop_schema(pool, schema)
 
 
 @dataclass(frozen=True)

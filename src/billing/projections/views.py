@@ -26,9 +26,9 @@ that raises stops its runner for good, and it must not silently stall the status
    ``billing projections rebuild`` replays every event, the skipped ones included.
 3. Events of known types that no view needs are ignored; an unresolvable topic is an error (case 2).
 
-A rebuild truncates the views, this projection's errors and position in one transaction, then replays
-the log from the start; every value is taken from the events, never from the clock, so it gives the same
-rows (promise 6).
+A rebuild (:mod:`billing.projections.rebuild`) replays the log from the start into copies of the views
+and swaps them in; every value is taken from the events, never from the clock, so it gives the same rows
+(promise 6).
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from eventsourcing.persistence import Mapper, Notification
 from eventsourcing.utils import resolve_topic
-from psycopg import sql
 
 from billing.db import ViewsPool
 from billing.projections import history
@@ -244,34 +243,6 @@ def project_pending(
         position = result.position
         if progress is not None:
             progress(handled, position, max(store.recorder.max_notification_id() or 0, position))
-
-
-def rebuild_projections(
-    store: EventStore,
-    pool: ViewsPool,
-    *,
-    batch_size: int = REBUILD_BATCH_SIZE,
-    progress: Progress | None = None,
-) -> int:
-    """Empty every view of ``pool``, this projection's errors and its position in one transaction, then
-    replay ``store``'s log in batches of ``batch_size`` (large: each batch recomputes the counters of the
-    queues it touches once, and writes its contacts with ``COPY``), reporting to ``progress`` after each
-    batch.
-
-    Returns the number of notifications replayed. Safe while ``billing projections`` runs: the truncate
-    waits for its current batch, and its next batch follows the position back to 0 (the two processes
-    then share the replay, each event applied once). The relay's position is untouched.
-
-    Raises:
-        psycopg.Error: the database is unreachable.
-    """
-    with pool.connection() as conn, conn.transaction():
-        lock_position(conn, PROJECTION)
-        conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, VIEW_TABLES))))
-        conn.execute("DELETE FROM projection_errors WHERE projection = %s", (PROJECTION,))
-        conn.execute("UPDATE tracking SET position = 0, updated_at = now() WHERE name = %s", (PROJECTION,))
-    log.info("projections truncated; replaying the notification log")
-    return project_pending(store, pool, batch_size=batch_size, progress=progress)
 
 
 def projection_follower(

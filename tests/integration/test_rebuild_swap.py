@@ -1,0 +1,211 @@
+"""``billing projections rebuild`` replays into copies of the views and swaps them in: the live views keep
+answering until the swap, what arrives meanwhile is in the result, and the swapped-in tables have the
+live tables' indexes, constraints and grants under the same names (real PostgreSQL; fails when it is
+down)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+import billing.projections.rebuild as rebuild_module
+from billing.bootstrap import Container
+from billing.projections.rebuild import rebuild_projections
+from billing.projections.verify import verify_projections
+from billing.projections.views import VIEW_TABLES, project_pending
+from tests.integration.test_projections import (
+    at,
+    dump,
+    full_scenario,
+    open_container,
+    position,
+    post,
+    rows,
+    send,
+)
+
+pytestmark = pytest.mark.integration
+
+READER = "billing_test_view_reader"
+
+
+@pytest.fixture
+def container(database_url: str) -> Iterator[Container]:
+    made = open_container(database_url)
+    try:
+        yield made
+    finally:
+        made.pool.close()
+        made.store.close()
+
+
+def catalog(database_url: str) -> dict[str, Any]:
+    """The view tables' indexes (name → definition), constraints (name → definition) and grants."""
+    tables = list(VIEW_TABLES)
+    indexes = rows(
+        database_url,
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename = ANY(%s)",
+        tables,
+    )
+    constraints = rows(
+        database_url,
+        """SELECT conname, pg_get_constraintdef(oid) AS definition FROM pg_constraint
+           WHERE conrelid = ANY(SELECT ('public.' || t)::regclass FROM unnest(%s::text[]) t)""",
+        tables,
+    )
+    grants = rows(
+        database_url,
+        """SELECT table_name, grantee, privilege_type FROM information_schema.role_table_grants
+           WHERE table_schema = 'public' AND table_name = ANY(%s) AND grantee = %s""",
+        tables,
+        READER,
+    )
+    return {
+        "indexes": {r["indexname"]: r["indexdef"] for r in indexes},
+        "constraints": {r["conname"]: r["definition"] for r in constraints},
+        "grants": sorted((r["table_name"], r["privilege_type"]) for r in grants),
+    }
+
+
+def scratch_schemas(database_url: str) -> list[str]:
+    found = rows(database_url, "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'billing_rebuild_%%'")
+    return [r["nspname"] for r in found]
+
+
+def test_the_swapped_in_views_keep_names_indexes_constraints_and_grants(
+    container: Container, database_url: str
+) -> None:
+    full_scenario(container)
+    project_pending(container.store, container.pool)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (READER,)).fetchone():
+            with contextlib.suppress(psycopg.errors.UniqueViolation):  # another test made it meanwhile
+                conn.execute(f"CREATE ROLE {READER} NOLOGIN")
+        conn.execute(f"GRANT SELECT ON campaign_contacts, queue_status TO {READER}")
+    before = catalog(database_url)
+    assert before["grants"] == [("campaign_contacts", "SELECT"), ("queue_status", "SELECT")]
+    assert "campaign_contacts_queue_status" in before["indexes"]
+    views = dump(database_url)
+    rebuild_projections(container.store, container.pool)
+    assert catalog(database_url) == before
+    assert dump(database_url) == views
+    assert scratch_schemas(database_url) == []
+
+
+def test_the_live_views_answer_during_the_replay_and_later_events_are_swapped_in(
+    container: Container, database_url: str
+) -> None:
+    tenant_id, main, _ = full_scenario(container)
+    project_pending(container.store, container.pool)
+    before = dump(database_url)
+    late = post(tenant_id, accepted=3, when=at(40))
+    seen: list[int] = []
+
+    def progress(handled: int, reached: int, head: int) -> None:
+        if seen:
+            return
+        # mid-rebuild: the live views are whole and current, and the live projection goes on
+        seen.append(rows(database_url, "SELECT count(*) AS n FROM campaign_contacts")[0]["n"])
+        assert dump(database_url) == before
+        container.store.save(*late.aggregates())
+        project_pending(container.store, container.pool)  # what `billing projections` does meanwhile
+        send(late.contacts[0], at(41))
+        container.store.save(late.contacts[0])  # not projected live: the swap's catch-up takes it
+
+    rebuild_projections(container.store, container.pool, batch_size=10, progress=progress)
+    assert seen == [len(before["campaign_contacts"])]
+    head = container.store.recorder.max_notification_id()
+    assert position(database_url) == head
+    assert project_pending(container.store, container.pool) == 0
+    assert verify_projections(container.store, container.pool, database_url).ok
+    sent = rows(
+        database_url, "SELECT status FROM campaign_contacts WHERE contact_id = %s", late.contacts[0].id
+    )
+    assert sent == [{"status": "sent"}]
+    assert len(dump(database_url)["campaign_contacts"]) == len(before["campaign_contacts"]) + 3
+    assert main.contacts  # the scenario's own contacts are still there
+    assert scratch_schemas(database_url) == []
+
+
+def test_prepared_statements_of_other_connections_read_the_swapped_in_tables(
+    container: Container, database_url: str
+) -> None:
+    _, main, _ = full_scenario(container)
+    project_pending(container.store, container.pool)
+    query = "SELECT count(*) FROM campaign_contacts WHERE queue_id = %s"
+    with psycopg.connect(database_url, autocommit=True) as reader:
+        for _ in range(3):
+            assert reader.execute(query, (main.queue.id,), prepare=True).fetchone() == (5,)
+        rebuild_projections(container.store, container.pool)
+        assert reader.execute(query, (main.queue.id,), prepare=True).fetchone() == (5,)
+
+
+def test_errors_of_the_replay_replace_the_projections_errors_and_keep_the_others(
+    container: Container, database_url: str
+) -> None:
+    full_scenario(container)
+    project_pending(container.store, container.pool)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO projection_errors (projection, notification_id, topic, error) VALUES "
+            "('projections', 1, 'billing.Gone', 'old'), ('relay', 2, 'billing.Other', 'kept')"
+        )
+    rebuild_projections(container.store, container.pool)
+    left = rows(database_url, "SELECT projection, error FROM projection_errors ORDER BY id")
+    assert left == [{"projection": "relay", "error": "kept"}]
+
+
+class ReleaseOnRetry(logging.Handler):
+    """Ends ``holder``'s transaction (and its table lock) when the rebuild logs a retry of its swap."""
+
+    def __init__(self, holder: psycopg.Connection[Any]) -> None:
+        super().__init__(logging.WARNING)
+        self.holder, self.messages = holder, list[str]()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        self.holder.rollback()
+
+
+def test_a_view_locked_too_long_is_retried_then_swapped(
+    container: Container, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full_scenario(container)
+    project_pending(container.store, container.pool)
+    views = dump(database_url)
+    monkeypatch.setattr(rebuild_module, "SWAP_LOCK_TIMEOUT_MS", 200)
+    logger = logging.getLogger("billing.projections.rebuild")
+    with psycopg.connect(database_url) as holder:
+        holder.execute("SELECT count(*) FROM queue_status")  # a long read: its lock lasts to its commit
+        handler = ReleaseOnRetry(holder)
+        logger.addHandler(handler)
+        try:
+            rebuild_projections(container.store, container.pool)
+        finally:
+            logger.removeHandler(handler)
+    assert handler.messages == ["swap 1 of 5 waited too long for a view's lock; retrying"]
+    assert dump(database_url) == views
+    assert scratch_schemas(database_url) == []
+
+
+def test_a_swap_that_never_gets_its_locks_leaves_the_live_views_untouched(
+    container: Container, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full_scenario(container)
+    project_pending(container.store, container.pool)
+    views, before = dump(database_url), position(database_url)
+    monkeypatch.setattr(rebuild_module, "SWAP_LOCK_TIMEOUT_MS", 50)
+    monkeypatch.setattr(rebuild_module, "SWAP_ATTEMPTS", 2)
+    with psycopg.connect(database_url) as holder:
+        holder.execute("SELECT count(*) FROM campaign_contacts")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            rebuild_projections(container.store, container.pool)
+        holder.rollback()
+    assert dump(database_url) == views
+    assert position(database_url) == before
+    assert scratch_schemas(database_url) == []
