@@ -99,7 +99,7 @@ def _finish_copies(scratch: ViewsPool, schema: str, deferred: list[_Index]) -> N
         *(sql.SQL(index.statement) for index in deferred),
     ]
 
-    def run(statement: sql.Composable) -> None:
+    def run(statement: sql.Composed | sql.SQL) -> None:
         with scratch.connection() as conn:  # committed when given back
             conn.execute(statement)
 
