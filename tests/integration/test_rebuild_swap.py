@@ -16,6 +16,7 @@ import pytest
 import billing.projections.rebuild as rebuild_module
 from billing.bootstrap import Container
 from billing.projections.rebuild import rebuild_projections
+from billing.projections.scratch import drop_schema
 from billing.projections.verify import verify_projections
 from billing.projections.views import VIEW_TABLES, project_pending
 from tests.integration.test_projections import (
@@ -209,3 +210,21 @@ def test_a_swap_that_never_gets_its_locks_leaves_the_live_views_untouched(
     assert dump(database_url) == views
     assert position(database_url) == before
     assert scratch_schemas(database_url) == []
+
+
+class UnreachablePool:
+    """A views pool whose database is gone."""
+
+    def connection(self) -> Any:
+        raise psycopg.OperationalError("connection refused")
+
+
+def test_a_scratch_schema_that_cannot_be_dropped_is_logged_with_the_statement_to_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="billing.projections.scratch"):
+        drop_schema(UnreachablePool(), "billing_rebuild_0123456789")  # type: ignore[arg-type]
+    assert [r.getMessage() for r in caplog.records] == [
+        "scratch schema billing_rebuild_0123456789 was not dropped (connection refused); drop it by hand: "
+        "DROP SCHEMA billing_rebuild_0123456789 CASCADE"
+    ]

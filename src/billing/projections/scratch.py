@@ -6,6 +6,7 @@ of the projection resolve to the copy; the event store's tables, absent from it,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ from billing.projections.tracking import load_position
 from billing.projections.views import PROJECTION, apply_batch
 
 __all__ = ["Progress", "drop_schema", "live_schema", "replay_upto", "scratch_pool"]
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, int], None]
 """``progress(handled, position, target)``: notifications replayed so far, the position reached and the
@@ -63,6 +66,20 @@ def replay_upto(
 
 
 def drop_schema(pool: ViewsPool, schema: str) -> None:
-    """``DROP SCHEMA … CASCADE`` of ``schema`` when it exists. Raises ``psycopg.Error``."""
-    with pool.connection() as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    """``DROP SCHEMA … CASCADE`` of ``schema`` when it exists.
+
+    Never raises: it runs in the callers' ``finally``, where the error that stopped them matters more. A
+    failure (the database unreachable) is logged at error level with the statement to run by hand; the
+    live views are not in the schema, so nothing else is affected.
+    """
+    statement = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+    try:
+        with pool.connection() as conn:
+            conn.execute(statement)
+    except psycopg.Error as exc:
+        log.error(
+            "scratch schema %s was not dropped (%s); drop it by hand: DROP SCHEMA %s CASCADE",
+            schema,
+            exc,
+            schema,
+        )
