@@ -228,3 +228,15 @@ def test_a_scratch_schema_that_cannot_be_dropped_is_logged_with_the_statement_to
         "scratch schema billing_rebuild_0123456789 was not dropped (connection refused); drop it by hand: "
         "DROP SCHEMA billing_rebuild_0123456789 CASCADE"
     ]
+
+
+def test_a_scratch_pool_that_cannot_open_leaves_no_schema_behind(
+    container: Container, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise psycopg.OperationalError("too many connections")
+
+    monkeypatch.setattr(rebuild_module, "scratch_pool", refuse)
+    with pytest.raises(psycopg.OperationalError, match="too many connections"):
+        rebuild_projections(container.store, container.pool)
+    assert scratch_schemas(database_url) == []

@@ -77,15 +77,17 @@ def rebuild_projections(
         deferred = _create_copies(conn, live, schema)
     log.info("replaying the notification log into %s; the live views keep answering until the swap", schema)
     conninfo = pool.conninfo() if callable(pool.conninfo) else pool.conninfo
-    scratch = scratch_pool(conninfo, schema, name="rebuild")
+    scratch: ViewsPool | None = None
     try:
+        scratch = scratch_pool(conninfo, schema, name="rebuild")
         head = store.recorder.max_notification_id() or 0
         handled = replay_upto(store, scratch, head, batch_size, progress)
         _finish_copies(scratch, schema, deferred)
         log.info("views replayed up to %d and indexed; swapping them in", head)
         handled += _swap(store, pool, scratch, live, schema, batch_size, progress)
     finally:
-        scratch.close()
+        if scratch is not None:
+            scratch.close()
         drop_schema(pool, schema)
     return handled
 

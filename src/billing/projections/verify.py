@@ -174,8 +174,9 @@ def verify_projections(
                         sql.Identifier(table),
                     )
                 )
-    scratch = scratch_pool(database_url, schema, name="verify")
+    scratch: ViewsPool | None = None
     try:
+        scratch = scratch_pool(database_url, schema, name="verify")
         target = load_position(pool, PROJECTION)
         for _ in range(ROUNDS):
             replay_upto(store, scratch, target, batch_size, progress)
@@ -193,7 +194,8 @@ def verify_projections(
                 return result
         raise RuntimeError(f"the live projection kept moving during {ROUNDS} comparisons; stop it and retry")
     finally:
-        scratch.close()
+        if scratch is not None:
+            scratch.close()
         drop_schema(pool, schema)
 
 
