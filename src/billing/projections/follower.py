@@ -229,7 +229,7 @@ class NotificationFollower:
             self.position = await self.handle_batch(batch, after, upto)
             count += len(batch)
             self.handled += len(batch)
-            if self.position < after:  # the durable position went back (a rebuild): read from there
+            if self.position < after:  # the durable position went back (reset by hand): read from there
                 log.info("%s position moved back from %d to %d", self.name, after, self.position)
             elif len(batch) < self.batch_size:
                 break  # the read covered the whole log as it was

@@ -13,6 +13,7 @@ as before.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,19 +24,26 @@ from psycopg import sql
 
 from billing.db import ViewsPool
 from billing.eventstore import EventStore
+from billing.projections.follower import Backoff
 from billing.projections.scratch import Progress, drop_schema, live_schema, replay_upto, scratch_pool
 from billing.projections.tracking import load_position, lock_position
 from billing.projections.views import PROJECTION, REBUILD_BATCH_SIZE, VIEW_TABLES
 
-__all__ = ["REBUILD_BATCH_SIZE", "SWAP_ATTEMPTS", "SWAP_LOCK_TIMEOUT_MS", "rebuild_projections"]
+__all__ = [
+    "REBUILD_BATCH_SIZE",
+    "SWAP_ATTEMPTS",
+    "SWAP_LOCK_TIMEOUT_MS",
+    "RebuildRefused",
+    "rebuild_projections",
+]
 
 log = logging.getLogger(__name__)
 
-SWAP_LOCK_TIMEOUT_MS = 5_000
-"""How long the swap waits for a table lock (a long read of a live view) before it gives up and retries;
-while it waits, new reads of that table queue behind it, so the wait is bounded (PostgreSQL's
+SWAP_LOCK_TIMEOUT_MS = 1_000
+"""How long the swap waits for the views' locks (a long read of a live view) before it gives up and
+retries; while it waits, new reads of the views queue behind it, so the wait is bounded (PostgreSQL's
 ``lock_timeout``)."""
-SWAP_ATTEMPTS = 5
+SWAP_ATTEMPTS = 10
 """Tries of the swap before the rebuild fails (the live views are then untouched)."""
 BUILDERS = 2
 """Connections building the copies' indexes at once (the scratch pool's size)."""
@@ -67,9 +75,12 @@ def rebuild_projections(
     and, after the swap, from the rebuild's position. Two rebuilds at once each give complete views.
 
     Raises:
-        psycopg.Error: the database is unreachable, or the swap found a table lock held for longer than
-            :data:`SWAP_LOCK_TIMEOUT_MS` on each of :data:`SWAP_ATTEMPTS` tries. The live views are then
-            untouched and the copies dropped.
+        RebuildRefused: a view table is published, has a trigger or a row-security policy, or another
+            table's foreign key or a view depends on it; nothing is changed.
+        RebuildRefused: also when the live tables changed shape during the rebuild (a migrate).
+        psycopg.Error: the database is unreachable, or the swap could not lock the views within
+            :data:`SWAP_LOCK_TIMEOUT_MS` (or met a deadlock) on each of :data:`SWAP_ATTEMPTS` tries. The
+            live views are then untouched and the copies dropped.
     """
     schema = f"billing_rebuild_{uuid.uuid4().hex[:10]}"
     with pool.connection() as conn, conn.transaction():
@@ -112,8 +123,14 @@ def _finish_copies(scratch: ViewsPool, schema: str, deferred: list[_Index]) -> N
 
 def _create_copies(conn: psycopg.Connection[Any], live: str, schema: str) -> list[_Index]:
     """Create ``schema`` with an empty copy of each view table of ``live`` (columns, defaults, checks,
-    primary key, unique constraints and indexes, grants) and of ``tracking``/``projection_errors``; returns
-    the other indexes, to build after the replay."""
+    primary key, unique constraints and indexes, grants, storage parameters, comment, owner, column
+    settings) and of ``tracking``/``projection_errors``; returns the other indexes, to build after the
+    replay.
+
+    Raises:
+        RebuildRefused: a view table has something a swap would lose (nothing is created).
+    """
+    _refuse_what_a_swap_would_lose(conn, live)
     conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     deferred: list[_Index] = []
     for table in VIEW_TABLES:
@@ -147,6 +164,7 @@ def _create_copies(conn: psycopg.Connection[Any], live: str, schema: str) -> lis
             else:
                 deferred.append(index)
         _copy_grants(conn, qualified, target)
+        _copy_settings(conn, qualified, target)
     for table in ("tracking", "projection_errors"):
         conn.execute(
             sql.SQL("CREATE TABLE {}.{} (LIKE {}.{} INCLUDING ALL)").format(
@@ -167,17 +185,118 @@ def _retarget(definition: str, shown: str, schema: str, table: str) -> str:
 
 
 def _copy_grants(conn: psycopg.Connection[Any], qualified: str, target: sql.Composable) -> None:
-    """Grant on ``target`` what is granted on ``qualified`` to roles other than its owner."""
+    """Grant on ``target`` what is granted on ``qualified`` (table and column privileges, grant options
+    included) to roles other than its owner."""
     for row in conn.execute(
-        """SELECT a.privilege_type AS privilege,
+        """SELECT a.privilege_type AS privilege, NULL::name AS column_name, a.is_grantable,
                   CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END AS grantee
            FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
            LEFT JOIN pg_roles r ON r.oid = a.grantee
-           WHERE c.oid = %s::regclass AND a.grantee <> c.relowner""",
+           WHERE c.oid = %s::regclass AND a.grantee <> c.relowner
+           UNION ALL
+           SELECT a.privilege_type, t.attname, a.is_grantable,
+                  CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END
+           FROM pg_attribute t JOIN pg_class c ON c.oid = t.attrelid
+           CROSS JOIN LATERAL aclexplode(t.attacl) a
+           LEFT JOIN pg_roles r ON r.oid = a.grantee
+           WHERE t.attrelid = %s::regclass AND t.attnum > 0 AND NOT t.attisdropped
+             AND a.grantee <> c.relowner""",
+        (qualified, qualified),
+    ).fetchall():
+        columns = (
+            sql.SQL(" ({})").format(sql.Identifier(row["column_name"])) if row["column_name"] else sql.SQL("")
+        )
+        conn.execute(
+            sql.SQL("GRANT {}{} ON {} TO {}{}").format(
+                sql.SQL(row["privilege"]),
+                columns,
+                target,
+                sql.SQL(row["grantee"]),
+                sql.SQL(" WITH GRANT OPTION" if row["is_grantable"] else ""),
+            )
+        )
+
+
+def _copy_settings(conn: psycopg.Connection[Any], qualified: str, target: sql.Composable) -> None:
+    """Give ``target`` the storage parameters (its own and its TOAST table's), comment, owner and column
+    settings (statistics targets, ``n_distinct``) of ``qualified``, which ``LIKE`` does not copy."""
+    row: Any = conn.execute(
+        """SELECT c.reloptions, t.reloptions AS toast, obj_description(c.oid, 'pg_class') AS comment,
+                  quote_ident(pg_get_userbyid(c.relowner)) AS owner, c.relowner = (
+                      SELECT oid FROM pg_roles WHERE rolname = current_user) AS mine
+           FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid WHERE c.oid = %s::regclass""",
+        (qualified,),
+    ).fetchone()
+    options = [*(row["reloptions"] or ()), *(f"toast.{o}" for o in row["toast"] or ())]
+    if options:  # name=value pairs as the catalog holds them
+        conn.execute(sql.SQL("ALTER TABLE {} SET ({})").format(target, sql.SQL(", ".join(options))))
+    if row["comment"] is not None:
+        conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(target, sql.Literal(row["comment"])))
+    if not row["mine"]:
+        conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(target, sql.SQL(row["owner"])))
+    for column in conn.execute(
+        """SELECT attname, attstattarget,
+                  (SELECT array_agg(o) FROM unnest(attoptions) o WHERE o LIKE 'n\\_distinct%%') AS attoptions
+           FROM pg_attribute
+           WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped
+             AND (attstattarget >= 0 OR attoptions IS NOT NULL)""",
         (qualified,),
     ).fetchall():
-        conn.execute(
-            sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(row["privilege"]), target, sql.SQL(row["grantee"]))
+        name = sql.Identifier(column["attname"])
+        if column["attstattarget"] is not None and column["attstattarget"] >= 0:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STATISTICS {}").format(
+                    target, name, sql.Literal(column["attstattarget"])
+                )
+            )
+        if column["attoptions"]:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET ({})").format(
+                    target, name, sql.SQL(", ".join(column["attoptions"]))
+                )
+            )
+
+
+class RebuildRefused(RuntimeError):
+    """The live view tables have something a swap would not carry over (each named in the message):
+    nothing was changed."""
+
+
+def _refuse_what_a_swap_would_lose(conn: psycopg.Connection[Any], live: str) -> None:
+    """Raise :class:`RebuildRefused` when a view table of ``live`` is published for logical replication
+    (its subscribers would keep the old rows), has a trigger or a row-security policy (``LIKE`` copies
+    neither), or is the target of a foreign key or under a view (the swap's ``DROP TABLE`` would fail, after
+    the whole replay)."""
+    tables = [f"{live}.{t}" for t in VIEW_TABLES]
+    found = conn.execute(
+        """WITH v(oid) AS (SELECT unnest(%s::text[])::regclass::oid)
+           SELECT c.relname AS table_name, 'is published by ' || p.pubname AS problem
+             FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+             JOIN pg_class c ON c.oid = r.prrelid
+             WHERE r.prrelid IN (SELECT oid FROM v)
+           UNION ALL SELECT '*', 'publication ' || pubname || ' publishes all tables'
+             FROM pg_publication WHERE puballtables
+           UNION ALL SELECT c.relname, 'has trigger ' || t.tgname
+             FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+             WHERE NOT t.tgisinternal AND t.tgrelid IN (SELECT oid FROM v)
+           UNION ALL SELECT c.relname, 'has row security policy ' || p.polname
+             FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid WHERE p.polrelid IN (SELECT oid FROM v)
+           UNION ALL SELECT c.relname,
+                            'is referenced by foreign key ' || k.conname || ' of ' || k.conrelid::regclass
+             FROM pg_constraint k JOIN pg_class c ON c.oid = k.confrelid
+             WHERE k.contype = 'f' AND k.confrelid IN (SELECT oid FROM v)
+           UNION ALL SELECT DISTINCT c.relname, 'is read by view ' || w.ev_class::regclass
+             FROM pg_depend d JOIN pg_rewrite w ON w.oid = d.objid JOIN pg_class c ON c.oid = d.refobjid
+             WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid IN (SELECT oid FROM v)
+               AND w.ev_class <> d.refobjid
+           ORDER BY 1, 2""",
+        (tables,),
+    ).fetchall()
+    if found:
+        problems = "; ".join(f"{r['table_name']} {r['problem']}" for r in found)
+        raise RebuildRefused(
+            f"not rebuilt, nothing changed: a swap would lose or trip over this: {problems}. Remove it, "
+            "rebuild, then add it back"
         )
 
 
@@ -190,19 +309,33 @@ def _swap(
     batch_size: int,
     progress: Progress | None,
 ) -> int:
-    """Under the live tracking record's lock: replay into the copies what the log got since, replace the
-    live tables with them, this projection's errors with the replay's, and move its position to the
-    copies'. Returns the notifications replayed here. Retries on a lock timeout (the copies keep what
-    they replayed)."""
-    handled = 0
+    """Replay into the copies what the log got since; then, in one transaction: lock the live tracking
+    record and every live view table at once, replay the last few events, check that the live tables
+    still have the copies' shape, replace them with the copies, this projection's errors with the
+    replay's, and move its position to the copies'. Returns the notifications replayed here. Retries on a
+    lock timeout or a deadlock (the copies keep what they replayed).
+
+    Raises:
+        RebuildRefused: the live tables changed shape during the rebuild (a ``billing migrate``).
+        psycopg.errors.LockNotAvailable / DeadlockDetected: still so on the last of :data:`SWAP_ATTEMPTS`.
+    """
+    handled = replay_upto(store, scratch, store.recorder.max_notification_id() or 0, batch_size, progress)
+    tables = sql.SQL(", ").join(
+        sql.SQL("{}.{}").format(sql.Identifier(live), sql.Identifier(t)) for t in VIEW_TABLES
+    )
+    backoff = Backoff(0.2, 2.0)
     for attempt in range(1, SWAP_ATTEMPTS + 1):
         try:
             with pool.connection() as conn, conn.transaction():
                 conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(SWAP_LOCK_TIMEOUT_MS)))
                 lock_position(conn, PROJECTION)  # the live projection waits from here to the commit
+                # all at once, before any DROP: readers wait at most the lock timeout, and a reader that
+                # takes two views in another order ends in a deadlock that is retried, not a lost rebuild
+                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(tables))
                 head = store.recorder.max_notification_id() or 0
                 handled += replay_upto(store, scratch, head, batch_size, progress)
                 position = load_position(scratch, PROJECTION)
+                _check_same_shape(conn, live, schema)
                 for table in map(sql.Identifier, VIEW_TABLES):
                     conn.execute(sql.SQL("DROP TABLE {}.{}").format(sql.Identifier(live), table))
                     conn.execute(
@@ -224,8 +357,50 @@ def _swap(
                 conn.execute(moved.format(sql.Identifier(live)), (position, PROJECTION))
             log.info("projections rebuilt up to %d and swapped in", position)
             return handled
-        except psycopg.errors.LockNotAvailable:
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
             if attempt == SWAP_ATTEMPTS:
                 raise
-            log.warning("swap %d of %d waited too long for a view's lock; retrying", attempt, SWAP_ATTEMPTS)
+            delay = backoff.next()
+            log.warning(
+                "swap %d of %d could not lock the views (%s); retrying in %.1f s",
+                attempt,
+                SWAP_ATTEMPTS,
+                type(exc).__name__,
+                delay,
+            )
+            time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _check_same_shape(conn: psycopg.Connection[Any], live: str, schema: str) -> None:
+    """Raise :class:`RebuildRefused` unless every live view table still has the columns (name, type,
+    nullability, default) and index names of its copy: a ``billing migrate`` during the rebuild would
+    otherwise be undone by the swap."""
+    changed = conn.execute(
+        """WITH shape AS (
+               SELECT n.nspname AS schema_name, c.relname AS table_name,
+                      coalesce((SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+                                       || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+                                       || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), ''),
+                                       ', ' ORDER BY a.attnum)
+                                FROM pg_attribute a
+                                LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+                               '') AS columns,
+                      coalesce((SELECT string_agg(i.relname, ', ' ORDER BY i.relname) FROM pg_index x
+                                JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = c.oid),
+                               '') AS indexes
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname IN (%s, %s) AND c.relname = ANY(%s) AND c.relkind = 'r')
+           SELECT l.table_name FROM shape l JOIN shape r ON r.table_name = l.table_name
+           WHERE l.schema_name = %s AND r.schema_name = %s
+             AND (l.columns, l.indexes) IS DISTINCT FROM (r.columns, r.indexes)
+           ORDER BY 1""",
+        (live, schema, list(VIEW_TABLES), live, schema),
+    ).fetchall()
+    if changed:
+        names = ", ".join(r["table_name"] for r in changed)
+        raise RebuildRefused(
+            f"not rebuilt, nothing changed: the live views changed shape during the rebuild ({names}; a "
+            "`billing migrate`?); run the rebuild again"
+        )

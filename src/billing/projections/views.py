@@ -4,8 +4,9 @@ Exactly once (promise 6; issue 2 item 4). Each batch is applied in ONE PostgreSQ
 with the tracking record ``tracking.name = 'projections'``: the transaction locks that row
 (``SELECT … FOR UPDATE``), re-reads the position, applies only the notifications with a greater id,
 moves the position and commits. Two projection processes may run side by side: the second waits for the
-lock, then finds the batch already applied and skips it. If the position went *back* meanwhile (a
-rebuild), the batch is not applied and the follower re-reads from the new position.
+lock, then finds the batch already applied and skips it; after a rebuild's swap (which moves the position
+forward, to the rebuild's) only the notifications past it are applied. If the position went *back*
+meanwhile (reset by hand), the batch is not applied and the follower re-reads from the new position.
 
 Speed: contacts are folded in memory and written with ``executemany``; queue counters are recomputed
 with one set-based statement per batch (:mod:`billing.projections.writers`).

@@ -1,7 +1,7 @@
 -- After the send: receipts, replies, opt-outs, ERP webhooks, WhatsApp account lookups.
 -- Applied by `billing migrate` (idempotent).
 
--- Read models (written by the projections process; emptied and replayed by a rebuild).
+-- Read models (written by the projections process; rebuilt from the events by `projections rebuild`).
 ALTER TABLE campaign_contacts ADD COLUMN IF NOT EXISTS jid_asked text;
 ALTER TABLE campaign_contacts ADD COLUMN IF NOT EXISTS delivered_at timestamptz;
 ALTER TABLE campaign_contacts ADD COLUMN IF NOT EXISTS read_at timestamptz;
