@@ -36,6 +36,7 @@ from tests.integration.test_projections import (
 pytestmark = pytest.mark.integration
 
 READER = "billing_test_view_reader"
+OWNER = "billing_test_view_owner"
 
 
 @pytest.fixture
@@ -117,12 +118,16 @@ def test_the_swapped_in_views_keep_names_indexes_constraints_and_grants(
         conn.execute("ALTER TABLE campaign_contacts ALTER COLUMN status SET STATISTICS 1000")
         conn.execute("ALTER TABLE campaign_contacts ALTER COLUMN tenant_id SET (n_distinct = 500)")
         conn.execute("COMMENT ON TABLE queue_status IS 'one row per queue'")
+        with contextlib.suppress(psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+            conn.execute(f"CREATE ROLE {OWNER} NOLOGIN")
+        conn.execute(f"ALTER TABLE admin_actions OWNER TO {OWNER}")  # a table another role owns
     before = catalog(database_url)
     assert before["tables"]["campaign_contacts"]["reloptions"] == [
         "fillfactor=80",
         "autovacuum_vacuum_scale_factor=0.01",
     ]
     assert before["tables"]["queue_status"]["comment"] == "one row per queue"
+    assert before["tables"]["admin_actions"]["owner"] == OWNER
     assert before["grants"] == [
         ("campaign_contacts", "SELECT"),
         ("queue_status", "SELECT"),
