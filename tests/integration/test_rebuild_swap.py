@@ -334,6 +334,10 @@ def test_a_scratch_pool_that_cannot_open_leaves_no_schema_behind(
         ),
         ("CREATE PUBLICATION views_out FOR TABLE tenants", "tenants is published by views_out"),
         (
+            "ALTER TABLE admin_actions ADD COLUMN n bigserial",
+            "admin_actions has column n drawn from a sequence",
+        ),
+        (
             "CREATE TABLE notes (tenant_id uuid REFERENCES tenants (tenant_id))",
             "tenants is referenced by foreign key notes_tenant_id_fkey of notes",
         ),

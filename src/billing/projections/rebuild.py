@@ -265,8 +265,9 @@ class RebuildRefused(RuntimeError):
 def _refuse_what_a_swap_would_lose(conn: psycopg.Connection[Any], live: str) -> None:
     """Raise :class:`RebuildRefused` when a view table of ``live`` is published for logical replication
     (its subscribers would keep the old rows), has a trigger or a row-security policy (``LIKE`` copies
-    neither), or is the target of a foreign key or under a view (the swap's ``DROP TABLE`` would fail, after
-    the whole replay)."""
+    neither), has a column drawn from a sequence (``serial``: the copy would draw from the live table's
+    sequence, which its ``DROP`` takes along), or is the target of a foreign key or under a view (the
+    swap's ``DROP TABLE`` would fail, after the whole replay)."""
     tables = [f"{live}.{t}" for t in VIEW_TABLES]
     found = conn.execute(
         """WITH v(oid) AS (SELECT unnest(%s::text[])::regclass::oid)
@@ -279,6 +280,10 @@ def _refuse_what_a_swap_would_lose(conn: psycopg.Connection[Any], live: str) -> 
            UNION ALL SELECT c.relname, 'has trigger ' || t.tgname
              FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
              WHERE NOT t.tgisinternal AND t.tgrelid IN (SELECT oid FROM v)
+           UNION ALL SELECT c.relname, 'has column ' || a.attname || ' drawn from a sequence'
+             FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+             JOIN pg_class c ON c.oid = d.adrelid
+             WHERE d.adrelid IN (SELECT oid FROM v) AND pg_get_expr(d.adbin, d.adrelid) LIKE 'nextval(%%'
            UNION ALL SELECT c.relname, 'has row security policy ' || p.polname
              FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid WHERE p.polrelid IN (SELECT oid FROM v)
            UNION ALL SELECT c.relname,
