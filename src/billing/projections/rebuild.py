@@ -138,7 +138,7 @@ def _create_copies(conn: psycopg.Connection[Any], live: str, schema: str) -> lis
         target = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
         like = sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL EXCLUDING INDEXES)")
         conn.execute(like.format(target, source))
-        qualified = f"{live}.{table}"
+        qualified = _regclass(live, table)
         for row in conn.execute(
             """SELECT conname AS name, pg_get_constraintdef(oid) AS definition FROM pg_constraint
                WHERE conrelid = %s::regclass AND contype IN ('p', 'u', 'x') ORDER BY conname""",
@@ -172,6 +172,11 @@ def _create_copies(conn: psycopg.Connection[Any], live: str, schema: str) -> lis
             )
         )
     return deferred
+
+
+def _regclass(schema: str, table: str) -> str:
+    """``"schema"."table"``, as ``::regclass`` reads it whatever the names' case or characters."""
+    return ".".join('"' + name.replace('"', '""') + '"' for name in (schema, table))
 
 
 def _retarget(definition: str, shown: str, schema: str, table: str) -> str:
@@ -268,7 +273,7 @@ def _refuse_what_a_swap_would_lose(conn: psycopg.Connection[Any], live: str) -> 
     neither), has a column drawn from a sequence (``serial``: the copy would draw from the live table's
     sequence, which its ``DROP`` takes along), or is the target of a foreign key or under a view (the
     swap's ``DROP TABLE`` would fail, after the whole replay)."""
-    tables = [f"{live}.{t}" for t in VIEW_TABLES]
+    tables = [_regclass(live, t) for t in VIEW_TABLES]
     found = conn.execute(
         """WITH v(oid) AS (SELECT unnest(%s::text[])::regclass::oid)
            SELECT c.relname AS table_name, 'is published by ' || p.pubname AS problem
@@ -333,6 +338,9 @@ def _swap(
         try:
             with pool.connection() as conn, conn.transaction():
                 conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(SWAP_LOCK_TIMEOUT_MS)))
+                # idle while the catch-up runs on the scratch pool: if this process vanishes, the server
+                # ends the transaction (and the live projection's wait) instead of TCP keepalive
+                conn.execute("SET LOCAL idle_in_transaction_session_timeout = '60s'")
                 lock_position(conn, PROJECTION)  # the live projection waits from here to the commit
                 # all at once, before any DROP: readers wait at most the lock timeout, and a reader that
                 # takes two views in another order ends in a deadlock that is retried, not a lost rebuild
