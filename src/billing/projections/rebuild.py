@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +47,7 @@ retries; while it waits, new reads of the views queue behind it, so the wait is 
 SWAP_ATTEMPTS = 10
 """Tries of the swap before the rebuild fails (the live views are then untouched)."""
 BUILDERS = 2
-"""Connections building the copies' indexes at once (the scratch pool's size)."""
+"""Connections vacuuming the copies and building their indexes at once."""
 
 
 @dataclass(frozen=True)
@@ -104,21 +105,33 @@ def rebuild_projections(
 
 
 def _finish_copies(scratch: ViewsPool, schema: str, deferred: list[_Index]) -> None:
-    """Build the ``deferred`` indexes and ``ANALYZE`` the copies (the planner's statistics, before their
-    first live query), on :data:`BUILDERS` connections at once: each statement keeps one PostgreSQL
-    process busy, and the replay, done, leaves the other core idle."""
-    statements = [
-        *(sql.SQL("ANALYZE {}.{}").format(sql.Identifier(schema), sql.Identifier(t)) for t in VIEW_TABLES),
-        *(sql.SQL(index.statement) for index in deferred),
-    ]
+    """``VACUUM (ANALYZE)`` the copies (the planner's statistics and the visibility map before their first
+    live query: PostgreSQL's manual, "Populating a Database") and build the ``deferred`` indexes, on
+    :data:`BUILDERS` autocommit connections at once (``VACUUM`` cannot run in a transaction): each
+    statement keeps one PostgreSQL process busy, and the replay, done, leaves the other core idle."""
+    todo: deque[sql.Composed | sql.SQL] = deque(
+        [
+            *(
+                sql.SQL("VACUUM (ANALYZE) {}.{}").format(sql.Identifier(schema), sql.Identifier(t))
+                for t in VIEW_TABLES
+            ),
+            *(sql.SQL(index.statement) for index in deferred),
+        ]
+    )
+    conninfo = scratch.conninfo() if callable(scratch.conninfo) else scratch.conninfo
 
-    def run(statement: sql.Composed | sql.SQL) -> None:
-        with scratch.connection() as conn:  # committed when given back
-            conn.execute(statement)
+    def build() -> None:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            while todo:
+                try:
+                    statement = todo.popleft()  # atomic: each statement runs once
+                except IndexError:
+                    return
+                conn.execute(statement)
 
     with ThreadPoolExecutor(max_workers=BUILDERS, thread_name_prefix="rebuild-index") as builders:
-        for done in builders.map(run, statements):
-            assert done is None
+        for builder in [builders.submit(build) for _ in range(BUILDERS)]:
+            builder.result()
 
 
 def _create_copies(conn: psycopg.Connection[Any], live: str, schema: str) -> list[_Index]:
