@@ -595,22 +595,28 @@ def test_every_event_topic_of_the_domain_is_projected_or_knowingly_ignored() -> 
     assert topics - bases == HANDLED_TOPICS
 
 
-def test_the_batched_contact_update_casts_each_column_to_its_type_in_the_view(
-    container: Container, database_url: str
-) -> None:
-    from billing.projections.writers import CONTACT_MUTABLE, CONTACT_MUTABLE_TYPES
-
-    found = rows(
-        database_url,
-        "SELECT attname AS name, format_type(atttypid, atttypmod) AS type FROM pg_attribute "
-        "WHERE attrelid = 'campaign_contacts'::regclass AND attnum > 0 AND NOT attisdropped",
+def test_the_declared_column_types_are_the_views_own(container: Container, database_url: str) -> None:
+    """The binary ``COPY`` of contacts and history rows and the batched update name each column's type."""
+    from billing.projections import history
+    from billing.projections.writers import (
+        CONTACT_COLUMNS,
+        CONTACT_TYPES,
     )
-    catalog = {r["name"]: r["type"] for r in found}
+
+    def catalog(table: str) -> dict[str, str]:
+        found = rows(
+            database_url,
+            "SELECT attname AS name, format_type(atttypid, atttypmod) AS type FROM pg_attribute "
+            f"WHERE attrelid = '{table}'::regclass AND attnum > 0 AND NOT attisdropped",
+        )
+        return {r["name"]: r["type"] for r in found}
+
     spelled = {"timestamptz": "timestamp with time zone"}
-    assert sorted(CONTACT_MUTABLE_TYPES) == sorted(CONTACT_MUTABLE)
-    assert {c: spelled.get(t, t) for c, t in CONTACT_MUTABLE_TYPES.items()} == {
-        c: catalog[c] for c in CONTACT_MUTABLE
-    }
+    assert sorted(CONTACT_TYPES) == sorted(CONTACT_COLUMNS) == sorted(catalog("campaign_contacts"))
+    assert {c: spelled.get(t, t) for c, t in CONTACT_TYPES.items()} == catalog("campaign_contacts")
+    assert dict(zip(history.COLUMNS, (spelled.get(t, t) for t in history.TYPES), strict=True)) == catalog(
+        "contact_history"
+    )
 
 
 @pytest.mark.parametrize("one_batch", [True, False], ids=["one batch", "cancel and send in two batches"])

@@ -206,7 +206,7 @@ def test_a_history_row_holds_the_events_own_fields_as_json_builtins() -> None:
     event = Contact.creation_event(Contact.Added, id=contact_id, at=at, **CREATION_VALUES["added"])
     row = history_row(7, tenant_id, event)
     assert row[:6] == (7, tenant_id, contact_id, 1, "billing.Contact.Added", at)
-    data = json.loads(row[6])
+    data = json.loads(row[6].obj)
     assert data == event_data(event)
     values = CREATION_VALUES["added"]
     assert data["campaign_id"] == str(values["campaign_id"])

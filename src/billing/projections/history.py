@@ -16,13 +16,17 @@ from uuid import UUID
 
 import msgspec
 import psycopg
+from psycopg.types.json import Jsonb
 
-__all__ = ["COLUMNS", "event_data", "handles", "history_row", "write_history"]
+__all__ = ["COLUMNS", "TYPES", "event_data", "handles", "history_row", "write_history"]
 
 COLUMNS = ("notification_id", "tenant_id", "contact_id", "version", "event_type", "at", "data")
+TYPES = ("bigint", "uuid", "uuid", "integer", "text", "timestamptz", "jsonb")
+"""The SQL types of :data:`COLUMNS` (``sql/006_history.sql``; a test holds them against the catalog): the
+rows are written in PostgreSQL's binary ``COPY`` format, which names each column's type."""
 _PREFIX = "billing.Contact."
 _ENVELOPE = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
-_COPY = f"COPY contact_history ({', '.join(COLUMNS)}) FROM STDIN"
+_COPY = f"COPY contact_history ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
 
 def handles(topic: str) -> bool:
@@ -48,8 +52,14 @@ def _own_fields(event: Any) -> dict[str, Any]:
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
+def _as_is(document: bytes) -> bytes:
+    return document
+
+
 def history_row(notification_id: int, tenant_id: UUID, event: Any) -> tuple[Any, ...]:
-    """The ``contact_history`` row of one decoded Contact event (``data`` as a JSON string)."""
+    """The ``contact_history`` row of one decoded Contact event, as :func:`write_history` copies it:
+    ``data`` a :class:`~psycopg.types.json.Jsonb` of the event's fields already encoded as JSON (UTF-8
+    bytes, in ``.obj``), which psycopg sends as they are."""
     return (
         notification_id,
         tenant_id,
@@ -58,7 +68,7 @@ def history_row(notification_id: int, tenant_id: UUID, event: Any) -> tuple[Any,
         type(event).TOPIC,
         event.timestamp,
         # msgspec writes UUIDs, instants, dates and decimals as the same strings as to_builtins does
-        msgspec.json.encode(_own_fields(event)).decode(),
+        Jsonb(msgspec.json.encode(_own_fields(event)), dumps=_as_is),
     )
 
 
@@ -92,6 +102,7 @@ def write_history(
             cid, tid = (row["contact_id"], row["tenant_id"]) if isinstance(row, dict) else row
             tenants[cid] = tid
     with conn.cursor() as cur, cur.copy(_COPY) as copy:
+        copy.set_types(TYPES)
         for nid, e in wanted:
             tenant = tenants.get(e.originator_id)
             if tenant is not None:

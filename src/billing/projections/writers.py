@@ -72,18 +72,23 @@ _INSERT_CONTACT = sql.SQL("INSERT INTO campaign_contacts ({}) VALUES ({})").form
 _FULL_ROW = operator.itemgetter(*CONTACT_COLUMNS)
 COPY_THRESHOLD = 200
 """From this many rows on, :meth:`ViewWriter.flush` writes contacts with ``COPY`` (else ``executemany``)."""
-_COPY_CONTACTS = sql.SQL("COPY campaign_contacts ({}) FROM STDIN").format(
-    sql.SQL(", ").join(map(sql.Identifier, CONTACT_COLUMNS))
-)
-#: The SQL types of the mutable columns (``billing/sql``; a test holds them against the catalog).
-CONTACT_MUTABLE_TYPES = {
+#: The SQL type of each column (``billing/sql``; a test holds them against the catalog): ``COPY`` writes
+#: the rows in PostgreSQL's binary format, which names each column's type (psycopg's ``Copy.set_types``).
+CONTACT_TYPES = {
+    "contact_id": "uuid", "tenant_id": "uuid", "campaign_id": "uuid", "queue_id": "uuid", "idx": "integer",
+    "template_type": "text", "external_id": "text", "nome": "text", "telefone": "text", "phone": "text",
     "status": "text", "attempts": "integer", "message_text": "text", "gateway_message_id": "text",
     "remote_jid": "text", "template_id": "uuid", "template_version": "integer", "variation": "integer",
     "sent_at": "timestamptz", "error_code": "text", "error_message": "text", "not_before": "timestamptz",
-    "lease_until": "timestamptz", "updated_at": "timestamptz", "jid_asked": "text",
-    "delivered_at": "timestamptz", "read_at": "timestamptz", "replied_at": "timestamptz",
-    "deferred_reason": "text",
+    "lease_until": "timestamptz", "created_at": "timestamptz", "updated_at": "timestamptz",
+    "jid_asked": "text", "delivered_at": "timestamptz", "read_at": "timestamptz",
+    "replied_at": "timestamptz", "deferred_reason": "text", "invoice_ref": "text",
 }  # fmt: skip
+#: The types of the mutable columns.
+CONTACT_MUTABLE_TYPES = {c: CONTACT_TYPES[c] for c in CONTACT_MUTABLE}
+_COPY_CONTACTS = sql.SQL("COPY campaign_contacts ({}) FROM STDIN (FORMAT BINARY)").format(
+    sql.SQL(", ").join(map(sql.Identifier, CONTACT_COLUMNS))
+)
 _UPDATE_FROM_ARRAYS = sql.SQL(
     "UPDATE campaign_contacts c SET {} FROM unnest(%s::uuid[], {}) AS n(contact_id, {}) "
     "WHERE c.contact_id = n.contact_id"
@@ -97,10 +102,12 @@ _UPDATE_FROM_ARRAYS = sql.SQL(
 """The changed rows of a batch in ONE statement: one array per column (a few rows; many go by ``COPY``)."""
 _CHANGED_COLUMNS = ("contact_id", *CONTACT_MUTABLE)
 _CHANGED_ROW = operator.itemgetter(*_CHANGED_COLUMNS)
+_CONTACT_TYPE_LIST = [CONTACT_TYPES[c] for c in CONTACT_COLUMNS]
+_CHANGED_TYPE_LIST = [CONTACT_TYPES[c] for c in _CHANGED_COLUMNS]
 _CREATE_CHANGED = sql.SQL(  # the columns' types follow the view's, without its constraints
     "CREATE TEMP TABLE changed_contacts ON COMMIT DROP AS SELECT {} FROM campaign_contacts WITH NO DATA"
 ).format(sql.SQL(", ").join(map(sql.Identifier, _CHANGED_COLUMNS)))
-_COPY_CHANGED = sql.SQL("COPY changed_contacts ({}) FROM STDIN").format(
+_COPY_CHANGED = sql.SQL("COPY changed_contacts ({}) FROM STDIN (FORMAT BINARY)").format(
     sql.SQL(", ").join(map(sql.Identifier, _CHANGED_COLUMNS))
 )
 _UPDATE_FROM_CHANGED = sql.SQL(
@@ -218,6 +225,7 @@ class ViewWriter:
         with self.conn.cursor() as cur:
             if len(inserts) >= COPY_THRESHOLD:
                 with cur.copy(_COPY_CONTACTS) as copy:
+                    copy.set_types(_CONTACT_TYPE_LIST)
                     for row in inserts:
                         copy.write_row(row)
             elif inserts:
@@ -225,6 +233,7 @@ class ViewWriter:
             if len(changed) >= COPY_THRESHOLD:
                 cur.execute(_CREATE_CHANGED)
                 with cur.copy(_COPY_CHANGED) as copy:
+                    copy.set_types(_CHANGED_TYPE_LIST)
                     for c in changed:
                         copy.write_row(_CHANGED_ROW(contacts[c]))
                 cur.execute(_UPDATE_FROM_CHANGED)
