@@ -131,7 +131,7 @@ def load(container: Any, tenant_id: UUID, first: int, count: int, phones: int) -
             for e in events:
                 writer.apply(e)
             writer.flush()
-            write_history(conn, list(zip(ids, events, strict=True)))
+            write_history(conn, list(zip(ids, events, strict=True)), writer.contacts)
             conn.execute("UPDATE tracking SET position = %s WHERE name = 'projections'", (ids[-1],))
         done += n
 
