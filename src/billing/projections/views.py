@@ -64,7 +64,8 @@ ATTEMPTS = 3
 """Tries of a batch on transient database errors before the follower's own backoff takes over."""
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
 REBUILD_BATCH_SIZE = 50_000
-"""Notifications per batch of a rebuild (one transaction each; ~1 KB each in memory while folded)."""
+"""Notifications per batch of a rebuild (one transaction each). A batch holds ~3 KB per event at its peak
+(read, decoded and folded: ``bench/rebuild.py --posts 6``, 150 MB more for batches of 100,000)."""
 VIEW_TABLES = (
     "tenants", "api_keys", "templates", "campaigns", "queue_status", "campaign_contacts", "opt_outs",
     "default_templates", "outcome_counts", "users", "admin_actions", "contact_history",
