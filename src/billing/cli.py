@@ -17,6 +17,7 @@ import asyncio
 import functools
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 from uuid import UUID
@@ -181,7 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dev", description="everything in one process on embedded defaults")
     p.add_argument("--host", default="127.0.0.1", help="API address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
-    p.add_argument("--api-key", default=None, help="API key of the demo tenant (default: a new one)")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="API key of the demo tenant (default: the one in DATA_DIR/dev-secrets.json, else a new one)",
+    )
     p.add_argument("--data-dir", default="./.billing", help="embedded data (default ./.billing)")
     p.set_defaults(handler=cmd_dev)
     return parser
@@ -399,8 +404,9 @@ def cmd_projections_rebuild(args: argparse.Namespace) -> int:
         finally:
             await container.aclose()
 
+    started = time.monotonic()
     replayed = asyncio.run(run())
-    print(f"projections rebuilt ({replayed} notifications replayed)")
+    print(f"projections rebuilt in {time.monotonic() - started:.1f} s ({replayed} notifications replayed)")
     return 0
 
 

@@ -8,6 +8,7 @@ import csv
 import json
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from time import monotonic
 from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
@@ -63,6 +64,7 @@ def cmd_projections_verify(args: argparse.Namespace) -> int:
     from billing.projections.verify import REBUILD_BATCH_SIZE, verify_projections
 
     settings = load_cli_settings()
+    started = monotonic()
     container = _admin_container()
     try:
         with replay_progress("replaying into a scratch schema") as progress:
@@ -79,7 +81,8 @@ def cmd_projections_verify(args: argparse.Namespace) -> int:
     rows = ", ".join(f"{table} {n}" for table, n in result.rows.items())
     if result.ok:
         print(
-            f"projections verified at position {result.position}: rebuilt views equal the live ones ({rows})"
+            f"projections verified at position {result.position} in {monotonic() - started:.1f} s: "
+            f"rebuilt views equal the live ones ({rows})"
         )
         return 0
     print(f"projections differ at position {result.position} (first {len(result.differences)} differences):")
