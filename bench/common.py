@@ -1,14 +1,16 @@
 """Helpers the benchmarks share: a scratch database (bare, or migrated with a container over it), the API
-served over real HTTP, contact rows, and a raw ``COPY`` baseline."""
+served over real HTTP, contact rows, a raw ``COPY`` baseline, and the PostgreSQL server's CPU."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -52,6 +54,32 @@ def scratch_container(
         finally:
             container.pool.close()
             container.store.close()
+
+
+def postgres_cpu_s() -> float | None:
+    """CPU seconds the local PostgreSQL server's processes have used so far: each running one's own (user +
+    system) plus what the postmaster's exited children used (its ``cutime`` + ``cstime``), so backends that
+    ended between two readings still count (``/proc/<pid>/stat``, Linux; None elsewhere or with no
+    PostgreSQL process). The whole server: other databases' work counts too, so read it on a quiet
+    machine."""
+    if not os.path.isdir("/proc"):
+        return None
+    total, found, tick = 0.0, False, os.sysconf("SC_CLK_TCK")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() != "postgres":
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            parent = Path(f"/proc/{fields[1]}/comm").read_text().strip()
+        except (OSError, IndexError):
+            continue  # ended meanwhile: its time is in the postmaster's children's time
+        found = True
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        if parent != "postgres":  # the postmaster: its reaped backends' time
+            total += (int(fields[13]) + int(fields[14])) / tick  # cutime, cstime
+    return total if found else None
 
 
 def free_port() -> int:

@@ -5,9 +5,10 @@ every contact dispatched and sent (as a worker records it: one save per step, ba
 about three events per contact. Then, in the same run: the rebuild (what the command runs: replay every
 event into copies of the views, index them, swap them in) timed in this process, and the baseline — a
 raw psycopg select of every stored event in notification order plus a JSON decode of each state (the
-least any replay must do). Goal: the rebuild's rate ≥ 35 % of the baseline's. ``--cli`` also times the
-real ``billing projections rebuild`` command (a separate process, its start-up included), progress bar
-and all.
+least any replay must do). Goal: the rebuild's rate ≥ 35 % of the baseline's. It also prints the
+PostgreSQL server's CPU during each rebuild (from ``/proc``): with this process's, what the rebuild asks
+of the machine's cores. ``--cli`` also times the real ``billing projections rebuild`` command (a separate
+process, its start-up included), progress bar and all.
 
 Run: ``.venv/bin/python bench/rebuild.py [--posts 2] [--contacts 10000] [--runs 2] [--cli]``.
 """
@@ -30,7 +31,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BASE, GATEWAY, contacts, scratch_container, serve
+from common import BASE, GATEWAY, contacts, postgres_cpu_s, scratch_container, serve
 
 from billing.eventstore import load_many, save_unless_moved
 from billing.projections.rebuild import REBUILD_BATCH_SIZE, rebuild_projections
@@ -109,13 +110,16 @@ def main() -> None:
         project_pending(container.store, container.pool)
         with psycopg.connect(url) as conn:
             before = conn.execute("SELECT sum(sent) FROM queue_status").fetchone()
-        rebuilds, raws, cpus = [], [], []
+        rebuilds, raws, cpus, server_cpus = [], [], [], []
         batch_size = args.batch_size or REBUILD_BATCH_SIZE
         for _ in range(args.runs):
-            started, cpu = time.perf_counter(), time.process_time()
+            started, cpu, server = time.perf_counter(), time.process_time(), postgres_cpu_s()
             replayed = rebuild_projections(container.store, container.pool, batch_size=batch_size)
             rebuilds.append(time.perf_counter() - started)
             cpus.append(time.process_time() - cpu)
+            server_after = postgres_cpu_s()
+            if server is not None and server_after is not None:
+                server_cpus.append(server_after - server)
             events, seconds = raw_read(url)
             raws.append(seconds)
         with psycopg.connect(url) as conn:
@@ -136,6 +140,13 @@ def main() -> None:
             f"= {events / rebuild:,.0f}/s; this process's CPU {statistics.median(cpus):.2f} s (the rest of "
             "the wall time is PostgreSQL's)"
         )
+        if server_cpus:
+            print(
+                f"  PostgreSQL's CPU during the rebuild (the whole server, from /proc): median "
+                f"{statistics.median(server_cpus):.2f} s; with this process's, "
+                f"{statistics.median(server_cpus) + statistics.median(cpus):.2f} s of the machine's "
+                f"{os.cpu_count()} cores"
+            )
         print(f"  baseline: raw select + JSON decode of the rows: median {raw:.2f} s = {events / raw:,.0f}/s")
         ratio = raw / rebuild
         print(f"  ratio: {ratio:.0%} of the raw rate; goal ≥ 35 % -> {'met' if ratio >= 0.35 else 'NOT met'}")
