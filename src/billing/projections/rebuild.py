@@ -93,9 +93,16 @@ def rebuild_projections(
     try:
         scratch = scratch_pool(conninfo, schema, name="rebuild")
         head = store.recorder.max_notification_id() or 0
+        started = time.monotonic()
         handled = replay_upto(store, scratch, head, batch_size, progress)
+        replayed = time.monotonic()
         _finish_copies(scratch, schema, deferred)
-        log.info("views replayed up to %d and indexed; swapping them in", head)
+        log.info(
+            "views replayed up to %d in %.1f s, indexed and analysed in %.1f s; swapping them in",
+            head,
+            replayed - started,
+            time.monotonic() - replayed,
+        )
         handled += _swap(store, pool, scratch, live, schema, batch_size, progress)
     finally:
         if scratch is not None:
@@ -342,6 +349,7 @@ def _swap(
         RebuildRefused: the live tables changed shape during the rebuild (a ``billing migrate``).
         psycopg.errors.LockNotAvailable / DeadlockDetected: still so on the last of :data:`SWAP_ATTEMPTS`.
     """
+    started = time.monotonic()
     handled = replay_upto(store, scratch, store.recorder.max_notification_id() or 0, batch_size, progress)
     tables = sql.SQL(", ").join(
         sql.SQL("{}.{}").format(sql.Identifier(live), sql.Identifier(t)) for t in VIEW_TABLES
@@ -381,7 +389,12 @@ def _swap(
                 )
                 moved = sql.SQL("UPDATE {}.tracking SET position = %s, updated_at = now() WHERE name = %s")
                 conn.execute(moved.format(sql.Identifier(live)), (position, PROJECTION))
-            log.info("projections rebuilt up to %d and swapped in", position)
+            log.info(
+                "projections rebuilt up to %d and swapped in (catch-up and swap %.2f s, %d attempt(s))",
+                position,
+                time.monotonic() - started,
+                attempt,
+            )
             return handled
         except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
             if attempt == SWAP_ATTEMPTS:
