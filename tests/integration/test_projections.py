@@ -619,6 +619,18 @@ def test_the_declared_column_types_are_the_views_own(container: Container, datab
     )
 
 
+def test_the_history_data_column_gathers_no_planner_statistics(
+    container: Container, database_url: str
+) -> None:
+    """``data`` is only read back (``sql/006_history.sql``): ANALYZE skips it, statistics target 0."""
+    found = rows(
+        database_url,
+        "SELECT attname, attstattarget FROM pg_attribute WHERE attrelid = 'contact_history'::regclass "
+        "AND attnum > 0 AND NOT attisdropped AND coalesce(attstattarget, -1) <> -1 ORDER BY attname",
+    )
+    assert found == [{"attname": "data", "attstattarget": 0}]
+
+
 @pytest.mark.parametrize("one_batch", [True, False], ids=["one batch", "cancel and send in two batches"])
 def test_a_contact_cancelled_in_flight_then_sent_counts_as_sent_only(
     container: Container, database_url: str, one_batch: bool
