@@ -25,8 +25,9 @@ CREATE TABLE IF NOT EXISTS contact_history (
 );
 CREATE INDEX IF NOT EXISTS contact_history_contact ON contact_history (contact_id, notification_id);
 CREATE INDEX IF NOT EXISTS contact_history_tenant_time ON contact_history (tenant_id, at);
--- `data` is only ever read back, never filtered, joined or sorted on: no planner statistics for it
--- (PostgreSQL's manual, ALTER TABLE ... SET STATISTICS: "a target of zero disables collection of
--- statistics for this column"). ANALYZE of the table then skips the largest column: 60,000 rows took
--- 0.24-0.32 s with its statistics, 0.08-0.10 s without (a rebuild's copies, autovacuum's analyses).
+-- `data` is only ever read back, never filtered, grouped or sorted on: no planner statistics for it
+-- (PostgreSQL's manual, ANALYZE, Notes: "setting the statistics target to zero disables collection of
+-- statistics for that column", useful for columns never in WHERE, GROUP BY or ORDER BY). ANALYZE of
+-- the table then skips its largest column: 60,000 rows took
+-- 0.23-0.34 s with its statistics, 0.08-0.10 s without (a rebuild's copies, autovacuum's analyses).
 ALTER TABLE contact_history ALTER COLUMN data SET STATISTICS 0;
