@@ -28,6 +28,6 @@ CREATE INDEX IF NOT EXISTS contact_history_tenant_time ON contact_history (tenan
 -- `data` is only ever read back, never filtered, grouped or sorted on: no planner statistics for it
 -- (PostgreSQL's manual, ANALYZE, Notes: "setting the statistics target to zero disables collection of
 -- statistics for that column", useful for columns never in WHERE, GROUP BY or ORDER BY). ANALYZE of
--- the table then skips its largest column: 60,000 rows took
--- 0.23-0.34 s with its statistics, 0.08-0.10 s without (a rebuild's copies, autovacuum's analyses).
+-- the table then skips its largest column: 60,000 rows took 0.23-0.34 s with its statistics, 0.08-0.10
+-- s without (a rebuild's copies, autovacuum's analyses).
 ALTER TABLE contact_history ALTER COLUMN data SET STATISTICS 0;
