@@ -664,3 +664,36 @@ def test_a_contact_cancelled_in_flight_then_sent_counts_as_sent_only(
     ]
     q = queue_row(database_url, posted.queue.id)
     assert counters(q) == counts(total=2, sent=1, cancelled=1)
+
+
+def test_history_text_is_stored_as_sent_in_a_database_whose_encoding_is_not_utf8() -> None:
+    """The history's JSON goes to PostgreSQL as bytes, which it reads in the connection's client encoding
+    (the database's by default): a LATIN1 database gets them in LATIN1, not as UTF-8 read as LATIN1."""
+    from billing.db import migrate
+    from tests.conftest import ADMIN_URL, _url_for
+
+    name = f"billing_t_latin1_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE DATABASE \"{name}\" ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        )
+    try:
+        url = _url_for(name)
+        migrate(url)
+        made = open_container(url)
+        try:
+            full_scenario(made)
+            project_pending(made.store, made.pool)
+        finally:
+            made.pool.close()
+            made.store.close()
+        found = rows(
+            url,
+            "SELECT DISTINCT c.message_text AS sent, h.data->>'text' AS recorded FROM contact_history h "
+            "JOIN campaign_contacts c USING (contact_id) WHERE h.event_type = 'billing.Contact.Sent'",
+        )
+        assert found and all("á" in r["sent"] for r in found), found
+        assert [r["recorded"] for r in found] == [r["sent"] for r in found]
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

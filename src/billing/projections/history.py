@@ -9,6 +9,7 @@ after the creation comes from the contact's creation row (``campaign_contacts``)
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -56,10 +57,21 @@ def _as_is(document: bytes) -> bytes:
     return document
 
 
-def history_row(notification_id: int, tenant_id: UUID, event: Any) -> tuple[Any, ...]:
+def history_row(
+    notification_id: int, tenant_id: UUID, event: Any, *, encoding: str = "utf-8"
+) -> tuple[Any, ...]:
     """The ``contact_history`` row of one decoded Contact event, as :func:`write_history` copies it:
-    ``data`` a :class:`~psycopg.types.json.Jsonb` of the event's fields already encoded as JSON (UTF-8
-    bytes, in ``.obj``), which psycopg sends as they are."""
+    ``data`` a :class:`~psycopg.types.json.Jsonb` of the event's fields already encoded as JSON, in
+    ``.obj`` as bytes of ``encoding`` (the connection's client encoding, a Python codec name: PostgreSQL
+    reads the text it receives in it), which psycopg sends as they are.
+
+    Raises:
+        UnicodeEncodeError: a character the client encoding cannot hold (as a text parameter would).
+    """
+    # msgspec writes UUIDs, instants, dates and decimals as the same strings as to_builtins does
+    document = msgspec.json.encode(_own_fields(event))  # UTF-8
+    if encoding != "utf-8":
+        document = document.decode("utf-8").encode(encoding)
     return (
         notification_id,
         tenant_id,
@@ -67,8 +79,7 @@ def history_row(notification_id: int, tenant_id: UUID, event: Any) -> tuple[Any,
         event.originator_version,
         type(event).TOPIC,
         event.timestamp,
-        # msgspec writes UUIDs, instants, dates and decimals as the same strings as to_builtins does
-        Jsonb(msgspec.json.encode(_own_fields(event)), dumps=_as_is),
+        Jsonb(document, dumps=_as_is),
     )
 
 
@@ -101,9 +112,10 @@ def write_history(
         for row in rows:
             cid, tid = (row["contact_id"], row["tenant_id"]) if isinstance(row, dict) else row
             tenants[cid] = tid
+    encoding = codecs.lookup(conn.info.encoding).name  # "utf-8" for a UTF8 database, the usual case
     with conn.cursor() as cur, cur.copy(_COPY) as copy:
         copy.set_types(TYPES)
         for nid, e in wanted:
             tenant = tenants.get(e.originator_id)
             if tenant is not None:
-                copy.write_row(history_row(nid, tenant, e))
+                copy.write_row(history_row(nid, tenant, e, encoding=encoding))
