@@ -210,8 +210,16 @@ def test_errors_of_the_replay_replace_the_projections_errors_and_keep_the_others
     ]
 
 
+@pytest.mark.parametrize(
+    ("migration", "table"),
+    [
+        ("ALTER TABLE campaign_contacts ADD COLUMN IF NOT EXISTS note text", "campaign_contacts"),
+        ("ALTER TABLE contact_history ALTER COLUMN data SET STATISTICS 100", "contact_history"),
+    ],
+    ids=["a new column", "a statistics target"],
+)
 def test_a_migrate_during_the_rebuild_is_not_undone_the_rebuild_refuses_at_the_swap(
-    container: Container, database_url: str
+    container: Container, database_url: str, migration: str, table: str
 ) -> None:
     full_scenario(container)
     project_pending(container.store, container.pool)
@@ -219,14 +227,19 @@ def test_a_migrate_during_the_rebuild_is_not_undone_the_rebuild_refuses_at_the_s
 
     def migrate_meanwhile(handled: int, reached: int, head: int) -> None:
         with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute("ALTER TABLE campaign_contacts ADD COLUMN IF NOT EXISTS note text")
+            conn.execute(migration)
 
     with pytest.raises(RebuildRefused) as refused:
         rebuild_projections(container.store, container.pool, progress=migrate_meanwhile)
     assert str(refused.value) == (
-        "not rebuilt, nothing changed: the live views changed shape during the rebuild (campaign_contacts; a "
+        f"not rebuilt, nothing changed: the live views changed shape during the rebuild ({table}; a "
         "`billing migrate`?); run the rebuild again"
     )
+    assert rows(
+        database_url,
+        "SELECT attstattarget FROM pg_attribute "
+        "WHERE attrelid = 'contact_history'::regclass AND attname = 'data'",
+    ) == [{"attstattarget": 100 if table == "contact_history" else 0}]
     after = dump(database_url)
     assert [{k: v for k, v in r.items() if k != "note"} for r in after.pop("campaign_contacts")] == views.pop(
         "campaign_contacts"

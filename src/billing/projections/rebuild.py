@@ -413,14 +413,15 @@ def _swap(
 
 def _check_same_shape(conn: psycopg.Connection[Any], live: str, schema: str) -> None:
     """Raise :class:`RebuildRefused` unless every live view table still has the columns (name, type,
-    nullability, default) and index names of its copy: a ``billing migrate`` during the rebuild would
-    otherwise be undone by the swap."""
+    nullability, default, statistics target) and index names of its copy: a ``billing migrate`` during
+    the rebuild would otherwise be undone by the swap."""
     changed = conn.execute(
         """WITH shape AS (
                SELECT n.nspname AS schema_name, c.relname AS table_name,
                       coalesce((SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
                                        || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
-                                       || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), ''),
+                                       || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+                                       || ' statistics ' || coalesce(a.attstattarget, -1),
                                        ', ' ORDER BY a.attnum)
                                 FROM pg_attribute a
                                 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
