@@ -85,7 +85,10 @@ def cmd_projections_verify(args: argparse.Namespace) -> int:
             f"rebuilt views equal the live ones ({rows})"
         )
         return 0
-    print(f"projections differ at position {result.position} (first {len(result.differences)} differences):")
+    print(
+        f"projections differ at position {result.position} in {monotonic() - started:.1f} s "
+        f"(first {len(result.differences)} differences):"
+    )
     for difference in result.differences:
         print("  " + difference.describe())
     return 1
