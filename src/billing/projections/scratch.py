@@ -16,9 +16,8 @@ from psycopg.conninfo import make_conninfo
 
 from billing.db import ViewsPool, open_pool
 from billing.eventstore import EventStore
-from billing.projections.follower import read_after
 from billing.projections.tracking import load_position
-from billing.projections.views import PROJECTION, apply_batch, paused_cyclic_gc
+from billing.projections.views import PROJECTION, apply_next_batch
 
 __all__ = ["Progress", "drop_schema", "live_schema", "replay_upto", "scratch_pool"]
 
@@ -53,14 +52,9 @@ def replay_upto(
     position = load_position(pool, PROJECTION)
     handled = 0
     while position < upto:
-        with paused_cyclic_gc():  # the read and the apply of one batch (views.paused_cyclic_gc: no cycles)
-            batch, end = read_after(store.recorder, position, batch_size)
-            batch = [n for n in batch if n.id <= upto]
-            end = min(end, upto)
-            if end <= position:
-                break
-            result = apply_batch(pool, store.mapper, batch, position, end)
-            del batch  # freed before the collector is back on: it would walk every notification once
+        result = apply_next_batch(store, pool, position, batch_size, upto=upto)
+        if result is None:
+            break
         position, handled = result.position, handled + result.applied
         if progress is not None:
             progress(handled, position, upto)

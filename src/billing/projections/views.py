@@ -238,17 +238,34 @@ def project_pending(
     """
     position = load_position(pool, PROJECTION)
     handled = 0
-    while True:
-        with paused_cyclic_gc():  # the read (one Notification per event: no cycles either) and the apply
-            batch, upto = read_after(store.recorder, position, batch_size)
-            if upto <= position:
-                return handled
-            result = apply_batch(pool, store.mapper, batch, position, upto)
-            del batch  # freed before the collector is back on (paused_cyclic_gc)
+    while (result := apply_next_batch(store, pool, position, batch_size)) is not None:
         handled += result.applied
         position = result.position
         if progress is not None:
             progress(handled, position, max(store.recorder.max_notification_id() or 0, position))
+    return handled
+
+
+def apply_next_batch(
+    store: EventStore, pool: ViewsPool, position: int, batch_size: int, *, upto: int | None = None
+) -> BatchResult | None:
+    """Read the next batch of at most ``batch_size`` notifications after ``position`` (none past ``upto``
+    when given) and :func:`apply_batch` it, Python's cyclic collector paused across the read and the
+    apply (:func:`paused_cyclic_gc`; one Notification per event: no cycles either). None when the log
+    holds nothing new (up to ``upto``).
+
+    Raises:
+        psycopg.Error: the database is unreachable (transient errors were retried first).
+    """
+    with paused_cyclic_gc():
+        batch, end = read_after(store.recorder, position, batch_size)
+        if upto is not None and end > upto:
+            batch, end = [n for n in batch if n.id <= upto], upto
+        if end <= position:
+            return None
+        result = apply_batch(pool, store.mapper, batch, position, end)
+        del batch  # freed before the collector is back on: its first pass would walk every notification
+        return result
 
 
 def projection_follower(
