@@ -56,6 +56,25 @@ def scratch_container(
             container.store.close()
 
 
+def _stat(pid: int | str) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (Linux): ``[0]`` state, ``[1]`` parent
+    pid, ``[11]``/``[12]`` user/system clock ticks, ``[13]``/``[14]`` those of its waited-for children.
+
+    Raises:
+        OSError: no such process (it ended).
+    """
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (``/proc``, Linux); None once it has ended."""
+    try:
+        fields = _stat(pid)
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def postgres_cpu_s() -> float | None:
     """CPU seconds the local PostgreSQL server's processes have used so far: each running one's own (user +
     system) plus what the postmaster's exited children used (its ``cutime`` + ``cstime``), so backends that
@@ -71,7 +90,7 @@ def postgres_cpu_s() -> float | None:
         try:
             if Path(f"/proc/{pid}/comm").read_text().strip() != "postgres":
                 continue
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = _stat(pid)
             parent = Path(f"/proc/{fields[1]}/comm").read_text().strip()
         except (OSError, IndexError):
             continue  # ended meanwhile: its time is in the postmaster's children's time

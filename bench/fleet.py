@@ -48,6 +48,7 @@ import httpx
 import msgspec
 import psycopg
 import uvicorn
+from common import process_cpu_s
 
 from billing.bootstrap import (
     Container,
@@ -159,14 +160,6 @@ class CpuMeter:
         self.static[pid] = group
 
     @staticmethod
-    def _cpu(pid: int) -> float | None:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
     def _machine() -> float:
         try:
             values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -183,7 +176,7 @@ class CpuMeter:
             ).fetchall()
             pids.update({int(r[0]): "postgres" for r in rows})
         for pid, group in pids.items():
-            cpu = self._cpu(pid)
+            cpu = process_cpu_s(pid)
             if cpu is not None:
                 self.seen[pid] = (group, cpu)
 

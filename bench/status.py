@@ -16,7 +16,6 @@ Run: ``.venv/bin/python bench/status.py [--duration 10] [--runs 3] [--connection
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import subprocess
@@ -32,7 +31,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import BASE, GATEWAY, free_port, scratch_database
+from common import BASE, GATEWAY, free_port, process_cpu_s, scratch_database
 
 POOL_SIZE = 5
 
@@ -122,9 +121,11 @@ end
 
 
 def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``, Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of the running server ``pid`` so far (``/proc``, Linux)."""
+    used = process_cpu_s(pid)
+    if used is None:
+        raise RuntimeError(f"server process {pid} has ended")
+    return used
 
 
 def wrk(url: str, connections: int, duration: int, keys: list[str]) -> tuple[float, float, int]:
